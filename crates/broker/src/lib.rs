@@ -1,0 +1,1 @@
+//! apogee-broker (in progress).

@@ -1,0 +1,1 @@
+//! apogee-client (in progress).

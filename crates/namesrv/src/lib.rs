@@ -1,0 +1,1 @@
+//! apogee-namesrv (in progress).

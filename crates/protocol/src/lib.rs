@@ -1,0 +1,14 @@
+//! The RocketMQ remoting protocol as pure data: frames and their two header
+//! serializations (JSON and ROCKETMQ binary), request/response codes, typed
+//! custom headers (`extFields`), JSON bodies, and the message formats (the
+//! properties string, the stored/pulled layout, client batches, message IDs).
+//! Nothing here touches a socket or a file; every decoder returns an error
+//! instead of panicking on bad input.
+
+pub mod codec;
+pub mod command;
+pub mod error;
+
+pub use codec::FrameCodec;
+pub use command::{LanguageCode, RemotingCommand, SerializeType};
+pub use error::ProtocolError;

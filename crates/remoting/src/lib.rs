@@ -1,0 +1,1 @@
+//! apogee-remoting (in progress).

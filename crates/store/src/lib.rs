@@ -1,0 +1,1 @@
+//! apogee-store (in progress).
