@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod java_properties;
 
 pub use codec::FrameCodec;
 pub use command::{LanguageCode, RemotingCommand, SerializeType};
