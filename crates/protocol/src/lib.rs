@@ -5,10 +5,14 @@
 //! Nothing here touches a socket or a file; every decoder returns an error
 //! instead of panicking on bad input.
 
+pub mod code;
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod flags;
+pub mod header;
 pub mod java_properties;
+pub mod topic;
 
 pub use codec::FrameCodec;
 pub use command::{LanguageCode, RemotingCommand, SerializeType};

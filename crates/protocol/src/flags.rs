@@ -1,0 +1,1 @@
+//! Bit flags: `PullSysFlag`, `PermName` and `TopicSysFlag`.

@@ -1,0 +1,1 @@
+//! Topic and group name validation and the reserved system topic names.
