@@ -1,0 +1,537 @@
+//! One live TCP connection, the same on server and client side: a reader task
+//! that splits frames and dispatches them (responses to waiting callers,
+//! requests to processors on their own tasks), a writer task that coalesces
+//! queued frames into few writes, and [`Channel`], the cloneable handle to it.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apogee_protocol::codec::CodecError;
+use apogee_protocol::command::{FLAG_ONEWAY, FLAG_RESPONSE};
+use apogee_protocol::{FrameCodec, RemotingCommand};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
+
+use crate::error::{RemotingError, Result};
+use crate::processor::{ProcessorRegistry, RequestContext, RequestProcessor};
+
+/// `RemotingSysResponseCode.SYSTEM_ERROR`.
+pub const SYSTEM_ERROR: i32 = 1;
+/// `RemotingSysResponseCode.REQUEST_CODE_NOT_SUPPORTED`.
+pub const REQUEST_CODE_NOT_SUPPORTED: i32 = 3;
+
+/// Bodies at least this long are written from their own buffer instead of
+/// being copied into the batch buffer.
+const COPY_BODY_LIMIT: usize = 4 * 1024;
+/// A write batch stops growing at this many bytes or frames.
+const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_FRAMES: usize = 256;
+/// Upper bound on buffers handed to one `write_vectored` call.
+const MAX_IOV: usize = 64;
+/// How long a closing connection may spend flushing what is still queued.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Per-connection tunables, filled from the server or client config.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnOptions {
+    pub max_frame_size: usize,
+    pub idle_timeout: Option<Duration>,
+    pub write_queue: usize,
+}
+
+/// What a connection needs from the server or client that owns it.
+pub(crate) struct Runtime {
+    pub processors: Arc<ProcessorRegistry>,
+    /// Tasks running requests; a server waits on it during shutdown.
+    pub requests: TaskTracker,
+    /// Reader and writer tasks.
+    pub io_tasks: TaskTracker,
+    /// Cancelled when the owner stops taking new requests.
+    pub stop_reading: CancellationToken,
+    /// Parent of every connection's close token.
+    pub close_all: CancellationToken,
+    pub opts: ConnOptions,
+}
+
+/// A process-unique connection id, usable as a map key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u64);
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Handle to a connection: send requests or oneway messages to the peer,
+/// watch for the connection closing. Cheap to clone; equality and hashing
+/// go by [`ChannelId`].
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: ChannelId,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tx: mpsc::Sender<RemotingCommand>,
+    pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
+    next_opaque: AtomicI32,
+    closed: CancellationToken,
+    started: Instant,
+    /// Milliseconds since `started` of the last frame read or written.
+    last_activity_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.inner.id)
+            .field("peer", &self.inner.peer)
+            .field("active", &self.is_active())
+            .finish()
+    }
+}
+
+impl PartialEq for Channel {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.id == other.inner.id
+    }
+}
+impl Eq for Channel {}
+impl std::hash::Hash for Channel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.id.hash(state);
+    }
+}
+
+impl Channel {
+    pub fn id(&self) -> ChannelId {
+        self.inner.id
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// False once the connection is closed or closing.
+    pub fn is_active(&self) -> bool {
+        !self.inner.closed.is_cancelled()
+    }
+
+    /// Closes the connection: frames already queued get a short chance to
+    /// go out, waiting invocations fail with `ConnectionClosed`.
+    pub fn close(&self) {
+        self.inner.closed.cancel();
+        self.inner.pending.lock().clear();
+    }
+
+    /// Resolves once the connection is closed (for any reason).
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let token = self.inner.closed.clone();
+        async move { token.cancelled().await }
+    }
+
+    /// Sends a request that expects no answer (the ONEWAY flag is set and an
+    /// opaque assigned). Waits while the connection's write queue is full.
+    pub async fn send_oneway(&self, mut cmd: RemotingCommand) -> Result<()> {
+        cmd.flag = (cmd.flag | FLAG_ONEWAY) & !FLAG_RESPONSE;
+        cmd.opaque = self.next_opaque();
+        self.send(cmd).await
+    }
+
+    /// Like [`Channel::send_oneway`] but fails with `QueueFull` instead of
+    /// waiting when the peer is not keeping up.
+    pub fn try_send_oneway(&self, mut cmd: RemotingCommand) -> Result<()> {
+        cmd.flag = (cmd.flag | FLAG_ONEWAY) & !FLAG_RESPONSE;
+        cmd.opaque = self.next_opaque();
+        self.inner.tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => RemotingError::QueueFull {
+                addr: self.inner.peer.to_string(),
+            },
+            mpsc::error::TrySendError::Closed(_) => self.closed_error(),
+        })
+    }
+
+    /// Queues `cmd` exactly as given (opaque and flag untouched), e.g. a
+    /// response a processor decided to send itself.
+    pub async fn send(&self, cmd: RemotingCommand) -> Result<()> {
+        if !self.is_active() {
+            return Err(self.closed_error());
+        }
+        self.inner
+            .tx
+            .send(cmd)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Sends a request and waits up to `timeout` for the matching response.
+    pub async fn invoke(&self, cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
+        self.invoke_until(cmd, Instant::now() + timeout, timeout)
+            .await
+    }
+
+    /// `invoke` with an absolute deadline; `budget` is only used in the
+    /// timeout error.
+    pub(crate) async fn invoke_until(
+        &self,
+        mut cmd: RemotingCommand,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<RemotingCommand> {
+        let opaque = self.next_opaque();
+        cmd.opaque = opaque;
+        cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().insert(opaque, tx);
+        // Removes the entry however this call ends (timeout, error, drop).
+        let _guard = PendingGuard {
+            channel: self,
+            opaque,
+        };
+        // `close` cancels before clearing the table, so an entry inserted
+        // before this check is either seen here or cleared by `close`.
+        if !self.is_active() {
+            return Err(self.closed_error());
+        }
+        let exchange = async {
+            self.inner
+                .tx
+                .send(cmd)
+                .await
+                .map_err(|_| self.closed_error())?;
+            rx.await.map_err(|_| self.closed_error())
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(RemotingError::Timeout {
+                addr: self.inner.peer.to_string(),
+                millis: budget.as_millis() as u64,
+            }),
+        }
+    }
+
+    fn next_opaque(&self) -> i32 {
+        // Wrapping like Java's counter; only uniqueness among the requests
+        // outstanding on this connection matters.
+        self.inner.next_opaque.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn closed_error(&self) -> RemotingError {
+        RemotingError::ConnectionClosed {
+            addr: self.inner.peer.to_string(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.inner.started.elapsed().as_millis() as u64;
+        self.inner.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.inner.last_activity_ms.load(Ordering::Relaxed));
+        self.inner.started.elapsed().saturating_sub(last)
+    }
+}
+
+struct PendingGuard<'a> {
+    channel: &'a Channel,
+    opaque: i32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.channel.inner.pending.lock().remove(&self.opaque);
+    }
+}
+
+/// Starts the reader and writer tasks for `stream` and returns its handle.
+pub(crate) fn spawn_connection(stream: TcpStream, rt: &Arc<Runtime>) -> std::io::Result<Channel> {
+    let peer = stream.peer_addr()?;
+    let local = stream.local_addr()?;
+    // Requests and responses are small and latency-bound; batching happens
+    // in the writer task instead of in the kernel.
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(rt.opts.write_queue.max(1));
+    let channel = Channel {
+        inner: Arc::new(Inner {
+            id: ChannelId(NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed)),
+            peer,
+            local,
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_opaque: AtomicI32::new(1),
+            closed: rt.close_all.child_token(),
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+        }),
+    };
+    debug!(peer = %peer, local = %local, channel = %channel.id(), "connection open");
+    rt.io_tasks.spawn(write_loop(channel.clone(), rx, wr));
+    rt.io_tasks
+        .spawn(read_loop(channel.clone(), rd, Arc::clone(rt)));
+    Ok(channel)
+}
+
+async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
+    let mut frames = FramedRead::new(rd, FrameCodec::new(rt.opts.max_frame_size));
+    let idle = rt.opts.idle_timeout;
+    // Without an idle timeout the timer is simply never polled.
+    let timer = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(3600)));
+    tokio::pin!(timer);
+    let peer = channel.peer_addr();
+    loop {
+        tokio::select! {
+            _ = channel.inner.closed.cancelled() => break,
+            _ = rt.stop_reading.cancelled() => {
+                // Shutting down: take no new requests, but leave the
+                // connection open so in-flight responses still go out; the
+                // owner closes it afterwards.
+                return;
+            }
+            _ = &mut timer, if idle.is_some() => {
+                let limit = idle.unwrap_or_default();
+                let quiet = channel.idle_for();
+                if quiet >= limit {
+                    debug!(peer = %peer, idle_ms = quiet.as_millis() as u64, "closing idle connection");
+                    break;
+                }
+                timer.as_mut().reset(Instant::now() + (limit - quiet));
+            }
+            frame = frames.next() => match frame {
+                None => {
+                    debug!(peer = %peer, "peer closed the connection");
+                    break;
+                }
+                Some(Ok(cmd)) => {
+                    channel.touch();
+                    dispatch(&channel, cmd, &rt);
+                }
+                Some(Err(CodecError::Protocol(e))) => {
+                    warn!(peer = %peer, reason = %e, "closing connection after a bad frame");
+                    break;
+                }
+                Some(Err(CodecError::Io(e))) => {
+                    debug!(peer = %peer, error = %e, "read failed; closing connection");
+                    break;
+                }
+            }
+        }
+    }
+    channel.close();
+}
+
+fn dispatch(channel: &Channel, cmd: RemotingCommand, rt: &Runtime) {
+    if cmd.is_response() {
+        let waiter = channel.inner.pending.lock().remove(&cmd.opaque);
+        match waiter {
+            // The caller may have given up already; nothing to do then.
+            Some(tx) => drop(tx.send(cmd)),
+            None => debug!(
+                peer = %channel.peer_addr(),
+                opaque = cmd.opaque,
+                code = cmd.code,
+                "response matches no outstanding request (timed out?)"
+            ),
+        }
+        return;
+    }
+    let processor = rt.processors.lookup(cmd.code);
+    rt.requests
+        .spawn(run_request(channel.clone(), processor, cmd));
+}
+
+/// Runs one request and queues its response; never panics outward.
+async fn run_request(
+    channel: Channel,
+    processor: Option<Arc<dyn RequestProcessor>>,
+    request: RemotingCommand,
+) {
+    let code = request.code;
+    let opaque = request.opaque;
+    let oneway = request.is_oneway();
+    let serialize_type = request.serialize_type;
+    let peer = channel.peer_addr();
+    let response = match processor {
+        None => Some(RemotingCommand::response(
+            REQUEST_CODE_NOT_SUPPORTED,
+            format!("request type {code} not supported"),
+        )),
+        Some(processor) => {
+            let ctx = RequestContext::new(channel.clone());
+            // The processor call itself is inside the async block so that a
+            // panic before it returns its future is caught as well.
+            let run = AssertUnwindSafe(async move { processor.process(ctx, request).await });
+            match run.catch_unwind().await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => {
+                    warn!(peer = %peer, code, error = %e, "request processor failed");
+                    Some(RemotingCommand::response(SYSTEM_ERROR, e.to_string()))
+                }
+                Err(panic) => {
+                    let msg = panic_message(panic.as_ref());
+                    error!(peer = %peer, code, panic = %msg, "request processor panicked");
+                    Some(RemotingCommand::response(
+                        SYSTEM_ERROR,
+                        format!("processor panicked: {msg}"),
+                    ))
+                }
+            }
+        }
+    };
+    if oneway {
+        return;
+    }
+    if let Some(mut response) = response {
+        response.opaque = opaque;
+        response.flag = (response.flag | FLAG_RESPONSE) & !FLAG_ONEWAY;
+        response.serialize_type = serialize_type;
+        if channel.send(response).await.is_err() {
+            debug!(peer = %peer, code, "connection closed before the response was sent");
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+/// Drains the queue, batching whatever is ready into one vectored write.
+async fn write_loop(
+    channel: Channel,
+    mut rx: mpsc::Receiver<RemotingCommand>,
+    mut wr: OwnedWriteHalf,
+) {
+    let mut batch = Batch::default();
+    let peer = channel.peer_addr();
+    loop {
+        let first = tokio::select! {
+            biased;
+            cmd = rx.recv() => cmd,
+            _ = channel.inner.closed.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        batch.push(&first);
+        while batch.frames < BATCH_FRAMES && batch.bytes < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(&cmd),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = batch.write_to(&mut wr).await {
+            debug!(peer = %peer, error = %e, "write failed; closing connection");
+            channel.close();
+            return;
+        }
+        channel.touch();
+    }
+    // Closing: give frames that are already queued (responses of requests
+    // that finished during a graceful shutdown) a bounded chance to go out.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        batch.push(&cmd);
+    }
+    let flush = async {
+        batch.write_to(&mut wr).await?;
+        wr.shutdown().await
+    };
+    if let Err(e) = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    {
+        debug!(peer = %peer, error = %e, "final flush failed");
+    }
+    channel.close();
+    debug!(peer = %peer, channel = %channel.id(), "connection closed");
+}
+
+/// Frames waiting to be written: small pieces are copied into `buf`, large
+/// bodies are kept as their own `Bytes` so they are never copied.
+#[derive(Default)]
+struct Batch {
+    buf: BytesMut,
+    segments: VecDeque<Bytes>,
+    frames: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, cmd: &RemotingCommand) {
+        let before = self.buf.len();
+        cmd.encode_prefix(&mut self.buf);
+        self.bytes += self.buf.len() - before + cmd.body_len();
+        self.frames += 1;
+        if let Some(body) = &cmd.body {
+            if body.len() < COPY_BODY_LIMIT {
+                self.buf.extend_from_slice(body);
+            } else {
+                self.segments.push_back(self.buf.split().freeze());
+                self.segments.push_back(body.clone());
+            }
+        }
+    }
+
+    async fn write_to(&mut self, wr: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.segments.push_back(self.buf.split().freeze());
+        }
+        self.frames = 0;
+        self.bytes = 0;
+        while !self.segments.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for (slot, seg) in iov.iter_mut().zip(self.segments.iter()) {
+                *slot = IoSlice::new(seg);
+                n_iov += 1;
+            }
+            let mut written = wr.write_vectored(&iov[..n_iov]).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let Some(front) = self.segments.front_mut() else {
+                    break;
+                };
+                if written >= front.len() {
+                    written -= front.len();
+                    self.segments.pop_front();
+                } else {
+                    front.advance(written);
+                    written = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
