@@ -29,6 +29,8 @@ pub enum ProtocolError {
     MalformedMessage(String),
     #[error("invalid topic name: {0}")]
     InvalidTopic(String),
+    #[error("invalid group name: {0}")]
+    InvalidGroup(String),
 }
 
 pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;

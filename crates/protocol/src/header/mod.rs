@@ -18,9 +18,19 @@ use crate::error::{ProtocolError, Result};
 #[macro_use]
 mod macros;
 
+pub mod admin;
+pub mod client;
 pub mod namesrv;
+pub mod offset;
+pub mod pull;
+pub mod send;
 
+pub use admin::*;
+pub use client::*;
 pub use namesrv::*;
+pub use offset::*;
+pub use pull::*;
+pub use send::*;
 
 /// A custom header that travels as string pairs in `extFields`.
 pub trait CommandHeader: Sized {
