@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::connection::{spawn_connection, Channel, ConnOptions, Runtime};
 use crate::error::{RemotingError, Result};
 use crate::processor::ProcessorRegistry;
-use crate::server::{DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_QUEUE};
+use crate::server::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_WRITE_QUEUE};
 
 /// How a [`RemotingClient`] connects and treats its connections.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct ClientConfig {
     /// Idle connections are closed and transparently reopened on next use.
     pub idle_timeout: Option<Duration>,
     pub write_queue: usize,
+    /// Server-initiated requests one connection may have running at once.
+    pub max_in_flight: usize,
 }
 
 impl Default for ClientConfig {
@@ -36,6 +38,7 @@ impl Default for ClientConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             write_queue: DEFAULT_WRITE_QUEUE,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -80,6 +83,7 @@ impl RemotingClient {
                 max_frame_size: config.max_frame_size,
                 idle_timeout: config.idle_timeout,
                 write_queue: config.write_queue,
+                max_in_flight: config.max_in_flight,
             },
         });
         RemotingClient {

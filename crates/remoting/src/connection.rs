@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ use crate::processor::{ProcessorRegistry, RequestContext, RequestProcessor};
 
 /// `RemotingSysResponseCode.SYSTEM_ERROR`.
 pub const SYSTEM_ERROR: i32 = 1;
+/// `RemotingSysResponseCode.SYSTEM_BUSY`.
+pub const SYSTEM_BUSY: i32 = 2;
 /// `RemotingSysResponseCode.REQUEST_CODE_NOT_SUPPORTED`.
 pub const REQUEST_CODE_NOT_SUPPORTED: i32 = 3;
 
@@ -53,6 +55,7 @@ pub(crate) struct ConnOptions {
     pub max_frame_size: usize,
     pub idle_timeout: Option<Duration>,
     pub write_queue: usize,
+    pub max_in_flight: usize,
 }
 
 /// What a connection needs from the server or client that owns it.
@@ -305,6 +308,11 @@ async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
     let timer = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(3600)));
     tokio::pin!(timer);
     let peer = channel.peer_addr();
+    // Bounds the request tasks (and the requests they hold) one peer can
+    // have running, so a peer that floods requests without reading the
+    // answers cannot grow memory without bound.
+    let in_flight = Arc::new(Semaphore::new(rt.opts.max_in_flight.max(1)));
+    let mut overload_logged = false;
     loop {
         tokio::select! {
             _ = channel.inner.closed.cancelled() => break,
@@ -330,7 +338,7 @@ async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
                 }
                 Some(Ok(cmd)) => {
                     channel.touch();
-                    dispatch(&channel, cmd, &rt);
+                    dispatch(&channel, cmd, &rt, &in_flight, &mut overload_logged);
                 }
                 Some(Err(CodecError::Protocol(e))) => {
                     warn!(peer = %peer, reason = %e, "closing connection after a bad frame");
@@ -346,7 +354,13 @@ async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
     channel.close();
 }
 
-fn dispatch(channel: &Channel, cmd: RemotingCommand, rt: &Runtime) {
+fn dispatch(
+    channel: &Channel,
+    cmd: RemotingCommand,
+    rt: &Runtime,
+    in_flight: &Arc<Semaphore>,
+    overload_logged: &mut bool,
+) {
     if cmd.is_response() {
         let waiter = channel.inner.pending.lock().remove(&cmd.opaque);
         match waiter {
@@ -361,16 +375,47 @@ fn dispatch(channel: &Channel, cmd: RemotingCommand, rt: &Runtime) {
         }
         return;
     }
+    let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
+        reject_overloaded(channel, cmd, overload_logged);
+        return;
+    };
     let processor = rt.processors.lookup(cmd.code);
     rt.requests
-        .spawn(run_request(channel.clone(), processor, cmd));
+        .spawn(run_request(channel.clone(), processor, cmd, permit));
 }
 
-/// Runs one request and queues its response; never panics outward.
+/// Answers SYSTEM_BUSY like Java's rejected thread pool, without waiting:
+/// if even the write queue is full the answer is dropped.
+fn reject_overloaded(channel: &Channel, cmd: RemotingCommand, logged: &mut bool) {
+    if !*logged {
+        warn!(
+            peer = %channel.peer_addr(),
+            code = cmd.code,
+            "too many requests in flight on one connection; answering SYSTEM_BUSY"
+        );
+        *logged = true;
+    }
+    if cmd.is_oneway() {
+        return;
+    }
+    let mut busy = RemotingCommand::response(
+        SYSTEM_BUSY,
+        "[OVERLOAD]system busy, too many requests in flight on this connection".to_string(),
+    );
+    busy.opaque = cmd.opaque;
+    busy.serialize_type = cmd.serialize_type;
+    if channel.inner.tx.try_send(busy).is_err() {
+        debug!(peer = %channel.peer_addr(), "write queue full; SYSTEM_BUSY answer dropped");
+    }
+}
+
+/// Runs one request and queues its response; never panics outward. The
+/// permit is held until the response is queued.
 async fn run_request(
     channel: Channel,
     processor: Option<Arc<dyn RequestProcessor>>,
     request: RemotingCommand,
+    _permit: OwnedSemaphorePermit,
 ) {
     let code = request.code;
     let opaque = request.opaque;

@@ -18,6 +18,8 @@ use crate::processor::ProcessorRegistry;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default bound of each connection's outgoing frame queue.
 pub const DEFAULT_WRITE_QUEUE: usize = 4096;
+/// Default limit of requests running at once per connection.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
 
 /// How a [`RemotingServer`] listens and treats its connections.
 #[derive(Debug, Clone)]
@@ -31,6 +33,9 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Frames that may wait to be written per connection before senders wait.
     pub write_queue: usize,
+    /// Requests one connection may have running at once; more are answered
+    /// SYSTEM_BUSY (oneway ones dropped).
+    pub max_in_flight: usize,
     /// How long [`RemotingServer::shutdown`] lets in-flight requests finish.
     pub shutdown_grace: Duration,
 }
@@ -43,6 +48,7 @@ impl ServerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             write_queue: DEFAULT_WRITE_QUEUE,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -94,6 +100,7 @@ impl RemotingServer {
                 max_frame_size: config.max_frame_size,
                 idle_timeout: config.idle_timeout,
                 write_queue: config.write_queue,
+                max_in_flight: config.max_in_flight,
             },
         });
         let stop_accepting = CancellationToken::new();

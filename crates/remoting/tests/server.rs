@@ -150,6 +150,15 @@ async fn oneway_requests_are_processed_but_never_answered() {
     .await
     .unwrap();
     assert_eq!(*seen.lock(), vec![1]);
+    // The oneway task has run; had it queued an answer, it would come next.
+    let mut req = RemotingCommand::request(ECHO);
+    req.opaque = 4;
+    write_cmd(&mut sock, &req).await;
+    let next = tokio::time::timeout(WAIT, read_frame(&mut sock))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.opaque, 4);
 }
 
 #[tokio::test]
@@ -421,4 +430,60 @@ async fn graceful_shutdown_finishes_an_in_flight_request() {
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
     let ch = client.channel(&addr).await;
     assert!(ch.is_err(), "server is gone after shutdown");
+}
+
+#[tokio::test]
+async fn requests_over_the_in_flight_limit_get_system_busy() {
+    // Permits, not Notify: the release must not depend on the processors
+    // already waiting when it happens.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let reg = echo_registry();
+    let r = Arc::clone(&release);
+    reg.register(
+        1,
+        processor_fn(move |_ctx, _req| {
+            let r = Arc::clone(&r);
+            async move {
+                r.acquire().await?.forget();
+                Ok(Some(RemotingCommand::response(0, None)))
+            }
+        }),
+    );
+    let mut config = ServerConfig::new(loopback());
+    config.max_in_flight = 2;
+    let server = RemotingServer::bind(config, reg).await.unwrap();
+    let mut sock = TcpStream::connect(server.local_addr()).await.unwrap();
+    for opaque in 1..=3 {
+        let mut req = RemotingCommand::request(1);
+        req.opaque = opaque;
+        write_cmd(&mut sock, &req).await;
+    }
+    // Two requests hold both slots, so the third is refused at once.
+    let busy = tokio::time::timeout(WAIT, read_frame(&mut sock))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(busy.opaque, 3);
+    assert_eq!(busy.code, apogee_remoting::SYSTEM_BUSY);
+    release.add_permits(2);
+    let mut done = vec![];
+    for _ in 0..2 {
+        let r = tokio::time::timeout(WAIT, read_frame(&mut sock))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.code, 0);
+        done.push(r.opaque);
+    }
+    done.sort_unstable();
+    assert_eq!(done, vec![1, 2]);
+    // Slots are free again.
+    let mut req = RemotingCommand::request(ECHO);
+    req.opaque = 4;
+    write_cmd(&mut sock, &req).await;
+    let r = tokio::time::timeout(WAIT, read_frame(&mut sock))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.opaque, r.code), (4, 0));
 }
