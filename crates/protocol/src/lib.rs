@@ -6,12 +6,14 @@
 //! instead of panicking on bad input.
 
 pub mod code;
+pub mod body;
 pub mod codec;
 pub mod command;
 pub mod error;
 pub mod flags;
 pub mod header;
 pub mod java_properties;
+pub mod message;
 pub mod topic;
 
 pub use codec::FrameCodec;
