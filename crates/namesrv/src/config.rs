@@ -109,8 +109,14 @@ impl NamesrvConfig {
         let mut m = BTreeMap::new();
         m.insert("listenPort".into(), self.listen_port.to_string());
         m.insert("bindAddress".into(), self.bind_address.clone());
-        m.insert("kvConfigPath".into(), self.kv_config_path.display().to_string());
-        m.insert("orderMessageEnable".into(), self.order_message_enable.to_string());
+        m.insert(
+            "kvConfigPath".into(),
+            self.kv_config_path.display().to_string(),
+        );
+        m.insert(
+            "orderMessageEnable".into(),
+            self.order_message_enable.to_string(),
+        );
         m.insert(
             "returnOrderTopicConfigToBroker".into(),
             self.return_order_topic_config_to_broker.to_string(),
@@ -123,7 +129,10 @@ impl NamesrvConfig {
             "brokerChannelExpiredTime".into(),
             self.broker_channel_expired_time.as_millis().to_string(),
         );
-        m.insert("enableAllTopicList".into(), self.enable_all_topic_list.to_string());
+        m.insert(
+            "enableAllTopicList".into(),
+            self.enable_all_topic_list.to_string(),
+        );
         m.insert("enableTopicList".into(), self.enable_topic_list.to_string());
         m.insert(
             "deleteTopicWithBrokerRegistration".into(),

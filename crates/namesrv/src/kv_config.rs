@@ -32,10 +32,11 @@ impl KvConfigManager {
         let table = match std::fs::read(path) {
             Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => HashMap::new(),
             Ok(bytes) => {
-                let file: KvFile = serde_json::from_slice(&bytes).map_err(|e| NamesrvError::Io {
-                    path: path.display().to_string(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                })?;
+                let file: KvFile =
+                    serde_json::from_slice(&bytes).map_err(|e| NamesrvError::Io {
+                        path: path.display().to_string(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    })?;
                 file.config_table
                     .into_iter()
                     .map(|(ns, kv)| (ns, kv.into_iter().collect()))
@@ -82,7 +83,11 @@ impl KvConfigManager {
     }
 
     pub fn list(&self, namespace: &str) -> Option<HashMap<String, String>> {
-        self.table.read().get(namespace).filter(|m| !m.is_empty()).cloned()
+        self.table
+            .read()
+            .get(namespace)
+            .filter(|m| !m.is_empty())
+            .cloned()
     }
 
     /// Writes the table to disk (temp file + rename, so a crash leaves the
@@ -94,7 +99,12 @@ impl KvConfigManager {
                 .table
                 .read()
                 .iter()
-                .map(|(ns, kv)| (ns.clone(), kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+                .map(|(ns, kv)| {
+                    (
+                        ns.clone(),
+                        kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    )
+                })
                 .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&snapshot).map_err(|e| NamesrvError::Io {
@@ -130,7 +140,10 @@ mod tests {
         assert!(!kv.delete("ns", "k"));
         kv.persist().await.unwrap();
         let again = KvConfigManager::load(&path).unwrap();
-        assert_eq!(again.get(ORDER_TOPIC_CONFIG, "T").as_deref(), Some("broker-a:4"));
+        assert_eq!(
+            again.get(ORDER_TOPIC_CONFIG, "T").as_deref(),
+            Some("broker-a:4")
+        );
         assert_eq!(again.list("ns"), None);
     }
 

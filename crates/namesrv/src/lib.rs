@@ -11,3 +11,7 @@ pub mod route_info;
 
 pub use config::NamesrvConfig;
 pub use error::NamesrvError;
+pub mod processor;
+pub mod server;
+
+pub use server::NameServer;

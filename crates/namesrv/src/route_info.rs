@@ -584,7 +584,13 @@ mod tests {
     #[test]
     fn registration_builds_routes_and_clusters() {
         let m = RouteInfoManager::new(Duration::from_secs(120), false);
-        m.register(reg("broker-a", 0, "10.0.0.1:10911", &[("T", 4), ("U", 8)], 1));
+        m.register(reg(
+            "broker-a",
+            0,
+            "10.0.0.1:10911",
+            &[("T", 4), ("U", 8)],
+            1,
+        ));
         m.register(reg("broker-b", 0, "10.0.0.2:10911", &[("T", 2)], 1));
         let r = m.route("T").unwrap();
         assert_eq!(r.queues.len(), 2);
