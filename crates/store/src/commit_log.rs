@@ -1,0 +1,323 @@
+//! `CommitLog`: the single ordered log of every stored record, in fixed-size
+//! segments under `commitlog/`. Owns the append path (one short lock for
+//! offset assignment + memcpy), queue-offset assignment, the flushed
+//! watermark and zero-copy reads.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use apogee_protocol::message::stored::{self, patch_stored, BLANK_MAGIC_CODE};
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::error::{Result, StoreError};
+use crate::mapped_file::MappedFile;
+use crate::mapped_file_queue::MappedFileQueue;
+
+/// Bytes always left free at a segment's end for the BLANK marker.
+pub const END_FILE_MIN_BLANK_LENGTH: u64 = 8;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// CommitLog offset of the first record.
+    pub phys_offset: u64,
+    /// Bytes of the records (excluding any BLANK filler).
+    pub wrote_bytes: usize,
+    /// Queue offset of the first record (0 for non-dispatchable records).
+    pub queue_offset: i64,
+    pub store_timestamp: i64,
+    pub count: usize,
+}
+
+impl AppendResult {
+    /// CommitLog offset just past the last record.
+    pub fn end_offset(&self) -> u64 {
+        self.phys_offset + self.wrote_bytes as u64
+    }
+}
+
+struct AppendState {
+    current: Option<Arc<MappedFile>>,
+    /// Next queue offset of every (topic, queue).
+    queue_offsets: HashMap<String, HashMap<i32, i64>>,
+}
+
+pub struct CommitLog {
+    mfq: MappedFileQueue,
+    append: Mutex<AppendState>,
+    /// Published end of the log: readers and the dispatcher stop here.
+    max_offset: AtomicU64,
+    /// Everything below this is on disk.
+    flushed: AtomicU64,
+    last_store_ts: AtomicI64,
+    flushed_store_ts: AtomicI64,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl CommitLog {
+    pub fn load(dir: &Path, segment_size: u64) -> Result<CommitLog> {
+        let mfq = MappedFileQueue::load(dir, segment_size)?;
+        let end = mfq.max_offset();
+        Ok(CommitLog {
+            mfq,
+            append: Mutex::new(AppendState {
+                current: None,
+                queue_offsets: HashMap::new(),
+            }),
+            max_offset: AtomicU64::new(end),
+            flushed: AtomicU64::new(end),
+            last_store_ts: AtomicI64::new(0),
+            flushed_store_ts: AtomicI64::new(0),
+        })
+    }
+
+    pub fn segments(&self) -> &MappedFileQueue {
+        &self.mfq
+    }
+    pub fn segment_size(&self) -> u64 {
+        self.mfq.file_size()
+    }
+    /// End of the published log.
+    pub fn max_offset(&self) -> u64 {
+        self.max_offset.load(Ordering::Acquire)
+    }
+    /// First offset still on disk.
+    pub fn min_offset(&self) -> u64 {
+        match self.mfq.first() {
+            Some(f) => f.base(),
+            None => self.max_offset(),
+        }
+    }
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed.load(Ordering::Acquire)
+    }
+    pub fn flushed_atomic(&self) -> &AtomicU64 {
+        &self.flushed
+    }
+    /// Store timestamp of the newest record known to be flushed.
+    pub fn flushed_store_ts(&self) -> i64 {
+        self.flushed_store_ts.load(Ordering::Acquire)
+    }
+
+    /// Called by recovery once the valid end is known: truncate everything
+    /// past `end`, set positions, and install the queue-offset table.
+    pub fn set_recovered(&self, end: u64, queue_offsets: HashMap<String, HashMap<i32, i64>>, last_ts: i64) -> Result<()> {
+        self.mfq.drop_from(end.div_ceil(self.segment_size()) * self.segment_size());
+        let files = self.mfq.snapshot();
+        let mut current = None;
+        for f in &files {
+            if f.base() + f.size() <= end {
+                f.set_wrote(f.size());
+                f.set_flushed(f.size());
+            } else {
+                let local = end.saturating_sub(f.base());
+                f.zero_from(local)?;
+                f.set_wrote(local);
+                f.set_flushed(local);
+            }
+            current = Some(f.clone());
+        }
+        // `end` may sit exactly on a segment boundary after a BLANK: the next
+        // append rolls to a new segment.
+        self.max_offset.store(end, Ordering::Release);
+        self.flushed.store(end, Ordering::Release);
+        self.last_store_ts.store(last_ts, Ordering::Release);
+        self.flushed_store_ts.store(last_ts, Ordering::Release);
+        let mut st = self.append.lock();
+        st.current = current;
+        st.queue_offsets = queue_offsets;
+        Ok(())
+    }
+
+    /// Install the queue-offset table (after recovery).
+    pub fn set_queue_offsets(&self, table: HashMap<String, HashMap<i32, i64>>) {
+        self.append.lock().queue_offsets = table;
+    }
+
+    /// Wait for in-flight appends to finish (shutdown barrier).
+    pub fn barrier(&self) {
+        drop(self.append.lock());
+    }
+
+    /// Next queue offset the append path will assign for (topic, queue).
+    pub fn queue_offset(&self, topic: &str, queue_id: i32) -> i64 {
+        self.append
+            .lock()
+            .queue_offsets
+            .get(topic)
+            .and_then(|q| q.get(&queue_id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Append the `count` encoded records in `buf` (one client send: same
+    /// topic and queue) as one contiguous run. Offsets and the store
+    /// timestamp are patched into `buf` first, so one memcpy does the write.
+    pub fn append(&self, topic: &str, queue_id: i32, dispatchable: bool, buf: &mut [u8], count: usize) -> Result<AppendResult> {
+        let total = buf.len() as u64;
+        let seg_size = self.segment_size();
+        if total + END_FILE_MIN_BLANK_LENGTH > seg_size {
+            return Err(StoreError::DoesNotFitSegment {
+                size: buf.len(),
+                segment: seg_size,
+            });
+        }
+        check_records(buf, count)?;
+        let mut st = self.append.lock();
+        let mut seg = match &st.current {
+            Some(s) => s.clone(),
+            None => {
+                let base = self.max_offset() / seg_size * seg_size;
+                let s = match self.mfq.last() {
+                    Some(l) if l.base() == base => l,
+                    _ => self.mfq.create(base)?,
+                };
+                st.current = Some(s.clone());
+                s
+            }
+        };
+        let mut pos = seg.wrote();
+        if pos + total + END_FILE_MIN_BLANK_LENGTH > seg_size {
+            let left = seg_size - pos;
+            if left >= 8 {
+                let mut blank = [0u8; 8];
+                blank[..4].copy_from_slice(&(left as i32).to_be_bytes());
+                blank[4..].copy_from_slice(&BLANK_MAGIC_CODE.to_be_bytes());
+                seg.write_at(pos, &blank)?;
+            }
+            seg.set_wrote(seg_size);
+            // Creating the file is I/O under the lock, but once per segment.
+            seg = self.mfq.create(seg.base() + seg_size)?;
+            st.current = Some(seg.clone());
+            pos = 0;
+            self.max_offset.store(seg.base(), Ordering::Release);
+        }
+        let phys = seg.base() + pos;
+        let ts = now_ms().max(self.last_store_ts.load(Ordering::Relaxed));
+        let queue_offset = if dispatchable {
+            let q = match st.queue_offsets.get_mut(topic) {
+                Some(q) => q,
+                None => st.queue_offsets.entry(topic.to_owned()).or_default(),
+            };
+            let next = q.entry(queue_id).or_insert(0);
+            let first = *next;
+            *next += count as i64;
+            first
+        } else {
+            0
+        };
+        // Patch every record: physical offset, queue offset, store timestamp.
+        // The layout was validated before taking the lock, so this cannot fail
+        // half-way.
+        let mut rel = 0usize;
+        let mut i = 0i64;
+        while rel < buf.len() {
+            let size = stored::peek_total_size(&buf[rel..]).unwrap_or(buf.len() - rel);
+            let end = (rel + size).min(buf.len());
+            let qo = if dispatchable { queue_offset + i } else { 0 };
+            patch_stored(&mut buf[rel..end], qo, (phys + rel as u64) as i64, ts)
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+            rel = end;
+            i += 1;
+        }
+        seg.write_at(pos, buf)?;
+        seg.set_wrote(pos + total);
+        self.last_store_ts.store(ts, Ordering::Relaxed);
+        self.max_offset.store(phys + total, Ordering::Release);
+        drop(st);
+        Ok(AppendResult {
+            phys_offset: phys,
+            wrote_bytes: buf.len(),
+            queue_offset,
+            store_timestamp: ts,
+            count,
+        })
+    }
+
+    /// Flush everything written so far; returns the new flushed offset.
+    pub fn flush(&self) -> Result<u64> {
+        let target = self.max_offset();
+        let ts = self.last_store_ts.load(Ordering::Acquire);
+        if target > self.flushed_offset() {
+            self.mfq.flush(target)?;
+            self.flushed.fetch_max(target, Ordering::AcqRel);
+        }
+        self.flushed_store_ts.fetch_max(ts, Ordering::AcqRel);
+        Ok(self.flushed_offset())
+    }
+
+    /// Bytes not yet flushed.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.max_offset().saturating_sub(self.flushed_offset())
+    }
+
+    /// Zero-copy view of `size` published bytes at `phys`.
+    pub fn read(&self, phys: u64, size: usize) -> Option<Bytes> {
+        let seg = self.mfq.find(phys)?;
+        let local = phys - seg.base();
+        if local + size as u64 > seg.wrote() {
+            return None;
+        }
+        Some(seg.shared_bytes().slice(local as usize..local as usize + size))
+    }
+
+    /// The published record at `phys`, length taken from its TOTALSIZE.
+    pub fn read_record(&self, phys: u64) -> Option<Bytes> {
+        let seg = self.mfq.find(phys)?;
+        let local = phys - seg.base();
+        let head = seg.read_visible(local, 4)?;
+        let size = stored::peek_total_size(head)?;
+        self.read(phys, size)
+    }
+
+    /// Borrow published bytes `[phys, phys+len)` within one segment (the
+    /// returned `Arc` keeps the mapping alive).
+    pub fn segment_at(&self, phys: u64) -> Option<Arc<MappedFile>> {
+        self.mfq.find(phys)
+    }
+
+    /// Store timestamp of the record at `phys` (None if not readable).
+    pub fn store_timestamp_at(&self, phys: u64, size: usize) -> Option<i64> {
+        let seg = self.mfq.find(phys)?;
+        let local = phys - seg.base();
+        let rec = seg.read_visible(local, size as u64)?;
+        let sys_flag = i32::from_be_bytes(rec.get(36..40)?.try_into().ok()?);
+        let p = stored::store_timestamp_pos(sys_flag);
+        Some(i64::from_be_bytes(rec.get(p..p + 8)?.try_into().ok()?))
+    }
+}
+
+/// Check that `buf` holds exactly `count` records whose headers can be patched.
+fn check_records(buf: &[u8], count: usize) -> Result<()> {
+    let mut rel = 0usize;
+    let mut n = 0usize;
+    while rel < buf.len() {
+        let rec = &buf[rel..];
+        let size = stored::peek_total_size(rec)
+            .filter(|s| *s <= rec.len())
+            .ok_or_else(|| StoreError::IllegalMessage("encoded record has a bad TOTALSIZE".into()))?;
+        let sys_flag = rec
+            .get(stored::SYS_FLAG_POS..stored::SYS_FLAG_POS + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_be_bytes)
+            .ok_or_else(|| StoreError::IllegalMessage("encoded record too short".into()))?;
+        if stored::body_len_pos(sys_flag) > size {
+            return Err(StoreError::IllegalMessage("encoded record too short".into()));
+        }
+        rel += size;
+        n += 1;
+    }
+    if n != count || n == 0 {
+        return Err(StoreError::IllegalMessage(format!("batch holds {n} records, expected {count}")));
+    }
+    Ok(())
+}

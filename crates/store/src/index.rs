@@ -1,0 +1,447 @@
+//! Message index by key: RocketMQ's IndexFile layout (40-byte header, hash
+//! slots of 4 bytes, entries of 20 bytes) under `index/`, one file per
+//! `maxIndexNum` entries. Keys are `<topic>#<key>` for every KEYS word and
+//! the UNIQ_KEY. Written by the dispatcher, queried concurrently.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Result, StoreError};
+use crate::mapped_file::MappedFile;
+
+pub const INDEX_HEADER_SIZE: u64 = 40;
+pub const HASH_SLOT_SIZE: u64 = 4;
+pub const INDEX_ENTRY_SIZE: u64 = 20;
+
+const BEGIN_TS_POS: u64 = 0;
+const END_TS_POS: u64 = 8;
+const BEGIN_PHY_POS: u64 = 16;
+const END_PHY_POS: u64 = 24;
+const HASH_SLOT_COUNT_POS: u64 = 32;
+const INDEX_COUNT_POS: u64 = 36;
+
+/// |Java `String.hashCode`| of `<topic>#<key>` (`Integer.MIN_VALUE` → 0),
+/// computed without building the string.
+pub fn index_key_hash(topic: &str, key: &str) -> i32 {
+    let mut h: i32 = 0;
+    let units = topic
+        .encode_utf16()
+        .chain("#".encode_utf16())
+        .chain(key.encode_utf16());
+    for u in units {
+        h = h.wrapping_mul(31).wrapping_add(i32::from(u));
+    }
+    if h == i32::MIN {
+        0
+    } else {
+        h.abs()
+    }
+}
+
+/// One index file.
+pub struct IndexFile {
+    mf: MappedFile,
+    slot_num: u32,
+    index_num: u32,
+}
+
+impl IndexFile {
+    pub fn file_size(slot_num: u32, index_num: u32) -> u64 {
+        INDEX_HEADER_SIZE + u64::from(slot_num) * HASH_SLOT_SIZE + u64::from(index_num) * INDEX_ENTRY_SIZE
+    }
+
+    fn create(path: &Path, slot_num: u32, index_num: u32) -> Result<IndexFile> {
+        let mf = MappedFile::create(path, 0, Self::file_size(slot_num, index_num))?;
+        let f = IndexFile { mf, slot_num, index_num };
+        f.set_i32(INDEX_COUNT_POS, 1);
+        Ok(f)
+    }
+
+    fn open(path: &Path, slot_num: u32, index_num: u32) -> Result<IndexFile> {
+        let mf = MappedFile::open(path, 0, Self::file_size(slot_num, index_num)).map_err(|e| match e {
+            StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+                path,
+                reason: format!("{reason} (maxHashSlotNum/maxIndexNum must not change)"),
+            },
+            other => other,
+        })?;
+        let f = IndexFile { mf, slot_num, index_num };
+        if f.index_count() < 1 {
+            f.set_i32(INDEX_COUNT_POS, 1);
+        }
+        Ok(f)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mf.path()
+    }
+
+    fn get_i32(&self, pos: u64) -> i32 {
+        self.mf
+            .atomic_i32(pos)
+            .map(|a| i32::from_be(a.load(Ordering::Acquire)))
+            .unwrap_or(0)
+    }
+    fn set_i32(&self, pos: u64, v: i32) {
+        if let Some(a) = self.mf.atomic_i32(pos) {
+            a.store(v.to_be(), Ordering::Release);
+        }
+    }
+    fn get_i64(&self, pos: u64) -> i64 {
+        self.mf
+            .atomic_i64(pos)
+            .map(|a| i64::from_be(a.load(Ordering::Acquire)))
+            .unwrap_or(0)
+    }
+    fn set_i64(&self, pos: u64, v: i64) {
+        if let Some(a) = self.mf.atomic_i64(pos) {
+            a.store(v.to_be(), Ordering::Release);
+        }
+    }
+
+    pub fn begin_timestamp(&self) -> i64 {
+        self.get_i64(BEGIN_TS_POS)
+    }
+    pub fn end_timestamp(&self) -> i64 {
+        self.get_i64(END_TS_POS)
+    }
+    pub fn begin_phy_offset(&self) -> i64 {
+        self.get_i64(BEGIN_PHY_POS)
+    }
+    pub fn end_phy_offset(&self) -> i64 {
+        self.get_i64(END_PHY_POS)
+    }
+    /// Next entry number (entry 0 is never used, so an empty file says 1).
+    pub fn index_count(&self) -> i32 {
+        self.get_i32(INDEX_COUNT_POS)
+    }
+    pub fn is_full(&self) -> bool {
+        self.index_count() as i64 >= i64::from(self.index_num)
+    }
+    fn is_empty(&self) -> bool {
+        self.index_count() <= 1
+    }
+
+    fn slot_pos(&self, hash: i32) -> u64 {
+        INDEX_HEADER_SIZE + (hash.unsigned_abs() % self.slot_num) as u64 * HASH_SLOT_SIZE
+    }
+    fn entry_pos(&self, n: i32) -> u64 {
+        INDEX_HEADER_SIZE + u64::from(self.slot_num) * HASH_SLOT_SIZE + n as u64 * INDEX_ENTRY_SIZE
+    }
+
+    fn read_entry(&self, n: i32) -> Option<(i32, i64, i32, i32)> {
+        let b = self.mf.read(self.entry_pos(n), INDEX_ENTRY_SIZE)?;
+        Some((
+            i32::from_be_bytes(b.get(0..4)?.try_into().ok()?),
+            i64::from_be_bytes(b.get(4..12)?.try_into().ok()?),
+            i32::from_be_bytes(b.get(12..16)?.try_into().ok()?),
+            i32::from_be_bytes(b.get(16..20)?.try_into().ok()?),
+        ))
+    }
+
+    /// Add one key. Returns false if the file is full.
+    fn put(&self, hash: i32, phys: i64, store_ts: i64) -> Result<bool> {
+        let count = self.index_count();
+        if count as i64 >= i64::from(self.index_num) {
+            return Ok(false);
+        }
+        let slot_pos = self.slot_pos(hash);
+        let mut head = self.get_i32(slot_pos);
+        if head <= 0 || head >= count {
+            head = 0;
+        }
+        let begin_ts = if self.is_empty() { store_ts } else { self.begin_timestamp() };
+        let diff = ((store_ts - begin_ts) / 1000).clamp(0, i64::from(i32::MAX)) as i32;
+        let mut e = [0u8; 20];
+        e[0..4].copy_from_slice(&hash.to_be_bytes());
+        e[4..12].copy_from_slice(&phys.to_be_bytes());
+        e[12..16].copy_from_slice(&diff.to_be_bytes());
+        e[16..20].copy_from_slice(&head.to_be_bytes());
+        self.mf.write_at(self.entry_pos(count), &e)?;
+        if self.is_empty() {
+            self.set_i64(BEGIN_TS_POS, store_ts);
+            self.set_i64(BEGIN_PHY_POS, phys);
+        }
+        if head == 0 {
+            self.set_i32(HASH_SLOT_COUNT_POS, self.get_i32(HASH_SLOT_COUNT_POS) + 1);
+        }
+        self.set_i64(END_TS_POS, store_ts);
+        self.set_i64(END_PHY_POS, phys);
+        // Publish the count first so a reader that sees the new slot head
+        // also sees a count that admits it (readers reject heads >= count).
+        self.set_i32(INDEX_COUNT_POS, count + 1);
+        self.set_i32(slot_pos, count);
+        Ok(true)
+    }
+
+    /// Physical offsets of entries with this hash stored in `[begin, end]` ms,
+    /// newest first, appended to `out` until it holds `max`.
+    fn query(&self, hash: i32, begin: i64, end: i64, max: usize, out: &mut Vec<i64>) {
+        let count = self.index_count();
+        let base_ts = self.begin_timestamp();
+        let mut n = self.get_i32(self.slot_pos(hash));
+        let mut steps = 0i64;
+        while n > 0 && n < count && out.len() < max && steps < i64::from(self.index_num) {
+            steps += 1;
+            let Some((h, phys, diff, prev)) = self.read_entry(n) else { break };
+            let ts = base_ts + i64::from(diff) * 1000;
+            // Times are stored in whole seconds: widen the window by one second.
+            if h == hash && ts + 999 >= begin && ts <= end {
+                out.push(phys);
+            }
+            if prev >= n {
+                break; // chains only point backwards; anything else is corrupt
+            }
+            n = prev;
+        }
+    }
+
+    /// Remove the newest entries whose offset is >= `phys_end`.
+    fn truncate_past(&self, phys_end: i64) -> Result<usize> {
+        let mut count = self.index_count();
+        let mut removed = 0;
+        while count > 1 {
+            let n = count - 1;
+            let Some((hash, phys, _, prev)) = self.read_entry(n) else { break };
+            if phys < phys_end {
+                break;
+            }
+            let slot = self.slot_pos(hash);
+            if self.get_i32(slot) == n {
+                self.set_i32(slot, prev);
+                if prev == 0 {
+                    self.set_i32(HASH_SLOT_COUNT_POS, (self.get_i32(HASH_SLOT_COUNT_POS) - 1).max(0));
+                }
+            }
+            self.mf.write_at(self.entry_pos(n), &[0u8; 20])?;
+            count = n;
+            self.set_i32(INDEX_COUNT_POS, count);
+            removed += 1;
+        }
+        if removed > 0 {
+            if count > 1 {
+                let (_, phys, diff, _) = self.read_entry(count - 1).unwrap_or((0, 0, 0, 0));
+                self.set_i64(END_PHY_POS, phys);
+                self.set_i64(END_TS_POS, self.begin_timestamp() + i64::from(diff) * 1000);
+            } else {
+                for p in [BEGIN_TS_POS, END_TS_POS, BEGIN_PHY_POS, END_PHY_POS] {
+                    self.set_i64(p, 0);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.mf.sync_all()
+    }
+}
+
+/// The set of index files, newest last.
+pub struct IndexService {
+    dir: PathBuf,
+    slot_num: u32,
+    index_num: u32,
+    files: RwLock<Vec<Arc<IndexFile>>>,
+}
+
+impl IndexService {
+    pub fn load(dir: &Path, slot_num: u32, index_num: u32) -> Result<IndexService> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io("list directory", dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io("list directory", dir, e))?;
+            if let Some(n) = entry.file_name().to_str() {
+                if n.len() == 17 && n.bytes().all(|b| b.is_ascii_digit()) {
+                    names.push(n.to_owned());
+                }
+            }
+        }
+        names.sort();
+        let mut files = Vec::new();
+        for n in names {
+            files.push(Arc::new(IndexFile::open(&dir.join(n), slot_num, index_num)?));
+        }
+        Ok(IndexService {
+            dir: dir.to_path_buf(),
+            slot_num,
+            index_num,
+            files: RwLock::new(files),
+        })
+    }
+
+    fn writable_file(&self) -> Result<Arc<IndexFile>> {
+        if let Some(f) = self.files.read().last() {
+            if !f.is_full() {
+                return Ok(f.clone());
+            }
+        }
+        let mut name = local_timestamp_name(crate::commit_log::now_ms());
+        let mut files = self.files.write();
+        while files.last().is_some_and(|f| f.path().file_name().and_then(|n| n.to_str()) >= Some(name.as_str())) {
+            // Same millisecond as the previous file: keep names unique and sorted.
+            let bumped = name.parse::<u64>().unwrap_or(0) + 1;
+            name = format!("{bumped:017}");
+        }
+        let f = Arc::new(IndexFile::create(&self.dir.join(&name), self.slot_num, self.index_num)?);
+        tracing::info!(file = %name, "created index file");
+        files.push(f.clone());
+        Ok(f)
+    }
+
+    /// Last indexed CommitLog offset (-1 if none): re-dispatch skips messages
+    /// at or below it.
+    pub fn last_indexed_phys(&self) -> i64 {
+        match self.files.read().last() {
+            Some(f) if !f.is_empty() => f.end_phy_offset(),
+            _ => -1,
+        }
+    }
+
+    /// Index one message: every non-empty space-separated word of `keys` and
+    /// the unique key.
+    pub fn build_index(&self, topic: &str, keys: Option<&str>, uniq_key: Option<&str>, phys: i64, store_ts: i64) -> Result<()> {
+        if phys <= self.last_indexed_phys() {
+            return Ok(());
+        }
+        let words = keys
+            .into_iter()
+            .flat_map(|k| k.split(' '))
+            .chain(uniq_key)
+            .filter(|k| !k.is_empty());
+        for key in words {
+            let hash = index_key_hash(topic, key);
+            let mut f = self.writable_file()?;
+            if !f.put(hash, phys, store_ts)? {
+                f = self.writable_file()?;
+                f.put(hash, phys, store_ts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Offsets of messages indexed under `<topic>#<key>` stored within
+    /// `[begin, end]` ms, newest first, at most `max` (hash collisions
+    /// possible: callers re-check the key).
+    pub fn query(&self, topic: &str, key: &str, max: usize, begin: i64, end: i64) -> Vec<i64> {
+        let hash = index_key_hash(topic, key);
+        let files = self.files.read().clone();
+        let mut out = Vec::new();
+        for f in files.iter().rev() {
+            if out.len() >= max {
+                break;
+            }
+            if f.is_empty() {
+                continue;
+            }
+            // Skip files entirely outside the window.
+            if f.end_timestamp() + 1000 < begin || f.begin_timestamp() > end {
+                continue;
+            }
+            f.query(hash, begin, end, max, &mut out);
+        }
+        out
+    }
+
+    /// (end timestamp, end CommitLog offset) of the newest entry.
+    pub fn last_update(&self) -> (i64, i64) {
+        match self.files.read().last() {
+            Some(f) => (f.end_timestamp(), f.end_phy_offset()),
+            None => (0, 0),
+        }
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        let files = self.files.read().clone();
+        if let Some(f) = files.last() {
+            f.flush()?;
+        }
+        // Older files are full and were flushed when they filled; flush them
+        // anyway if there are only a few (cheap when clean).
+        for f in files.iter().rev().skip(1).take(1) {
+            f.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Drop entries for CommitLog offsets >= `phys_end` (crash recovery).
+    pub fn truncate_past(&self, phys_end: u64) -> Result<usize> {
+        let phys_end = phys_end as i64;
+        let mut removed = 0;
+        let mut files = self.files.write();
+        while let Some(f) = files.last() {
+            if !f.is_empty() && f.begin_phy_offset() >= phys_end {
+                removed += (f.index_count() - 1).max(0) as usize;
+                let _ = std::fs::remove_file(f.path());
+                files.pop();
+                continue;
+            }
+            removed += f.truncate_past(phys_end)?;
+            break;
+        }
+        Ok(removed)
+    }
+
+    /// Delete files (never the newest) whose entries all point below
+    /// `commitlog_min`.
+    pub fn delete_expired(&self, commitlog_min: u64) -> usize {
+        let mut files = self.files.write();
+        let mut n = 0;
+        while files.len() > 1 {
+            let f = &files[0];
+            if f.end_phy_offset() >= commitlog_min as i64 {
+                break;
+            }
+            if let Err(e) = std::fs::remove_file(f.path()) {
+                tracing::warn!(path = %f.path().display(), error = %e, "cannot delete index file");
+                break;
+            }
+            tracing::info!(path = %f.path().display(), "deleted index file");
+            files.remove(0);
+            n += 1;
+        }
+        n
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.read().len()
+    }
+}
+
+/// `yyyyMMddHHmmssSSS` in local time, as RocketMQ names index files.
+pub fn local_timestamp_name(ms: i64) -> String {
+    let secs = ms.div_euclid(1000) as libc::time_t;
+    let millis = ms.rem_euclid(1000);
+    // SAFETY: localtime_r writes only into `tm`, which we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    if !ok {
+        return format!("{:017}", ms.max(0));
+    }
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}{:03}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        millis
+    )
+}
+
+/// Current local hour of day (0-23).
+pub fn local_hour(ms: i64) -> u32 {
+    let secs = ms.div_euclid(1000) as libc::time_t;
+    // SAFETY: as above.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    if ok {
+        tm.tm_hour as u32
+    } else {
+        ((ms / 3_600_000) % 24) as u32
+    }
+}

@@ -1,0 +1,347 @@
+//! `MappedFile`: one fixed-size, memory-mapped segment file with an append
+//! (wrote) position and a flushed position. Bytes below the wrote position are
+//! immutable and can be handed out as zero-copy `Bytes`.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use memmap2::MmapRaw;
+
+use crate::error::{Result, StoreError};
+
+/// Owner handed to `Bytes::from_owner`: keeps the mapping alive while any
+/// reader still holds a slice of it, even after the file is unlinked.
+struct MapOwner(Arc<MmapRaw>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the mapping is valid for its whole length while `self.0` lives.
+        // Readers only look at bytes below the published wrote position, which
+        // are never written again (see `MappedFile::write_at`).
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
+    }
+}
+
+/// One segment of a CommitLog, ConsumeQueue or index.
+pub struct MappedFile {
+    path: PathBuf,
+    base: u64,
+    size: u64,
+    file: File,
+    map: Arc<MmapRaw>,
+    wrote: AtomicU64,
+    flushed: AtomicU64,
+    deleted: AtomicBool,
+    /// First time a delete was attempted while readers still held it (ms, 0 = never).
+    delete_pending_since: AtomicU64,
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedFile")
+            .field("path", &self.path)
+            .field("base", &self.base)
+            .field("wrote", &self.wrote())
+            .finish()
+    }
+}
+
+/// The 20-digit zero-padded name of a segment starting at `base`.
+pub fn segment_name(base: u64) -> String {
+    format!("{base:020}")
+}
+
+impl MappedFile {
+    /// Create a new zero-filled segment. Blocks are reserved up front
+    /// (fallocate) so a full disk fails here rather than as SIGBUS on a later
+    /// store into the mapping.
+    pub fn create(path: &Path, base: u64, size: u64) -> Result<MappedFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StoreError::io("create segment", path, e))?;
+        file.set_len(size)
+            .map_err(|e| StoreError::io("size segment", path, e))?;
+        reserve(&file, 0, size).map_err(|e| StoreError::io("reserve segment blocks", path, e))?;
+        Self::map(path, file, base, size, 0)
+    }
+
+    /// Open an existing segment; its length must be `size`.
+    pub fn open(path: &Path, base: u64, size: u64) -> Result<MappedFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io("open segment", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io("stat segment", path, e))?
+            .len();
+        if len != size {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("segment is {len} bytes, expected {size}"),
+            });
+        }
+        // Until recovery says otherwise, treat the whole file as written and flushed.
+        Self::map(path, file, base, size, size)
+    }
+
+    fn map(path: &Path, file: File, base: u64, size: u64, pos: u64) -> Result<MappedFile> {
+        let map = MmapRaw::map_raw(&file).map_err(|e| StoreError::io("mmap segment", path, e))?;
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            base,
+            size,
+            file,
+            map: Arc::new(map),
+            wrote: AtomicU64::new(pos),
+            flushed: AtomicU64::new(pos),
+            deleted: AtomicBool::new(false),
+            delete_pending_since: AtomicU64::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Global offset of the first byte of this segment.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Bytes written and visible to readers.
+    pub fn wrote(&self) -> u64 {
+        self.wrote.load(Ordering::Acquire)
+    }
+    /// Publish `pos` as the end of the visible bytes (after the memcpy).
+    pub fn set_wrote(&self, pos: u64) {
+        self.wrote.store(pos.min(self.size), Ordering::Release);
+    }
+    pub fn flushed(&self) -> u64 {
+        self.flushed.load(Ordering::Acquire)
+    }
+    pub fn set_flushed(&self, pos: u64) {
+        self.flushed.store(pos.min(self.size), Ordering::Release);
+    }
+    pub fn is_full(&self) -> bool {
+        self.wrote() >= self.size
+    }
+
+    /// Copy `data` to `pos`. The caller must be the only writer of that region
+    /// and must not have published it yet (append lock / single dispatcher).
+    pub fn write_at(&self, pos: u64, data: &[u8]) -> Result<()> {
+        let end = pos
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= self.size)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("write of {} bytes at {pos} past segment end", data.len()),
+            })?;
+        let _ = end;
+        // SAFETY: bounds checked above; the region is not yet visible to readers
+        // and only one writer touches it, so no reference aliases it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(pos as usize),
+                data.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Read bytes anywhere in the segment (bounds-checked against the file
+    /// size, not the wrote position). Used by recovery and by readers of
+    /// regions they know are published.
+    pub fn read(&self, pos: u64, len: u64) -> Option<&[u8]> {
+        let end = pos.checked_add(len)?;
+        if end > self.size {
+            return None;
+        }
+        // SAFETY: in bounds; callers read only published or quiescent regions.
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(pos as usize), len as usize) })
+    }
+
+    /// Read bytes below the published wrote position only.
+    pub fn read_visible(&self, pos: u64, len: u64) -> Option<&[u8]> {
+        if pos.checked_add(len)? > self.wrote() {
+            return None;
+        }
+        self.read(pos, len)
+    }
+
+    /// A 4-byte word of the mapping accessed atomically (index headers and
+    /// slots, read by queries while the dispatcher writes).
+    pub fn atomic_i32(&self, pos: u64) -> Option<&AtomicI32> {
+        if pos % 4 != 0 || pos.checked_add(4)? > self.size {
+            return None;
+        }
+        // SAFETY: aligned (the mapping is page-aligned), in bounds, and valid
+        // for as long as `self`; every access to this word is atomic.
+        Some(unsafe { AtomicI32::from_ptr(self.map.as_mut_ptr().add(pos as usize).cast::<i32>()) })
+    }
+
+    /// An 8-byte word of the mapping accessed atomically.
+    pub fn atomic_i64(&self, pos: u64) -> Option<&AtomicI64> {
+        if pos % 8 != 0 || pos.checked_add(8)? > self.size {
+            return None;
+        }
+        // SAFETY: as for `atomic_i32`.
+        Some(unsafe { AtomicI64::from_ptr(self.map.as_mut_ptr().add(pos as usize).cast::<i64>()) })
+    }
+
+    /// A `Bytes` covering the whole mapping; slice it for zero-copy views.
+    /// Keeps the mapping alive (and counts as a reader) while it lives.
+    pub fn shared_bytes(&self) -> Bytes {
+        Bytes::from_owner(MapOwner(self.map.clone()))
+    }
+
+    /// Number of outstanding `shared_bytes` owners (readers).
+    pub fn reader_count(&self) -> usize {
+        Arc::strong_count(&self.map).saturating_sub(1)
+    }
+
+    /// msync the dirty range up to `upto` and advance the flushed position.
+    /// Only one thread flushes a given file at a time.
+    pub fn flush(&self, upto: u64) -> Result<()> {
+        let upto = upto.min(self.size);
+        let from = self.flushed();
+        if upto <= from {
+            return Ok(());
+        }
+        self.map
+            .flush_range(from as usize, (upto - from) as usize)
+            .map_err(|e| StoreError::io("flush segment", &self.path, e))?;
+        self.set_flushed(upto);
+        Ok(())
+    }
+
+    /// Make `[from, size)` read as zeros (used when truncating after a crash),
+    /// flushing the result so a later recovery cannot see stale records.
+    pub fn zero_from(&self, from: u64) -> Result<()> {
+        if from >= self.size {
+            return Ok(());
+        }
+        let page = 4096u64;
+        let aligned = from.div_ceil(page) * page;
+        let head_end = aligned.min(self.size);
+        if head_end > from {
+            self.fill_zero(from, head_end - from);
+        }
+        if aligned < self.size {
+            // Punch a hole (fast, no writes), then reserve the blocks again.
+            let fd = self.file.as_raw_fd();
+            let len = self.size - aligned;
+            // SAFETY: plain syscall on an owned fd.
+            let rc = unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    aligned as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                self.fill_zero(aligned, len);
+            } else {
+                reserve(&self.file, aligned, len)
+                    .map_err(|e| StoreError::io("reserve segment blocks", &self.path, e))?;
+            }
+        }
+        self.map
+            .flush_range(from as usize, (self.size - from) as usize)
+            .map_err(|e| StoreError::io("flush truncated segment", &self.path, e))?;
+        Ok(())
+    }
+
+    fn fill_zero(&self, pos: u64, len: u64) {
+        if pos.saturating_add(len) > self.size {
+            return;
+        }
+        // SAFETY: bounds checked; called only while no reader sees this region.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(pos as usize), 0, len as usize) };
+    }
+
+    /// fdatasync the whole file (used for small metadata-like files).
+    pub fn sync_all(&self) -> Result<()> {
+        self.map
+            .flush()
+            .map_err(|e| StoreError::io("flush segment", &self.path, e))?;
+        self.set_flushed(self.wrote());
+        Ok(())
+    }
+
+    pub fn last_modified_ms(&self) -> u64 {
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Unlink the file unless readers still hold it; after `force_after_ms`
+    /// of waiting it is unlinked anyway (the mapping stays valid for them).
+    /// Returns true if the file is gone.
+    pub fn destroy(&self, now_ms: u64, force_after_ms: u64) -> bool {
+        if self.is_deleted() {
+            return true;
+        }
+        if self.reader_count() > 0 {
+            let since = self.delete_pending_since.load(Ordering::Relaxed);
+            if since == 0 {
+                self.delete_pending_since.store(now_ms, Ordering::Relaxed);
+                return false;
+            }
+            if now_ms.saturating_sub(since) < force_after_ms {
+                return false;
+            }
+        }
+        self.destroy_now()
+    }
+
+    /// Unlink the file now; readers keep their mapping.
+    pub fn destroy_now(&self) -> bool {
+        if self.is_deleted() {
+            return true;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete segment");
+                return false;
+            }
+        }
+        self.deleted.store(true, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "deleted segment");
+        true
+    }
+}
+
+/// Reserve disk blocks for `[off, off+len)`; filesystems without fallocate
+/// support fall back to a sparse file.
+fn reserve(file: &File, off: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: plain syscall on an owned fd.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), off as libc::off_t, len as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}

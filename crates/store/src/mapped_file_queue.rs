@@ -1,0 +1,180 @@
+//! `MappedFileQueue`: the ordered segments of one log (CommitLog or one
+//! ConsumeQueue) in a directory, found by global offset, rolled when full.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Result, StoreError};
+use crate::mapped_file::{segment_name, MappedFile};
+
+pub struct MappedFileQueue {
+    dir: PathBuf,
+    file_size: u64,
+    files: RwLock<Vec<Arc<MappedFile>>>,
+}
+
+impl MappedFileQueue {
+    /// Open every 20-digit-named segment in `dir` (created if missing).
+    pub fn load(dir: &Path, file_size: u64) -> Result<MappedFileQueue> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+        let mut bases = Vec::new();
+        let rd = std::fs::read_dir(dir).map_err(|e| StoreError::io("list directory", dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| StoreError::io("list directory", dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Ok(base) = name.parse::<u64>() {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let mut files = Vec::with_capacity(bases.len());
+        let last_base = bases.last().copied();
+        for base in bases {
+            if Some(base) == last_base {
+                extend_short_tail(&dir.join(segment_name(base)), file_size)?;
+            }
+            if base % file_size != 0 {
+                return Err(StoreError::Corrupt {
+                    path: dir.join(segment_name(base)),
+                    reason: format!("segment name is not a multiple of the file size {file_size}"),
+                });
+            }
+            if let Some(prev) = files.last() {
+                let prev: &Arc<MappedFile> = prev;
+                if prev.base() + file_size != base {
+                    return Err(StoreError::Corrupt {
+                        path: dir.join(segment_name(base)),
+                        reason: format!("gap in segments after {}", segment_name(prev.base())),
+                    });
+                }
+            }
+            files.push(Arc::new(MappedFile::open(&dir.join(segment_name(base)), base, file_size)?));
+        }
+        Ok(MappedFileQueue {
+            dir: dir.to_path_buf(),
+            file_size,
+            files: RwLock::new(files),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    pub fn first(&self) -> Option<Arc<MappedFile>> {
+        self.files.read().first().cloned()
+    }
+    pub fn last(&self) -> Option<Arc<MappedFile>> {
+        self.files.read().last().cloned()
+    }
+    pub fn len(&self) -> usize {
+        self.files.read().len()
+    }
+    pub fn snapshot(&self) -> Vec<Arc<MappedFile>> {
+        self.files.read().clone()
+    }
+
+    /// Offset of the first byte still on disk (0 if empty).
+    pub fn min_offset(&self) -> u64 {
+        self.files.read().first().map(|f| f.base()).unwrap_or(0)
+    }
+
+    /// End of visible data: base + wrote of the last segment.
+    pub fn max_offset(&self) -> u64 {
+        self.files
+            .read()
+            .last()
+            .map(|f| f.base() + f.wrote())
+            .unwrap_or(0)
+    }
+
+    /// The segment containing global `offset`.
+    pub fn find(&self, offset: u64) -> Option<Arc<MappedFile>> {
+        let files = self.files.read();
+        let first = files.first()?;
+        if offset < first.base() {
+            return None;
+        }
+        let idx = ((offset - first.base()) / self.file_size) as usize;
+        let f = files.get(idx)?;
+        (offset >= f.base() && offset < f.base() + self.file_size).then(|| f.clone())
+    }
+
+    /// Create and append the segment starting at `base` (must be the next one).
+    pub fn create(&self, base: u64) -> Result<Arc<MappedFile>> {
+        let mut files = self.files.write();
+        if let Some(last) = files.last() {
+            if last.base() + self.file_size != base {
+                return Err(StoreError::Corrupt {
+                    path: self.dir.join(segment_name(base)),
+                    reason: format!("new segment does not follow {}", segment_name(last.base())),
+                });
+            }
+        } else if base % self.file_size != 0 {
+            return Err(StoreError::Corrupt {
+                path: self.dir.join(segment_name(base)),
+                reason: "first segment not aligned to the file size".into(),
+            });
+        }
+        let f = Arc::new(MappedFile::create(&self.dir.join(segment_name(base)), base, self.file_size)?);
+        files.push(f.clone());
+        Ok(f)
+    }
+
+    /// Flush every segment overlapping `[.., upto)` that still has dirty bytes.
+    pub fn flush(&self, upto: u64) -> Result<()> {
+        for f in self.snapshot() {
+            if f.base() >= upto {
+                break;
+            }
+            if f.flushed() < f.size().min(upto - f.base()) {
+                f.flush(upto - f.base())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove (and unlink) every segment whose base is >= `offset`.
+    pub fn drop_from(&self, offset: u64) {
+        let mut files = self.files.write();
+        while files.last().is_some_and(|f| f.base() >= offset) {
+            if let Some(f) = files.pop() {
+                f.destroy_now();
+            }
+        }
+    }
+
+    /// Remove the first `n` segments from the list (already destroyed).
+    pub fn remove_first(&self, n: usize) {
+        let mut files = self.files.write();
+        let n = n.min(files.len());
+        files.drain(..n);
+    }
+}
+
+/// A last segment shorter than the segment size is a torn tail (e.g. the
+/// file was cut): extend it with zeros so recovery can find the valid end.
+fn extend_short_tail(path: &Path, file_size: u64) -> Result<()> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| StoreError::io("stat segment", path, e))?
+        .len();
+    if len < file_size {
+        tracing::warn!(path = %path.display(), len, file_size, "last segment is short; extending with zeros");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io("open segment", path, e))?;
+        f.set_len(file_size)
+            .map_err(|e| StoreError::io("extend segment", path, e))?;
+    }
+    Ok(())
+}

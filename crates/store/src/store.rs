@@ -1,0 +1,994 @@
+//! `MessageStore`: the facade the broker calls. Opens and recovers the store,
+//! runs the background threads (flusher, dispatcher, ConsumeQueue
+//! flusher/checkpoint, retention/disk guard), and exposes put/get/query.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use apogee_protocol::message::{
+    encode_stored, id, keys, properties, stored, stored_size, sysflag, MessageToStore, TagFilter,
+};
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::checkpoint::{Checkpoint, CheckpointFile};
+use crate::cleanup::{self, DiskUsageProbe, StatvfsProbe};
+use crate::commit_log::CommitLog;
+use crate::config::{FlushDiskType, MessageStoreConfig};
+use crate::consume_queue::ConsumeQueue;
+use crate::dispatch::{self, MessageArrivingListener};
+use crate::error::{Result, StoreError};
+use crate::flush::{self, FlushWait, FlushWaiters, WaitSlot};
+use crate::index::IndexService;
+use crate::recovery;
+
+/// Outcome of a successful put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutStatus {
+    /// Stored (and flushed, under SYNC_FLUSH).
+    Ok,
+    /// Stored, but the flush did not complete within syncFlushTimeout.
+    FlushDiskTimeout,
+}
+
+impl PutStatus {
+    /// RocketMQ's `PutMessageStatus` name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PutStatus::Ok => "PUT_OK",
+            PutStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
+        }
+    }
+}
+
+/// Where a put landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    pub status: PutStatus,
+    /// CommitLog offset of the (first) record.
+    pub phys_offset: i64,
+    /// Bytes appended (all records of a batch).
+    pub wrote_bytes: usize,
+    /// Queue offset of the (first) message.
+    pub queue_offset: i64,
+    pub store_timestamp: i64,
+    /// Messages appended (1, or the batch size).
+    pub msg_count: usize,
+    /// Store host written into the record (for the offset message id).
+    pub store_host: SocketAddr,
+    /// CommitLog offset of every record after the first (batches only).
+    pub batch_offsets: Vec<i64>,
+}
+
+impl PutResult {
+    /// Offset message id of the (first) record (reference 7.1).
+    pub fn msg_id(&self) -> String {
+        id::offset_msg_id(self.store_host, self.phys_offset)
+    }
+
+    /// Comma-joined offset message ids of every record (batch response).
+    pub fn msg_ids(&self) -> String {
+        let mut s = String::with_capacity((1 + self.batch_offsets.len()) * 33);
+        id::push_offset_msg_id(&mut s, self.store_host, self.phys_offset);
+        for off in &self.batch_offsets {
+            s.push(',');
+            id::push_offset_msg_id(&mut s, self.store_host, *off);
+        }
+        s
+    }
+
+    /// CommitLog offset just past the appended bytes.
+    pub fn end_offset(&self) -> u64 {
+        self.phys_offset as u64 + self.wrote_bytes as u64
+    }
+}
+
+/// A put whose flush may still be pending (SYNC_FLUSH). Resolves to the
+/// final `PutResult`; never blocks the polling thread.
+pub struct PendingPut {
+    result: Option<PutResult>,
+    wait: FlushWait,
+}
+
+impl Future for PendingPut {
+    type Output = PutResult;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PutResult> {
+        let ok = match Pin::new(&mut self.wait).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(ok) => ok,
+        };
+        let mut r = self.result.take().unwrap_or_else(|| PutResult {
+            status: PutStatus::FlushDiskTimeout,
+            phys_offset: 0,
+            wrote_bytes: 0,
+            queue_offset: 0,
+            store_timestamp: 0,
+            msg_count: 0,
+            store_host: SocketAddr::from(([0, 0, 0, 0], 0)),
+            batch_offsets: Vec::new(),
+        });
+        if !ok {
+            r.status = PutStatus::FlushDiskTimeout;
+        }
+        Poll::Ready(r)
+    }
+}
+
+/// Status of a `get_messages` call (RocketMQ `GetMessageStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetStatus {
+    /// At least one message returned.
+    Found,
+    /// Entries were examined but the filter matched none.
+    NoMatchedMessage,
+    /// The examined entries point at CommitLog segments already deleted.
+    MessageWasRemoving,
+    /// The ConsumeQueue segment holding the offset is gone.
+    OffsetFoundNull,
+    /// offset > max offset.
+    OffsetOverflowBadly,
+    /// offset == max offset: no new message yet.
+    OffsetOverflowOne,
+    /// offset < min offset.
+    OffsetTooSmall,
+    /// The queue does not exist.
+    NoMatchedLogicQueue,
+    /// The queue exists but has never held a message.
+    NoMessageInQueue,
+}
+
+impl GetStatus {
+    /// RocketMQ's name (the pull response's `remark`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GetStatus::Found => "FOUND",
+            GetStatus::NoMatchedMessage => "NO_MATCHED_MESSAGE",
+            GetStatus::MessageWasRemoving => "MESSAGE_WAS_REMOVING",
+            GetStatus::OffsetFoundNull => "OFFSET_FOUND_NULL",
+            GetStatus::OffsetOverflowBadly => "OFFSET_OVERFLOW_BADLY",
+            GetStatus::OffsetOverflowOne => "OFFSET_OVERFLOW_ONE",
+            GetStatus::OffsetTooSmall => "OFFSET_TOO_SMALL",
+            GetStatus::NoMatchedLogicQueue => "NO_MATCHED_LOGIC_QUEUE",
+            GetStatus::NoMessageInQueue => "NO_MESSAGE_IN_QUEUE",
+        }
+    }
+}
+
+/// Result of `get_messages`.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    pub status: GetStatus,
+    /// Stored records (reference 6.3), zero-copy views of the CommitLog.
+    pub messages: Vec<Bytes>,
+    /// Queue offset of each returned message.
+    pub queue_offsets: Vec<i64>,
+    pub next_begin_offset: i64,
+    pub min_offset: i64,
+    pub max_offset: i64,
+    /// Sum of the returned records' sizes.
+    pub buffer_total_size: usize,
+}
+
+/// Result of a key query.
+#[derive(Debug, Clone, Default)]
+pub struct QueryResult {
+    /// Matching stored records, newest first.
+    pub messages: Vec<Bytes>,
+    pub index_last_update_timestamp: i64,
+    pub index_last_update_phy_offset: i64,
+}
+
+/// Broker-side filter on ConsumeQueue tags codes.
+pub trait MessageFilter {
+    fn is_matched_by_tags_code(&self, tags_code: i64) -> bool;
+}
+
+impl MessageFilter for HashSet<i64> {
+    fn is_matched_by_tags_code(&self, tags_code: i64) -> bool {
+        self.contains(&tags_code)
+    }
+}
+
+impl MessageFilter for TagFilter {
+    fn is_matched_by_tags_code(&self, tags_code: i64) -> bool {
+        self.matches_code(tags_code)
+    }
+}
+
+impl<F: Fn(i64) -> bool> MessageFilter for F {
+    fn is_matched_by_tags_code(&self, tags_code: i64) -> bool {
+        self(tags_code)
+    }
+}
+
+/// Optional hooks given at open.
+#[derive(Default, Clone)]
+pub struct StoreHooks {
+    /// Disk usage source (default: statvfs on the store root).
+    pub disk_probe: Option<Arc<dyn DiskUsageProbe>>,
+    /// Told about every dispatched message.
+    pub arriving_listener: Option<Arc<dyn MessageArrivingListener>>,
+}
+
+type CqTable = HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>;
+
+/// State shared with the background threads.
+pub(crate) struct Inner {
+    pub(crate) cfg: MessageStoreConfig,
+    pub(crate) commit_log: CommitLog,
+    pub(crate) cqs: RwLock<CqTable>,
+    pub(crate) index: Option<IndexService>,
+    pub(crate) waiters: FlushWaiters,
+    /// CommitLog offset up to which ConsumeQueue/index entries exist.
+    pub(crate) dispatched: AtomicU64,
+    pub(crate) dispatched_store_ts: AtomicI64,
+    dispatch_mu: Mutex<()>,
+    dispatch_cv: Condvar,
+    dispatch_waiting: AtomicU64,
+    pub(crate) listener: RwLock<Option<Arc<dyn MessageArrivingListener>>>,
+    pub(crate) disk_probe: Arc<dyn DiskUsageProbe>,
+    pub(crate) disk_full: AtomicBool,
+    pub(crate) disk_used_bits: AtomicU64,
+    write_error: AtomicBool,
+    shut_down: AtomicBool,
+    pub(crate) manual_delete: AtomicBool,
+    pub(crate) stop_flusher: AtomicBool,
+    pub(crate) stop_dispatcher: AtomicBool,
+    pub(crate) stop_cq_flusher: AtomicBool,
+    pub(crate) stop_service: AtomicBool,
+    flusher_thread: OnceLock<Thread>,
+    dispatcher_thread: OnceLock<Thread>,
+    service_thread: OnceLock<Thread>,
+    checkpoint: CheckpointFile,
+    checkpoint_mu: Mutex<()>,
+}
+
+impl Inner {
+    pub(crate) fn set_write_error(&self) {
+        self.write_error.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn notify_dispatched(&self) {
+        if self.dispatch_waiting.load(Ordering::Acquire) > 0 {
+            let _g = self.dispatch_mu.lock();
+            self.dispatch_cv.notify_all();
+        }
+    }
+
+    pub(crate) fn find_cq(&self, topic: &str, queue_id: i32) -> Option<Arc<ConsumeQueue>> {
+        self.cqs.read().get(topic)?.get(&queue_id).cloned()
+    }
+
+    pub(crate) fn find_or_create_cq(&self, topic: &str, queue_id: i32) -> Result<Arc<ConsumeQueue>> {
+        if let Some(cq) = self.find_cq(topic, queue_id) {
+            return Ok(cq);
+        }
+        check_topic_name(topic)?;
+        let mut t = self.cqs.write();
+        if let Some(cq) = t.get(topic).and_then(|q| q.get(&queue_id)) {
+            return Ok(cq.clone());
+        }
+        let dir = self.cfg.consumequeue_dir().join(topic).join(queue_id.to_string());
+        let cq = Arc::new(ConsumeQueue::load(&dir, topic, queue_id, self.cfg.mapped_file_size_consume_queue)?);
+        t.entry(topic.to_owned()).or_default().insert(queue_id, cq.clone());
+        Ok(cq)
+    }
+
+    pub(crate) fn all_cqs(&self) -> Vec<Arc<ConsumeQueue>> {
+        self.cqs.read().values().flat_map(|q| q.values().cloned()).collect()
+    }
+
+    /// Flush ConsumeQueues and index, then write the checkpoint.
+    pub(crate) fn flush_logics_and_checkpoint(&self) -> Result<()> {
+        let _g = self.checkpoint_mu.lock();
+        let dispatched = self.dispatched.load(Ordering::Acquire);
+        let logics_ts = self.dispatched_store_ts.load(Ordering::Acquire);
+        for cq in self.all_cqs() {
+            cq.flush()?;
+        }
+        if let Some(index) = &self.index {
+            index.flush()?;
+        }
+        let cl_flushed = self.commit_log.flushed_offset();
+        self.checkpoint.write(&Checkpoint {
+            physic_msg_timestamp: self.commit_log.flushed_store_ts(),
+            logics_msg_timestamp: logics_ts,
+            index_msg_timestamp: logics_ts,
+            commitlog_flushed_offset: cl_flushed,
+            dispatched_flushed_offset: dispatched,
+        })
+    }
+}
+
+/// A topic must be usable as one directory name.
+fn check_topic_name(topic: &str) -> Result<()> {
+    if topic.is_empty() || topic == "." || topic == ".." || topic.len() > 255 || topic.contains(['/', '\0']) {
+        return Err(StoreError::IllegalMessage(format!("topic {topic:?} cannot name a directory")));
+    }
+    Ok(())
+}
+
+thread_local! {
+    static ENCODE_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(64 * 1024));
+}
+
+/// The storage engine. Dropping it shuts it down cleanly.
+pub struct MessageStore {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    lock_file: Mutex<Option<File>>,
+    root: PathBuf,
+}
+
+impl MessageStore {
+    /// Open (creating or recovering) the store at `config.store_path_root_dir`.
+    pub fn open(config: MessageStoreConfig) -> Result<MessageStore> {
+        Self::open_with(config, StoreHooks::default())
+    }
+
+    /// Open with hooks (disk probe, arriving listener).
+    pub fn open_with(config: MessageStoreConfig, hooks: StoreHooks) -> Result<MessageStore> {
+        config.validate()?;
+        let root = config.store_path_root_dir.clone();
+        std::fs::create_dir_all(&root).map_err(|e| StoreError::io("create store root", &root, e))?;
+        let lock_file = lock_root(&root)?;
+        let abort_path = root.join("abort");
+        let crashed = abort_path.exists();
+        let (checkpoint, cp) = CheckpointFile::open(&root.join("checkpoint"))?;
+        let commit_log = CommitLog::load(&config.commitlog_dir(), config.mapped_file_size_commit_log)?;
+        let index = if config.message_index_enable {
+            Some(IndexService::load(&config.index_dir(), config.max_hash_slot_num, config.max_index_num)?)
+        } else {
+            None
+        };
+        let inner = Arc::new(Inner {
+            commit_log,
+            cqs: RwLock::new(HashMap::new()),
+            index,
+            waiters: FlushWaiters::default(),
+            dispatched: AtomicU64::new(0),
+            dispatched_store_ts: AtomicI64::new(0),
+            dispatch_mu: Mutex::new(()),
+            dispatch_cv: Condvar::new(),
+            dispatch_waiting: AtomicU64::new(0),
+            listener: RwLock::new(hooks.arriving_listener),
+            disk_probe: hooks.disk_probe.unwrap_or_else(|| Arc::new(StatvfsProbe)),
+            disk_full: AtomicBool::new(false),
+            disk_used_bits: AtomicU64::new(0f64.to_bits()),
+            write_error: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
+            manual_delete: AtomicBool::new(false),
+            stop_flusher: AtomicBool::new(false),
+            stop_dispatcher: AtomicBool::new(false),
+            stop_cq_flusher: AtomicBool::new(false),
+            stop_service: AtomicBool::new(false),
+            flusher_thread: OnceLock::new(),
+            dispatcher_thread: OnceLock::new(),
+            service_thread: OnceLock::new(),
+            checkpoint,
+            checkpoint_mu: Mutex::new(()),
+            cfg: config,
+        });
+        recovery::recover(&inner, cp, crashed)?;
+        // Mark the store as running: a crash from here on leaves this file.
+        File::create(&abort_path).map_err(|e| StoreError::io("create abort file", &abort_path, e))?;
+        inner.flush_logics_and_checkpoint()?;
+        cleanup::check_disk(&inner);
+
+        let store = MessageStore {
+            inner: inner.clone(),
+            threads: Mutex::new(Vec::new()),
+            lock_file: Mutex::new(Some(lock_file)),
+            root,
+        };
+        store.spawn("apogee-flush-cl", flush::run_flusher, |i| &i.flusher_thread)?;
+        store.spawn("apogee-dispatch", dispatch::run_dispatcher, |i| &i.dispatcher_thread)?;
+        store.spawn("apogee-flush-cq", run_cq_flusher, |_| &UNUSED)?;
+        store.spawn("apogee-store-svc", cleanup::run_service, |i| &i.service_thread)?;
+        Ok(store)
+    }
+
+    fn spawn(
+        &self,
+        name: &str,
+        body: fn(Arc<Inner>),
+        slot: fn(&Inner) -> &OnceLock<Thread>,
+    ) -> Result<()> {
+        let inner = self.inner.clone();
+        let h = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || body(inner))
+            .map_err(|e| StoreError::io("spawn thread", &self.root, e))?;
+        let _ = slot(&self.inner).set(h.thread().clone());
+        self.threads.lock().push(h);
+        Ok(())
+    }
+
+    pub fn config(&self) -> &MessageStoreConfig {
+        &self.inner.cfg
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        let i = &self.inner;
+        if i.shut_down.load(Ordering::Acquire) {
+            return Err(StoreError::ShutDown);
+        }
+        if i.write_error.load(Ordering::Acquire) {
+            return Err(StoreError::NotWritable("an earlier write or flush failed"));
+        }
+        if i.disk_full.load(Ordering::Acquire) {
+            return Err(StoreError::DiskFull {
+                used_percent: f64::from_bits(i.disk_used_bits.load(Ordering::Acquire)),
+                limit_percent: i.cfg.disk_space_warning_level_ratio,
+            });
+        }
+        Ok(())
+    }
+
+    /// Encode and append (one message or one client batch) without waiting
+    /// for a flush. Returns the result and whether the caller should wait.
+    fn append(&self, msgs: &[MessageToStore]) -> Result<(PutResult, bool)> {
+        self.check_writable()?;
+        let first = msgs
+            .first()
+            .ok_or_else(|| StoreError::IllegalMessage("empty batch".into()))?;
+        check_topic_name(&first.topic)?;
+        if first.queue_id < 0 {
+            return Err(StoreError::IllegalMessage(format!("negative queue id {}", first.queue_id)));
+        }
+        let mut total = 0usize;
+        for m in msgs {
+            if m.topic != first.topic || m.queue_id != first.queue_id {
+                return Err(StoreError::IllegalMessage("a batch must target one topic and queue".into()));
+            }
+            if sysflag::is_dispatchable(m.sys_flag) != sysflag::is_dispatchable(first.sys_flag) {
+                return Err(StoreError::IllegalMessage("a batch cannot mix transaction types".into()));
+            }
+            total += stored_size(m);
+        }
+        let max = self.inner.cfg.max_message_size;
+        if total > max {
+            return Err(StoreError::MessageTooLarge { size: total, max });
+        }
+        let dispatchable = sysflag::is_dispatchable(first.sys_flag);
+        let wait = msgs
+            .iter()
+            .all(|m| properties::get(&m.properties, keys::WAIT_STORE_MSG_OK) != Some("false"));
+        let res = ENCODE_BUF.with(|cell| -> Result<_> {
+            let mut buf = cell.borrow_mut();
+            buf.clear();
+            for m in msgs {
+                encode_stored(m, &mut buf).map_err(|e| StoreError::Encode(e.to_string()))?;
+            }
+            let r = self
+                .inner
+                .commit_log
+                .append(&first.topic, first.queue_id, dispatchable, &mut buf[..], msgs.len());
+            let batch_offsets = if msgs.len() > 1 {
+                if let Ok(a) = &r {
+                    let mut offs = Vec::with_capacity(msgs.len() - 1);
+                    let mut rel = 0usize;
+                    for _ in 1..msgs.len() {
+                        rel += stored::peek_total_size(&buf[rel..]).unwrap_or(0);
+                        offs.push((a.phys_offset + rel as u64) as i64);
+                    }
+                    offs
+                } else {
+                    Vec::new()
+                }
+            } else {
+                Vec::new()
+            };
+            if buf.capacity() > 1024 * 1024 {
+                *buf = BytesMut::with_capacity(64 * 1024);
+            }
+            Ok((r?, batch_offsets))
+        })?;
+        let (a, batch_offsets) = res;
+        let i = &self.inner;
+        if let Some(t) = i.dispatcher_thread.get() {
+            t.unpark();
+        }
+        if i.cfg.flush_disk_type == FlushDiskType::AsyncFlush
+            && i.commit_log.dirty_bytes() >= i.cfg.flush_commit_log_least_pages * 4096
+        {
+            if let Some(t) = i.flusher_thread.get() {
+                t.unpark();
+            }
+        }
+        Ok((
+            PutResult {
+                status: PutStatus::Ok,
+                phys_offset: a.phys_offset as i64,
+                wrote_bytes: a.wrote_bytes,
+                queue_offset: a.queue_offset,
+                store_timestamp: a.store_timestamp,
+                msg_count: a.count,
+                store_host: first.store_host,
+                batch_offsets,
+            },
+            wait && i.cfg.flush_disk_type == FlushDiskType::SyncFlush,
+        ))
+    }
+
+    fn register_flush(&self, end: u64) -> Arc<WaitSlot> {
+        let i = &self.inner;
+        let deadline = Instant::now() + Duration::from_millis(i.cfg.sync_flush_timeout);
+        let slot = i.waiters.register(end, deadline, i.commit_log.flushed_atomic());
+        if let Some(t) = i.flusher_thread.get() {
+            t.unpark();
+        }
+        slot
+    }
+
+    fn put_blocking(&self, msgs: &[MessageToStore]) -> Result<PutResult> {
+        let (mut r, wait) = self.append(msgs)?;
+        if wait {
+            let slot = self.register_flush(r.end_offset());
+            let deadline = Instant::now() + Duration::from_millis(self.inner.cfg.sync_flush_timeout);
+            if !slot.wait(deadline) {
+                r.status = PutStatus::FlushDiskTimeout;
+            }
+        }
+        Ok(r)
+    }
+
+    fn put_pending(&self, msgs: &[MessageToStore]) -> Result<PendingPut> {
+        let (r, wait) = self.append(msgs)?;
+        let slot = wait.then(|| self.register_flush(r.end_offset()));
+        Ok(PendingPut {
+            result: Some(r),
+            wait: FlushWait::new(slot),
+        })
+    }
+
+    /// Store one message. Under SYNC_FLUSH this blocks until flushed (or
+    /// syncFlushTimeout → `PutStatus::FlushDiskTimeout`); async callers use
+    /// [`MessageStore::put_message_async`].
+    pub fn put_message(&self, msg: &MessageToStore) -> Result<PutResult> {
+        self.put_blocking(std::slice::from_ref(msg))
+    }
+
+    /// Store one client batch: one append, consecutive queue offsets.
+    pub fn put_messages(&self, batch: &[MessageToStore]) -> Result<PutResult> {
+        self.put_blocking(batch)
+    }
+
+    /// Append now; the returned future resolves once the flush policy is
+    /// satisfied (at once under ASYNC_FLUSH). Never blocks the caller on I/O.
+    pub fn put_message_async(&self, msg: &MessageToStore) -> Result<PendingPut> {
+        self.put_pending(std::slice::from_ref(msg))
+    }
+
+    /// Batch variant of [`MessageStore::put_message_async`].
+    pub fn put_messages_async(&self, batch: &[MessageToStore]) -> Result<PendingPut> {
+        self.put_pending(batch)
+    }
+
+    /// Block until the CommitLog is flushed up to `offset`; false on timeout.
+    pub fn wait_flushed(&self, offset: u64, timeout: Duration) -> bool {
+        let slot = self.register_flush(offset);
+        slot.wait(Instant::now() + timeout)
+    }
+
+    /// Future resolving once the CommitLog is flushed up to `offset` (false
+    /// after syncFlushTimeout).
+    pub fn flushed_future(&self, offset: u64) -> FlushWait {
+        FlushWait::new(Some(self.register_flush(offset)))
+    }
+
+    /// Block until everything below `offset` is dispatched to ConsumeQueues
+    /// and the index; false on timeout.
+    pub fn wait_dispatched(&self, offset: u64, timeout: Duration) -> bool {
+        let i = &self.inner;
+        let deadline = Instant::now() + timeout;
+        i.dispatch_waiting.fetch_add(1, Ordering::AcqRel);
+        let mut g = i.dispatch_mu.lock();
+        let ok = loop {
+            if i.dispatched.load(Ordering::Acquire) >= offset {
+                break true;
+            }
+            if let Some(t) = i.dispatcher_thread.get() {
+                t.unpark();
+            }
+            let step = (Instant::now() + Duration::from_millis(10)).min(deadline);
+            if i.dispatch_cv.wait_until(&mut g, step).timed_out() && Instant::now() >= deadline {
+                break i.dispatched.load(Ordering::Acquire) >= offset;
+            }
+        };
+        drop(g);
+        i.dispatch_waiting.fetch_sub(1, Ordering::AcqRel);
+        ok
+    }
+
+    /// Register (or replace) the arriving-message listener.
+    pub fn set_message_arriving_listener(&self, l: Arc<dyn MessageArrivingListener>) {
+        *self.inner.listener.write() = Some(l);
+    }
+
+    /// Read up to `max_count` messages / `max_bytes` bytes of a queue from
+    /// `offset`, keeping those whose tags code passes `filter`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_messages(
+        &self,
+        _group: &str,
+        topic: &str,
+        queue_id: i32,
+        offset: i64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: Option<&dyn MessageFilter>,
+    ) -> GetResult {
+        let mut r = GetResult {
+            status: GetStatus::NoMatchedLogicQueue,
+            messages: Vec::new(),
+            queue_offsets: Vec::new(),
+            next_begin_offset: 0,
+            min_offset: 0,
+            max_offset: 0,
+            buffer_total_size: 0,
+        };
+        let Some(cq) = self.inner.find_cq(topic, queue_id) else {
+            return r;
+        };
+        let min = cq.min_offset();
+        let max = cq.max_offset();
+        r.min_offset = min;
+        r.max_offset = max;
+        if max == 0 {
+            r.status = GetStatus::NoMessageInQueue;
+            return r;
+        }
+        if offset < min {
+            r.status = GetStatus::OffsetTooSmall;
+            r.next_begin_offset = min;
+            return r;
+        }
+        if offset == max {
+            r.status = GetStatus::OffsetOverflowOne;
+            r.next_begin_offset = offset;
+            return r;
+        }
+        if offset > max {
+            r.status = GetStatus::OffsetOverflowBadly;
+            // As RocketMQ: back to min if the queue starts at 0, else to max.
+            r.next_begin_offset = if min == 0 { min } else { max };
+            return r;
+        }
+        let cl = &self.inner.commit_log;
+        let cl_min = cl.min_offset();
+        let scan_limit = (self.inner.cfg.max_filter_message_count as usize).max(max_count);
+        let mut removed = 0usize;
+        let mut next = offset;
+        let mut cached: Option<(u64, u64, Bytes)> = None; // (base, end, whole segment)
+        let visited = cq.for_each(offset, scan_limit, |logic, e| {
+            if r.messages.len() >= max_count {
+                return false;
+            }
+            if e.is_filler() || e.size <= 0 {
+                next = logic + 1;
+                return true;
+            }
+            let phys = e.phys_offset as u64;
+            if phys < cl_min {
+                removed += 1;
+                next = logic + 1;
+                return true;
+            }
+            if let Some(f) = filter {
+                if !f.is_matched_by_tags_code(e.tags_code) {
+                    next = logic + 1;
+                    return true;
+                }
+            }
+            let size = e.size as usize;
+            if !r.messages.is_empty() && r.buffer_total_size + size > max_bytes {
+                return false;
+            }
+            let hit = match &cached {
+                Some((base, end, _)) => phys >= *base && phys + size as u64 <= *end,
+                None => false,
+            };
+            if !hit {
+                cached = cl.segment_at(phys).map(|s| (s.base(), s.base() + s.wrote(), s.shared_bytes()));
+            }
+            let Some((base, end, whole)) = &cached else {
+                removed += 1;
+                next = logic + 1;
+                return true;
+            };
+            if phys + size as u64 > *end {
+                // Not published (cannot happen for dispatched entries): stop here.
+                return false;
+            }
+            let local = (phys - base) as usize;
+            r.messages.push(whole.slice(local..local + size));
+            r.queue_offsets.push(logic);
+            r.buffer_total_size += size;
+            next = logic + 1;
+            true
+        });
+        if visited.is_none() && r.messages.is_empty() {
+            r.status = GetStatus::OffsetFoundNull;
+            r.next_begin_offset = cq.next_segment_start(offset);
+            return r;
+        }
+        r.next_begin_offset = next;
+        r.status = if !r.messages.is_empty() {
+            GetStatus::Found
+        } else if removed > 0 {
+            GetStatus::MessageWasRemoving
+        } else {
+            GetStatus::NoMatchedMessage
+        };
+        r
+    }
+
+    /// Next offset of a queue (0 if unknown).
+    pub fn max_offset(&self, topic: &str, queue_id: i32) -> i64 {
+        self.inner.find_cq(topic, queue_id).map(|c| c.max_offset()).unwrap_or(0)
+    }
+
+    /// First offset of a queue still readable (0 if unknown).
+    pub fn min_offset(&self, topic: &str, queue_id: i32) -> i64 {
+        self.inner.find_cq(topic, queue_id).map(|c| c.min_offset()).unwrap_or(0)
+    }
+
+    /// Queue ids that have a ConsumeQueue for `topic`.
+    pub fn queue_ids(&self, topic: &str) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .inner
+            .cqs
+            .read()
+            .get(topic)
+            .map(|q| q.keys().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    /// Topics that have ConsumeQueues.
+    pub fn topics(&self) -> Vec<String> {
+        self.inner.cqs.read().keys().cloned().collect()
+    }
+
+    /// First queue offset whose message was stored at or after `timestamp`
+    /// (ms); the max offset if none, 0 for an unknown queue.
+    pub fn offset_by_time(&self, topic: &str, queue_id: i32, timestamp: i64) -> i64 {
+        let Some(cq) = self.inner.find_cq(topic, queue_id) else {
+            return 0;
+        };
+        let cl = &self.inner.commit_log;
+        let cl_min = cl.min_offset();
+        let (mut lo, mut hi) = (cq.min_offset(), cq.max_offset());
+        // Skip entries whose message is gone.
+        while lo < hi {
+            match cq.entry(lo) {
+                Some(e) if !e.is_filler() && e.phys_offset as u64 >= cl_min => break,
+                _ => lo += 1,
+            }
+        }
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ts = cq
+                .entry(mid)
+                .filter(|e| !e.is_filler())
+                .and_then(|e| cl.store_timestamp_at(e.phys_offset as u64, e.size as usize));
+            match ts {
+                Some(t) if t >= timestamp => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        lo
+    }
+
+    /// Store time of the oldest message still in a queue.
+    pub fn earliest_message_time(&self, topic: &str, queue_id: i32) -> Option<i64> {
+        let cq = self.inner.find_cq(topic, queue_id)?;
+        let e = cq.entry(cq.min_offset())?;
+        self.inner
+            .commit_log
+            .store_timestamp_at(e.phys_offset as u64, e.size as usize)
+    }
+
+    /// Store time of the oldest record in the whole CommitLog.
+    pub fn earliest_message_time_store(&self) -> Option<i64> {
+        let cl = &self.inner.commit_log;
+        let min = cl.min_offset();
+        let rec = cl.read_record(min)?;
+        stored::check_record(&rec, false).ok().map(|i| i.store_timestamp)
+    }
+
+    /// The stored record at CommitLog offset `phys` (offset message id lookup).
+    pub fn look_message_by_offset(&self, phys: i64) -> Option<Bytes> {
+        let phys = u64::try_from(phys).ok()?;
+        let rec = self.inner.commit_log.read_record(phys)?;
+        let info = stored::check_record(&rec, false).ok()?;
+        (info.physical_offset as u64 == phys).then_some(rec)
+    }
+
+    /// Messages of `topic` indexed under `key` (a KEYS word or a UNIQ_KEY),
+    /// stored within `[begin, end]` ms, newest first, at most `max`. Hash
+    /// collisions are filtered out here.
+    pub fn query_by_key(&self, topic: &str, key: &str, max: usize, begin: i64, end: i64) -> QueryResult {
+        self.query(topic, key, max, begin, end, false)
+    }
+
+    /// Like [`MessageStore::query_by_key`] but only UNIQ_KEY matches.
+    pub fn query_by_unique_key(&self, topic: &str, key: &str, max: usize, begin: i64, end: i64) -> QueryResult {
+        self.query(topic, key, max, begin, end, true)
+    }
+
+    fn query(&self, topic: &str, key: &str, max: usize, begin: i64, end: i64, uniq_only: bool) -> QueryResult {
+        let mut out = QueryResult::default();
+        let Some(index) = &self.inner.index else {
+            return out;
+        };
+        let (ts, phy) = index.last_update();
+        out.index_last_update_timestamp = ts;
+        out.index_last_update_phy_offset = phy;
+        let mut seen = HashSet::new();
+        // Ask for extra candidates: collisions are dropped below.
+        for phys in index.query(topic, key, max.saturating_mul(2).max(max), begin, end) {
+            if out.messages.len() >= max {
+                break;
+            }
+            if !seen.insert(phys) {
+                continue;
+            }
+            let Some(rec) = self.look_message_by_offset(phys) else { continue };
+            let Ok(info) = stored::check_record(&rec, false) else { continue };
+            if info.topic != topic {
+                continue;
+            }
+            let uniq = properties::get(&info.properties, keys::UNIQ_KEY) == Some(key);
+            let by_keys = !uniq_only
+                && properties::get(&info.properties, keys::KEYS).is_some_and(|k| k.split(' ').any(|w| w == key));
+            if uniq || by_keys {
+                out.messages.push(rec);
+            }
+        }
+        out
+    }
+
+    /// CommitLog min / max offsets.
+    pub fn commit_log_min_offset(&self) -> i64 {
+        self.inner.commit_log.min_offset() as i64
+    }
+    pub fn commit_log_max_offset(&self) -> i64 {
+        self.inner.commit_log.max_offset() as i64
+    }
+    /// CommitLog offset below which everything is on disk.
+    pub fn commit_log_flushed_offset(&self) -> i64 {
+        self.inner.commit_log.flushed_offset() as i64
+    }
+    /// CommitLog offset below which ConsumeQueue/index entries exist.
+    pub fn dispatched_offset(&self) -> i64 {
+        self.inner.dispatched.load(Ordering::Acquire) as i64
+    }
+
+    /// Last probed disk usage (percent).
+    pub fn disk_used_percent(&self) -> f64 {
+        f64::from_bits(self.inner.disk_used_bits.load(Ordering::Acquire))
+    }
+    /// Whether writes are currently refused for lack of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        self.inner.disk_full.load(Ordering::Acquire)
+    }
+    /// Probe the disk now (instead of waiting for the next tick).
+    pub fn check_disk_now(&self) -> Option<f64> {
+        cleanup::check_disk(&self.inner)
+    }
+
+    /// Delete expired files now, whatever the hour (RocketMQ
+    /// `executeDeleteFilesManually`), synchronously. Returns the number of
+    /// CommitLog segments deleted.
+    pub fn delete_expired_files_now(&self) -> usize {
+        cleanup::clean_once(&self.inner, true)
+    }
+
+    /// Ask the service thread to delete expired files on its next tick.
+    pub fn request_delete_expired_files(&self) {
+        self.inner.manual_delete.store(true, Ordering::Release);
+        if let Some(t) = self.inner.service_thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Number of CommitLog segment files.
+    pub fn commit_log_segment_count(&self) -> usize {
+        self.inner.commit_log.segments().len()
+    }
+
+    /// Flush, checkpoint and stop. Idempotent; also run on drop.
+    pub fn shutdown(&self) -> Result<()> {
+        let i = &self.inner;
+        if i.shut_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        i.commit_log.barrier();
+        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        // Order matters: the flusher and dispatcher drain before the
+        // ConsumeQueue flusher writes the final checkpoint.
+        i.stop_flusher.store(true, Ordering::Release);
+        i.stop_dispatcher.store(true, Ordering::Release);
+        i.stop_service.store(true, Ordering::Release);
+        i.stop_cq_flusher.store(true, Ordering::Release);
+        for h in threads {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+        let r = (|| -> Result<()> {
+            i.commit_log.flush()?;
+            dispatch::dispatch_available(i, true)?;
+            i.flush_logics_and_checkpoint()?;
+            Ok(())
+        })();
+        i.waiters.complete_upto(i.commit_log.flushed_offset());
+        i.waiters.fail_all();
+        match &r {
+            Ok(()) if !i.write_error.load(Ordering::Acquire) => {
+                let abort = self.root.join("abort");
+                if let Err(e) = std::fs::remove_file(&abort) {
+                    tracing::warn!(error = %e, "cannot remove abort file");
+                }
+                tracing::info!(root = %self.root.display(), "store shut down cleanly");
+            }
+            Ok(()) => tracing::warn!("store shut down after a write error; next start recovers"),
+            Err(e) => tracing::error!(error = %e, "store shutdown failed; next start recovers"),
+        }
+        *self.lock_file.lock() = None;
+        r
+    }
+}
+
+impl Drop for MessageStore {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+static UNUSED: OnceLock<Thread> = OnceLock::new();
+
+/// ConsumeQueue/index flusher and checkpoint writer.
+fn run_cq_flusher(inner: Arc<Inner>) {
+    let interval = Duration::from_millis(inner.cfg.flush_interval_consume_queue.max(1));
+    while !inner.stop_cq_flusher.load(Ordering::Acquire) {
+        std::thread::park_timeout(interval);
+        if inner.stop_cq_flusher.load(Ordering::Acquire) {
+            break;
+        }
+        if let Err(e) = inner.flush_logics_and_checkpoint() {
+            tracing::error!(error = %e, "ConsumeQueue flush / checkpoint failed");
+        }
+    }
+}
+
+/// Take an exclusive flock on `<root>/lock` so two processes never share a store.
+fn lock_root(root: &std::path::Path) -> Result<File> {
+    let path = root.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io("open lock file", &path, e))?;
+    // SAFETY: flock on an fd we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StoreError::Locked(root.to_path_buf()));
+    }
+    Ok(f)
+}
