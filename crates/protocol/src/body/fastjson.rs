@@ -28,10 +28,11 @@ pub enum Dialect {
     Standard,
 }
 
-/// Map keys starting with this character carry their own JSON text (an
-/// integer or an object) that the writer emits without quotes. NUL never
-/// starts a real topic, group or address, so it cannot collide.
-const RAW_KEY_PREFIX: char = '\u{0}';
+/// Map keys starting with this marker carry their own JSON text (an integer
+/// or an object) that the writer emits without quotes. It begins with NUL,
+/// which no valid topic, group or address contains, and is long enough that
+/// a peer-supplied key cannot match it by accident.
+const RAW_KEY_PREFIX: &str = "\u{0}apogee-raw-key\u{0}";
 
 // ---------------------------------------------------------------------------
 // Reading
@@ -502,8 +503,8 @@ pub mod mq_key_map {
         let _ = write!(out, ",\"queueId\":{},\"topic\":", mq.queue_id);
         write_json_string(&mut out, &mq.topic, Dialect::Fastjson);
         out.push(b'}');
-        let mut key = String::with_capacity(out.len() + 1);
-        key.push(RAW_KEY_PREFIX);
+        let mut key = String::with_capacity(out.len() + RAW_KEY_PREFIX.len());
+        key.push_str(RAW_KEY_PREFIX);
         key.push_str(&String::from_utf8_lossy(&out));
         key
     }

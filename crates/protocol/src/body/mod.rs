@@ -5,6 +5,8 @@
 //! parses), `encode_as(&self, Dialect) -> Vec<u8>` and
 //! `decode(&[u8]) -> Result<Self, ProtocolError>` (accepts both dialects;
 //! missing fields take the Java defaults, unknown fields are ignored).
+//! Always serialize through these methods: maps with integer or
+//! `MessageQueue` keys carry internal markers that only this writer resolves.
 
 use serde::{Deserialize, Serialize};
 
