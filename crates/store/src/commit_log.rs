@@ -54,6 +54,7 @@ pub struct CommitLog {
     flushed: AtomicU64,
     last_store_ts: AtomicI64,
     flushed_store_ts: AtomicI64,
+    flush_count: AtomicU64,
 }
 
 pub fn now_ms() -> i64 {
@@ -77,6 +78,7 @@ impl CommitLog {
             flushed: AtomicU64::new(end),
             last_store_ts: AtomicI64::new(0),
             flushed_store_ts: AtomicI64::new(0),
+            flush_count: AtomicU64::new(0),
         })
     }
 
@@ -250,9 +252,14 @@ impl CommitLog {
         if target > self.flushed_offset() {
             self.mfq.flush(target)?;
             self.flushed.fetch_max(target, Ordering::AcqRel);
+            self.flush_count.fetch_add(1, Ordering::Relaxed);
         }
         self.flushed_store_ts.fetch_max(ts, Ordering::AcqRel);
         Ok(self.flushed_offset())
+    }
+
+    pub fn flush_count(&self) -> u64 {
+        self.flush_count.load(Ordering::Relaxed)
     }
 
     /// Bytes not yet flushed.

@@ -201,6 +201,9 @@ pub(crate) fn run_flusher(inner: Arc<Inner>) {
             dirty > 0 && (dirty >= least || last.elapsed() >= interval)
         };
         if need || stopping {
+            if let Some(hook) = &inner.before_flush {
+                hook();
+            }
             match inner.commit_log.flush() {
                 Ok(flushed) => inner.waiters.complete_upto(flushed),
                 Err(e) => {

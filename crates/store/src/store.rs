@@ -219,6 +219,9 @@ pub struct StoreHooks {
     pub disk_probe: Option<Arc<dyn DiskUsageProbe>>,
     /// Told about every dispatched message.
     pub arriving_listener: Option<Arc<dyn MessageArrivingListener>>,
+    /// Fault injection: called by the flusher before every CommitLog flush
+    /// (tests use it to make a flush slow).
+    pub before_flush: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 type CqTable = HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>;
@@ -238,6 +241,7 @@ pub(crate) struct Inner {
     dispatch_waiting: AtomicU64,
     pub(crate) listener: RwLock<Option<Arc<dyn MessageArrivingListener>>>,
     pub(crate) disk_probe: Arc<dyn DiskUsageProbe>,
+    pub(crate) before_flush: Option<Arc<dyn Fn() + Send + Sync>>,
     pub(crate) disk_full: AtomicBool,
     pub(crate) disk_used_bits: AtomicU64,
     write_error: AtomicBool,
@@ -364,6 +368,7 @@ impl MessageStore {
             dispatch_waiting: AtomicU64::new(0),
             listener: RwLock::new(hooks.arriving_listener),
             disk_probe: hooks.disk_probe.unwrap_or_else(|| Arc::new(StatvfsProbe)),
+            before_flush: hooks.before_flush,
             disk_full: AtomicBool::new(false),
             disk_used_bits: AtomicU64::new(0f64.to_bits()),
             write_error: AtomicBool::new(false),
@@ -904,6 +909,11 @@ impl MessageStore {
         if let Some(t) = self.inner.service_thread.get() {
             t.unpark();
         }
+    }
+
+    /// CommitLog flushes (msync calls covering new data) so far.
+    pub fn commit_log_flush_count(&self) -> u64 {
+        self.inner.commit_log.flush_count()
     }
 
     /// Number of CommitLog segment files.
