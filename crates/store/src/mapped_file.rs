@@ -60,17 +60,23 @@ impl MappedFile {
     /// Create a new zero-filled segment. Blocks are reserved up front
     /// (fallocate) so a full disk fails here rather than as SIGBUS on a later
     /// store into the mapping.
+    /// The file is built under a temporary name and renamed into place, so
+    /// a crash never leaves a half-created segment under a real name.
     pub fn create(path: &Path, base: u64, size: u64) -> Result<MappedFile> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| StoreError::io("create segment", path, e))?;
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StoreError::io("create segment", &tmp, e))?;
         file.set_len(size)
-            .map_err(|e| StoreError::io("size segment", path, e))?;
-        reserve(&file, 0, size).map_err(|e| StoreError::io("reserve segment blocks", path, e))?;
+            .map_err(|e| StoreError::io("size segment", &tmp, e))?;
+        reserve(&file, 0, size).map_err(|e| StoreError::io("reserve segment blocks", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename new segment", path, e))?;
         Self::map(path, file, base, size, 0)
     }
 
