@@ -140,6 +140,11 @@ impl Channel {
         self.inner.local
     }
 
+    /// Requests sent on this connection still waiting for their response.
+    pub fn pending_requests(&self) -> usize {
+        self.inner.pending.lock().len()
+    }
+
     /// False once the connection is closed or closing.
     pub fn is_active(&self) -> bool {
         !self.inner.closed.is_cancelled()

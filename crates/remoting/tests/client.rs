@@ -130,6 +130,11 @@ async fn client_times_out_and_the_connection_stays_usable() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     let before = client.channel(&addr).await.unwrap();
+    assert_eq!(
+        before.pending_requests(),
+        0,
+        "the timed-out entry must be removed"
+    );
     echo_ok(&client, &addr).await;
     assert_eq!(
         client.channel(&addr).await.unwrap(),

@@ -39,7 +39,7 @@ async fn round_trip_answers_in_the_request_serialization() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_survive_the_zero_copy_write_path() {
     let server = start(echo_registry()).await;
     let addr = server.local_addr().to_string();
@@ -161,7 +161,7 @@ async fn oneway_requests_are_processed_but_never_answered() {
     assert_eq!(next.opaque, 4);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_requests_share_one_connection() {
     let peers = Arc::new(Mutex::new(HashSet::new()));
     let reg = ProcessorRegistry::new();
@@ -266,7 +266,7 @@ async fn malformed_json_header_closes_only_that_connection() {
     bad_input_closes_only_that_connection(g.freeze()).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_panic_or_error_answers_system_error_and_keeps_serving() {
     let reg = echo_registry();
     reg.register(
