@@ -9,7 +9,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn msg(body: Bytes) -> MessageToStore {
-    let host: SocketAddr = "127.0.0.1:10911".parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 10911)));
+    let host: SocketAddr = "127.0.0.1:10911"
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 10911)));
     MessageToStore {
         topic: "BenchTopic".into(),
         queue_id: 0,
@@ -70,7 +72,11 @@ fn bench_cq_lookup(c: &mut Criterion) {
     c.bench_function("cq_lookup_32", |b| {
         b.iter(|| {
             let r = store.get_messages("g", "BenchTopic", 0, off, 32, 1 << 20, None);
-            off = if r.next_begin_offset >= 9_968 { 0 } else { r.next_begin_offset };
+            off = if r.next_begin_offset >= 9_968 {
+                0
+            } else {
+                r.next_begin_offset
+            };
             r.messages.len()
         })
     });

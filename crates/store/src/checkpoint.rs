@@ -46,8 +46,16 @@ impl Checkpoint {
     }
 
     fn decode(b: &[u8]) -> Option<Checkpoint> {
-        let rd8 = |p: usize| b.get(p..p + 8).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes);
-        let rd4 = |p: usize| b.get(p..p + 4).and_then(|s| s.try_into().ok()).map(u32::from_be_bytes);
+        let rd8 = |p: usize| {
+            b.get(p..p + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        let rd4 = |p: usize| {
+            b.get(p..p + 4)
+                .and_then(|s| s.try_into().ok())
+                .map(u32::from_be_bytes)
+        };
         if rd8(40)? != MAGIC || rd4(48)? != VERSION {
             return None;
         }
@@ -82,8 +90,14 @@ impl CheckpointFile {
             .open(path)
             .map_err(|e| StoreError::io("open checkpoint", path, e))?;
         let mut buf = vec![0u8; CHECKPOINT_FILE_SIZE];
-        let n = file.read_at(&mut buf, 0).map_err(|e| StoreError::io("read checkpoint", path, e))?;
-        let cp = if n >= 72 { Checkpoint::decode(&buf[..n]) } else { None };
+        let n = file
+            .read_at(&mut buf, 0)
+            .map_err(|e| StoreError::io("read checkpoint", path, e))?;
+        let cp = if n >= 72 {
+            Checkpoint::decode(&buf[..n])
+        } else {
+            None
+        };
         Ok((
             CheckpointFile {
                 path: path.to_path_buf(),

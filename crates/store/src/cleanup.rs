@@ -53,16 +53,27 @@ impl DiskUsageProbe for StatvfsProbe {
 
 /// Probe the disk and update the write barrier. Returns the usage.
 pub(crate) fn check_disk(inner: &Inner) -> Option<f64> {
-    let used = inner.disk_probe.used_percent(&inner.cfg.store_path_root_dir)?;
-    inner.disk_used_bits.store(used.to_bits(), Ordering::Release);
+    let used = inner
+        .disk_probe
+        .used_percent(&inner.cfg.store_path_root_dir)?;
+    inner
+        .disk_used_bits
+        .store(used.to_bits(), Ordering::Release);
     let limit = f64::from(inner.cfg.disk_space_warning_level_ratio);
     let was_full = inner.disk_full.load(Ordering::Acquire);
     if used >= limit && !was_full {
         inner.disk_full.store(true, Ordering::Release);
-        tracing::error!(used_percent = used, limit_percent = limit, "disk full: refusing writes");
+        tracing::error!(
+            used_percent = used,
+            limit_percent = limit,
+            "disk full: refusing writes"
+        );
     } else if used < limit && was_full {
         inner.disk_full.store(false, Ordering::Release);
-        tracing::info!(used_percent = used, "disk usage back under the limit: accepting writes");
+        tracing::info!(
+            used_percent = used,
+            "disk usage back under the limit: accepting writes"
+        );
     }
     Some(used)
 }
@@ -107,7 +118,12 @@ pub(crate) fn clean_once(inner: &Inner, manual: bool) -> usize {
     if deleted > 0 {
         cl.segments().remove_first(deleted);
         let min = cl.min_offset();
-        tracing::info!(deleted, new_min_offset = min, used_percent = used, "deleted CommitLog segments");
+        tracing::info!(
+            deleted,
+            new_min_offset = min,
+            used_percent = used,
+            "deleted CommitLog segments"
+        );
         for cq in inner.all_cqs() {
             cq.delete_expired(min);
         }

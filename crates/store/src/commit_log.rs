@@ -112,8 +112,14 @@ impl CommitLog {
 
     /// Called by recovery once the valid end is known: truncate everything
     /// past `end`, set positions, and install the queue-offset table.
-    pub fn set_recovered(&self, end: u64, queue_offsets: HashMap<String, HashMap<i32, i64>>, last_ts: i64) -> Result<()> {
-        self.mfq.drop_from(end.div_ceil(self.segment_size()) * self.segment_size());
+    pub fn set_recovered(
+        &self,
+        end: u64,
+        queue_offsets: HashMap<String, HashMap<i32, i64>>,
+        last_ts: i64,
+    ) -> Result<()> {
+        self.mfq
+            .drop_from(end.div_ceil(self.segment_size()) * self.segment_size());
         let files = self.mfq.snapshot();
         let mut current = None;
         for f in &files {
@@ -164,7 +170,14 @@ impl CommitLog {
     /// Append the `count` encoded records in `buf` (one client send: same
     /// topic and queue) as one contiguous run. Offsets and the store
     /// timestamp are patched into `buf` first, so one memcpy does the write.
-    pub fn append(&self, topic: &str, queue_id: i32, dispatchable: bool, buf: &mut [u8], count: usize) -> Result<AppendResult> {
+    pub fn append(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        dispatchable: bool,
+        buf: &mut [u8],
+        count: usize,
+    ) -> Result<AppendResult> {
         let total = buf.len() as u64;
         let seg_size = self.segment_size();
         if total + END_FILE_MIN_BLANK_LENGTH > seg_size {
@@ -274,7 +287,10 @@ impl CommitLog {
         if local + size as u64 > seg.wrote() {
             return None;
         }
-        Some(seg.shared_bytes().slice(local as usize..local as usize + size))
+        Some(
+            seg.shared_bytes()
+                .slice(local as usize..local as usize + size),
+        )
     }
 
     /// The published record at `phys`, length taken from its TOTALSIZE.
@@ -311,20 +327,26 @@ fn check_records(buf: &[u8], count: usize) -> Result<()> {
         let rec = &buf[rel..];
         let size = stored::peek_total_size(rec)
             .filter(|s| *s <= rec.len())
-            .ok_or_else(|| StoreError::IllegalMessage("encoded record has a bad TOTALSIZE".into()))?;
+            .ok_or_else(|| {
+                StoreError::IllegalMessage("encoded record has a bad TOTALSIZE".into())
+            })?;
         let sys_flag = rec
             .get(stored::SYS_FLAG_POS..stored::SYS_FLAG_POS + 4)
             .and_then(|b| b.try_into().ok())
             .map(i32::from_be_bytes)
             .ok_or_else(|| StoreError::IllegalMessage("encoded record too short".into()))?;
         if stored::body_len_pos(sys_flag) > size {
-            return Err(StoreError::IllegalMessage("encoded record too short".into()));
+            return Err(StoreError::IllegalMessage(
+                "encoded record too short".into(),
+            ));
         }
         rel += size;
         n += 1;
     }
     if n != count || n == 0 {
-        return Err(StoreError::IllegalMessage(format!("batch holds {n} records, expected {count}")));
+        return Err(StoreError::IllegalMessage(format!(
+            "batch holds {n} records, expected {count}"
+        )));
     }
     Ok(())
 }

@@ -73,7 +73,9 @@ pub struct MessageStoreConfig {
 
 impl Default for MessageStoreConfig {
     fn default() -> Self {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         MessageStoreConfig {
             store_path_root_dir: home.join("store"),
             mapped_file_size_commit_log: 1024 * 1024 * 1024,
@@ -112,14 +114,16 @@ impl MessageStoreConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let page = 4096;
-        if self.mapped_file_size_commit_log < page || self.mapped_file_size_commit_log > i32::MAX as u64 + 1 {
+        if self.mapped_file_size_commit_log < page
+            || self.mapped_file_size_commit_log > i32::MAX as u64 + 1
+        {
             return Err(StoreError::Config(format!(
                 "mappedFileSizeCommitLog must be in [4096, 2^31], got {}",
                 self.mapped_file_size_commit_log
             )));
         }
         let cq = self.mapped_file_size_consume_queue;
-        if cq < CQ_ENTRY_SIZE || cq % CQ_ENTRY_SIZE != 0 {
+        if cq < CQ_ENTRY_SIZE || !cq.is_multiple_of(CQ_ENTRY_SIZE) {
             return Err(StoreError::Config(format!(
                 "mappedFileSizeConsumeQueue must be a positive multiple of 20, got {cq}"
             )));
@@ -138,7 +142,9 @@ impl MessageStoreConfig {
             self.disk_space_warning_level_ratio,
         ] {
             if r > 100 {
-                return Err(StoreError::Config(format!("disk ratios are percents, got {r}")));
+                return Err(StoreError::Config(format!(
+                    "disk ratios are percents, got {r}"
+                )));
             }
         }
         Ok(())

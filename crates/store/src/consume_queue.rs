@@ -177,7 +177,7 @@ impl ConsumeQueue {
         }
         if logic > max {
             let file_size = self.mfq.file_size();
-            let start = if self.mfq.len() == 0 {
+            let start = if self.mfq.is_empty() {
                 // A new queue that starts late: pad only its first file.
                 let first = (logic as u64 * CQ_ENTRY_SIZE) / file_size * file_size;
                 (first / CQ_ENTRY_SIZE) as i64
@@ -186,7 +186,7 @@ impl ConsumeQueue {
                     "gap in consume queue, padding with filler entries");
                 max
             };
-            if self.mfq.len() == 0 {
+            if self.mfq.is_empty() {
                 self.min_logic.store(logic, Ordering::Release);
             }
             for l in start..logic {
@@ -205,13 +205,19 @@ impl ConsumeQueue {
         }
         let pos = logic as u64 * CQ_ENTRY_SIZE;
         let f = self.mfq.find(pos)?;
-        f.read(pos - f.base(), CQ_ENTRY_SIZE).and_then(CqEntry::decode)
+        f.read(pos - f.base(), CQ_ENTRY_SIZE)
+            .and_then(CqEntry::decode)
     }
 
     /// Visit published entries from `from` on, at most `limit`, until `f`
     /// returns false. Returns the number of entries visited, or None if the
     /// segment holding `from` is gone.
-    pub fn for_each(&self, from: i64, limit: usize, mut f: impl FnMut(i64, CqEntry) -> bool) -> Option<usize> {
+    pub fn for_each(
+        &self,
+        from: i64,
+        limit: usize,
+        mut f: impl FnMut(i64, CqEntry) -> bool,
+    ) -> Option<usize> {
         let max = self.max_offset();
         let mut logic = from;
         let mut visited = 0usize;
@@ -301,7 +307,9 @@ impl ConsumeQueue {
         for f in files.iter().take(files.len().saturating_sub(1)) {
             let last_logic = ((f.base() + f.size()) / CQ_ENTRY_SIZE) as i64 - 1;
             let below = match self.entry(last_logic) {
-                Some(e) => e.is_filler() || ((e.phys_offset + i64::from(e.size)) as u64) <= commitlog_min,
+                Some(e) => {
+                    e.is_filler() || ((e.phys_offset + i64::from(e.size)) as u64) <= commitlog_min
+                }
                 None => false,
             };
             if !below {

@@ -16,14 +16,28 @@ use crate::store::Inner;
 /// (RocketMQ `MessageArrivingListener`); the broker wakes long-polling pulls
 /// here. Called on the dispatcher thread: keep it short and non-blocking.
 pub trait MessageArrivingListener: Send + Sync {
-    fn arriving(&self, topic: &str, queue_id: i32, logic_offset: i64, tags_code: i64, store_timestamp: i64);
+    fn arriving(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        logic_offset: i64,
+        tags_code: i64,
+        store_timestamp: i64,
+    );
 }
 
 impl<F> MessageArrivingListener for F
 where
     F: Fn(&str, i32, i64, i64, i64) + Send + Sync,
 {
-    fn arriving(&self, topic: &str, queue_id: i32, logic_offset: i64, tags_code: i64, store_timestamp: i64) {
+    fn arriving(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        logic_offset: i64,
+        tags_code: i64,
+        store_timestamp: i64,
+    ) {
         self(topic, queue_id, logic_offset, tags_code, store_timestamp)
     }
 }
@@ -80,7 +94,13 @@ pub(crate) fn dispatch_at(inner: &Inner, pos: u64, notify: bool) -> Result<Step>
         }
         if notify {
             if let Some(l) = inner.listener.read().as_ref() {
-                l.arriving(info.topic, info.queue_id, info.queue_offset, tags_code, info.store_timestamp);
+                l.arriving(
+                    info.topic,
+                    info.queue_id,
+                    info.queue_offset,
+                    tags_code,
+                    info.store_timestamp,
+                );
             }
         }
     } else if sysflag::transaction_value(info.sys_flag) != sysflag::TRANSACTION_ROLLBACK_TYPE {
@@ -91,7 +111,9 @@ pub(crate) fn dispatch_at(inner: &Inner, pos: u64, notify: bool) -> Result<Step>
             index.build_index(info.topic, keys, uniq, pos as i64, info.store_timestamp)?;
         }
     }
-    inner.dispatched_store_ts.store(info.store_timestamp, Ordering::Release);
+    inner
+        .dispatched_store_ts
+        .store(info.store_timestamp, Ordering::Release);
     Ok(Step::Next(pos + total))
 }
 
@@ -108,7 +130,7 @@ pub(crate) fn dispatch_available(inner: &Inner, notify: bool) -> Result<bool> {
                 progressed = true;
                 n += 1;
                 // Publish in small batches so pulls and waiters see progress.
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     inner.dispatched.store(pos, Ordering::Release);
                 }
             }

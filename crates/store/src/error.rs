@@ -32,7 +32,10 @@ pub enum StoreError {
         "disk full: {used_percent:.1}% of the store's disk is used, writes are refused above \
          {limit_percent}% (diskSpaceWarningLevelRatio); free space or wait for cleanup"
     )]
-    DiskFull { used_percent: f64, limit_percent: u32 },
+    DiskFull {
+        used_percent: f64,
+        limit_percent: u32,
+    },
     /// Writes are refused after an earlier write or flush failed.
     #[error("store is not writable: {0}")]
     NotWritable(&'static str),

@@ -222,7 +222,9 @@ pub(crate) fn run_flusher(inner: Arc<Inner>) {
             let wait = if sync {
                 interval.min(Duration::from_millis(10))
             } else {
-                interval.saturating_sub(last.elapsed()).max(Duration::from_millis(1))
+                interval
+                    .saturating_sub(last.elapsed())
+                    .max(Duration::from_millis(1))
             };
             std::thread::park_timeout(wait);
         }

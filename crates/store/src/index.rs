@@ -50,25 +50,38 @@ pub struct IndexFile {
 
 impl IndexFile {
     pub fn file_size(slot_num: u32, index_num: u32) -> u64 {
-        INDEX_HEADER_SIZE + u64::from(slot_num) * HASH_SLOT_SIZE + u64::from(index_num) * INDEX_ENTRY_SIZE
+        INDEX_HEADER_SIZE
+            + u64::from(slot_num) * HASH_SLOT_SIZE
+            + u64::from(index_num) * INDEX_ENTRY_SIZE
     }
 
     fn create(path: &Path, slot_num: u32, index_num: u32) -> Result<IndexFile> {
         let mf = MappedFile::create(path, 0, Self::file_size(slot_num, index_num))?;
-        let f = IndexFile { mf, slot_num, index_num };
+        let f = IndexFile {
+            mf,
+            slot_num,
+            index_num,
+        };
         f.set_i32(INDEX_COUNT_POS, 1);
         Ok(f)
     }
 
     fn open(path: &Path, slot_num: u32, index_num: u32) -> Result<IndexFile> {
-        let mf = MappedFile::open(path, 0, Self::file_size(slot_num, index_num)).map_err(|e| match e {
-            StoreError::Corrupt { path, reason } => StoreError::Corrupt {
-                path,
-                reason: format!("{reason} (maxHashSlotNum/maxIndexNum must not change)"),
-            },
-            other => other,
-        })?;
-        let f = IndexFile { mf, slot_num, index_num };
+        let mf =
+            MappedFile::open(path, 0, Self::file_size(slot_num, index_num)).map_err(
+                |e| match e {
+                    StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+                        path,
+                        reason: format!("{reason} (maxHashSlotNum/maxIndexNum must not change)"),
+                    },
+                    other => other,
+                },
+            )?;
+        let f = IndexFile {
+            mf,
+            slot_num,
+            index_num,
+        };
         if f.index_count() < 1 {
             f.set_i32(INDEX_COUNT_POS, 1);
         }
@@ -153,7 +166,11 @@ impl IndexFile {
         if head <= 0 || head >= count {
             head = 0;
         }
-        let begin_ts = if self.is_empty() { store_ts } else { self.begin_timestamp() };
+        let begin_ts = if self.is_empty() {
+            store_ts
+        } else {
+            self.begin_timestamp()
+        };
         let diff = ((store_ts - begin_ts) / 1000).clamp(0, i64::from(i32::MAX)) as i32;
         let mut e = [0u8; 20];
         e[0..4].copy_from_slice(&hash.to_be_bytes());
@@ -186,7 +203,9 @@ impl IndexFile {
         let mut steps = 0i64;
         while n > 0 && n < count && out.len() < max && steps < i64::from(self.index_num) {
             steps += 1;
-            let Some((h, phys, diff, prev)) = self.read_entry(n) else { break };
+            let Some((h, phys, diff, prev)) = self.read_entry(n) else {
+                break;
+            };
             let ts = base_ts + i64::from(diff) * 1000;
             // Times are stored in whole seconds: widen the window by one second.
             if h == hash && ts + 999 >= begin && ts <= end {
@@ -205,7 +224,9 @@ impl IndexFile {
         let mut removed = 0;
         while count > 1 {
             let n = count - 1;
-            let Some((hash, phys, _, prev)) = self.read_entry(n) else { break };
+            let Some((hash, phys, _, prev)) = self.read_entry(n) else {
+                break;
+            };
             if phys < phys_end {
                 break;
             }
@@ -213,7 +234,10 @@ impl IndexFile {
             if self.get_i32(slot) == n {
                 self.set_i32(slot, prev);
                 if prev == 0 {
-                    self.set_i32(HASH_SLOT_COUNT_POS, (self.get_i32(HASH_SLOT_COUNT_POS) - 1).max(0));
+                    self.set_i32(
+                        HASH_SLOT_COUNT_POS,
+                        (self.get_i32(HASH_SLOT_COUNT_POS) - 1).max(0),
+                    );
                 }
             }
             self.mf.write_at(self.entry_pos(n), &[0u8; 20])?;
@@ -263,7 +287,11 @@ impl IndexService {
         names.sort();
         let mut files = Vec::new();
         for n in names {
-            files.push(Arc::new(IndexFile::open(&dir.join(n), slot_num, index_num)?));
+            files.push(Arc::new(IndexFile::open(
+                &dir.join(n),
+                slot_num,
+                index_num,
+            )?));
         }
         Ok(IndexService {
             dir: dir.to_path_buf(),
@@ -281,12 +309,19 @@ impl IndexService {
         }
         let mut name = local_timestamp_name(crate::commit_log::now_ms());
         let mut files = self.files.write();
-        while files.last().is_some_and(|f| f.path().file_name().and_then(|n| n.to_str()) >= Some(name.as_str())) {
+        while files
+            .last()
+            .is_some_and(|f| f.path().file_name().and_then(|n| n.to_str()) >= Some(name.as_str()))
+        {
             // Same millisecond as the previous file: keep names unique and sorted.
             let bumped = name.parse::<u64>().unwrap_or(0) + 1;
             name = format!("{bumped:017}");
         }
-        let f = Arc::new(IndexFile::create(&self.dir.join(&name), self.slot_num, self.index_num)?);
+        let f = Arc::new(IndexFile::create(
+            &self.dir.join(&name),
+            self.slot_num,
+            self.index_num,
+        )?);
         tracing::info!(file = %name, "created index file");
         files.push(f.clone());
         Ok(f)
@@ -303,7 +338,14 @@ impl IndexService {
 
     /// Index one message: every non-empty space-separated word of `keys` and
     /// the unique key.
-    pub fn build_index(&self, topic: &str, keys: Option<&str>, uniq_key: Option<&str>, phys: i64, store_ts: i64) -> Result<()> {
+    pub fn build_index(
+        &self,
+        topic: &str,
+        keys: Option<&str>,
+        uniq_key: Option<&str>,
+        phys: i64,
+        store_ts: i64,
+    ) -> Result<()> {
         if phys <= self.last_indexed_phys() {
             return Ok(());
         }

@@ -25,6 +25,6 @@ pub use dispatch::MessageArrivingListener;
 pub use error::{Result, StoreError};
 pub use flush::FlushWait;
 pub use store::{
-    GetResult, GetStatus, MessageFilter, MessageStore, PendingPut, PutResult, PutStatus, QueryResult,
-    StoreHooks,
+    GetResult, GetStatus, MessageFilter, MessageStore, PendingPut, PutResult, PutStatus,
+    QueryResult, StoreHooks,
 };

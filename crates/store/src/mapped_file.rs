@@ -176,7 +176,9 @@ impl MappedFile {
             return None;
         }
         // SAFETY: in bounds; callers read only published or quiescent regions.
-        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(pos as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(pos as usize), len as usize)
+        })
     }
 
     /// Read bytes below the published wrote position only.
@@ -190,7 +192,7 @@ impl MappedFile {
     /// A 4-byte word of the mapping accessed atomically (index headers and
     /// slots, read by queries while the dispatcher writes).
     pub fn atomic_i32(&self, pos: u64) -> Option<&AtomicI32> {
-        if pos % 4 != 0 || pos.checked_add(4)? > self.size {
+        if !pos.is_multiple_of(4) || pos.checked_add(4)? > self.size {
             return None;
         }
         // SAFETY: aligned (the mapping is page-aligned), in bounds, and valid
@@ -200,7 +202,7 @@ impl MappedFile {
 
     /// An 8-byte word of the mapping accessed atomically.
     pub fn atomic_i64(&self, pos: u64) -> Option<&AtomicI64> {
-        if pos % 8 != 0 || pos.checked_add(8)? > self.size {
+        if !pos.is_multiple_of(8) || pos.checked_add(8)? > self.size {
             return None;
         }
         // SAFETY: as for `atomic_i32`.
@@ -344,7 +346,8 @@ impl MappedFile {
 /// support fall back to a sparse file.
 fn reserve(file: &File, off: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: plain syscall on an owned fd.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), off as libc::off_t, len as libc::off_t) };
+    let rc =
+        unsafe { libc::posix_fallocate(file.as_raw_fd(), off as libc::off_t, len as libc::off_t) };
     match rc {
         0 => Ok(()),
         libc::EOPNOTSUPP | libc::EINVAL => Ok(()),

@@ -39,7 +39,7 @@ impl MappedFileQueue {
             if Some(base) == last_base {
                 extend_short_tail(&dir.join(segment_name(base)), file_size)?;
             }
-            if base % file_size != 0 {
+            if !base.is_multiple_of(file_size) {
                 return Err(StoreError::Corrupt {
                     path: dir.join(segment_name(base)),
                     reason: format!("segment name is not a multiple of the file size {file_size}"),
@@ -54,7 +54,11 @@ impl MappedFileQueue {
                     });
                 }
             }
-            files.push(Arc::new(MappedFile::open(&dir.join(segment_name(base)), base, file_size)?));
+            files.push(Arc::new(MappedFile::open(
+                &dir.join(segment_name(base)),
+                base,
+                file_size,
+            )?));
         }
         Ok(MappedFileQueue {
             dir: dir.to_path_buf(),
@@ -78,6 +82,9 @@ impl MappedFileQueue {
     }
     pub fn len(&self) -> usize {
         self.files.read().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.files.read().is_empty()
     }
     pub fn snapshot(&self) -> Vec<Arc<MappedFile>> {
         self.files.read().clone()
@@ -119,13 +126,17 @@ impl MappedFileQueue {
                     reason: format!("new segment does not follow {}", segment_name(last.base())),
                 });
             }
-        } else if base % self.file_size != 0 {
+        } else if !base.is_multiple_of(self.file_size) {
             return Err(StoreError::Corrupt {
                 path: self.dir.join(segment_name(base)),
                 reason: "first segment not aligned to the file size".into(),
             });
         }
-        let f = Arc::new(MappedFile::create(&self.dir.join(segment_name(base)), base, self.file_size)?);
+        let f = Arc::new(MappedFile::create(
+            &self.dir.join(segment_name(base)),
+            base,
+            self.file_size,
+        )?);
         files.push(f.clone());
         Ok(f)
     }

@@ -54,12 +54,22 @@ pub(crate) fn scan(inner: &Inner, start: u64) -> (u64, i64, ScanEnd) {
                     pos = seg.base() + size;
                     continue;
                 }
-                return (pos, last_ts, ScanEnd::Invalid(format!("BLANK of {total_size} bytes does not end the segment")));
+                return (
+                    pos,
+                    last_ts,
+                    ScanEnd::Invalid(format!(
+                        "BLANK of {total_size} bytes does not end the segment"
+                    )),
+                );
             }
             Ok(stored::RecordHeader::Message { total_size, .. }) => {
                 let total = total_size as u64;
                 if local + total + 8 > size {
-                    return (pos, last_ts, ScanEnd::Invalid(format!("record of {total} bytes overruns the segment")));
+                    return (
+                        pos,
+                        last_ts,
+                        ScanEnd::Invalid(format!("record of {total} bytes overruns the segment")),
+                    );
                 }
                 let Some(rec) = seg.read(local, total) else {
                     return (pos, last_ts, ScanEnd::Invalid("unreadable record".into()));
@@ -70,9 +80,14 @@ pub(crate) fn scan(inner: &Inner, start: u64) -> (u64, i64, ScanEnd) {
                         pos += total;
                     }
                     Ok(info) => {
-                        return (pos, last_ts, ScanEnd::Invalid(format!(
-                            "PHYSICALOFFSET says {} (stale record)", info.physical_offset
-                        )));
+                        return (
+                            pos,
+                            last_ts,
+                            ScanEnd::Invalid(format!(
+                                "PHYSICALOFFSET says {} (stale record)",
+                                info.physical_offset
+                            )),
+                        );
                     }
                     Err(e) => return (pos, last_ts, ScanEnd::Invalid(e.to_string())),
                 }
@@ -86,17 +101,23 @@ pub(crate) fn scan(inner: &Inner, start: u64) -> (u64, i64, ScanEnd) {
 fn load_consume_queues(inner: &Inner) -> Result<()> {
     let root = inner.cfg.consumequeue_dir();
     std::fs::create_dir_all(&root).map_err(|e| StoreError::io("create directory", &root, e))?;
-    let topics = std::fs::read_dir(&root).map_err(|e| StoreError::io("list directory", &root, e))?;
+    let topics =
+        std::fs::read_dir(&root).map_err(|e| StoreError::io("list directory", &root, e))?;
     for t in topics {
         let t = t.map_err(|e| StoreError::io("list directory", &root, e))?;
-        let Some(topic) = t.file_name().to_str().map(str::to_owned) else { continue };
+        let Some(topic) = t.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
         if !t.path().is_dir() {
             continue;
         }
-        let queues = std::fs::read_dir(t.path()).map_err(|e| StoreError::io("list directory", t.path(), e))?;
+        let queues = std::fs::read_dir(t.path())
+            .map_err(|e| StoreError::io("list directory", t.path(), e))?;
         for q in queues {
             let q = q.map_err(|e| StoreError::io("list directory", t.path(), e))?;
-            let Some(qid) = q.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Some(qid) = q.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
             inner.find_or_create_cq(&topic, qid)?;
         }
     }
@@ -109,26 +130,39 @@ pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> R
     let cl = &inner.commit_log;
     let min = cl.min_offset();
     let seg_size = cl.segment_size();
-    let files_end = cl.segments().last().map(|f| f.base() + seg_size).unwrap_or(min);
+    let files_end = cl
+        .segments()
+        .last()
+        .map(|f| f.base() + seg_size)
+        .unwrap_or(min);
     load_consume_queues(inner)?;
 
     // Safe point: everything below it was flushed and its ConsumeQueue and
     // index entries too. Without a readable checkpoint, scan everything.
     let (start, redispatch_from) = match cp {
         Some(cp) => {
-            let s = cp.commitlog_flushed_offset.min(cp.dispatched_flushed_offset).clamp(min, files_end);
+            let s = cp
+                .commitlog_flushed_offset
+                .min(cp.dispatched_flushed_offset)
+                .clamp(min, files_end);
             (s, cp.dispatched_flushed_offset.clamp(min, files_end))
         }
         None => (min, min),
     };
     if crashed {
-        tracing::warn!(from = start, "store was not shut down cleanly: recovering from the checkpoint");
+        tracing::warn!(
+            from = start,
+            "store was not shut down cleanly: recovering from the checkpoint"
+        );
     }
     let (mut end, mut last_ts, mut why) = scan(inner, start);
     if start > min && end == start && matches!(why, ScanEnd::Invalid(_)) && cp.is_some() {
         // The safe point itself is not a valid record: the checkpoint does
         // not match the files. Fall back to a full scan.
-        tracing::warn!(start, "checkpoint does not point at a valid record; scanning the whole CommitLog");
+        tracing::warn!(
+            start,
+            "checkpoint does not point at a valid record; scanning the whole CommitLog"
+        );
         (end, last_ts, why) = scan(inner, min);
     }
     if let ScanEnd::Invalid(reason) = &why {
@@ -151,7 +185,10 @@ pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> R
     let from = redispatch_from.min(end);
     inner.dispatched.store(from, Ordering::Release);
     dispatch::dispatch_available(inner, false)?;
-    inner.dispatched.store(end.max(inner.dispatched.load(Ordering::Acquire)), Ordering::Release);
+    inner.dispatched.store(
+        end.max(inner.dispatched.load(Ordering::Acquire)),
+        Ordering::Release,
+    );
 
     // Queue offsets for the append path come from the ConsumeQueues.
     let mut table: HashMap<String, HashMap<i32, i64>> = HashMap::new();

@@ -274,7 +274,11 @@ impl Inner {
         self.cqs.read().get(topic)?.get(&queue_id).cloned()
     }
 
-    pub(crate) fn find_or_create_cq(&self, topic: &str, queue_id: i32) -> Result<Arc<ConsumeQueue>> {
+    pub(crate) fn find_or_create_cq(
+        &self,
+        topic: &str,
+        queue_id: i32,
+    ) -> Result<Arc<ConsumeQueue>> {
         if let Some(cq) = self.find_cq(topic, queue_id) {
             return Ok(cq);
         }
@@ -283,14 +287,29 @@ impl Inner {
         if let Some(cq) = t.get(topic).and_then(|q| q.get(&queue_id)) {
             return Ok(cq.clone());
         }
-        let dir = self.cfg.consumequeue_dir().join(topic).join(queue_id.to_string());
-        let cq = Arc::new(ConsumeQueue::load(&dir, topic, queue_id, self.cfg.mapped_file_size_consume_queue)?);
-        t.entry(topic.to_owned()).or_default().insert(queue_id, cq.clone());
+        let dir = self
+            .cfg
+            .consumequeue_dir()
+            .join(topic)
+            .join(queue_id.to_string());
+        let cq = Arc::new(ConsumeQueue::load(
+            &dir,
+            topic,
+            queue_id,
+            self.cfg.mapped_file_size_consume_queue,
+        )?);
+        t.entry(topic.to_owned())
+            .or_default()
+            .insert(queue_id, cq.clone());
         Ok(cq)
     }
 
     pub(crate) fn all_cqs(&self) -> Vec<Arc<ConsumeQueue>> {
-        self.cqs.read().values().flat_map(|q| q.values().cloned()).collect()
+        self.cqs
+            .read()
+            .values()
+            .flat_map(|q| q.values().cloned())
+            .collect()
     }
 
     /// Flush ConsumeQueues and index, then write the checkpoint.
@@ -317,8 +336,15 @@ impl Inner {
 
 /// A topic must be usable as one directory name.
 fn check_topic_name(topic: &str) -> Result<()> {
-    if topic.is_empty() || topic == "." || topic == ".." || topic.len() > 255 || topic.contains(['/', '\0']) {
-        return Err(StoreError::IllegalMessage(format!("topic {topic:?} cannot name a directory")));
+    if topic.is_empty()
+        || topic == "."
+        || topic == ".."
+        || topic.len() > 255
+        || topic.contains(['/', '\0'])
+    {
+        return Err(StoreError::IllegalMessage(format!(
+            "topic {topic:?} cannot name a directory"
+        )));
     }
     Ok(())
 }
@@ -345,14 +371,20 @@ impl MessageStore {
     pub fn open_with(config: MessageStoreConfig, hooks: StoreHooks) -> Result<MessageStore> {
         config.validate()?;
         let root = config.store_path_root_dir.clone();
-        std::fs::create_dir_all(&root).map_err(|e| StoreError::io("create store root", &root, e))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| StoreError::io("create store root", &root, e))?;
         let lock_file = lock_root(&root)?;
         let abort_path = root.join("abort");
         let crashed = abort_path.exists();
         let (checkpoint, cp) = CheckpointFile::open(&root.join("checkpoint"))?;
-        let commit_log = CommitLog::load(&config.commitlog_dir(), config.mapped_file_size_commit_log)?;
+        let commit_log =
+            CommitLog::load(&config.commitlog_dir(), config.mapped_file_size_commit_log)?;
         let index = if config.message_index_enable {
-            Some(IndexService::load(&config.index_dir(), config.max_hash_slot_num, config.max_index_num)?)
+            Some(IndexService::load(
+                &config.index_dir(),
+                config.max_hash_slot_num,
+                config.max_index_num,
+            )?)
         } else {
             None
         };
@@ -387,7 +419,8 @@ impl MessageStore {
         });
         recovery::recover(&inner, cp, crashed)?;
         // Mark the store as running: a crash from here on leaves this file.
-        File::create(&abort_path).map_err(|e| StoreError::io("create abort file", &abort_path, e))?;
+        File::create(&abort_path)
+            .map_err(|e| StoreError::io("create abort file", &abort_path, e))?;
         inner.flush_logics_and_checkpoint()?;
         cleanup::check_disk(&inner);
 
@@ -398,9 +431,13 @@ impl MessageStore {
             root,
         };
         store.spawn("apogee-flush-cl", flush::run_flusher, |i| &i.flusher_thread)?;
-        store.spawn("apogee-dispatch", dispatch::run_dispatcher, |i| &i.dispatcher_thread)?;
+        store.spawn("apogee-dispatch", dispatch::run_dispatcher, |i| {
+            &i.dispatcher_thread
+        })?;
         store.spawn("apogee-flush-cq", run_cq_flusher, |_| &UNUSED)?;
-        store.spawn("apogee-store-svc", cleanup::run_service, |i| &i.service_thread)?;
+        store.spawn("apogee-store-svc", cleanup::run_service, |i| {
+            &i.service_thread
+        })?;
         Ok(store)
     }
 
@@ -450,15 +487,22 @@ impl MessageStore {
             .ok_or_else(|| StoreError::IllegalMessage("empty batch".into()))?;
         check_topic_name(&first.topic)?;
         if first.queue_id < 0 {
-            return Err(StoreError::IllegalMessage(format!("negative queue id {}", first.queue_id)));
+            return Err(StoreError::IllegalMessage(format!(
+                "negative queue id {}",
+                first.queue_id
+            )));
         }
         let mut total = 0usize;
         for m in msgs {
             if m.topic != first.topic || m.queue_id != first.queue_id {
-                return Err(StoreError::IllegalMessage("a batch must target one topic and queue".into()));
+                return Err(StoreError::IllegalMessage(
+                    "a batch must target one topic and queue".into(),
+                ));
             }
             if sysflag::is_dispatchable(m.sys_flag) != sysflag::is_dispatchable(first.sys_flag) {
-                return Err(StoreError::IllegalMessage("a batch cannot mix transaction types".into()));
+                return Err(StoreError::IllegalMessage(
+                    "a batch cannot mix transaction types".into(),
+                ));
             }
             total += stored_size(m);
         }
@@ -476,10 +520,13 @@ impl MessageStore {
             for m in msgs {
                 encode_stored(m, &mut buf).map_err(|e| StoreError::Encode(e.to_string()))?;
             }
-            let r = self
-                .inner
-                .commit_log
-                .append(&first.topic, first.queue_id, dispatchable, &mut buf[..], msgs.len());
+            let r = self.inner.commit_log.append(
+                &first.topic,
+                first.queue_id,
+                dispatchable,
+                &mut buf[..],
+                msgs.len(),
+            );
             let batch_offsets = if msgs.len() > 1 {
                 if let Ok(a) = &r {
                     let mut offs = Vec::with_capacity(msgs.len() - 1);
@@ -530,7 +577,9 @@ impl MessageStore {
     fn register_flush(&self, end: u64) -> Arc<WaitSlot> {
         let i = &self.inner;
         let deadline = Instant::now() + Duration::from_millis(i.cfg.sync_flush_timeout);
-        let slot = i.waiters.register(end, deadline, i.commit_log.flushed_atomic());
+        let slot = i
+            .waiters
+            .register(end, deadline, i.commit_log.flushed_atomic());
         if let Some(t) = i.flusher_thread.get() {
             t.unpark();
         }
@@ -541,7 +590,8 @@ impl MessageStore {
         let (mut r, wait) = self.append(msgs)?;
         if wait {
             let slot = self.register_flush(r.end_offset());
-            let deadline = Instant::now() + Duration::from_millis(self.inner.cfg.sync_flush_timeout);
+            let deadline =
+                Instant::now() + Duration::from_millis(self.inner.cfg.sync_flush_timeout);
             if !slot.wait(deadline) {
                 r.status = PutStatus::FlushDiskTimeout;
             }
@@ -706,7 +756,9 @@ impl MessageStore {
                 None => false,
             };
             if !hit {
-                cached = cl.segment_at(phys).map(|s| (s.base(), s.base() + s.wrote(), s.shared_bytes()));
+                cached = cl
+                    .segment_at(phys)
+                    .map(|s| (s.base(), s.base() + s.wrote(), s.shared_bytes()));
             }
             let Some((base, end, whole)) = &cached else {
                 removed += 1;
@@ -742,12 +794,18 @@ impl MessageStore {
 
     /// Next offset of a queue (0 if unknown).
     pub fn max_offset(&self, topic: &str, queue_id: i32) -> i64 {
-        self.inner.find_cq(topic, queue_id).map(|c| c.max_offset()).unwrap_or(0)
+        self.inner
+            .find_cq(topic, queue_id)
+            .map(|c| c.max_offset())
+            .unwrap_or(0)
     }
 
     /// First offset of a queue still readable (0 if unknown).
     pub fn min_offset(&self, topic: &str, queue_id: i32) -> i64 {
-        self.inner.find_cq(topic, queue_id).map(|c| c.min_offset()).unwrap_or(0)
+        self.inner
+            .find_cq(topic, queue_id)
+            .map(|c| c.min_offset())
+            .unwrap_or(0)
     }
 
     /// Queue ids that have a ConsumeQueue for `topic`.
@@ -812,7 +870,9 @@ impl MessageStore {
         let cl = &self.inner.commit_log;
         let min = cl.min_offset();
         let rec = cl.read_record(min)?;
-        stored::check_record(&rec, false).ok().map(|i| i.store_timestamp)
+        stored::check_record(&rec, false)
+            .ok()
+            .map(|i| i.store_timestamp)
     }
 
     /// The stored record at CommitLog offset `phys` (offset message id lookup).
@@ -826,16 +886,38 @@ impl MessageStore {
     /// Messages of `topic` indexed under `key` (a KEYS word or a UNIQ_KEY),
     /// stored within `[begin, end]` ms, newest first, at most `max`. Hash
     /// collisions are filtered out here.
-    pub fn query_by_key(&self, topic: &str, key: &str, max: usize, begin: i64, end: i64) -> QueryResult {
+    pub fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin: i64,
+        end: i64,
+    ) -> QueryResult {
         self.query(topic, key, max, begin, end, false)
     }
 
     /// Like [`MessageStore::query_by_key`] but only UNIQ_KEY matches.
-    pub fn query_by_unique_key(&self, topic: &str, key: &str, max: usize, begin: i64, end: i64) -> QueryResult {
+    pub fn query_by_unique_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin: i64,
+        end: i64,
+    ) -> QueryResult {
         self.query(topic, key, max, begin, end, true)
     }
 
-    fn query(&self, topic: &str, key: &str, max: usize, begin: i64, end: i64, uniq_only: bool) -> QueryResult {
+    fn query(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin: i64,
+        end: i64,
+        uniq_only: bool,
+    ) -> QueryResult {
         let mut out = QueryResult::default();
         let Some(index) = &self.inner.index else {
             return out;
@@ -852,14 +934,19 @@ impl MessageStore {
             if !seen.insert(phys) {
                 continue;
             }
-            let Some(rec) = self.look_message_by_offset(phys) else { continue };
-            let Ok(info) = stored::check_record(&rec, false) else { continue };
+            let Some(rec) = self.look_message_by_offset(phys) else {
+                continue;
+            };
+            let Ok(info) = stored::check_record(&rec, false) else {
+                continue;
+            };
             if info.topic != topic {
                 continue;
             }
             let uniq = properties::get(&info.properties, keys::UNIQ_KEY) == Some(key);
             let by_keys = !uniq_only
-                && properties::get(&info.properties, keys::KEYS).is_some_and(|k| k.split(' ').any(|w| w == key));
+                && properties::get(&info.properties, keys::KEYS)
+                    .is_some_and(|k| k.split(' ').any(|w| w == key));
             if uniq || by_keys {
                 out.messages.push(rec);
             }

@@ -21,7 +21,11 @@ const QUEUES: i32 = 4;
 
 fn crash_config(dir: &Path, sync: bool) -> MessageStoreConfig {
     let mut cfg = small_config(dir);
-    cfg.flush_disk_type = if sync { FlushDiskType::SyncFlush } else { FlushDiskType::AsyncFlush };
+    cfg.flush_disk_type = if sync {
+        FlushDiskType::SyncFlush
+    } else {
+        FlushDiskType::AsyncFlush
+    };
     cfg.mapped_file_size_commit_log = 32 * 1024;
     cfg
 }
@@ -45,7 +49,14 @@ fn crash_writer_child() {
     println!("READY");
     for i in 0u64.. {
         let q = (i % QUEUES as u64) as i32;
-        let m = msg("Crash", q, &body(round, i), Some("t"), Some(&format!("r{round}i{i}")), None);
+        let m = msg(
+            "Crash",
+            q,
+            &body(round, i),
+            Some("t"),
+            Some(&format!("r{round}i{i}")),
+            None,
+        );
         let r = store.put_message(&m).unwrap();
         println!("ACK {round} {i} {q} {} {}", r.queue_offset, r.phys_offset);
     }
@@ -56,11 +67,29 @@ struct Ack {
     i: u64,
 }
 
-fn run_round(dir: &Path, sync: bool, round: u32, kill_after: Duration) -> Vec<(i32, i64, i64, Ack)> {
+fn run_round(
+    dir: &Path,
+    sync: bool,
+    round: u32,
+    kill_after: Duration,
+) -> Vec<(i32, i64, i64, Ack)> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "crash_writer_child", "--nocapture", "--test-threads=1"])
-        .env(ENV, format!("{}|{}|{}", dir.display(), if sync { "sync" } else { "async" }, round))
+        .args([
+            "--exact",
+            "crash_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            ENV,
+            format!(
+                "{}|{}|{}",
+                dir.display(),
+                if sync { "sync" } else { "async" },
+                round
+            ),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -72,9 +101,13 @@ fn run_round(dir: &Path, sync: bool, round: u32, kill_after: Duration) -> Vec<(i
             let Ok(line) = line else { break };
             let f: Vec<&str> = line.split(' ').collect();
             if f.len() == 6 && f[0] == "ACK" {
-                let (Ok(round), Ok(i), Ok(q), Ok(qo), Ok(phys)) =
-                    (f[1].parse(), f[2].parse(), f[3].parse(), f[4].parse(), f[5].parse())
-                else {
+                let (Ok(round), Ok(i), Ok(q), Ok(qo), Ok(phys)) = (
+                    f[1].parse(),
+                    f[2].parse(),
+                    f[3].parse(),
+                    f[4].parse(),
+                    f[5].parse(),
+                ) else {
                     continue; // a line cut by the kill was never a full ack
                 };
                 acks.push((q, qo, phys, Ack { round, i }));
@@ -95,12 +128,19 @@ fn verify(dir: &Path, sync: bool, acked: &HashMap<(i32, i64), (i64, Ack)>) {
     for q in 0..QUEUES {
         // read_all decodes every record with its CRC: nothing is half-visible.
         let msgs = read_all(&store, "Crash", q, 0);
-        assert_eq!(msgs.len() as i64, store.max_offset("Crash", q), "queue {q} is contiguous");
+        assert_eq!(
+            msgs.len() as i64,
+            store.max_offset("Crash", q),
+            "queue {q} is contiguous"
+        );
         let mut last_phys = -1;
         for (n, m) in msgs.iter().enumerate() {
             assert_eq!(m.queue_offset, n as i64, "queue {q} offsets in order");
             assert_eq!(m.queue_id, q);
-            assert!(m.physical_offset > last_phys, "queue {q} in CommitLog order");
+            assert!(
+                m.physical_offset > last_phys,
+                "queue {q} in CommitLog order"
+            );
             last_phys = m.physical_offset;
             let key = m.keys().next().unwrap().to_owned();
             let (r, i) = key[1..].split_once('i').unwrap();
@@ -137,10 +177,16 @@ fn kill_9_at_random_points_loses_nothing_acknowledged() {
             let acks = run_round(dir.path(), sync, round, Duration::from_millis(ms));
             total += acks.len();
             for (q, qo, phys, ack) in acks {
-                assert!(acked.insert((q, qo), (phys, ack)).is_none(), "queue offset ({q}, {qo}) acknowledged twice");
+                assert!(
+                    acked.insert((q, qo), (phys, ack)).is_none(),
+                    "queue offset ({q}, {qo}) acknowledged twice"
+                );
             }
             verify(dir.path(), sync, &acked);
         }
-        assert!(total > 0, "the writer acknowledged nothing in any round (sync={sync})");
+        assert!(
+            total > 0,
+            "the writer acknowledged nothing in any round (sync={sync})"
+        );
     }
 }

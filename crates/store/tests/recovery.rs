@@ -24,7 +24,14 @@ fn populate(cfg: &MessageStoreConfig, n: usize) -> Vec<PutResult> {
     let out = (0..n)
         .map(|i| {
             store
-                .put_message(&msg(TOPIC, 0, &body_of(i), Some("tag"), Some(&format!("key-{i}")), None))
+                .put_message(&msg(
+                    TOPIC,
+                    0,
+                    &body_of(i),
+                    Some("tag"),
+                    Some(&format!("key-{i}")),
+                    None,
+                ))
                 .unwrap()
         })
         .collect();
@@ -55,7 +62,11 @@ const BODY_POS: u64 = 88;
 fn assert_survivors(dir: &Path, cfg: &MessageStoreConfig, results: &[PutResult], k: usize) {
     let store = open(cfg.clone());
     assert_eq!(store.max_offset(TOPIC, 0), k as i64, "ConsumeQueue end");
-    assert_eq!(store.commit_log_max_offset(), results[k].phys_offset, "CommitLog truncated at record {k}");
+    assert_eq!(
+        store.commit_log_max_offset(),
+        results[k].phys_offset,
+        "CommitLog truncated at record {k}"
+    );
     let msgs = read_all(&store, TOPIC, 0, 0);
     assert_eq!(msgs.len(), k);
     for (i, m) in msgs.iter().enumerate() {
@@ -66,12 +77,30 @@ fn assert_survivors(dir: &Path, cfg: &MessageStoreConfig, results: &[PutResult],
     let r = store.get_messages("g", TOPIC, 0, k as i64, 32, 1 << 20, None);
     assert_eq!(r.status, GetStatus::OffsetOverflowOne);
     // Index: entries for removed messages are gone, earlier ones stay.
-    assert!(store.query_by_key(TOPIC, &format!("key-{k}"), 10, 0, i64::MAX).messages.is_empty());
+    assert!(store
+        .query_by_key(TOPIC, &format!("key-{k}"), 10, 0, i64::MAX)
+        .messages
+        .is_empty());
     if k > 0 {
-        assert_eq!(store.query_by_key(TOPIC, &format!("key-{}", k - 1), 10, 0, i64::MAX).messages.len(), 1);
+        assert_eq!(
+            store
+                .query_by_key(TOPIC, &format!("key-{}", k - 1), 10, 0, i64::MAX)
+                .messages
+                .len(),
+            1
+        );
     }
     // New appends continue exactly at the cut and survive another reopen.
-    let r = store.put_message(&msg(TOPIC, 0, b"after-recovery", None, Some("key-new"), None)).unwrap();
+    let r = store
+        .put_message(&msg(
+            TOPIC,
+            0,
+            b"after-recovery",
+            None,
+            Some("key-new"),
+            None,
+        ))
+        .unwrap();
     assert_eq!(r.queue_offset, k as i64);
     assert_eq!(r.phys_offset, results[k].phys_offset);
     store.shutdown().unwrap();
@@ -80,9 +109,19 @@ fn assert_survivors(dir: &Path, cfg: &MessageStoreConfig, results: &[PutResult],
     fs::remove_file(dir.join("checkpoint")).unwrap();
     let store = open(cfg.clone());
     let msgs = read_all(&store, TOPIC, 0, 0);
-    assert_eq!(msgs.len(), k + 1, "no stale record reappears after the new end");
+    assert_eq!(
+        msgs.len(),
+        k + 1,
+        "no stale record reappears after the new end"
+    );
     assert_eq!(&msgs[k].body[..], b"after-recovery");
-    assert_eq!(store.query_by_key(TOPIC, "key-new", 10, 0, i64::MAX).messages.len(), 1);
+    assert_eq!(
+        store
+            .query_by_key(TOPIC, "key-new", 10, 0, i64::MAX)
+            .messages
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -105,7 +144,18 @@ fn torn_tail_after_checkpoint_is_cut_and_queues_follow() {
     // Phase 1: 20 messages, then keep a copy of the checkpoint taken then.
     let store = open(cfg.clone());
     let mut results: Vec<PutResult> = (0..20)
-        .map(|i| store.put_message(&msg(TOPIC, 0, &body_of(i), None, Some(&format!("key-{i}")), None)).unwrap())
+        .map(|i| {
+            store
+                .put_message(&msg(
+                    TOPIC,
+                    0,
+                    &body_of(i),
+                    None,
+                    Some(&format!("key-{i}")),
+                    None,
+                ))
+                .unwrap()
+        })
         .collect();
     store.shutdown().unwrap();
     drop(store);
@@ -113,7 +163,18 @@ fn torn_tail_after_checkpoint_is_cut_and_queues_follow() {
     // Phase 2: 20 more, ConsumeQueue and index have them all.
     let store = open(cfg.clone());
     for i in 20..40 {
-        results.push(store.put_message(&msg(TOPIC, 0, &body_of(i), None, Some(&format!("key-{i}")), None)).unwrap());
+        results.push(
+            store
+                .put_message(&msg(
+                    TOPIC,
+                    0,
+                    &body_of(i),
+                    None,
+                    Some(&format!("key-{i}")),
+                    None,
+                ))
+                .unwrap(),
+        );
     }
     store.shutdown().unwrap();
     drop(store);
@@ -122,7 +183,11 @@ fn torn_tail_after_checkpoint_is_cut_and_queues_follow() {
     fs::write(dir.path().join("checkpoint"), &old_cp).unwrap();
     let r = &results[31];
     let half = r.phys_offset as u64 + r.wrote_bytes as u64 / 2;
-    patch(&seg_path(dir.path(), 0), half, &vec![0u8; r.wrote_bytes / 2 + 1]);
+    patch(
+        &seg_path(dir.path(), 0),
+        half,
+        &vec![0u8; r.wrote_bytes / 2 + 1],
+    );
     mark_crashed(dir.path());
     assert_survivors(dir.path(), &cfg, &results, 31);
 }
@@ -133,7 +198,10 @@ fn shortened_last_segment_is_treated_as_a_torn_tail() {
     let cfg = small_config(dir.path());
     let results = populate(&cfg, 30);
     let cut = results[17].phys_offset as u64 + 10;
-    let f = OpenOptions::new().write(true).open(seg_path(dir.path(), 0)).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(seg_path(dir.path(), 0))
+        .unwrap();
     f.set_len(cut).unwrap();
     drop(f);
     fs::remove_file(dir.path().join("checkpoint")).unwrap();
@@ -147,14 +215,18 @@ fn garbage_after_the_end_is_ignored_and_cleared() {
     let cfg = small_config(dir.path());
     let results = populate(&cfg, 12);
     let end = results[11].end_offset();
-    let garbage: Vec<u8> = (0..500u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 | 1).collect();
+    let garbage: Vec<u8> = (0..500u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 | 1)
+        .collect();
     patch(&seg_path(dir.path(), 0), end, &garbage);
     fs::remove_file(dir.path().join("checkpoint")).unwrap();
     mark_crashed(dir.path());
     let store = open(cfg.clone());
     assert_eq!(store.commit_log_max_offset() as u64, end);
     assert_eq!(read_all(&store, TOPIC, 0, 0).len(), 12);
-    store.put_message(&msg(TOPIC, 0, b"x", None, None, None)).unwrap();
+    store
+        .put_message(&msg(TOPIC, 0, b"x", None, None, None))
+        .unwrap();
     assert_eq!(read_all(&store, TOPIC, 0, 0).len(), 13);
 }
 
@@ -166,7 +238,10 @@ fn corrupt_checkpoint_falls_back_to_a_full_scan() {
     patch(&dir.path().join("checkpoint"), 0, &[0xAB; 72]);
     mark_crashed(dir.path());
     let store = open(cfg.clone());
-    assert_eq!(store.commit_log_max_offset() as u64, results[24].end_offset());
+    assert_eq!(
+        store.commit_log_max_offset() as u64,
+        results[24].end_offset()
+    );
     assert_eq!(read_all(&store, TOPIC, 0, 0).len(), 25);
 }
 
@@ -183,9 +258,24 @@ fn lost_consume_queues_are_rebuilt_from_the_commit_log() {
     let store = open(cfg.clone());
     let msgs = read_all(&store, TOPIC, 0, 0);
     assert_eq!(msgs.len(), 120);
-    assert!(msgs.iter().zip(&results).all(|(m, r)| m.physical_offset == r.phys_offset));
-    assert_eq!(store.query_by_key(TOPIC, "key-77", 10, 0, i64::MAX).messages.len(), 1);
-    assert_eq!(store.put_message(&msg(TOPIC, 0, b"n", None, None, None)).unwrap().queue_offset, 120);
+    assert!(msgs
+        .iter()
+        .zip(&results)
+        .all(|(m, r)| m.physical_offset == r.phys_offset));
+    assert_eq!(
+        store
+            .query_by_key(TOPIC, "key-77", 10, 0, i64::MAX)
+            .messages
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .put_message(&msg(TOPIC, 0, b"n", None, None, None))
+            .unwrap()
+            .queue_offset,
+        120
+    );
 }
 
 #[test]
@@ -202,6 +292,9 @@ fn recovery_starts_at_the_checkpoint_not_at_the_beginning() {
     mark_crashed(dir.path());
     let store = open(cfg.clone());
     assert_eq!(store.max_offset(TOPIC, 0), 30);
-    assert_eq!(store.commit_log_max_offset() as u64, results[29].end_offset());
+    assert_eq!(
+        store.commit_log_max_offset() as u64,
+        results[29].end_offset()
+    );
     assert!(store.wait_dispatched(results[29].end_offset(), Duration::from_secs(1)));
 }

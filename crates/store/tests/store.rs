@@ -40,7 +40,9 @@ fn put_then_get_returns_stored_bytes_with_assigned_offsets() {
     let store = open(small_config(dir.path()));
     let mut phys = Vec::new();
     for i in 0..100 {
-        let r = store.put_message(&msg("T", 1, &body_of(i), None, None, None)).unwrap();
+        let r = store
+            .put_message(&msg("T", 1, &body_of(i), None, None, None))
+            .unwrap();
         assert_eq!(r.status, PutStatus::Ok);
         assert_eq!(r.queue_offset, i as i64);
         assert_eq!(r.msg_count, 1);
@@ -63,7 +65,9 @@ fn put_then_get_returns_stored_bytes_with_assigned_offsets() {
     assert_eq!(store.max_offset("T", 1), 100);
     assert_eq!(store.min_offset("T", 1), 0);
     // Other queues of the topic are independent.
-    let r = store.put_message(&msg("T", 2, b"x", None, None, None)).unwrap();
+    let r = store
+        .put_message(&msg("T", 2, b"x", None, None, None))
+        .unwrap();
     assert_eq!(r.queue_offset, 0);
 }
 
@@ -76,14 +80,23 @@ fn get_statuses_cover_the_pull_cases() {
     assert_eq!(r.status.as_str(), "NO_MATCHED_LOGIC_QUEUE");
     let mut end = 0;
     for i in 0..10 {
-        end = store.put_message(&msg("S", 0, &body_of(i), None, None, None)).unwrap().end_offset();
+        end = store
+            .put_message(&msg("S", 0, &body_of(i), None, None, None))
+            .unwrap()
+            .end_offset();
     }
     assert!(store.wait_dispatched(end, Duration::from_secs(5)));
     let r = store.get_messages("g", "S", 0, 10, 32, 1 << 20, None);
-    assert_eq!((r.status, r.next_begin_offset, r.max_offset), (GetStatus::OffsetOverflowOne, 10, 10));
+    assert_eq!(
+        (r.status, r.next_begin_offset, r.max_offset),
+        (GetStatus::OffsetOverflowOne, 10, 10)
+    );
     let r = store.get_messages("g", "S", 0, 50, 32, 1 << 20, None);
     assert_eq!(r.status, GetStatus::OffsetOverflowBadly);
-    assert_eq!(r.next_begin_offset, 0, "min is 0, so the client is sent back to 0");
+    assert_eq!(
+        r.next_begin_offset, 0,
+        "min is 0, so the client is sent back to 0"
+    );
     let r = store.get_messages("g", "S", 0, 3, 4, 1 << 20, None);
     assert_eq!(r.status, GetStatus::Found);
     assert_eq!(r.messages.len(), 4);
@@ -106,7 +119,10 @@ fn tag_filter_skips_unmatched_and_reports_no_matched_message() {
     let mut end = 0;
     for i in 0..20 {
         let tag = if i % 4 == 0 { "A" } else { "B" };
-        end = store.put_message(&msg("F", 0, &body_of(i), Some(tag), None, None)).unwrap().end_offset();
+        end = store
+            .put_message(&msg("F", 0, &body_of(i), Some(tag), None, None))
+            .unwrap()
+            .end_offset();
     }
     assert!(store.wait_dispatched(end, Duration::from_secs(5)));
     let only_a: HashSet<i64> = [tags_hash_code("A")].into_iter().collect();
@@ -134,7 +150,11 @@ fn segments_roll_with_blank_marker_and_twenty_digit_names() {
     let body = vec![7u8; 3000];
     let mut results = Vec::new();
     for _ in 0..60 {
-        results.push(store.put_message(&msg("R", 0, &body, None, None, None)).unwrap());
+        results.push(
+            store
+                .put_message(&msg("R", 0, &body, None, None, None))
+                .unwrap(),
+        );
     }
     assert!(store.commit_log_segment_count() >= 3);
     // No record spans a segment boundary.
@@ -143,26 +163,43 @@ fn segments_roll_with_blank_marker_and_twenty_digit_names() {
         assert_eq!(start / seg, (start + r.wrote_bytes as u64 - 1) / seg);
     }
     // The first segment ends in a BLANK marker right after its last record.
-    let last_in_first = results.iter().filter(|r| (r.phys_offset as u64) < seg).last().unwrap();
+    let last_in_first = results
+        .iter()
+        .rfind(|r| (r.phys_offset as u64) < seg)
+        .unwrap();
     let blank_at = last_in_first.end_offset() as usize;
     let first = std::fs::read(dir.path().join("commitlog").join("00000000000000000000")).unwrap();
     assert_eq!(first.len() as u64, seg);
     let left = i32::from_be_bytes(first[blank_at..blank_at + 4].try_into().unwrap());
     assert_eq!(left as usize, seg as usize - blank_at);
-    assert_eq!(i32::from_be_bytes(first[blank_at + 4..blank_at + 8].try_into().unwrap()), stored::BLANK_MAGIC_CODE);
-    assert!(dir.path().join("commitlog").join(format!("{seg:020}")).exists());
+    assert_eq!(
+        i32::from_be_bytes(first[blank_at + 4..blank_at + 8].try_into().unwrap()),
+        stored::BLANK_MAGIC_CODE
+    );
+    assert!(dir
+        .path()
+        .join("commitlog")
+        .join(format!("{seg:020}"))
+        .exists());
     // And everything reads back in order.
     let msgs = read_all(&store, "R", 0, 0);
     assert_eq!(msgs.len(), 60);
-    assert!(msgs.iter().enumerate().all(|(i, m)| m.queue_offset == i as i64 && m.body.len() == 3000));
+    assert!(msgs
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.queue_offset == i as i64 && m.body.len() == 3000));
 }
 
 #[test]
 fn batch_is_one_append_with_consecutive_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(small_config(dir.path()));
-    store.put_message(&msg("B", 0, b"first", None, None, None)).unwrap();
-    let batch: Vec<_> = (0..5).map(|i| msg("B", 0, &body_of(i), None, Some(&format!("k{i}")), None)).collect();
+    store
+        .put_message(&msg("B", 0, b"first", None, None, None))
+        .unwrap();
+    let batch: Vec<_> = (0..5)
+        .map(|i| msg("B", 0, &body_of(i), None, Some(&format!("k{i}")), None))
+        .collect();
     let r = store.put_messages(&batch).unwrap();
     assert_eq!(r.queue_offset, 1);
     assert_eq!(r.msg_count, 5);
@@ -179,8 +216,14 @@ fn batch_is_one_append_with_consecutive_offsets() {
     let sizes: u64 = msgs[1..].iter().map(|m| m.store_size as u64).sum();
     assert_eq!(sizes as usize, r.wrote_bytes);
     // Mixed targets are refused.
-    let mixed = vec![msg("B", 0, b"a", None, None, None), msg("B", 1, b"b", None, None, None)];
-    assert!(matches!(store.put_messages(&mixed), Err(StoreError::IllegalMessage(_))));
+    let mixed = vec![
+        msg("B", 0, b"a", None, None, None),
+        msg("B", 1, b"b", None, None, None),
+    ];
+    assert!(matches!(
+        store.put_messages(&mixed),
+        Err(StoreError::IllegalMessage(_))
+    ));
 }
 
 #[test]
@@ -189,11 +232,18 @@ fn oversized_message_is_refused_with_a_clear_error() {
     let mut cfg = small_config(dir.path());
     cfg.max_message_size = 1000;
     let store = open(cfg);
-    let err = store.put_message(&msg("Big", 0, &vec![0u8; 2000], None, None, None)).unwrap_err();
-    assert!(matches!(err, StoreError::MessageTooLarge { max: 1000, .. }), "{err}");
+    let err = store
+        .put_message(&msg("Big", 0, &vec![0u8; 2000], None, None, None))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::MessageTooLarge { max: 1000, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("maxMessageSize"));
     assert_eq!(store.commit_log_max_offset(), 0, "nothing was written");
-    assert!(store.put_message(&msg("Big", 0, &[0u8; 100], None, None, None)).is_ok());
+    assert!(store
+        .put_message(&msg("Big", 0, &[0u8; 100], None, None, None))
+        .is_ok());
 }
 
 #[test]
@@ -202,7 +252,9 @@ fn offset_by_time_and_earliest_time() {
     let store = open(small_config(dir.path()));
     let mut stamps = Vec::new();
     for i in 0..6 {
-        let r = store.put_message(&msg("Time", 0, &body_of(i), None, None, None)).unwrap();
+        let r = store
+            .put_message(&msg("Time", 0, &body_of(i), None, None, None))
+            .unwrap();
         stamps.push(r.store_timestamp);
         std::thread::sleep(Duration::from_millis(15));
     }
@@ -226,11 +278,20 @@ fn index_query_by_key_and_unique_key_with_time_range_and_limit() {
     for i in 0..30 {
         let keys = format!("order-{} common", i % 3);
         let uniq = format!("UNIQ{i:04}");
-        results.push(store.put_message(&msg("Idx", 0, &body_of(i), None, Some(&keys), Some(&uniq))).unwrap());
+        results.push(
+            store
+                .put_message(&msg("Idx", 0, &body_of(i), None, Some(&keys), Some(&uniq)))
+                .unwrap(),
+        );
     }
-    store.put_message(&msg("Other", 0, b"o", None, Some("order-1"), None)).unwrap();
+    store
+        .put_message(&msg("Other", 0, b"o", None, Some("order-1"), None))
+        .unwrap();
     assert!(store.wait_dispatched(store.commit_log_max_offset() as u64, Duration::from_secs(5)));
-    assert!(dir.path().join("index").read_dir().unwrap().count() >= 2, "index rolled over by count");
+    assert!(
+        dir.path().join("index").read_dir().unwrap().count() >= 2,
+        "index rolled over by count"
+    );
     let q = store.query_by_key("Idx", "order-1", 64, 0, i64::MAX);
     assert_eq!(q.messages.len(), 10);
     for b in &q.messages {
@@ -238,18 +299,37 @@ fn index_query_by_key_and_unique_key_with_time_range_and_limit() {
         assert_eq!(m.topic, "Idx");
         assert!(m.keys().any(|k| k == "order-1"));
     }
-    assert_eq!(store.query_by_key("Idx", "common", 5, 0, i64::MAX).messages.len(), 5);
+    assert_eq!(
+        store
+            .query_by_key("Idx", "common", 5, 0, i64::MAX)
+            .messages
+            .len(),
+        5
+    );
     let u = store.query_by_unique_key("Idx", "UNIQ0017", 32, 0, i64::MAX);
     assert_eq!(u.messages.len(), 1);
-    assert_eq!(decode(&u.messages[0]).physical_offset, results[17].phys_offset);
-    assert!(store.query_by_unique_key("Idx", "order-1", 32, 0, i64::MAX).messages.is_empty());
+    assert_eq!(
+        decode(&u.messages[0]).physical_offset,
+        results[17].phys_offset
+    );
+    assert!(store
+        .query_by_unique_key("Idx", "order-1", 32, 0, i64::MAX)
+        .messages
+        .is_empty());
     // Time window entirely in the past: nothing.
-    assert!(store.query_by_key("Idx", "order-1", 64, 0, results[0].store_timestamp - 10_000).messages.is_empty());
+    assert!(store
+        .query_by_key("Idx", "order-1", 64, 0, results[0].store_timestamp - 10_000)
+        .messages
+        .is_empty());
     assert!(q.index_last_update_phy_offset > 0);
     // Lookup by offset id reads straight from the CommitLog.
-    let b = store.look_message_by_offset(results[5].phys_offset).unwrap();
+    let b = store
+        .look_message_by_offset(results[5].phys_offset)
+        .unwrap();
     assert_eq!(decode(&b).queue_offset, 5);
-    assert!(store.look_message_by_offset(results[5].phys_offset + 1).is_none());
+    assert!(store
+        .look_message_by_offset(results[5].phys_offset + 1)
+        .is_none());
     assert!(store.look_message_by_offset(i64::MAX).is_none());
 }
 
@@ -260,7 +340,9 @@ fn sync_flush_acknowledges_after_flush_and_groups_commits() {
     cfg.flush_disk_type = FlushDiskType::SyncFlush;
     cfg.mapped_file_size_commit_log = 1024 * 1024;
     let store = Arc::new(open(cfg));
-    let r = store.put_message(&msg("Sync", 0, b"one", None, None, None)).unwrap();
+    let r = store
+        .put_message(&msg("Sync", 0, b"one", None, None, None))
+        .unwrap();
     assert_eq!(r.status, PutStatus::Ok);
     assert!(store.commit_log_flushed_offset() as u64 >= r.end_offset());
     let writers: i32 = 32;
@@ -272,7 +354,9 @@ fn sync_flush_acknowledges_after_flush_and_groups_commits() {
             let s = store.clone();
             std::thread::spawn(move || {
                 for i in 0..per {
-                    let r = s.put_message(&msg("Sync", w % 4, &body_of(i), None, None, None)).unwrap();
+                    let r = s
+                        .put_message(&msg("Sync", w % 4, &body_of(i), None, None, None))
+                        .unwrap();
                     assert_eq!(r.status, PutStatus::Ok);
                     assert!(s.commit_log_flushed_offset() as u64 >= r.end_offset());
                 }
@@ -306,13 +390,20 @@ fn slow_flush_reports_flush_disk_timeout_sync_and_async() {
         ..Default::default()
     };
     let store = MessageStore::open_with(cfg, hooks).unwrap();
-    let r = store.put_message(&msg("Slow", 0, b"x", None, None, None)).unwrap();
+    let r = store
+        .put_message(&msg("Slow", 0, b"x", None, None, None))
+        .unwrap();
     assert_eq!(r.status, PutStatus::FlushDiskTimeout);
     assert_eq!(r.status.as_str(), "FLUSH_DISK_TIMEOUT");
-    let p = store.put_message_async(&msg("Slow", 0, b"y", None, None, None)).unwrap();
+    let p = store
+        .put_message_async(&msg("Slow", 0, b"y", None, None, None))
+        .unwrap();
     let r2 = block_on(p);
     assert_eq!(r2.status, PutStatus::FlushDiskTimeout);
-    assert_eq!(r2.queue_offset, 1, "the message is stored even though the flush timed out");
+    assert_eq!(
+        r2.queue_offset, 1,
+        "the message is stored even though the flush timed out"
+    );
 }
 
 #[test]
@@ -321,7 +412,9 @@ fn async_put_future_resolves_without_blocking() {
     let mut cfg = small_config(dir.path());
     cfg.flush_disk_type = FlushDiskType::SyncFlush;
     let store = open(cfg);
-    let p = store.put_message_async(&msg("Fut", 0, b"x", None, None, None)).unwrap();
+    let p = store
+        .put_message_async(&msg("Fut", 0, b"x", None, None, None))
+        .unwrap();
     let r = block_on(p);
     assert_eq!(r.status, PutStatus::Ok);
     assert!(store.commit_log_flushed_offset() as u64 >= r.end_offset());
@@ -333,7 +426,9 @@ fn async_put_future_resolves_without_blocking() {
 fn async_flush_flushes_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(small_config(dir.path()));
-    let r = store.put_message(&msg("Bg", 0, b"x", None, None, None)).unwrap();
+    let r = store
+        .put_message(&msg("Bg", 0, b"x", None, None, None))
+        .unwrap();
     assert_eq!(r.status, PutStatus::Ok);
     // flushIntervalCommitLog is 20 ms in the test config.
     assert!(store.wait_flushed(r.end_offset(), Duration::from_secs(5)));
@@ -345,15 +440,20 @@ fn arriving_listener_sees_every_dispatched_message() {
     let store = open(small_config(dir.path()));
     let seen = Arc::new(AtomicUsize::new(0));
     let s2 = seen.clone();
-    store.set_message_arriving_listener(Arc::new(move |topic: &str, q: i32, off: i64, code: i64, _ts: i64| {
-        assert_eq!(topic, "L");
-        assert_eq!(q, 3);
-        assert_eq!(code, tags_hash_code("t"));
-        assert_eq!(off as usize, s2.fetch_add(1, Ordering::SeqCst));
-    }));
+    store.set_message_arriving_listener(Arc::new(
+        move |topic: &str, q: i32, off: i64, code: i64, _ts: i64| {
+            assert_eq!(topic, "L");
+            assert_eq!(q, 3);
+            assert_eq!(code, tags_hash_code("t"));
+            assert_eq!(off as usize, s2.fetch_add(1, Ordering::SeqCst));
+        },
+    ));
     let mut end = 0;
     for i in 0..10 {
-        end = store.put_message(&msg("L", 3, &body_of(i), Some("t"), None, None)).unwrap().end_offset();
+        end = store
+            .put_message(&msg("L", 3, &body_of(i), Some("t"), None, None))
+            .unwrap()
+            .end_offset();
     }
     assert!(store.wait_dispatched(end, Duration::from_secs(5)));
     assert_eq!(seen.load(Ordering::SeqCst), 10);
@@ -366,24 +466,40 @@ fn clean_reopen_keeps_everything_and_continues_offsets() {
     {
         let store = open(cfg.clone());
         for i in 0..50 {
-            store.put_message(&msg("C", 0, &body_of(i), None, Some("kk"), None)).unwrap();
+            store
+                .put_message(&msg("C", 0, &body_of(i), None, Some("kk"), None))
+                .unwrap();
         }
         store.shutdown().unwrap();
-        assert!(!dir.path().join("abort").exists(), "clean shutdown removes the abort marker");
+        assert!(
+            !dir.path().join("abort").exists(),
+            "clean shutdown removes the abort marker"
+        );
         assert!(dir.path().join("checkpoint").exists());
     }
     let store = open(cfg);
     assert_eq!(store.max_offset("C", 0), 50);
-    let r = store.put_message(&msg("C", 0, b"next", None, None, None)).unwrap();
+    let r = store
+        .put_message(&msg("C", 0, b"next", None, None, None))
+        .unwrap();
     assert_eq!(r.queue_offset, 50);
     let msgs = read_all(&store, "C", 0, 0);
     assert_eq!(msgs.len(), 51);
-    assert_eq!(store.query_by_key("C", "kk", 100, 0, i64::MAX).messages.len(), 50);
+    assert_eq!(
+        store
+            .query_by_key("C", "kk", 100, 0, i64::MAX)
+            .messages
+            .len(),
+        50
+    );
 }
 
 #[test]
 fn a_second_open_of_the_same_root_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _store = open(small_config(dir.path()));
-    assert!(matches!(MessageStore::open(small_config(dir.path())), Err(StoreError::Locked(_))));
+    assert!(matches!(
+        MessageStore::open(small_config(dir.path())),
+        Err(StoreError::Locked(_))
+    ));
 }

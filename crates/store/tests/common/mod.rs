@@ -14,7 +14,14 @@ pub fn host() -> SocketAddr {
 }
 
 /// A message with a body, optional tag and keys and a UNIQ_KEY.
-pub fn msg(topic: &str, queue_id: i32, body: &[u8], tag: Option<&str>, keys: Option<&str>, uniq: Option<&str>) -> MessageToStore {
+pub fn msg(
+    topic: &str,
+    queue_id: i32,
+    body: &[u8],
+    tag: Option<&str>,
+    keys: Option<&str>,
+    uniq: Option<&str>,
+) -> MessageToStore {
     let mut props = String::new();
     if let Some(t) = tag {
         properties::append(&mut props, "TAGS", t);
@@ -83,8 +90,16 @@ pub fn decode(b: &Bytes) -> DecodedMessage {
 }
 
 /// Read a whole queue from `from` (waiting for dispatch first).
-pub fn read_all(store: &MessageStore, topic: &str, queue_id: i32, from: i64) -> Vec<DecodedMessage> {
-    assert!(store.wait_dispatched(store.commit_log_max_offset() as u64, Duration::from_secs(10)));
+pub fn read_all(
+    store: &MessageStore,
+    topic: &str,
+    queue_id: i32,
+    from: i64,
+) -> Vec<DecodedMessage> {
+    assert!(store.wait_dispatched(
+        store.commit_log_max_offset() as u64,
+        Duration::from_secs(10)
+    ));
     let mut out = Vec::new();
     let mut off = from;
     loop {
