@@ -65,6 +65,20 @@ impl ConsumeQueue {
     /// Open (or create the directory of) one queue and find its end.
     pub fn load(dir: &Path, topic: &str, queue_id: i32, file_size: u64) -> Result<ConsumeQueue> {
         let mfq = MappedFileQueue::load(dir, file_size)?;
+        // An empty last file after a non-empty one (crash right after it was
+        // created) carries no entries: drop it so the end is found below.
+        while mfq.len() > 1 {
+            match mfq.last() {
+                Some(l)
+                    if l.read(0, CQ_ENTRY_SIZE)
+                        .and_then(CqEntry::decode)
+                        .is_some_and(|e| e.is_empty()) =>
+                {
+                    mfq.drop_from(l.base())
+                }
+                _ => break,
+            }
+        }
         let files = mfq.snapshot();
         let mut max_logic = 0i64;
         if let Some(last) = files.last() {
@@ -153,6 +167,10 @@ impl ConsumeQueue {
         let f = self.segment_for(pos)?;
         let local = pos - f.base();
         f.write_at(local, &e.encode())?;
+        if local < f.flushed() {
+            // Rewriting below the flushed mark (re-dispatch after recovery).
+            f.mark_dirty_from(local);
+        }
         if f.wrote() < local + CQ_ENTRY_SIZE {
             f.set_wrote(local + CQ_ENTRY_SIZE);
         }
@@ -275,12 +293,21 @@ impl ConsumeQueue {
             if let Some(f) = self.mfq.find(pos) {
                 f.write_at(pos - f.base(), &[0u8; 20])?;
                 f.set_wrote(pos - f.base());
+                f.mark_dirty_from(pos - f.base());
             }
             max -= 1;
             removed += 1;
         }
         if self.min_offset() > max {
             self.min_logic.store(max, Ordering::Release);
+        }
+        // A last file left empty would make the next load find the end
+        // in the wrong file: remove it.
+        while self.mfq.len() > 1 {
+            match self.mfq.last() {
+                Some(l) if l.base() >= max as u64 * CQ_ENTRY_SIZE => self.mfq.drop_from(l.base()),
+                _ => break,
+            }
         }
         Ok(removed)
     }

@@ -140,6 +140,10 @@ impl MappedFile {
     pub fn set_flushed(&self, pos: u64) {
         self.flushed.store(pos.min(self.size), Ordering::Release);
     }
+    /// Bytes at or after `pos` were rewritten: make the next flush cover them.
+    pub fn mark_dirty_from(&self, pos: u64) {
+        self.flushed.fetch_min(pos, Ordering::AcqRel);
+    }
     pub fn is_full(&self) -> bool {
         self.wrote() >= self.size
     }

@@ -298,3 +298,20 @@ fn recovery_starts_at_the_checkpoint_not_at_the_beginning() {
     );
     assert!(store.wait_dispatched(results[29].end_offset(), Duration::from_secs(1)));
 }
+
+#[test]
+fn consume_queue_truncation_across_its_file_boundary() {
+    // ConsumeQueue files hold 100 entries in the test config: cutting at 90
+    // after 150 messages removes the whole second file.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let results = populate(&cfg, 150);
+    let cq_dir = dir.path().join("consumequeue").join(TOPIC).join("0");
+    assert_eq!(cq_dir.read_dir().unwrap().count(), 2);
+    let at = results[90].phys_offset as u64 + BODY_POS;
+    let path = seg_path(dir.path(), 0);
+    patch(&path, at, &[read_byte(&path, at) ^ 0x01]);
+    fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    mark_crashed(dir.path());
+    assert_survivors(dir.path(), &cfg, &results, 90);
+}
