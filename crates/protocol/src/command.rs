@@ -83,10 +83,7 @@ const LANGUAGES: [(LanguageCode, &str); 14] = [
 impl LanguageCode {
     /// The byte used in the binary header; it equals the enum's position.
     pub fn code(self) -> u8 {
-        LANGUAGES
-            .iter()
-            .position(|(l, _)| *l == self)
-            .unwrap_or(7) as u8
+        LANGUAGES.iter().position(|(l, _)| *l == self).unwrap_or(7) as u8
     }
 
     /// Unknown bytes map to `Other` (Java decodes them to null without error).
