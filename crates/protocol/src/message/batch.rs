@@ -143,7 +143,10 @@ mod tests {
             properties: "A\u{1}b\u{2}".into(),
         };
         let mut buf = BytesMut::new();
-        assert_eq!(encode_batch(std::slice::from_ref(&m), &mut buf).unwrap(), 28);
+        assert_eq!(
+            encode_batch(std::slice::from_ref(&m), &mut buf).unwrap(),
+            28
+        );
         let expected: &[u8] = &[
             0, 0, 0, 28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 2, b'h', b'i', 0, 4, b'A', 1,
             b'b', 2,
