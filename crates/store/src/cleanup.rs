@@ -145,6 +145,14 @@ pub(crate) fn run_service(inner: Arc<Inner>) {
     while !inner.stop_service.load(Ordering::Acquire) {
         std::thread::park_timeout(tick);
         inner.waiters.sweep_expired(Instant::now());
+        // Create the next CommitLog segment once the current one is half full.
+        if let Some(last) = inner.commit_log.segments().last() {
+            if last.wrote() >= last.size() / 2 && !inner.disk_full.load(Ordering::Acquire) {
+                if let Err(e) = inner.commit_log.segments().preallocate_next() {
+                    tracing::warn!(error = %e, "cannot preallocate the next CommitLog segment");
+                }
+            }
+        }
         let manual = inner.manual_delete.swap(false, Ordering::AcqRel);
         if manual || last_clean.elapsed() >= clean_every {
             clean_once(inner.as_ref(), manual);

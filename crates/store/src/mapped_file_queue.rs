@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Result, StoreError};
 use crate::mapped_file::{segment_name, MappedFile};
@@ -13,6 +13,8 @@ pub struct MappedFileQueue {
     dir: PathBuf,
     file_size: u64,
     files: RwLock<Vec<Arc<MappedFile>>>,
+    /// The next segment, created ahead of time off the append path.
+    prealloc: Mutex<Option<Arc<MappedFile>>>,
 }
 
 impl MappedFileQueue {
@@ -64,6 +66,7 @@ impl MappedFileQueue {
             dir: dir.to_path_buf(),
             file_size,
             files: RwLock::new(files),
+            prealloc: Mutex::new(None),
         })
     }
 
@@ -118,6 +121,8 @@ impl MappedFileQueue {
 
     /// Create and append the segment starting at `base` (must be the next one).
     pub fn create(&self, base: u64) -> Result<Arc<MappedFile>> {
+        // Lock order everywhere: prealloc slot, then the file list.
+        let mut slot = self.prealloc.lock();
         let mut files = self.files.write();
         if let Some(last) = files.last() {
             if last.base() + self.file_size != base {
@@ -132,13 +137,37 @@ impl MappedFileQueue {
                 reason: "first segment not aligned to the file size".into(),
             });
         }
-        let f = Arc::new(MappedFile::create(
+        let ready = slot.take().filter(|f| f.base() == base);
+        let f = match ready {
+            Some(f) => f,
+            None => Arc::new(MappedFile::create(
+                &self.dir.join(segment_name(base)),
+                base,
+                self.file_size,
+            )?),
+        };
+        files.push(f.clone());
+        Ok(f)
+    }
+
+    /// Create the segment after the last one now (file creation and block
+    /// reservation happen here, not under the append lock). A crash leaves
+    /// it as an all-zero segment past the end, which recovery removes.
+    pub fn preallocate_next(&self) -> Result<()> {
+        let mut slot = self.prealloc.lock();
+        let Some(last) = self.last() else {
+            return Ok(());
+        };
+        let base = last.base() + self.file_size;
+        if slot.as_ref().is_some_and(|f| f.base() == base) {
+            return Ok(());
+        }
+        *slot = Some(Arc::new(MappedFile::create(
             &self.dir.join(segment_name(base)),
             base,
             self.file_size,
-        )?);
-        files.push(f.clone());
-        Ok(f)
+        )?));
+        Ok(())
     }
 
     /// Flush every segment overlapping `[.., upto)` that still has dirty bytes.
