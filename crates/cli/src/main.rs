@@ -1,6 +1,7 @@
 //! `apogee`: one binary for every role — NameServer, Broker, both in one
 //! process (`standalone`), the admin tool and the benchmark tool.
 
+mod bench;
 mod namesrv;
 mod settings;
 
@@ -27,6 +28,9 @@ enum Command {
                             apogee namesrv -c conf/namesrv.conf\n  apogee namesrv -c conf/namesrv.conf -p"
     )]
     Namesrv(namesrv::NamesrvArgs),
+    /// Benchmark tools.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     init_tracing();
     match cli.command {
         Command::Namesrv(args) => namesrv::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }
 
