@@ -1,0 +1,758 @@
+//! `BrokerConfig`: the broker's settings, read from RocketMQ's `broker.conf`
+//! keys (broker, network and store keys in one flat namespace, as Java's
+//! `BrokerStartup` does). Store keys are mapped onto the store's
+//! [`MessageStoreConfig`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use apogee_protocol::flags::PermName;
+use apogee_store::{FlushDiskType, MessageStoreConfig};
+
+use crate::error::{BrokerError, Result};
+
+/// Default delay levels (`messageDelayLevel`).
+pub const DEFAULT_MESSAGE_DELAY_LEVEL: &str =
+    "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h";
+
+/// Keys Java brokers accept that have no effect here; they are accepted
+/// silently (logged at debug) so existing broker.conf files load cleanly.
+const IGNORED_KEYS: &[&str] = &[
+    "brokerIP2",
+    "haListenPort",
+    "storePathConsumeQueue",
+    "storePathIndex",
+    "storeCheckpoint",
+    "abortFile",
+    "sendMessageThreadPoolNums",
+    "pullMessageThreadPoolNums",
+    "queryMessageThreadPoolNums",
+    "adminBrokerThreadPoolNums",
+    "clientManageThreadPoolNums",
+    "consumerManageThreadPoolNums",
+    "useReentrantLockWhenPutMessage",
+    "transientStorePoolEnable",
+    "warmMapedFileEnable",
+    "enableDLegerCommitLog",
+    "fetchNamesrvAddrByAddressServer",
+    "rocketmqHome",
+    "aclEnable",
+    "enableControllerMode",
+    "slaveReadEnable",
+    "compressedRegister",
+    "forceRegister",
+];
+
+/// The broker's configuration. Field names follow Java's `BrokerConfig`,
+/// `NettyServerConfig` and `MessageStoreConfig` so existing files work.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `brokerClusterName` (DefaultCluster).
+    pub broker_cluster_name: String,
+    /// `brokerName` (broker-a).
+    pub broker_name: String,
+    /// `brokerId`: 0 = master.
+    pub broker_id: i64,
+    /// `listenPort` (10911); the VIP port is `listenPort - 2`. 0 picks
+    /// ephemeral ports for both.
+    pub listen_port: u16,
+    /// `bindAddress`: the interface to listen on (0.0.0.0).
+    pub bind_address: String,
+    /// `brokerIP1`: the address advertised to NameServers and written into
+    /// stored messages. Defaults to the first non-loopback IPv4 address.
+    pub broker_ip1: String,
+    /// `namesrvAddr`: `host:port;host:port`; env `NAMESRV_ADDR` by default.
+    pub namesrv_addr: Option<String>,
+    /// `brokerRole`: ASYNC_MASTER, SYNC_MASTER or SLAVE.
+    pub broker_role: String,
+    /// `brokerPermission`: perm advertised for every topic (6 = RW).
+    pub broker_permission: i32,
+    /// `autoCreateTopicEnable`: create unknown topics on first send from TBW102.
+    pub auto_create_topic_enable: bool,
+    /// `autoCreateSubscriptionGroup`: create unknown groups on first use.
+    pub auto_create_subscription_group: bool,
+    /// `defaultTopicQueueNums`: queues of TBW102 and auto-created topics (8).
+    pub default_topic_queue_nums: i32,
+    /// `clusterTopicEnable`: the cluster-name topic is RW (else INHERIT only).
+    pub cluster_topic_enable: bool,
+    /// `brokerTopicEnable`: the broker-name topic is RW.
+    pub broker_topic_enable: bool,
+    /// `traceTopicEnable`: create the trace topic at start.
+    pub trace_topic_enable: bool,
+    /// `msgTraceTopicName` (RMQ_SYS_TRACE_TOPIC).
+    pub msg_trace_topic_name: String,
+    /// `longPollingEnable`: hold empty pulls until data arrives.
+    pub long_polling_enable: bool,
+    /// `shortPollingTimeMills`: hold time when long polling is off (1 s).
+    pub short_polling_time_mills: Duration,
+    /// `messageDelayLevel`: the delay levels, e.g. `1s 5s 10s 30s 1m ... 2h`.
+    pub message_delay_level: String,
+    /// `timerWheelEnable`: serve any-time delays (TIMER_* properties).
+    pub timer_wheel_enable: bool,
+    /// `timerMaxDelaySec`: the longest any-time delay accepted (3 days).
+    pub timer_max_delay_sec: u64,
+    /// `timerPrecisionMs`: granularity of any-time delivery.
+    pub timer_precision_ms: u64,
+    /// `flushConsumerOffsetInterval`: how often offsets are persisted (5 s).
+    pub flush_consumer_offset_interval: Duration,
+    /// `registerNameServerPeriod`: re-registration period (30 s).
+    pub register_name_server_period: Duration,
+    /// `registerBrokerTimeoutMills`: timeout of one REGISTER_BROKER call.
+    pub register_broker_timeout_mills: Duration,
+    /// `channelExpiredTimeout`: drop client channels silent this long (120 s).
+    pub channel_expired_timeout: Duration,
+    /// `channelScanInterval`: how often silent channels are looked for (10 s).
+    pub channel_scan_interval: Duration,
+    /// `rebalanceLockMaxLiveTime`: an orderly queue lock expires after this
+    /// long without renewal (60 s; Java's `rocketmq.broker.rebalance.lockMaxLiveTime`).
+    pub rebalance_lock_max_live_time: Duration,
+    /// `serverChannelMaxIdleTimeSeconds`: idle connections are closed (120 s).
+    pub server_channel_max_idle_time: Duration,
+    /// `osPageCacheBusyTimeOutMills`: a put waiting longer means "busy" (1 s).
+    pub os_page_cache_busy_timeout_mills: Duration,
+    /// `waitTimeMillsInSendQueue`: a send queued longer is answered SYSTEM_BUSY.
+    pub wait_time_mills_in_send_queue: Duration,
+    /// `maxTransferBytesOnMessageInMemory`: pull response byte limit (256 KiB).
+    pub max_transfer_bytes_on_message_in_memory: usize,
+    /// `maxTransferCountOnMessageInMemory`: pull response message limit (32).
+    pub max_transfer_count_on_message_in_memory: usize,
+    /// `accessMessageInMemoryMaxRatio`: percent of RAM treated as page cache.
+    pub access_message_in_memory_max_ratio: u32,
+    /// `filterSupportRetry`: apply subscription filters to retry topics.
+    pub filter_support_retry: bool,
+    /// `enablePropertyFilter`: accept SQL92 subscriptions.
+    pub enable_property_filter: bool,
+    /// `useServerSideResetOffset`: resets handled by the broker, not pushed.
+    pub use_server_side_reset_offset: bool,
+    /// `rejectTransactionMessage`.
+    pub reject_transaction_message: bool,
+    /// Store settings (`storePathRootDir`, `flushDiskType`, `maxMessageSize`, ...).
+    pub store: MessageStoreConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let namesrv_addr = std::env::var("NAMESRV_ADDR")
+            .ok()
+            .filter(|s| !s.trim().is_empty());
+        BrokerConfig {
+            broker_cluster_name: "DefaultCluster".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            listen_port: 10911,
+            bind_address: "0.0.0.0".into(),
+            broker_ip1: detect_broker_ip().to_string(),
+            namesrv_addr,
+            broker_role: "ASYNC_MASTER".into(),
+            broker_permission: PermName::PERM_READ | PermName::PERM_WRITE,
+            auto_create_topic_enable: true,
+            auto_create_subscription_group: true,
+            default_topic_queue_nums: 8,
+            cluster_topic_enable: true,
+            broker_topic_enable: true,
+            trace_topic_enable: false,
+            msg_trace_topic_name: apogee_protocol::topic::RMQ_SYS_TRACE_TOPIC.into(),
+            long_polling_enable: true,
+            short_polling_time_mills: Duration::from_millis(1000),
+            message_delay_level: DEFAULT_MESSAGE_DELAY_LEVEL.into(),
+            timer_wheel_enable: true,
+            timer_max_delay_sec: 3 * 24 * 3600,
+            timer_precision_ms: 100,
+            flush_consumer_offset_interval: Duration::from_millis(5000),
+            register_name_server_period: Duration::from_millis(30_000),
+            register_broker_timeout_mills: Duration::from_millis(6000),
+            channel_expired_timeout: Duration::from_millis(120_000),
+            channel_scan_interval: Duration::from_millis(10_000),
+            rebalance_lock_max_live_time: Duration::from_millis(60_000),
+            server_channel_max_idle_time: Duration::from_secs(120),
+            os_page_cache_busy_timeout_mills: Duration::from_millis(1000),
+            wait_time_mills_in_send_queue: Duration::from_millis(200),
+            max_transfer_bytes_on_message_in_memory: 256 * 1024,
+            max_transfer_count_on_message_in_memory: 32,
+            access_message_in_memory_max_ratio: 40,
+            filter_support_retry: false,
+            enable_property_filter: false,
+            use_server_side_reset_offset: false,
+            reject_transaction_message: false,
+            store: MessageStoreConfig::default(),
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim()
+        .parse::<T>()
+        .map_err(|e| BrokerError::config(key, format!("'{v}' is not valid: {e}")))
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v.trim() {
+        t if t.eq_ignore_ascii_case("true") => Ok(true),
+        t if t.eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err(BrokerError::config(
+            key,
+            format!("'{v}' is not a boolean (expected true or false)"),
+        )),
+    }
+}
+
+fn millis(key: &str, v: &str) -> Result<Duration> {
+    parse::<u64>(key, v).map(Duration::from_millis)
+}
+
+impl BrokerConfig {
+    /// Applies `key=value` pairs (from broker.conf, `--set` or
+    /// UPDATE_BROKER_CONFIG). Returns the keys it does not know so the
+    /// caller can warn about them; a bad value is an error naming its key.
+    /// On error `self` may be partly updated: apply to a clone when that matters.
+    pub fn apply(&mut self, props: &BTreeMap<String, String>) -> Result<Vec<String>> {
+        let mut unknown = Vec::new();
+        for (key, value) in props {
+            let v = value.trim();
+            let k = key.as_str();
+            match k {
+                "brokerClusterName" => self.broker_cluster_name = non_empty(k, v)?,
+                "brokerName" => self.broker_name = non_empty(k, v)?,
+                "brokerId" => self.broker_id = parse(k, v)?,
+                "listenPort" => self.listen_port = parse(k, v)?,
+                "bindAddress" => {
+                    parse::<IpAddr>(k, v)?;
+                    self.bind_address = v.to_string()
+                }
+                "brokerIP1" => {
+                    parse::<IpAddr>(k, v)?;
+                    self.broker_ip1 = v.to_string()
+                }
+                "namesrvAddr" => {
+                    self.namesrv_addr = (!v.is_empty()).then(|| v.to_string());
+                    for addr in self.namesrv_addrs() {
+                        if addr
+                            .rsplit_once(':')
+                            .and_then(|(_, p)| p.parse::<u16>().ok())
+                            .is_none()
+                        {
+                            return Err(BrokerError::config(
+                                k,
+                                format!("'{addr}' is not host:port (expected e.g. 127.0.0.1:9876;10.0.0.2:9876)"),
+                            ));
+                        }
+                    }
+                }
+                "brokerRole" => {
+                    let role = v.to_ascii_uppercase();
+                    if !["ASYNC_MASTER", "SYNC_MASTER", "SLAVE"].contains(&role.as_str()) {
+                        return Err(BrokerError::config(
+                            k,
+                            format!("'{v}' is not ASYNC_MASTER, SYNC_MASTER or SLAVE"),
+                        ));
+                    }
+                    self.broker_role = role;
+                }
+                "brokerPermission" => {
+                    let p: i32 = parse(k, v)?;
+                    if !(0..=15).contains(&p) {
+                        return Err(BrokerError::config(
+                            k,
+                            format!("{p} is not a permission (0..15)"),
+                        ));
+                    }
+                    self.broker_permission = p;
+                }
+                "autoCreateTopicEnable" => self.auto_create_topic_enable = parse_bool(k, v)?,
+                "autoCreateSubscriptionGroup" => {
+                    self.auto_create_subscription_group = parse_bool(k, v)?
+                }
+                "defaultTopicQueueNums" => {
+                    let n: i32 = parse(k, v)?;
+                    if !(1..=1024).contains(&n) {
+                        return Err(BrokerError::config(k, format!("{n} is outside 1..1024")));
+                    }
+                    self.default_topic_queue_nums = n;
+                }
+                "clusterTopicEnable" => self.cluster_topic_enable = parse_bool(k, v)?,
+                "brokerTopicEnable" => self.broker_topic_enable = parse_bool(k, v)?,
+                "traceTopicEnable" => self.trace_topic_enable = parse_bool(k, v)?,
+                "msgTraceTopicName" => self.msg_trace_topic_name = non_empty(k, v)?,
+                "longPollingEnable" => self.long_polling_enable = parse_bool(k, v)?,
+                "shortPollingTimeMills" => self.short_polling_time_mills = millis(k, v)?,
+                "messageDelayLevel" => {
+                    parse_delay_levels(v).map_err(|reason| BrokerError::config(k, reason))?;
+                    self.message_delay_level = v.to_string();
+                }
+                "timerWheelEnable" => self.timer_wheel_enable = parse_bool(k, v)?,
+                "timerMaxDelaySec" => self.timer_max_delay_sec = parse(k, v)?,
+                "timerPrecisionMs" => self.timer_precision_ms = positive(k, parse(k, v)?)?,
+                "flushConsumerOffsetInterval" => {
+                    self.flush_consumer_offset_interval = positive_ms(k, v)?
+                }
+                "registerNameServerPeriod" => self.register_name_server_period = positive_ms(k, v)?,
+                "registerBrokerTimeoutMills" => {
+                    self.register_broker_timeout_mills = positive_ms(k, v)?
+                }
+                "channelExpiredTimeout" => self.channel_expired_timeout = positive_ms(k, v)?,
+                "channelScanInterval" => self.channel_scan_interval = positive_ms(k, v)?,
+                "rebalanceLockMaxLiveTime" | "rocketmq.broker.rebalance.lockMaxLiveTime" => {
+                    self.rebalance_lock_max_live_time = positive_ms(k, v)?
+                }
+                "serverChannelMaxIdleTimeSeconds" => {
+                    self.server_channel_max_idle_time = Duration::from_secs(parse(k, v)?)
+                }
+                "osPageCacheBusyTimeOutMills" => {
+                    self.os_page_cache_busy_timeout_mills = millis(k, v)?
+                }
+                "waitTimeMillsInSendQueue" => self.wait_time_mills_in_send_queue = millis(k, v)?,
+                "maxTransferBytesOnMessageInMemory" => {
+                    self.max_transfer_bytes_on_message_in_memory = positive(k, parse(k, v)?)?
+                }
+                "maxTransferCountOnMessageInMemory" => {
+                    self.max_transfer_count_on_message_in_memory = positive(k, parse(k, v)?)?
+                }
+                "accessMessageInMemoryMaxRatio" => {
+                    self.access_message_in_memory_max_ratio = percent(k, v)?
+                }
+                "filterSupportRetry" => self.filter_support_retry = parse_bool(k, v)?,
+                "enablePropertyFilter" => self.enable_property_filter = parse_bool(k, v)?,
+                "useServerSideResetOffset" => self.use_server_side_reset_offset = parse_bool(k, v)?,
+                "rejectTransactionMessage" => self.reject_transaction_message = parse_bool(k, v)?,
+                // Store keys.
+                "storePathRootDir" => {
+                    self.store.store_path_root_dir = PathBuf::from(non_empty(k, v)?)
+                }
+                "storePathCommitLog" => {
+                    let expected = self.store.store_path_root_dir.join("commitlog");
+                    if PathBuf::from(v) != expected {
+                        tracing::warn!(
+                            "storePathCommitLog '{v}' ignored: the CommitLog always lives in \
+                             <storePathRootDir>/commitlog"
+                        );
+                    }
+                }
+                "mappedFileSizeCommitLog" => {
+                    self.store.mapped_file_size_commit_log = positive(k, parse(k, v)?)?
+                }
+                "mappedFileSizeConsumeQueue" => {
+                    let n: u64 = parse(k, v)?;
+                    if n == 0 || n % 20 != 0 {
+                        return Err(BrokerError::config(
+                            k,
+                            format!("{n} is not a positive multiple of 20"),
+                        ));
+                    }
+                    self.store.mapped_file_size_consume_queue = n
+                }
+                "flushDiskType" => {
+                    self.store.flush_disk_type = match v.to_ascii_uppercase().as_str() {
+                        "ASYNC_FLUSH" => FlushDiskType::AsyncFlush,
+                        "SYNC_FLUSH" => FlushDiskType::SyncFlush,
+                        _ => {
+                            return Err(BrokerError::config(
+                                k,
+                                format!("'{v}' is not ASYNC_FLUSH or SYNC_FLUSH"),
+                            ))
+                        }
+                    }
+                }
+                "flushIntervalCommitLog" => {
+                    self.store.flush_interval_commit_log = positive(k, parse(k, v)?)?
+                }
+                "flushCommitLogLeastPages" => {
+                    self.store.flush_commit_log_least_pages = parse(k, v)?
+                }
+                "flushIntervalConsumeQueue" => {
+                    self.store.flush_interval_consume_queue = positive(k, parse(k, v)?)?
+                }
+                "syncFlushTimeout" => self.store.sync_flush_timeout = positive(k, parse(k, v)?)?,
+                "maxMessageSize" => self.store.max_message_size = positive(k, parse(k, v)?)?,
+                "fileReservedTime" => self.store.file_reserved_time = parse(k, v)?,
+                "deleteWhen" => self.store.delete_when = v.to_string(),
+                "diskMaxUsedSpaceRatio" => self.store.disk_max_used_space_ratio = percent(k, v)?,
+                "diskSpaceCleanForciblyRatio" => {
+                    self.store.disk_space_clean_forcibly_ratio = percent(k, v)?
+                }
+                "diskSpaceWarningLevelRatio" => {
+                    self.store.disk_space_warning_level_ratio = percent(k, v)?
+                }
+                "cleanResourceInterval" => {
+                    self.store.clean_resource_interval = positive(k, parse(k, v)?)?
+                }
+                "diskCheckInterval" => self.store.disk_check_interval = positive(k, parse(k, v)?)?,
+                "destroyMapedFileIntervalForcibly" | "destroyMappedFileIntervalForcibly" => {
+                    self.store.destroy_mapped_file_interval_forcibly = parse(k, v)?
+                }
+                "deleteFilesBatchMax" => {
+                    self.store.delete_files_batch_max = positive(k, parse(k, v)?)?
+                }
+                "messageIndexEnable" => self.store.message_index_enable = parse_bool(k, v)?,
+                "maxHashSlotNum" => self.store.max_hash_slot_num = positive(k, parse(k, v)?)?,
+                "maxIndexNum" => self.store.max_index_num = positive(k, parse(k, v)?)?,
+                "maxFilterMessageCount" => {
+                    self.store.max_filter_message_count = positive(k, parse(k, v)?)?
+                }
+                _ if IGNORED_KEYS.contains(&k) => {
+                    tracing::debug!("broker config key '{k}' has no effect in apogee; ignored")
+                }
+                _ => unknown.push(key.clone()),
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// NameServer addresses from `namesrvAddr` (`a:9876;b:9876`).
+    pub fn namesrv_addrs(&self) -> Vec<String> {
+        self.namesrv_addr
+            .as_deref()
+            .unwrap_or("")
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `brokerIP1:listenPort` (with the configured port; the controller
+    /// uses the bound port when `listenPort` is 0).
+    pub fn broker_addr(&self) -> String {
+        format!("{}:{}", self.broker_ip1, self.listen_port)
+    }
+
+    /// The delay levels in milliseconds, level 1 first.
+    pub fn delay_levels(&self) -> Vec<u64> {
+        parse_delay_levels(&self.message_delay_level).unwrap_or_default()
+    }
+
+    /// True when the broker accepts writes as a master.
+    pub fn is_master(&self) -> bool {
+        self.broker_role != "SLAVE"
+    }
+
+    /// The effective configuration as `key=value` pairs (for `-p` and
+    /// GET_BROKER_CONFIG).
+    pub fn to_properties(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(k.to_string(), v);
+        };
+        let ms = |d: Duration| d.as_millis().to_string();
+        put("brokerClusterName", self.broker_cluster_name.clone());
+        put("brokerName", self.broker_name.clone());
+        put("brokerId", self.broker_id.to_string());
+        put("listenPort", self.listen_port.to_string());
+        put("bindAddress", self.bind_address.clone());
+        put("brokerIP1", self.broker_ip1.clone());
+        put("namesrvAddr", self.namesrv_addr.clone().unwrap_or_default());
+        put("brokerRole", self.broker_role.clone());
+        put("brokerPermission", self.broker_permission.to_string());
+        put(
+            "autoCreateTopicEnable",
+            self.auto_create_topic_enable.to_string(),
+        );
+        put(
+            "autoCreateSubscriptionGroup",
+            self.auto_create_subscription_group.to_string(),
+        );
+        put(
+            "defaultTopicQueueNums",
+            self.default_topic_queue_nums.to_string(),
+        );
+        put("clusterTopicEnable", self.cluster_topic_enable.to_string());
+        put("brokerTopicEnable", self.broker_topic_enable.to_string());
+        put("traceTopicEnable", self.trace_topic_enable.to_string());
+        put("msgTraceTopicName", self.msg_trace_topic_name.clone());
+        put("longPollingEnable", self.long_polling_enable.to_string());
+        put("shortPollingTimeMills", ms(self.short_polling_time_mills));
+        put("messageDelayLevel", self.message_delay_level.clone());
+        put("timerWheelEnable", self.timer_wheel_enable.to_string());
+        put("timerMaxDelaySec", self.timer_max_delay_sec.to_string());
+        put("timerPrecisionMs", self.timer_precision_ms.to_string());
+        put(
+            "flushConsumerOffsetInterval",
+            ms(self.flush_consumer_offset_interval),
+        );
+        put(
+            "registerNameServerPeriod",
+            ms(self.register_name_server_period),
+        );
+        put(
+            "registerBrokerTimeoutMills",
+            ms(self.register_broker_timeout_mills),
+        );
+        put("channelExpiredTimeout", ms(self.channel_expired_timeout));
+        put("channelScanInterval", ms(self.channel_scan_interval));
+        put(
+            "rebalanceLockMaxLiveTime",
+            ms(self.rebalance_lock_max_live_time),
+        );
+        put(
+            "serverChannelMaxIdleTimeSeconds",
+            self.server_channel_max_idle_time.as_secs().to_string(),
+        );
+        put(
+            "osPageCacheBusyTimeOutMills",
+            ms(self.os_page_cache_busy_timeout_mills),
+        );
+        put(
+            "waitTimeMillsInSendQueue",
+            ms(self.wait_time_mills_in_send_queue),
+        );
+        put(
+            "maxTransferBytesOnMessageInMemory",
+            self.max_transfer_bytes_on_message_in_memory.to_string(),
+        );
+        put(
+            "maxTransferCountOnMessageInMemory",
+            self.max_transfer_count_on_message_in_memory.to_string(),
+        );
+        put(
+            "accessMessageInMemoryMaxRatio",
+            self.access_message_in_memory_max_ratio.to_string(),
+        );
+        put("filterSupportRetry", self.filter_support_retry.to_string());
+        put(
+            "enablePropertyFilter",
+            self.enable_property_filter.to_string(),
+        );
+        put(
+            "useServerSideResetOffset",
+            self.use_server_side_reset_offset.to_string(),
+        );
+        put(
+            "rejectTransactionMessage",
+            self.reject_transaction_message.to_string(),
+        );
+        let s = &self.store;
+        put(
+            "storePathRootDir",
+            s.store_path_root_dir.display().to_string(),
+        );
+        put(
+            "storePathCommitLog",
+            s.store_path_root_dir
+                .join("commitlog")
+                .display()
+                .to_string(),
+        );
+        put(
+            "mappedFileSizeCommitLog",
+            s.mapped_file_size_commit_log.to_string(),
+        );
+        put(
+            "mappedFileSizeConsumeQueue",
+            s.mapped_file_size_consume_queue.to_string(),
+        );
+        put(
+            "flushDiskType",
+            match s.flush_disk_type {
+                FlushDiskType::AsyncFlush => "ASYNC_FLUSH",
+                FlushDiskType::SyncFlush => "SYNC_FLUSH",
+            }
+            .to_string(),
+        );
+        put(
+            "flushIntervalCommitLog",
+            s.flush_interval_commit_log.to_string(),
+        );
+        put(
+            "flushCommitLogLeastPages",
+            s.flush_commit_log_least_pages.to_string(),
+        );
+        put(
+            "flushIntervalConsumeQueue",
+            s.flush_interval_consume_queue.to_string(),
+        );
+        put("syncFlushTimeout", s.sync_flush_timeout.to_string());
+        put("maxMessageSize", s.max_message_size.to_string());
+        put("fileReservedTime", s.file_reserved_time.to_string());
+        put("deleteWhen", s.delete_when.clone());
+        put(
+            "diskMaxUsedSpaceRatio",
+            s.disk_max_used_space_ratio.to_string(),
+        );
+        put(
+            "diskSpaceCleanForciblyRatio",
+            s.disk_space_clean_forcibly_ratio.to_string(),
+        );
+        put(
+            "diskSpaceWarningLevelRatio",
+            s.disk_space_warning_level_ratio.to_string(),
+        );
+        put(
+            "cleanResourceInterval",
+            s.clean_resource_interval.to_string(),
+        );
+        put("diskCheckInterval", s.disk_check_interval.to_string());
+        put(
+            "destroyMapedFileIntervalForcibly",
+            s.destroy_mapped_file_interval_forcibly.to_string(),
+        );
+        put("deleteFilesBatchMax", s.delete_files_batch_max.to_string());
+        put("messageIndexEnable", s.message_index_enable.to_string());
+        put("maxHashSlotNum", s.max_hash_slot_num.to_string());
+        put("maxIndexNum", s.max_index_num.to_string());
+        put(
+            "maxFilterMessageCount",
+            s.max_filter_message_count.to_string(),
+        );
+        m
+    }
+}
+
+fn non_empty(key: &str, v: &str) -> Result<String> {
+    if v.is_empty() {
+        return Err(BrokerError::config(key, "must not be empty"));
+    }
+    Ok(v.to_string())
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display>(key: &str, n: T) -> Result<T> {
+    if n <= T::default() {
+        return Err(BrokerError::config(
+            key,
+            format!("must be greater than 0, got {n}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn positive_ms(key: &str, v: &str) -> Result<Duration> {
+    let n: u64 = parse(key, v)?;
+    positive(key, n).map(Duration::from_millis)
+}
+
+fn percent(key: &str, v: &str) -> Result<u32> {
+    let n: u32 = parse(key, v)?;
+    if n > 100 {
+        return Err(BrokerError::config(
+            key,
+            format!("{n} is not a percentage (0..100)"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses `messageDelayLevel` (`1s 5s 1m 2h 1d`, units s/m/h/d) into
+/// milliseconds per level.
+pub fn parse_delay_levels(text: &str) -> std::result::Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    for part in text.split_whitespace() {
+        let (num, unit) = part.split_at(part.len().saturating_sub(1));
+        let mult: u64 = match unit {
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(format!("level '{part}' must end in s, m, h or d")),
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("level '{part}' does not start with a whole number"))?;
+        out.push(n.saturating_mul(mult));
+    }
+    if out.is_empty() {
+        return Err("no delay levels given".into());
+    }
+    Ok(out)
+}
+
+/// The address a broker advertises by default: the source address the OS
+/// would use to reach the outside (no packet is sent), if it is a
+/// non-loopback IPv4 address; otherwise 127.0.0.1.
+pub fn detect_broker_ip() -> IpAddr {
+    for probe in ["8.8.8.8:80", "10.255.255.255:1", "192.168.255.255:1"] {
+        let found = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .and_then(|s| s.connect(probe).map(|_| s))
+            .and_then(|s| s.local_addr());
+        if let Ok(addr) = found {
+            let ip = addr.ip();
+            if ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified() {
+                return ip;
+            }
+        }
+    }
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn broker_and_store_keys_apply() {
+        let mut c = BrokerConfig::default();
+        let unknown = c
+            .apply(&props(&[
+                ("brokerName", "b1"),
+                ("listenPort", "20911"),
+                ("namesrvAddr", "10.0.0.1:9876; 10.0.0.2:9876"),
+                ("storePathRootDir", "/tmp/x"),
+                ("flushDiskType", "SYNC_FLUSH"),
+                ("maxMessageSize", "1024"),
+                ("sendMessageThreadPoolNums", "4"),
+                ("noSuchKey", "1"),
+            ]))
+            .unwrap();
+        assert_eq!(unknown, vec!["noSuchKey".to_string()]);
+        assert_eq!(c.broker_name, "b1");
+        assert_eq!(c.listen_port, 20911);
+        assert_eq!(c.namesrv_addrs(), vec!["10.0.0.1:9876", "10.0.0.2:9876"]);
+        assert_eq!(c.store.store_path_root_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.store.flush_disk_type, FlushDiskType::SyncFlush);
+        assert_eq!(c.store.max_message_size, 1024);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (k, v) in [
+            ("listenPort", "abc"),
+            ("autoCreateTopicEnable", "yes"),
+            ("flushDiskType", "SOMETIMES"),
+            ("namesrvAddr", "nohost"),
+            ("messageDelayLevel", "1s 5x"),
+            ("brokerIP1", "not-an-ip"),
+            ("diskMaxUsedSpaceRatio", "120"),
+            ("channelExpiredTimeout", "0"),
+        ] {
+            let err = BrokerConfig::default()
+                .apply(&props(&[(k, v)]))
+                .unwrap_err();
+            assert!(err.to_string().contains(k), "{err} should name {k}");
+        }
+    }
+
+    #[test]
+    fn properties_round_trip() {
+        let mut c = BrokerConfig::default();
+        c.apply(&props(&[("brokerName", "zz"), ("deleteWhen", "01;13")]))
+            .unwrap();
+        let mut d = BrokerConfig::default();
+        let unknown = d.apply(&c.to_properties()).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(d.to_properties(), c.to_properties());
+    }
+
+    #[test]
+    fn delay_levels_parse() {
+        assert_eq!(
+            parse_delay_levels("1s 2m 1h 1d").unwrap(),
+            vec![1000, 120_000, 3_600_000, 86_400_000]
+        );
+        assert_eq!(BrokerConfig::default().delay_levels().len(), 18);
+        assert!(parse_delay_levels("").is_err());
+    }
+
+    #[test]
+    fn detected_ip_is_ipv4() {
+        assert!(detect_broker_ip().is_ipv4());
+    }
+}

@@ -1,0 +1,124 @@
+//! `BrokerContext`: everything a request processor needs — configuration,
+//! the store, the topic/group/offset tables, the client tables and the
+//! services owned by the data path — shared as one `Arc` by all processors
+//! and periodic tasks.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use apogee_remoting::{Channel, ChannelId};
+use apogee_store::MessageStore;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use crate::client::{ConsumerManager, ProducerManager, RebalanceLockManager};
+use crate::config::BrokerConfig;
+use crate::error::Result;
+use crate::long_polling::PullRequestHoldService;
+use crate::offset::ConsumerOffsetManager;
+use crate::schedule::ScheduleMessageService;
+use crate::stats::BrokerStats;
+use crate::subscription_group::SubscriptionGroupManager;
+use crate::topic_config::TopicConfigManager;
+
+/// Shared broker state.
+pub struct BrokerContext {
+    /// Static after start.
+    pub config: BrokerConfig,
+    /// UPDATE_BROKER_CONFIG target; settings read per request come from here.
+    pub runtime_config: RwLock<BrokerConfig>,
+    pub store: Arc<MessageStore>,
+    pub topics: TopicConfigManager,
+    pub groups: SubscriptionGroupManager,
+    pub offsets: ConsumerOffsetManager,
+    pub consumers: ConsumerManager,
+    pub producers: ProducerManager,
+    pub locks: RebalanceLockManager,
+    pub pull_hold: PullRequestHoldService,
+    pub schedule: ScheduleMessageService,
+    pub stats: BrokerStats,
+    /// `brokerIP1:port`, written into stored records as the store host.
+    pub store_host: SocketAddr,
+    /// `brokerIP1:port`, advertised to NameServers and in message ids.
+    pub broker_addr: String,
+    pub started_at: Instant,
+    register_signal: Arc<Notify>,
+    watched: Mutex<HashSet<ChannelId>>,
+}
+
+impl BrokerContext {
+    /// Loads the persisted tables under `config.store.store_path_root_dir`
+    /// and builds the services. `store_host` is the advertised address
+    /// (`brokerIP1` and the bound main port).
+    pub fn new(
+        config: BrokerConfig,
+        store: Arc<MessageStore>,
+        store_host: SocketAddr,
+    ) -> Result<Arc<Self>> {
+        let register_signal = Arc::new(Notify::new());
+        let topics = TopicConfigManager::new(&config, Arc::clone(&register_signal))?;
+        let groups = SubscriptionGroupManager::new(&config)?;
+        let offsets = ConsumerOffsetManager::new(&config)?;
+        let consumers = ConsumerManager::new(config.channel_expired_timeout);
+        let producers = ProducerManager::new(config.channel_expired_timeout);
+        let locks = RebalanceLockManager::new(config.rebalance_lock_max_live_time);
+        let pull_hold = PullRequestHoldService::new(&config);
+        let schedule = ScheduleMessageService::new(&config)?;
+        let stats = BrokerStats::new();
+        Ok(Arc::new(BrokerContext {
+            runtime_config: RwLock::new(config.clone()),
+            broker_addr: store_host.to_string(),
+            config,
+            store,
+            topics,
+            groups,
+            offsets,
+            consumers,
+            producers,
+            locks,
+            pull_hold,
+            schedule,
+            stats,
+            store_host,
+            started_at: Instant::now(),
+            register_signal,
+            watched: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// Asks for a registration with every NameServer soon (after a topic
+    /// change). Cheap; several requests collapse into one registration.
+    pub fn request_register(&self) {
+        self.register_signal.notify_one();
+    }
+
+    /// Resolves when a registration was requested.
+    pub(crate) async fn register_requested(&self) {
+        self.register_signal.notified().await
+    }
+
+    /// Removes a client channel from the client tables as soon as it
+    /// closes (once per channel; later calls are no-ops).
+    pub fn watch_channel(self: &Arc<Self>, channel: &Channel) {
+        if !self.watched.lock().insert(channel.id()) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let ch = channel.clone();
+        tokio::spawn(async move {
+            ch.closed().await;
+            if let Some(ctx) = weak.upgrade() {
+                ctx.watched.lock().remove(&ch.id());
+                ctx.consumers.on_channel_closed(ch.id());
+                ctx.producers.on_channel_closed(ch.id());
+            }
+        });
+    }
+
+    /// The broker's name (`brokerName`).
+    pub fn broker_name(&self) -> &str {
+        &self.config.broker_name
+    }
+}

@@ -1,0 +1,295 @@
+//! `BrokerController`: starts a broker (store, tables, processors, the main
+//! and VIP listeners, NameServer registration, periodic tasks) and shuts it
+//! down cleanly (unregister, persist, close the store).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apogee_protocol::code::{request_code, response_code};
+use apogee_protocol::RemotingCommand;
+use apogee_remoting::{processor_fn, ProcessorRegistry, RemotingServer, ServerConfig};
+use apogee_store::MessageStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::BrokerConfig;
+use crate::context::BrokerContext;
+use crate::error::{BrokerError, Result};
+use crate::namesrv_api::NamesrvApi;
+use crate::processor;
+
+/// Request codes refused on the VIP port (Java registers no pull processor there).
+const NOT_ON_VIP: &[i32] = &[request_code::PULL_MESSAGE, request_code::LITE_PULL_MESSAGE];
+
+/// A running broker.
+pub struct BrokerController {
+    ctx: Arc<BrokerContext>,
+    server: RemotingServer,
+    namesrv: Arc<NamesrvApi>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    local_addr: SocketAddr,
+    vip_addr: SocketAddr,
+}
+
+impl BrokerController {
+    /// Opens the store, loads the tables, listens on `listenPort` and
+    /// `listenPort - 2` (both ephemeral when `listenPort` is 0), registers
+    /// with every NameServer and starts the periodic tasks.
+    pub async fn start(mut config: BrokerConfig) -> Result<BrokerController> {
+        let bind_ip: IpAddr = config.bind_address.parse().map_err(|_| {
+            BrokerError::config(
+                "bindAddress",
+                format!("'{}' is not an IP address", config.bind_address),
+            )
+        })?;
+        let advertised_ip: IpAddr = config.broker_ip1.parse().map_err(|_| {
+            BrokerError::config(
+                "brokerIP1",
+                format!("'{}' is not an IP address", config.broker_ip1),
+            )
+        })?;
+        let (main_port, vip_port) = match config.listen_port {
+            0 => (0, 0),
+            p if p >= 3 => (p, p - 2),
+            p => {
+                return Err(BrokerError::config(
+                    "listenPort",
+                    format!(
+                    "{p} leaves no room for the VIP port (listenPort - 2); use 0 or a port >= 3"
+                ),
+                ))
+            }
+        };
+
+        let store_cfg = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || MessageStore::open(store_cfg))
+            .await
+            .map_err(|e| BrokerError::Start(format!("store open task failed: {e}")))??;
+        let store = Arc::new(store);
+
+        let mut server_cfg = ServerConfig::new(SocketAddr::new(bind_ip, main_port))
+            .also_listen(SocketAddr::new(bind_ip, vip_port));
+        server_cfg.idle_timeout = Some(config.server_channel_max_idle_time);
+        server_cfg.max_frame_size = server_cfg
+            .max_frame_size
+            .max(config.store.max_message_size.saturating_add(1 << 20));
+        let registry = ProcessorRegistry::new();
+        let server = match RemotingServer::bind(server_cfg, Arc::clone(&registry)).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = store.shutdown();
+                return Err(e.into());
+            }
+        };
+        let local_addr = server.local_addr();
+        let vip_addr = server.local_addrs().get(1).copied().unwrap_or(local_addr);
+        config.listen_port = local_addr.port();
+        let store_host = SocketAddr::new(advertised_ip, local_addr.port());
+
+        let ctx = match BrokerContext::new(config, Arc::clone(&store), store_host) {
+            Ok(c) => c,
+            Err(e) => {
+                server.shutdown().await;
+                let _ = store.shutdown();
+                return Err(e);
+            }
+        };
+        register_processors(&registry, &ctx, vip_addr.port());
+        // The listener refers to the hold service only, so the store does not
+        // keep the context alive.
+        store.set_message_arriving_listener(ctx.pull_hold.listener());
+        ctx.pull_hold.start(&ctx.store);
+        ctx.schedule.start(&ctx);
+
+        let namesrv = Arc::new(NamesrvApi::new(
+            ctx.config.namesrv_addrs(),
+            ctx.config.register_broker_timeout_mills,
+        ));
+        if namesrv.addrs().is_empty() {
+            tracing::warn!("no NameServer address (namesrvAddr / NAMESRV_ADDR): clients cannot find this broker");
+        } else {
+            let ok = namesrv.register_broker_all(&ctx).await;
+            tracing::info!(
+                registered = ok,
+                of = namesrv.addrs().len(),
+                "registered with NameServers"
+            );
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = vec![
+            spawn_register_loop(Arc::clone(&ctx), Arc::clone(&namesrv), stop_rx.clone()),
+            spawn_offset_persist_loop(Arc::clone(&ctx), stop_rx.clone()),
+            spawn_channel_scan_loop(Arc::clone(&ctx), stop_rx),
+        ];
+        tracing::info!(
+            addr = %local_addr,
+            vip = %vip_addr,
+            advertised = %ctx.broker_addr,
+            broker = %ctx.config.broker_name,
+            cluster = %ctx.config.broker_cluster_name,
+            "broker started"
+        );
+        Ok(BrokerController {
+            ctx,
+            server,
+            namesrv,
+            tasks,
+            stop,
+            local_addr,
+            vip_addr,
+        })
+    }
+
+    /// The main listening address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The VIP listening address (`listenPort - 2`; pulls refused there).
+    pub fn vip_addr(&self) -> SocketAddr {
+        self.vip_addr
+    }
+
+    pub fn context(&self) -> &Arc<BrokerContext> {
+        &self.ctx
+    }
+
+    /// Registers with every NameServer now; returns how many accepted.
+    pub async fn register_now(&self) -> usize {
+        self.namesrv.register_broker_all(&self.ctx).await
+    }
+
+    /// Unregisters from the NameServers, stops serving (letting in-flight
+    /// requests finish), persists offsets and tables and closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.namesrv.unregister_broker_all(&self.ctx).await;
+        self.ctx.pull_hold.shutdown();
+        self.ctx.schedule.shutdown();
+        self.server.shutdown().await;
+        let ctx = Arc::clone(&self.ctx);
+        let done = tokio::task::spawn_blocking(move || {
+            if let Err(e) = ctx.offsets.persist() {
+                tracing::error!(error = %e, "cannot persist consumer offsets");
+            }
+            if let Err(e) = ctx.topics.persist() {
+                tracing::error!(error = %e, "cannot persist topic config");
+            }
+            if let Err(e) = ctx.groups.persist() {
+                tracing::error!(error = %e, "cannot persist subscription groups");
+            }
+            if let Err(e) = ctx.store.shutdown() {
+                tracing::error!(error = %e, "store shutdown failed");
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "shutdown task failed");
+        }
+        self.namesrv.close().await;
+        tracing::info!("broker stopped");
+    }
+}
+
+fn register_processors(registry: &Arc<ProcessorRegistry>, ctx: &Arc<BrokerContext>, vip_port: u16) {
+    processor::client_manage::register(registry, ctx);
+    processor::consumer_manage::register(registry, ctx);
+    processor::send::register(registry, ctx);
+    processor::pull::register(registry, ctx);
+    processor::send_back::register(registry, ctx);
+    processor::admin::register(registry, ctx);
+    processor::query::register(registry, ctx);
+    // Java's VIP ("fast") server has no pull processor: refuse there.
+    for &code in NOT_ON_VIP {
+        let Some(inner) = registry.lookup(code) else {
+            continue;
+        };
+        registry.register(
+            code,
+            processor_fn(move |rc, req: RemotingCommand| {
+                let inner = Arc::clone(&inner);
+                async move {
+                    if rc.local_addr().port() == vip_port {
+                        return Ok(Some(RemotingCommand::response(
+                            response_code::REQUEST_CODE_NOT_SUPPORTED,
+                            Some(format!(
+                                " request type {} not supported on the VIP port {vip_port}; pull from the main port",
+                                req.code
+                            )),
+                        )));
+                    }
+                    inner.process(rc, req).await
+                }
+            }),
+        );
+    }
+}
+
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+fn spawn_register_loop(
+    ctx: Arc<BrokerContext>,
+    api: Arc<NamesrvApi>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if api.addrs().is_empty() {
+            return;
+        }
+        loop {
+            let period = ctx.config.register_name_server_period;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = ctx.register_requested() => {}
+                _ = stop.changed() => return,
+            }
+            api.register_broker_all(&ctx).await;
+        }
+    })
+}
+
+fn spawn_offset_persist_loop(
+    ctx: Arc<BrokerContext>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if wait_or_stop(&mut stop, ctx.config.flush_consumer_offset_interval).await {
+                return;
+            }
+            let c = Arc::clone(&ctx);
+            let res = tokio::task::spawn_blocking(move || c.offsets.persist()).await;
+            match res {
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot persist consumer offsets"),
+                Err(e) => tracing::error!(error = %e, "offset persist task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    })
+}
+
+fn spawn_channel_scan_loop(
+    ctx: Arc<BrokerContext>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if wait_or_stop(&mut stop, ctx.config.channel_scan_interval).await {
+                return;
+            }
+            ctx.consumers.scan_not_active();
+            ctx.producers.scan_not_active();
+        }
+    })
+}

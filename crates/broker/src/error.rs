@@ -1,0 +1,59 @@
+//! `BrokerError`: what can go wrong starting, configuring or running the
+//! broker (as opposed to per-request failures, which become response codes).
+
+use std::path::PathBuf;
+
+/// Errors of the broker crate.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A configuration key has a value the broker cannot use.
+    #[error("invalid broker config {key}: {reason}")]
+    Config { key: String, reason: String },
+    /// The message store failed.
+    #[error(transparent)]
+    Store(#[from] apogee_store::StoreError),
+    /// Networking failed (binding a port, reaching a NameServer).
+    #[error(transparent)]
+    Remoting(#[from] apogee_remoting::RemotingError),
+    /// A request or body could not be encoded or decoded.
+    #[error(transparent)]
+    Protocol(#[from] apogee_protocol::ProtocolError),
+    /// A file under the store folder could not be read or written.
+    #[error("{context} ({path}): {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A persisted JSON file is not what the broker expects.
+    #[error("corrupt config file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    /// Anything else that prevents the broker from starting.
+    #[error("broker start failed: {0}")]
+    Start(String),
+}
+
+impl BrokerError {
+    pub(crate) fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        BrokerError::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        BrokerError::Io {
+            context,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias of the broker crate.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,43 @@
+//! Request processors, one module per area. Each module exposes
+//! `register(&ProcessorRegistry, &Arc<BrokerContext>)` for the codes it
+//! serves; the controller calls them all. Shared response helpers live here.
+
+pub mod admin;
+pub mod client_manage;
+pub mod consumer_manage;
+pub mod pull;
+pub mod query;
+pub mod send;
+pub mod send_back;
+
+use apogee_protocol::code::response_code;
+use apogee_protocol::{ProtocolError, RemotingCommand};
+
+/// A response with `code` and `remark`.
+pub fn error_response(code: i32, remark: impl Into<String>) -> RemotingCommand {
+    RemotingCommand::response(code, Some(remark.into()))
+}
+
+/// The response for a request whose header could not be decoded: Java
+/// answers SYSTEM_ERROR with the decoder's message, naming the field.
+pub fn bad_header(code: i32, e: &ProtocolError) -> RemotingCommand {
+    let name = apogee_protocol::code::request_code_name(code).unwrap_or("request");
+    tracing::warn!(code, error = %e, "bad {name} header");
+    error_response(response_code::SYSTEM_ERROR, format!("bad {name} header: {e}"))
+}
+
+/// The response for a request whose body is missing or malformed.
+pub fn bad_body(code: i32, what: &str, e: Option<&ProtocolError>) -> RemotingCommand {
+    let name = apogee_protocol::code::request_code_name(code).unwrap_or("request");
+    let remark = match e {
+        Some(e) => format!("bad {name} body ({what}): {e}"),
+        None => format!("{name} needs a body ({what})"),
+    };
+    tracing::warn!(code, "{remark}");
+    error_response(response_code::SYSTEM_ERROR, remark)
+}
+
+/// SUCCESS with no remark.
+pub fn success() -> RemotingCommand {
+    RemotingCommand::response(response_code::SUCCESS, None)
+}

@@ -1,0 +1,422 @@
+//! `TopicConfigManager`: the broker's topic table (queue counts, permissions,
+//! order flag), its `DataVersion`, the startup system topics, auto-creation
+//! from `TBW102`, and persistence to `<storePathRootDir>/config/topics.json`
+//! in Java's `TopicConfigSerializeWrapper` layout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use apogee_protocol::body::{DataVersion, TopicConfig, TopicConfigSerializeWrapper};
+use apogee_protocol::flags::PermName;
+use apogee_protocol::topic;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, Result};
+use crate::persist;
+
+/// Java `PopAckConstants.REVIVE_TOPIC` prefix.
+pub const REVIVE_TOPIC_PREFIX: &str = "rmq_sys_REVIVE_LOG_";
+/// Java `TimerMessageStore.TIMER_TOPIC`.
+pub const TIMER_TOPIC: &str = "rmq_sys_wheel_timer";
+/// Queues of `SCHEDULE_TOPIC_XXXX` (one per delay level, at least 18 as Java).
+pub const SCHEDULE_TOPIC_QUEUE_NUM: i32 = 18;
+
+struct Table {
+    topics: BTreeMap<String, TopicConfig>,
+    version: DataVersion,
+}
+
+struct Inner {
+    table: RwLock<Table>,
+    path: PathBuf,
+    /// Serializes file writes so an older snapshot never overwrites a newer one.
+    persist_mu: Mutex<()>,
+    auto_create: AtomicBool,
+    register_signal: Arc<Notify>,
+}
+
+/// The topic table. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct TopicConfigManager {
+    inner: Arc<Inner>,
+}
+
+impl TopicConfigManager {
+    /// Builds the startup system topics, then loads `config/topics.json`
+    /// (persisted entries override the built-in ones, as in Java).
+    /// `register_signal` is notified on every change so the broker
+    /// re-registers with its NameServers.
+    pub fn new(config: &BrokerConfig, register_signal: Arc<Notify>) -> Result<Self> {
+        let path = persist::config_path(&config.store.store_path_root_dir, "topics.json");
+        let mut topics = BTreeMap::new();
+        for t in system_topics(config) {
+            topics.insert(t.topic_name.clone(), t);
+        }
+        let mut version = DataVersion::now();
+        if let Some(data) = persist::read_optional(&path)? {
+            let w =
+                TopicConfigSerializeWrapper::decode(&data).map_err(|e| BrokerError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            topics.extend(w.topic_config_table);
+            if w.data_version.timestamp > 0 {
+                version = w.data_version;
+            }
+        }
+        Ok(TopicConfigManager {
+            inner: Arc::new(Inner {
+                table: RwLock::new(Table { topics, version }),
+                path,
+                persist_mu: Mutex::new(()),
+                auto_create: AtomicBool::new(config.auto_create_topic_enable),
+                register_signal,
+            }),
+        })
+    }
+
+    pub fn get(&self, topic: &str) -> Option<TopicConfig> {
+        self.inner.table.read().topics.get(topic).cloned()
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.inner.table.read().topics.contains_key(topic)
+    }
+
+    pub fn all(&self) -> Vec<TopicConfig> {
+        self.inner.table.read().topics.values().cloned().collect()
+    }
+
+    pub fn topic_names(&self) -> Vec<String> {
+        self.inner.table.read().topics.keys().cloned().collect()
+    }
+
+    /// Follows `autoCreateTopicEnable` changes made at runtime (UPDATE_BROKER_CONFIG).
+    pub fn set_auto_create(&self, on: bool) {
+        self.inner.auto_create.store(on, Ordering::Relaxed);
+    }
+
+    /// Creates or replaces a topic; bumps the data version, persists and
+    /// asks for re-registration.
+    pub fn update(&self, cfg: TopicConfig) {
+        {
+            let mut t = self.inner.table.write();
+            t.topics.insert(cfg.topic_name.clone(), cfg);
+            t.version.next_version();
+        }
+        self.changed();
+    }
+
+    /// Removes a topic; false when it did not exist.
+    pub fn delete(&self, topic: &str) -> bool {
+        let removed = {
+            let mut t = self.inner.table.write();
+            let removed = t.topics.remove(topic).is_some();
+            if removed {
+                t.version.next_version();
+            }
+            removed
+        };
+        if removed {
+            self.changed();
+        }
+        removed
+    }
+
+    /// Java `createTopicInSendMessageMethod`: an unknown topic inherits from
+    /// `default_topic` (normally TBW102) when that topic carries the INHERIT
+    /// bit (TBW102 only while auto-creation is on). Queue count is
+    /// `min(queue_nums, default.writeQueueNums)`; perm is the default's minus
+    /// INHERIT. Returns the existing or new config, `None` if not allowed.
+    pub fn create_in_send(
+        &self,
+        topic: &str,
+        default_topic: &str,
+        queue_nums: i32,
+        topic_sys_flag: i32,
+    ) -> Option<TopicConfig> {
+        let created = {
+            let mut t = self.inner.table.write();
+            if let Some(existing) = t.topics.get(topic) {
+                return Some(existing.clone());
+            }
+            let Some(def) = t.topics.get(default_topic) else {
+                tracing::warn!(
+                    topic,
+                    default_topic,
+                    "cannot auto-create topic: default topic does not exist"
+                );
+                return None;
+            };
+            let mut perm = def.perm;
+            if default_topic == topic::AUTO_CREATE_TOPIC_KEY_TOPIC
+                && !self.inner.auto_create.load(Ordering::Relaxed)
+            {
+                perm = PermName::PERM_READ | PermName::PERM_WRITE;
+            }
+            if !PermName::is_inherited(perm) {
+                tracing::warn!(
+                    topic,
+                    default_topic,
+                    perm,
+                    "cannot auto-create topic: default topic has no INHERIT permission"
+                );
+                return None;
+            }
+            let queues = queue_nums.min(def.write_queue_nums).max(0);
+            let cfg = TopicConfig {
+                topic_name: topic.to_string(),
+                read_queue_nums: queues,
+                write_queue_nums: queues,
+                perm: perm & !PermName::PERM_INHERIT,
+                topic_filter_type: def.topic_filter_type,
+                topic_sys_flag,
+                ..TopicConfig::default()
+            };
+            t.topics.insert(topic.to_string(), cfg.clone());
+            t.version.next_version();
+            cfg
+        };
+        tracing::info!(
+            topic,
+            queues = created.write_queue_nums,
+            "topic auto-created from {default_topic}"
+        );
+        self.changed();
+        Some(created)
+    }
+
+    /// Java `createTopicInSendMessageBackMethod`: the config of a system
+    /// topic (retry, DLQ, schedule, ...), created with the given queues,
+    /// perm and sys flag when absent.
+    pub fn get_or_create_system(
+        &self,
+        topic: &str,
+        queue_nums: i32,
+        perm: i32,
+        sys_flag: i32,
+    ) -> TopicConfig {
+        let created = {
+            let mut t = self.inner.table.write();
+            if let Some(existing) = t.topics.get(topic) {
+                return existing.clone();
+            }
+            let cfg = TopicConfig {
+                topic_name: topic.to_string(),
+                read_queue_nums: queue_nums,
+                write_queue_nums: queue_nums,
+                perm,
+                topic_sys_flag: sys_flag,
+                ..TopicConfig::default()
+            };
+            t.topics.insert(topic.to_string(), cfg.clone());
+            t.version.next_version();
+            cfg
+        };
+        tracing::info!(topic, queues = queue_nums, perm, "system topic created");
+        self.changed();
+        created
+    }
+
+    /// The table and version as registered with NameServers.
+    pub fn serialize_wrapper(&self) -> TopicConfigSerializeWrapper {
+        let t = self.inner.table.read();
+        TopicConfigSerializeWrapper {
+            topic_config_table: t.topics.clone(),
+            data_version: t.version.clone(),
+        }
+    }
+
+    pub fn data_version(&self) -> DataVersion {
+        self.inner.table.read().version.clone()
+    }
+
+    /// Writes `topics.json` now (blocking file I/O).
+    pub fn persist(&self) -> Result<()> {
+        persist_inner(&self.inner)
+    }
+
+    fn changed(&self) {
+        let inner = Arc::clone(&self.inner);
+        persist::run_blocking(move || {
+            if let Err(e) = persist_inner(&inner) {
+                tracing::error!(error = %e, "cannot persist topic config");
+            }
+        });
+        self.inner.register_signal.notify_one();
+    }
+}
+
+fn persist_inner(inner: &Inner) -> Result<()> {
+    let _g = inner.persist_mu.lock();
+    let data = {
+        let t = inner.table.read();
+        TopicConfigSerializeWrapper {
+            topic_config_table: t.topics.clone(),
+            data_version: t.version.clone(),
+        }
+    }
+    .encode();
+    persist::write_atomic(&inner.path, &data)
+}
+
+fn sys_topic(name: impl Into<String>, queues: i32, perm: i32) -> TopicConfig {
+    TopicConfig {
+        topic_name: name.into(),
+        read_queue_nums: queues,
+        write_queue_nums: queues,
+        perm,
+        ..TopicConfig::default()
+    }
+}
+
+/// The topics a broker creates at startup (reference 9.2).
+pub fn system_topics(c: &BrokerConfig) -> Vec<TopicConfig> {
+    let rw = PermName::PERM_READ | PermName::PERM_WRITE;
+    let toggled = |on: bool| PermName::PERM_INHERIT | if on { rw } else { 0 };
+    let mut v = vec![sys_topic(topic::RMQ_SYS_SELF_TEST_TOPIC, 1, rw)];
+    if c.auto_create_topic_enable {
+        v.push(sys_topic(
+            topic::AUTO_CREATE_TOPIC_KEY_TOPIC,
+            c.default_topic_queue_nums,
+            rw | PermName::PERM_INHERIT,
+        ));
+    }
+    v.push(sys_topic(topic::RMQ_SYS_BENCHMARK_TOPIC, 1024, rw));
+    v.push(sys_topic(
+        c.broker_cluster_name.clone(),
+        16,
+        toggled(c.cluster_topic_enable),
+    ));
+    v.push(sys_topic(
+        c.broker_name.clone(),
+        1,
+        toggled(c.broker_topic_enable),
+    ));
+    v.push(sys_topic(topic::RMQ_SYS_OFFSET_MOVED_EVENT, 1, rw));
+    let levels = i32::try_from(c.delay_levels().len()).unwrap_or(SCHEDULE_TOPIC_QUEUE_NUM);
+    v.push(sys_topic(
+        topic::RMQ_SYS_SCHEDULE_TOPIC,
+        levels.max(SCHEDULE_TOPIC_QUEUE_NUM),
+        rw,
+    ));
+    if c.trace_topic_enable {
+        v.push(sys_topic(c.msg_trace_topic_name.clone(), 1, rw));
+    }
+    v.push(sys_topic(topic::reply_topic(&c.broker_cluster_name), 1, rw));
+    v.push(sys_topic(
+        format!("{REVIVE_TOPIC_PREFIX}{}", c.broker_cluster_name),
+        8,
+        rw,
+    ));
+    v.push(sys_topic(
+        format!(
+            "{}{}",
+            topic::SYNC_BROKER_MEMBER_GROUP_PREFIX,
+            c.broker_name
+        ),
+        1,
+        PermName::PERM_INHERIT,
+    ));
+    v.push(sys_topic(topic::RMQ_SYS_TRANS_HALF_TOPIC, 1, rw));
+    v.push(sys_topic(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, 1, rw));
+    if c.timer_wheel_enable {
+        v.push(sys_topic(TIMER_TOPIC, 1, rw));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &std::path::Path) -> BrokerConfig {
+        let mut c = BrokerConfig::default();
+        c.store.store_path_root_dir = dir.to_path_buf();
+        c
+    }
+
+    #[test]
+    fn startup_topics_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = TopicConfigManager::new(&cfg(dir.path()), Arc::new(Notify::new())).unwrap();
+        let tbw = m.get("TBW102").unwrap();
+        assert_eq!(tbw.perm, 7);
+        assert_eq!(tbw.write_queue_nums, 8);
+        assert!(m.get("SCHEDULE_TOPIC_XXXX").is_some());
+        assert!(m.get("DefaultCluster").is_some());
+        assert!(m.get("broker-a").is_some());
+        assert!(m.get("DefaultCluster_REPLY_TOPIC").is_some());
+        assert!(m.get("rmq_sys_SYNC_BROKER_MEMBER_broker-a").is_some());
+    }
+
+    #[test]
+    fn no_tbw102_without_auto_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.auto_create_topic_enable = false;
+        let m = TopicConfigManager::new(&c, Arc::new(Notify::new())).unwrap();
+        assert!(m.get("TBW102").is_none());
+        assert!(m.create_in_send("T1", "TBW102", 4, 0).is_none());
+    }
+
+    #[test]
+    fn create_in_send_inherits_and_bumps_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let signal = Arc::new(Notify::new());
+        let m = TopicConfigManager::new(&cfg(dir.path()), signal).unwrap();
+        let v0 = m.data_version();
+        let t = m.create_in_send("NewTopic", "TBW102", 16, 0).unwrap();
+        assert_eq!(t.write_queue_nums, 8, "capped by TBW102's queues");
+        assert_eq!(t.perm, 6, "INHERIT removed");
+        let v1 = m.data_version();
+        assert!(v1.counter > v0.counter);
+        // Second call returns the same config without a version change.
+        assert_eq!(m.create_in_send("NewTopic", "TBW102", 2, 0).unwrap(), t);
+        assert_eq!(m.data_version(), v1);
+        // A default topic without INHERIT refuses.
+        assert!(m.create_in_send("Other", "NewTopic", 4, 0).is_none());
+    }
+
+    #[test]
+    fn persisted_topics_survive_reload_in_java_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        {
+            let m = TopicConfigManager::new(&c, Arc::new(Notify::new())).unwrap();
+            let mut t = TopicConfig::new("Persisted");
+            t.read_queue_nums = 3;
+            t.write_queue_nums = 3;
+            t.order = true;
+            m.update(t);
+            m.get_or_create_system("%RETRY%g1", 1, 6, 0);
+            m.persist().unwrap();
+            assert!(m.delete("%RETRY%g1"));
+            assert!(!m.delete("%RETRY%g1"));
+            m.persist().unwrap();
+        }
+        let text = std::fs::read_to_string(dir.path().join("config/topics.json")).unwrap();
+        assert!(text.contains("\"topicConfigTable\""), "{text}");
+        assert!(text.contains("\"dataVersion\""), "{text}");
+        let m = TopicConfigManager::new(&c, Arc::new(Notify::new())).unwrap();
+        let t = m.get("Persisted").unwrap();
+        assert_eq!(t.read_queue_nums, 3);
+        assert!(t.order);
+        assert!(m.get("%RETRY%g1").is_none());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::write(dir.path().join("config/topics.json"), b"{not json").unwrap();
+        let err = TopicConfigManager::new(&cfg(dir.path()), Arc::new(Notify::new()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("topics.json"), "{err}");
+    }
+}
