@@ -38,11 +38,13 @@ impl Broker {
 
     async fn start_with(tune: impl FnOnce(&mut BrokerConfig)) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = BrokerConfig::default();
-        cfg.namesrv_addr = None;
-        cfg.broker_ip1 = "127.0.0.1".into();
-        cfg.bind_address = "127.0.0.1".into();
-        cfg.listen_port = 0;
+        let mut cfg = BrokerConfig {
+            namesrv_addr: None,
+            broker_ip1: "127.0.0.1".into(),
+            bind_address: "127.0.0.1".into(),
+            listen_port: 0,
+            ..Default::default()
+        };
         cfg.store.store_path_root_dir = dir.path().to_path_buf();
         cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
         cfg.store.mapped_file_size_consume_queue = 20 * 1000;
@@ -496,7 +498,7 @@ async fn retry_sends_past_max_reconsume_go_to_the_dlq() {
     let (resp, _) = pull(&b, &pull_req("GR", "%DLQ%GR", 0, 0, sub_flag())).await;
     let m = &records(&resp)[0];
     assert_eq!(m.reconsume_times, 3);
-    assert!(m.properties.get(keys::DELAY_TIME_LEVEL).is_none());
+    assert!(!m.properties.contains_key(keys::DELAY_TIME_LEVEL));
     // Within the limit the message stays in the retry topic.
     let mut h = send_header("%RETRY%GR", 0, "");
     h.reconsume_times = Some(1);

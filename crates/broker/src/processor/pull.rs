@@ -100,25 +100,26 @@ pub async fn process_pull(
     }
 }
 
-fn reject(code: i32, remark: String) -> Outcome {
-    Outcome::Respond(RemotingCommand::response(code, remark))
+/// A refusal; boxed so the `Result`s carrying it stay small.
+type Refusal = Box<RemotingCommand>;
+
+fn reject(code: i32, remark: String) -> Refusal {
+    Box::new(RemotingCommand::response(code, remark))
 }
 
-fn forbid(remark: String, ty: i32) -> Outcome {
+fn forbid(remark: String, ty: i32) -> Refusal {
     let h = PullMessageResponseHeader {
         forbidden_type: Some(ty),
         ..Default::default()
     };
-    Outcome::Respond(
-        RemotingCommand::response(response_code::NO_PERMISSION, remark).with_header(&h),
-    )
+    Box::new(RemotingCommand::response(response_code::NO_PERMISSION, remark).with_header(&h))
 }
 
 /// The checks before reading: broker/group/topic permissions, queue range.
 fn pre_check(
     ctx: &BrokerContext,
     h: &PullMessageRequestHeader,
-) -> Result<(SubscriptionGroupConfig, TopicConfig), Outcome> {
+) -> Result<(SubscriptionGroupConfig, TopicConfig), Refusal> {
     let broker_perm = ctx.runtime_config.read().broker_permission;
     if !PermName::is_readable(broker_perm) {
         return Err(forbid(
@@ -178,7 +179,7 @@ fn subscription_filter(
     h: &PullMessageRequestHeader,
     gc: &SubscriptionGroupConfig,
     flags: PullSysFlag,
-) -> Result<TagMessageFilter, Outcome> {
+) -> Result<TagMessageFilter, Refusal> {
     if flags.has_subscription() {
         let expr = h.subscription.as_deref().unwrap_or("*");
         return TagMessageFilter::from_expression(expr, h.expression_type.as_deref())
@@ -292,20 +293,20 @@ fn pull_once(
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(peer = %peer, error = %e, "bad pull header");
-            return reject(
+            return Outcome::Respond(*reject(
                 response_code::SYSTEM_ERROR,
                 format!("cannot decode the pull request header: {e}"),
-            );
+            ));
         }
     };
     let flags = PullSysFlag(h.sys_flag);
     let (gc, tc) = match pre_check(ctx, &h) {
         Ok(v) => v,
-        Err(o) => return o,
+        Err(r) => return Outcome::Respond(*r),
     };
     let filter = match subscription_filter(ctx, &h, &gc, flags) {
         Ok(f) => f,
-        Err(o) => return o,
+        Err(r) => return Outcome::Respond(*r),
     };
     let rc = ctx.runtime_config.read();
     let max_count = usize::try_from(h.max_msg_nums.max(1))
