@@ -2,8 +2,10 @@
 //! process (`standalone`), the admin tool and the benchmark tool.
 
 mod bench;
+mod broker;
 mod namesrv;
 mod settings;
+mod standalone;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,27 @@ enum Command {
                             apogee namesrv -c conf/namesrv.conf\n  apogee namesrv -c conf/namesrv.conf -p"
     )]
     Namesrv(namesrv::NamesrvArgs),
+    /// Run a Broker (default port 10911, VIP port 10909) that registers with
+    /// the NameServer(s) given by -n, namesrvAddr or NAMESRV_ADDR.
+    #[command(after_help = "Examples:\n  apogee broker -n 127.0.0.1:9876\n  \
+                            apogee broker -c conf/broker.conf\n  \
+                            apogee broker -n \"10.0.0.1:9876;10.0.0.2:9876\" --listen-port 10921 \
+                            --set brokerName=broker-b --set storePathRootDir=/data/broker-b\n  \
+                            apogee broker -c conf/broker.conf -p\n\n\
+                            broker.conf uses RocketMQ's keys, e.g.:\n  \
+                            brokerClusterName=DefaultCluster\n  brokerName=broker-a\n  \
+                            listenPort=10911\n  namesrvAddr=127.0.0.1:9876\n  brokerIP1=192.168.1.10\n  \
+                            storePathRootDir=/data/apogee\n  flushDiskType=ASYNC_FLUSH\n  \
+                            autoCreateTopicEnable=true")]
+    Broker(broker::BrokerArgs),
+    /// Run a NameServer and a Broker in one process, data in ./apogee-data,
+    /// topics and groups created on first use. The easiest way to start.
+    #[command(after_help = "Examples:\n  apogee standalone\n  \
+                            apogee standalone --namesrv-port 19876 --listen-port 20911\n  \
+                            apogee standalone --set storePathRootDir=/tmp/apogee --set brokerIP1=127.0.0.1\n  \
+                            apogee standalone -c conf/broker.conf\n\n\
+                            Clients then use the NameServer at 127.0.0.1:9876.")]
+    Standalone(standalone::StandaloneArgs),
     /// Benchmark tools.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -38,6 +61,8 @@ fn main() -> anyhow::Result<()> {
     init_tracing();
     match cli.command {
         Command::Namesrv(args) => namesrv::run(args),
+        Command::Broker(args) => broker::run(args),
+        Command::Standalone(args) => standalone::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -1,0 +1,96 @@
+//! `apogee broker`: runs one Broker until SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use apogee_broker::{BrokerConfig, BrokerController};
+use clap::Args;
+
+use crate::settings;
+
+/// Options shared by `apogee broker` and `apogee standalone`.
+#[derive(Args, Debug, Clone)]
+pub struct BrokerArgs {
+    /// A broker.conf in RocketMQ's properties format (brokerName, listenPort,
+    /// storePathRootDir, flushDiskType, ...).
+    #[arg(short = 'c', long = "config-file")]
+    pub config_file: Option<PathBuf>,
+    /// NameServer address(es), `host:port;host:port` (overrides namesrvAddr
+    /// and the NAMESRV_ADDR environment variable).
+    #[arg(short = 'n', long = "namesrv-addr", value_name = "ADDRS")]
+    pub namesrv_addr: Option<String>,
+    /// Main port (overrides listenPort; the VIP port is this minus 2; 0 picks
+    /// free ports for both).
+    #[arg(long)]
+    pub listen_port: Option<u16>,
+    /// Any broker.conf key, as key=value (repeatable); applied after the file.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the effective configuration and exit.
+    #[arg(short = 'p', long = "print-config")]
+    pub print_config: bool,
+}
+
+/// Builds the configuration from the file, `--set`, the flags, and
+/// `defaults` (applied first, so anything the user gives wins).
+pub fn build_config(
+    args: &BrokerArgs,
+    defaults: &BTreeMap<String, String>,
+) -> anyhow::Result<BrokerConfig> {
+    let mut props = defaults.clone();
+    props.extend(settings::load(args.config_file.as_deref(), &args.set)?);
+    if let Some(port) = args.listen_port {
+        props.insert("listenPort".into(), port.to_string());
+    }
+    if let Some(addr) = &args.namesrv_addr {
+        props.insert("namesrvAddr".into(), addr.clone());
+    }
+    let mut config = BrokerConfig::default();
+    for key in config.apply(&props)? {
+        tracing::warn!("ignoring unknown broker config key '{key}'");
+    }
+    Ok(config)
+}
+
+pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
+    let config = build_config(&args, &BTreeMap::new())?;
+    if args.print_config {
+        settings::print(&config.to_properties());
+        return Ok(());
+    }
+    runtime()?.block_on(async move {
+        let broker = start_broker(config).await?;
+        apogee_remoting::shutdown_signal().await;
+        tracing::info!("shutting down");
+        broker.shutdown().await;
+        Ok(())
+    })
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("apogee-broker")
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Starts the broker and prints where it listens and what it advertises.
+pub async fn start_broker(config: BrokerConfig) -> anyhow::Result<BrokerController> {
+    println!(
+        "apogee broker data folder {}",
+        config.store.store_path_root_dir.display()
+    );
+    let broker = BrokerController::start(config)
+        .await
+        .context("cannot start the broker")?;
+    let ctx = broker.context();
+    println!(
+        "apogee broker {} (cluster {}) advertises {} (brokerIP1; set brokerIP1 to change it)",
+        ctx.config.broker_name, ctx.config.broker_cluster_name, ctx.broker_addr
+    );
+    println!("apogee broker VIP port on {}", broker.vip_addr());
+    println!("apogee broker listening on {}", broker.local_addr());
+    Ok(broker)
+}
