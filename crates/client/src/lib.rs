@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod consumer;
 pub mod error;
 pub mod fault;
 pub mod instance;
@@ -31,6 +32,13 @@ pub mod route;
 
 pub use admin::{consume_lag, AdminClient, AdminClientBuilder, BrokerOutcome};
 pub use api::{PullResult, PullStatus};
+pub use consumer::{
+    AllocateAveragely, AllocateAveragelyByCircle, AllocateConsistentHash, AllocateStrategy,
+    ConcurrentlyFn, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, ConsumeFromWhere,
+    ConsumeOrderlyContext, ConsumeOrderlyStatus, ConsumerConfig, LitePullConsumer,
+    LitePullConsumerBuilder, MessageListenerConcurrently, MessageListenerOrderly, MessageModel,
+    OrderlyFn, PushConsumer, PushConsumerBuilder,
+};
 pub use error::{ClientError, Result};
 pub use instance::{ClientInstance, ClientOptions};
 pub use message::{Message, MessageExt, MessageQueue};

@@ -176,7 +176,6 @@ macro_rules! setters {
         }
     )*};
 }
-#[allow(unused_imports)]
 pub(crate) use setters;
 
 impl ProducerBuilder {
@@ -462,7 +461,6 @@ impl ProducerInner {
     }
 
     /// An internal producer already running on a consumer's instance.
-    #[allow(dead_code)]
     pub(crate) fn new_running(instance: Arc<ClientInstance>, config: ProducerConfig) -> Arc<Self> {
         let p = Self::new(instance, config);
         p.state.store(RUNNING, Ordering::Release);
@@ -656,6 +654,11 @@ impl ProducerInner {
             request_code::SEND_MESSAGE_V2
         };
         ClientInstance::request_with(code, &header).with_body(p.body.clone())
+    }
+
+    /// A consumer's retry-topic fallback send (default timeout and retries).
+    pub(crate) async fn send_for_consumer(&self, msg: Message) -> Result<SendResult> {
+        self.send(msg, self.config.send_timeout).await
     }
 
     async fn send(&self, msg: Message, timeout: Duration) -> Result<SendResult> {
