@@ -66,7 +66,6 @@ pub struct PushConsumerBuilder {
     listener: Option<Listener>,
 }
 
-
 impl PushConsumerBuilder {
     pub fn namesrv_addr(mut self, addr: impl Into<String>) -> Self {
         self.options.namesrv_addr = addr.into();
