@@ -1,6 +1,7 @@
 //! `apogee`: one binary for every role — NameServer, Broker, both in one
 //! process (`standalone`), the admin tool and the benchmark tool.
 
+mod admin;
 mod bench;
 mod broker;
 mod namesrv;
@@ -51,6 +52,16 @@ enum Command {
                             apogee standalone -c conf/broker.conf\n\n\
                             Clients then use the NameServer at 127.0.0.1:9876.")]
     Standalone(standalone::StandaloneArgs),
+    /// Operator tools: mqadmin's commands (clusterList, topicList, updateTopic,
+    /// consumerProgress, queryMsgById, …) against a NameServer and its brokers.
+    #[command(
+        after_help = "Examples:\n  apogee admin clusterList -n 127.0.0.1:9876\n  \
+                            apogee admin updateTopic -c DefaultCluster -t TopicTest\n  \
+                            apogee admin consumerProgress -g GroupA --json\n  \
+                            NAMESRV_ADDR=10.0.0.1:9876 apogee admin topic-list\n\n\
+                            Run `apogee admin <command> --help` for its flags."
+    )]
+    Admin(admin::AdminArgs),
     /// Benchmark tools.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,21 +69,26 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    // The admin and bench tools print results; only warnings belong next to them.
+    let quiet = matches!(cli.command, Command::Admin(_) | Command::Bench(_));
+    init_tracing(if quiet { "warn" } else { "info" });
     match cli.command {
         Command::Namesrv(args) => namesrv::run(args),
         Command::Broker(args) => broker::run(args),
         Command::Standalone(args) => standalone::run(args),
+        Command::Admin(args) => admin::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("APOGEE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Logs go to stderr so that stdout carries only results (tables, JSON).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false)
         .init();

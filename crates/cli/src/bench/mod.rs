@@ -1,6 +1,8 @@
 //! `apogee bench …`: benchmark tools. `store` measures the storage engine
 //! in-process, without the network.
 
+pub mod consume;
+pub mod produce;
 pub mod report;
 pub mod store;
 
@@ -15,10 +17,26 @@ pub enum BenchCommand {
                             apogee bench store -s 1024 --flush sync -w 64 -n 200000\n  \
                             apogee bench store -s 128 -n 10000000 --json")]
     Store(store::StoreArgs),
+    /// Send messages to a topic from many concurrent senders and report
+    /// throughput and send latency (any RocketMQ-compatible broker).
+    #[command(after_help = "Examples:\n  apogee bench produce -n 127.0.0.1:9876\n  \
+                            apogee bench produce -t BenchmarkTest -s 1024 -w 32 --duration 60\n  \
+                            apogee bench produce --mode async --window 32 --count 1000000\n  \
+                            apogee bench produce --batch 16 --tag TagA --keys --count 200000 --json")]
+    Produce(produce::ProduceArgs),
+    /// Receive from a topic in a consumer group and report throughput and
+    /// end-to-end latency (any RocketMQ-compatible broker).
+    #[command(after_help = "Examples:\n  apogee bench consume -n 127.0.0.1:9876\n  \
+                            apogee bench consume -t BenchmarkTest -g bench_group --duration 60\n  \
+                            apogee bench consume --tag TagA --from last\n  \
+                            apogee bench consume --count 1000000 --json")]
+    Consume(consume::ConsumeArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(args) => store::run(args),
+        BenchCommand::Produce(args) => produce::run(args),
+        BenchCommand::Consume(args) => consume::run(args),
     }
 }

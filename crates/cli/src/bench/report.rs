@@ -33,8 +33,22 @@ pub struct Reporter {
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Extra text appended to each live line (e.g. the last second's latency);
+/// called once per line from the reporter thread.
+pub type LiveExtra = Box<dyn FnMut() -> String + Send>;
+
 impl Reporter {
     pub fn start(label: &'static str, total: Option<u64>, progress: Arc<Progress>) -> Reporter {
+        Self::start_with(label, total, progress, None)
+    }
+
+    /// Like [`Reporter::start`], with `extra` appended to every live line.
+    pub fn start_with(
+        label: &'static str,
+        total: Option<u64>,
+        progress: Arc<Progress>,
+        mut extra: Option<LiveExtra>,
+    ) -> Reporter {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
@@ -67,7 +81,11 @@ impl Reporter {
                 let secs = last.2.elapsed().as_secs_f64().max(1e-9);
                 let tps = (done - last.0) as f64 / secs;
                 let mbps = (bytes - last.1) as f64 / secs / 1e6;
-                let msg = format!("{tps:>10.0} msg/s {mbps:>8.1} MB/s failed {failed}");
+                let mut msg = format!("{tps:>10.0} msg/s {mbps:>8.1} MB/s failed {failed}");
+                if let Some(extra) = extra.as_mut() {
+                    msg.push(' ');
+                    msg.push_str(&extra());
+                }
                 match &bar {
                     Some(bar) => {
                         bar.set_position(done);
@@ -97,6 +115,61 @@ impl Drop for Reporter {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Latency recorder for many concurrent tasks: one histogram pair per shard
+/// (whole run + current interval), so a task only ever contends with the
+/// once-a-second reader, never with other tasks.
+pub struct ShardedLatency {
+    shards: Vec<parking_lot::Mutex<(Histogram<u64>, Histogram<u64>)>>,
+}
+
+impl ShardedLatency {
+    pub fn new(shards: usize) -> ShardedLatency {
+        ShardedLatency {
+            shards: (0..shards.max(1))
+                .map(|_| parking_lot::Mutex::new((latency_histogram(), latency_histogram())))
+                .collect(),
+        }
+    }
+
+    /// Records one latency in microseconds (clamped into the histogram's range).
+    pub fn record(&self, shard: usize, micros: u64) {
+        let v = micros.clamp(1, 60_000_000);
+        let mut g = self.shards[shard % self.shards.len()].lock();
+        g.0.saturating_record(v);
+        g.1.saturating_record(v);
+    }
+
+    /// Average and p99 (ms) since the previous call, or `None` if nothing was
+    /// recorded; resets the interval.
+    pub fn take_interval(&self) -> Option<(f64, f64)> {
+        let mut merged = latency_histogram();
+        for s in &self.shards {
+            let mut g = s.lock();
+            let _ = merged.add(&g.1);
+            g.1.reset();
+        }
+        (!merged.is_empty()).then(|| (merged.mean() / 1000.0, ms_at(&merged, 0.99)))
+    }
+
+    /// The whole run's histogram.
+    pub fn total(&self) -> Histogram<u64> {
+        let mut merged = latency_histogram();
+        for s in &self.shards {
+            let _ = merged.add(&s.lock().0);
+        }
+        merged
+    }
+
+    /// A live-line callback printing the last interval's average and p99.
+    pub fn live_extra(self: &Arc<Self>) -> LiveExtra {
+        let me = Arc::clone(self);
+        Box::new(move || match me.take_interval() {
+            Some((avg, p99)) => format!("avg {avg:.2} ms p99 {p99:.2} ms"),
+            None => "avg - ms p99 - ms".to_string(),
+        })
     }
 }
 

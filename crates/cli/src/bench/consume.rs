@@ -1,0 +1,274 @@
+//! `apogee bench consume`: a push consumer in a consumer group receives from
+//! a topic and reports throughput and end-to-end latency (born timestamp to
+//! receipt), live every second and as a summary at the end. It only speaks
+//! the remoting protocol, so it runs against any RocketMQ-compatible broker.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use apogee_client::{
+    AdminClient, ConcurrentlyFn, ConsumeConcurrentlyStatus, ConsumeFromWhere, PushConsumer,
+};
+use clap::{Args, ValueEnum};
+
+use super::produce::{now_millis, round3};
+use super::report::{ms_at, Progress, Reporter, ShardedLatency};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartFrom {
+    /// A new group starts at the oldest stored message.
+    First,
+    /// A new group starts at the newest message (only what arrives from now).
+    Last,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    /// NameServer address(es), `host:port` separated by `;`.
+    #[arg(
+        short = 'n',
+        long = "namesrv-addr",
+        env = "NAMESRV_ADDR",
+        default_value = "127.0.0.1:9876"
+    )]
+    namesrv: String,
+    /// Topic to consume.
+    #[arg(short = 't', long, default_value = "BenchmarkTest")]
+    topic: String,
+    /// Consumer group.
+    #[arg(short = 'g', long, default_value = "benchmark_consumer")]
+    group: String,
+    /// Subscription expression (tag), e.g. `TagA || TagB`.
+    #[arg(long, default_value = "*")]
+    tag: String,
+    /// Where a group without stored offsets starts.
+    #[arg(long, value_enum, default_value_t = StartFrom::First)]
+    from: StartFrom,
+    /// Stop after this many messages were received.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds (with --count: whichever comes first,
+    /// and falling short of the count is an error).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<u64>,
+    /// Concurrent listener calls.
+    #[arg(long, default_value_t = 20)]
+    threads: usize,
+    /// Messages handed to the listener per call.
+    #[arg(long, default_value_t = 1)]
+    consume_batch: usize,
+    /// Print the summary as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the listener updates.
+struct Shared {
+    progress: Arc<Progress>,
+    latency: Arc<ShardedLatency>,
+    started: Instant,
+    /// Microseconds since `started` of the first and latest receipt (0: none yet).
+    first_us: AtomicU64,
+    last_us: AtomicU64,
+    /// Born-to-store time, summed in ms, for the average.
+    store_ms_sum: AtomicU64,
+    limit: Option<u64>,
+    reached: tokio::sync::Notify,
+}
+
+pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
+    if args.threads == 0 || args.consume_batch == 0 {
+        bail!("--threads and --consume-batch must be at least 1");
+    }
+    if args.count == Some(0) {
+        bail!("--count must be at least 1");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("apogee-bench")
+        .build()
+        .context("cannot start the async runtime")?;
+    // One clear line and exit status 1 on failure, like `apogee admin`.
+    if let Err(e) = rt.block_on(run_async(args)) {
+        drop(rt);
+        eprintln!("apogee bench consume: {}", crate::admin::one_line(&e));
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
+    // Fail fast with one clear line when the NameServer or topic is missing;
+    // the consumer itself would just keep retrying.
+    let admin = AdminClient::builder()
+        .namesrv_addr(args.namesrv.clone())
+        .build()
+        .context("cannot create a client")?;
+    let route = admin.topic_route(&args.topic).await;
+    admin.shutdown().await;
+    route.with_context(|| {
+        format!(
+            "cannot get a route for topic {} from NameServer {}",
+            args.topic, args.namesrv
+        )
+    })?;
+
+    let progress = Arc::new(Progress::default());
+    let latency = Arc::new(ShardedLatency::new(16));
+    let shared = Arc::new(Shared {
+        progress: Arc::clone(&progress),
+        latency: Arc::clone(&latency),
+        started: Instant::now(),
+        first_us: AtomicU64::new(0),
+        last_us: AtomicU64::new(0),
+        store_ms_sum: AtomicU64::new(0),
+        limit: args.count,
+        reached: tokio::sync::Notify::new(),
+    });
+    let listener = {
+        let shared = Arc::clone(&shared);
+        ConcurrentlyFn(
+            move |msgs: &[apogee_client::MessageExt],
+                  ctx: &mut apogee_client::ConsumeConcurrentlyContext| {
+                let now = now_millis();
+                let shard = ctx.queue.queue_id.unsigned_abs() as usize;
+                let mut bytes = 0u64;
+                let mut store_ms = 0u64;
+                for m in msgs {
+                    let e2e_ms = (now - m.born_timestamp).max(0) as u64;
+                    shared.latency.record(shard, e2e_ms.saturating_mul(1000));
+                    store_ms += (m.store_timestamp - m.born_timestamp).max(0) as u64;
+                    bytes += m.body.len() as u64;
+                }
+                let at = (shared.started.elapsed().as_micros() as u64).max(1);
+                let _ =
+                    shared
+                        .first_us
+                        .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+                shared.last_us.fetch_max(at, Ordering::Relaxed);
+                shared.store_ms_sum.fetch_add(store_ms, Ordering::Relaxed);
+                shared.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+                let n = msgs.len() as u64;
+                let total = shared.progress.done.fetch_add(n, Ordering::Relaxed) + n;
+                if shared.limit.is_some_and(|l| total >= l) {
+                    shared.reached.notify_one();
+                }
+                ConsumeConcurrentlyStatus::Success
+            },
+        )
+    };
+    let consumer = PushConsumer::builder()
+        .namesrv_addr(args.namesrv.clone())
+        .group(args.group.clone())
+        .subscribe(args.topic.clone(), args.tag.clone())
+        .consume_from_where(match args.from {
+            StartFrom::First => ConsumeFromWhere::ConsumeFromFirstOffset,
+            StartFrom::Last => ConsumeFromWhere::ConsumeFromLastOffset,
+        })
+        .consume_thread_max(args.threads)
+        .consume_message_batch_max_size(args.consume_batch)
+        .listener_concurrently(listener)
+        .build()
+        .context("cannot create the consumer")?;
+    consumer
+        .start()
+        .await
+        .context("cannot start the consumer")?;
+
+    let reporter = Reporter::start_with(
+        "consume",
+        args.count,
+        Arc::clone(&progress),
+        Some(latency.live_extra()),
+    );
+    let deadline = async {
+        match args.duration {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    let count_reached = async {
+        if args.count.is_some() {
+            shared.reached.notified().await
+        } else {
+            std::future::pending().await
+        }
+    };
+    tokio::select! {
+        _ = count_reached => {}
+        _ = deadline => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let elapsed = shared.started.elapsed();
+    drop(reporter);
+    consumer.shutdown().await;
+
+    let received = progress.done.load(Ordering::Relaxed);
+    let bytes = progress.bytes.load(Ordering::Relaxed);
+    let h = latency.total();
+    // Rates over the receiving window, so that start-up (route lookup,
+    // rebalance) does not dilute them.
+    let first = shared.first_us.load(Ordering::Relaxed);
+    let last = shared.last_us.load(Ordering::Relaxed);
+    let window = if received > 1 && last > first {
+        (last - first) as f64 / 1e6
+    } else {
+        elapsed.as_secs_f64()
+    }
+    .max(1e-9);
+    let tps = received as f64 / window;
+    let mb_per_s = bytes as f64 / window / 1e6;
+    let store_avg_ms = if received > 0 {
+        shared.store_ms_sum.load(Ordering::Relaxed) as f64 / received as f64
+    } else {
+        0.0
+    };
+    if args.json {
+        let summary = serde_json::json!({
+            "bench": "consume",
+            "topic": args.topic,
+            "group": args.group,
+            "elapsed_s": round3(elapsed.as_secs_f64()),
+            "received": received,
+            "failed": 0,
+            "tps": round3(tps),
+            "mb_per_s": round3(mb_per_s),
+            "avg_ms": round3(h.mean() / 1000.0),
+            "p50_ms": ms_at(&h, 0.5),
+            "p90_ms": ms_at(&h, 0.9),
+            "p99_ms": ms_at(&h, 0.99),
+            "p999_ms": ms_at(&h, 0.999),
+            "max_ms": h.max() as f64 / 1000.0,
+            "store_avg_ms": round3(store_avg_ms),
+        });
+        println!("{summary}");
+    } else {
+        println!(
+            "bench consume: topic {}, group {}, subscription {}",
+            args.topic, args.group, args.tag
+        );
+        println!(
+            "  received    {received} messages in {:.2} s",
+            elapsed.as_secs_f64()
+        );
+        println!("  throughput  {tps:.0} msg/s, {mb_per_s:.2} MB/s (while receiving)");
+        println!(
+            "  end-to-end latency ms (born to receipt)  avg {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            h.mean() / 1000.0,
+            ms_at(&h, 0.5),
+            ms_at(&h, 0.9),
+            ms_at(&h, 0.99),
+            ms_at(&h, 0.999),
+            h.max() as f64 / 1000.0
+        );
+        println!("  born to stored avg {store_avg_ms:.1} ms");
+    }
+    if let Some(limit) = args.count {
+        if received < limit {
+            bail!("received {received} of {limit} messages before stopping");
+        }
+    }
+    Ok(())
+}
