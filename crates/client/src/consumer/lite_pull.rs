@@ -275,6 +275,12 @@ impl LitePullConsumer {
         }
         inner.refresh_routes().await;
         inner.heartbeat().await;
+        // Assigned queues are pulled as soon as start returns, so a seek
+        // right after start finds them.
+        let assigned = inner.assigned.lock().clone();
+        if let Some(set) = assigned {
+            inner.apply_assignment(set).await;
+        }
         *inner.next_auto_commit.lock() = Instant::now() + inner.config.auto_commit_interval;
         let weak = Arc::downgrade(inner);
         let mut tasks = self.tasks.lock();
@@ -592,7 +598,13 @@ impl LiteInner {
                 task: Mutex::new(None),
             });
             self.queues.lock().insert(mq.clone(), Arc::clone(&q));
-            let task = tokio::spawn(lite_pull_loop(Arc::downgrade(self), mq, Arc::clone(&q)));
+            let task = tokio::spawn(lite_pull_loop(
+                Arc::downgrade(self),
+                mq,
+                Arc::clone(&q),
+                0,
+                start,
+            ));
             *q.task.lock() = Some(task);
             changed = true;
         }
@@ -609,14 +621,16 @@ impl LiteInner {
         if let Some(t) = q.task.lock().take() {
             t.abort();
         }
-        q.generation.fetch_add(1, Ordering::AcqRel);
         q.pull_offset.store(offset, Ordering::Release);
         q.consume_offset.store(offset, Ordering::Release);
         q.buffered.store(0, Ordering::Release);
+        let generation = q.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let task = tokio::spawn(lite_pull_loop(
             Arc::downgrade(self),
             mq.clone(),
             Arc::clone(&q),
+            generation,
+            offset,
         ));
         *q.task.lock() = Some(task);
         Ok(())
@@ -645,11 +659,25 @@ impl LiteInner {
     }
 }
 
-async fn lite_pull_loop(weak: Weak<LiteInner>, mq: MessageQueue, q: Arc<LiteQueue>) {
+/// One queue's pull loop. It owns the position it pulls from and belongs to
+/// one generation of the queue: a seek bumps the generation and starts a new
+/// loop, and a loop that finds itself outdated stops without touching the
+/// queue (an aborted task may still be running on another worker thread
+/// until its next await, so it must never publish a stale batch or offset).
+async fn lite_pull_loop(
+    weak: Weak<LiteInner>,
+    mq: MessageQueue,
+    q: Arc<LiteQueue>,
+    generation: u64,
+    mut offset: i64,
+) {
     let mut broker_id = MASTER_ID;
     loop {
         let Some(c) = weak.upgrade() else { return };
-        if q.dropped.load(Ordering::Acquire) || !c.running() {
+        if q.dropped.load(Ordering::Acquire)
+            || !c.running()
+            || q.generation.load(Ordering::Acquire) != generation
+        {
             return;
         }
         if q.buffered.load(Ordering::Acquire) > c.config.pull_threshold_for_queue {
@@ -675,8 +703,6 @@ async fn lite_pull_loop(weak: Weak<LiteInner>, mq: MessageQueue, q: Arc<LiteQueu
                 }
             },
         };
-        let generation = q.generation.load(Ordering::Acquire);
-        let offset = q.pull_offset.load(Ordering::Acquire);
         let header = PullMessageRequestHeader {
             consumer_group: c.config.group.clone(),
             topic: mq.topic.clone(),
@@ -726,7 +752,9 @@ async fn lite_pull_loop(weak: Weak<LiteInner>, mq: MessageQueue, q: Arc<LiteQueu
             }
         };
         broker_id = r.suggest_which_broker_id;
-        q.pull_offset.store(r.next_begin_offset, Ordering::Release);
+        let requested = offset;
+        offset = r.next_begin_offset;
+        q.pull_offset.store(offset, Ordering::Release);
         if r.status == PullStatus::Found {
             let msgs: Vec<MessageExt> = r
                 .messages
@@ -748,7 +776,7 @@ async fn lite_pull_loop(weak: Weak<LiteInner>, mq: MessageQueue, q: Arc<LiteQueu
         } else if r.status == PullStatus::OffsetIllegal {
             tracing::warn!(
                 ?mq,
-                requested = offset,
+                requested,
                 next = r.next_begin_offset,
                 "lite pull offset moved"
             );
