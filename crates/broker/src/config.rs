@@ -325,7 +325,7 @@ impl BrokerConfig {
                 }
                 "storePathCommitLog" => {
                     let expected = self.store.store_path_root_dir.join("commitlog");
-                    if PathBuf::from(v) != expected {
+                    if expected.as_os_str() != v {
                         tracing::warn!(
                             "storePathCommitLog '{v}' ignored: the CommitLog always lives in \
                              <storePathRootDir>/commitlog"
@@ -337,7 +337,7 @@ impl BrokerConfig {
                 }
                 "mappedFileSizeConsumeQueue" => {
                     let n: u64 = parse(k, v)?;
-                    if n == 0 || n % 20 != 0 {
+                    if n == 0 || !n.is_multiple_of(20) {
                         return Err(BrokerError::config(
                             k,
                             format!("{n} is not a positive multiple of 20"),

@@ -7,7 +7,9 @@ mod ba_common;
 
 use std::time::Duration;
 
-use apogee_protocol::body::{CheckClientRequestBody, GetConsumerListByGroupResponseBody, SubscriptionData};
+use apogee_protocol::body::{
+    CheckClientRequestBody, GetConsumerListByGroupResponseBody, SubscriptionData,
+};
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::header::{GetConsumerListByGroupRequestHeader, UnregisterClientRequestHeader};
 use apogee_protocol::RemotingCommand;
@@ -50,15 +52,24 @@ async fn members_are_listed_and_notified_on_join_leave_and_close() {
 
     let mut m1 = Member::new("10.0.0.1@a");
     let mut m2 = Member::new("10.0.0.2@b");
-    assert_eq!(m1.heartbeat(&broker.addr, "g", &["T"]).await.code, response_code::SUCCESS);
+    assert_eq!(
+        m1.heartbeat(&broker.addr, "g", &["T"]).await.code,
+        response_code::SUCCESS
+    );
     assert_notify(m1.next_push(TIMEOUT).await, "g"); // its own arrival
-    assert_eq!(consumer_list(&broker, "g").await.unwrap(), vec!["10.0.0.1@a"]);
+    assert_eq!(
+        consumer_list(&broker, "g").await.unwrap(),
+        vec!["10.0.0.1@a"]
+    );
 
     // A second member joins: both are told.
     m2.heartbeat(&broker.addr, "g", &["T"]).await;
     assert_notify(m1.next_push(TIMEOUT).await, "g");
     assert_notify(m2.next_push(TIMEOUT).await, "g");
-    assert_eq!(consumer_list(&broker, "g").await.unwrap(), vec!["10.0.0.1@a", "10.0.0.2@b"]);
+    assert_eq!(
+        consumer_list(&broker, "g").await.unwrap(),
+        vec!["10.0.0.1@a", "10.0.0.2@b"]
+    );
 
     // A repeated heartbeat with the same subscriptions changes nothing.
     m1.heartbeat(&broker.addr, "g", &["T"]).await;
@@ -72,11 +83,17 @@ async fn members_are_listed_and_notified_on_join_leave_and_close() {
         ..Default::default()
     };
     let resp = m2
-        .call(&broker.addr, RemotingCommand::request(request_code::UNREGISTER_CLIENT).with_header(&h))
+        .call(
+            &broker.addr,
+            RemotingCommand::request(request_code::UNREGISTER_CLIENT).with_header(&h),
+        )
         .await;
     assert_eq!(resp.code, response_code::SUCCESS);
     assert_notify(m1.next_push(TIMEOUT).await, "g");
-    assert_eq!(consumer_list(&broker, "g").await.unwrap(), vec!["10.0.0.1@a"]);
+    assert_eq!(
+        consumer_list(&broker, "g").await.unwrap(),
+        vec!["10.0.0.1@a"]
+    );
 
     // It comes back, then its connection drops: removed and m1 is told.
     m2.heartbeat(&broker.addr, "g", &["T"]).await;
@@ -85,14 +102,20 @@ async fn members_are_listed_and_notified_on_join_leave_and_close() {
     m2.client.close().await;
     assert_notify(m1.next_push(TIMEOUT).await, "g");
     assert!(
-        eventually(TIMEOUT, || broker.ctx().consumers.client_ids("g") == vec!["10.0.0.1@a".to_string()]).await
+        eventually(TIMEOUT, || broker.ctx().consumers.client_ids("g")
+            == vec!["10.0.0.1@a".to_string()])
+        .await
     );
 
     // A subscription change notifies too.
     m1.drain();
     m1.heartbeat(&broker.addr, "g", &["T", "T2"]).await;
     assert_notify(m1.next_push(TIMEOUT).await, "g");
-    assert!(broker.ctx().consumers.find_subscription("g", "T2").is_some());
+    assert!(broker
+        .ctx()
+        .consumers
+        .find_subscription("g", "T2")
+        .is_some());
 
     m1.client.close().await;
     broker.stop().await;
@@ -122,18 +145,28 @@ async fn producers_register_and_unregister() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(broker_config(dir.path(), None)).await;
     let p = Member::new("10.0.0.9@p");
-    assert_eq!(p.producer_heartbeat(&broker.addr, "pg").await.code, response_code::SUCCESS);
+    assert_eq!(
+        p.producer_heartbeat(&broker.addr, "pg").await.code,
+        response_code::SUCCESS
+    );
     let conns = broker.ctx().producers.connections("pg");
     assert_eq!(conns.len(), 1);
     assert_eq!(conns[0].client_id, "10.0.0.9@p");
-    assert!(broker.ctx().producers.channel_for_client("10.0.0.9@p").is_some());
+    assert!(broker
+        .ctx()
+        .producers
+        .channel_for_client("10.0.0.9@p")
+        .is_some());
     let h = UnregisterClientRequestHeader {
         client_id: "10.0.0.9@p".into(),
         producer_group: Some("pg".into()),
         ..Default::default()
     };
-    p.call(&broker.addr, RemotingCommand::request(request_code::UNREGISTER_CLIENT).with_header(&h))
-        .await;
+    p.call(
+        &broker.addr,
+        RemotingCommand::request(request_code::UNREGISTER_CLIENT).with_header(&h),
+    )
+    .await;
     assert!(broker.ctx().producers.connections("pg").is_empty());
     p.client.close().await;
     broker.stop().await;
@@ -150,7 +183,12 @@ async fn heartbeat_creates_group_and_retry_topic_and_rejects_bad_bodies() {
     assert_eq!(retry.write_queue_nums, 1);
     assert_eq!(retry.perm, 6);
 
-    let resp = m.call(&broker.addr, RemotingCommand::request(request_code::HEART_BEAT)).await;
+    let resp = m
+        .call(
+            &broker.addr,
+            RemotingCommand::request(request_code::HEART_BEAT),
+        )
+        .await;
     assert_eq!(resp.code, response_code::SYSTEM_ERROR);
     assert!(resp.remark.unwrap().contains("HeartbeatData"));
     let resp = m
@@ -163,7 +201,12 @@ async fn heartbeat_creates_group_and_retry_topic_and_rejects_bad_bodies() {
     assert!(resp.remark.unwrap().starts_with("bad HEART_BEAT body"));
 
     // UNREGISTER_CLIENT without clientID names the missing field.
-    let resp = m.call(&broker.addr, RemotingCommand::request(request_code::UNREGISTER_CLIENT)).await;
+    let resp = m
+        .call(
+            &broker.addr,
+            RemotingCommand::request(request_code::UNREGISTER_CLIENT),
+        )
+        .await;
     assert_eq!(resp.code, response_code::SYSTEM_ERROR);
     assert!(resp.remark.unwrap().contains("clientID"));
     m.client.close().await;

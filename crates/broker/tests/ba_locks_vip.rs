@@ -28,7 +28,9 @@ fn lock_body(client: &str, ids: &[i32]) -> Vec<u8> {
 
 async fn lock(broker: &Broker, client: &str, ids: &[i32]) -> BTreeSet<i32> {
     let resp = broker
-        .call(RemotingCommand::request(request_code::LOCK_BATCH_MQ).with_body(lock_body(client, ids)))
+        .call(
+            RemotingCommand::request(request_code::LOCK_BATCH_MQ).with_body(lock_body(client, ids)),
+        )
         .await;
     assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
     LockBatchResponseBody::decode(resp.body.as_deref().unwrap_or(b"{}"))
@@ -41,7 +43,10 @@ async fn lock(broker: &Broker, client: &str, ids: &[i32]) -> BTreeSet<i32> {
 
 async fn unlock(broker: &Broker, client: &str, ids: &[i32]) {
     let resp = broker
-        .call(RemotingCommand::request(request_code::UNLOCK_BATCH_MQ).with_body(lock_body(client, ids)))
+        .call(
+            RemotingCommand::request(request_code::UNLOCK_BATCH_MQ)
+                .with_body(lock_body(client, ids)),
+        )
         .await;
     assert_eq!(resp.code, response_code::SUCCESS);
 }
@@ -67,7 +72,9 @@ async fn lock_unlock_and_expiry() {
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(lock(&broker, "c2", &[0]).await, BTreeSet::from([0]));
 
-    let resp = broker.call(RemotingCommand::request(request_code::LOCK_BATCH_MQ)).await;
+    let resp = broker
+        .call(RemotingCommand::request(request_code::LOCK_BATCH_MQ))
+        .await;
     assert_eq!(resp.code, response_code::SYSTEM_ERROR);
     assert!(resp.remark.unwrap().contains("LockBatchRequestBody"));
     let resp = broker
@@ -110,7 +117,10 @@ async fn vip_port_serves_everything_but_pulls() {
     let resp = m.call(&broker.addr, pull(request_code::PULL_MESSAGE)).await;
     assert_ne!(resp.code, response_code::REQUEST_CODE_NOT_SUPPORTED);
     // Everything else works on the VIP port.
-    assert_eq!(m.heartbeat(&vip, "g", &["TBW102"]).await.code, response_code::SUCCESS);
+    assert_eq!(
+        m.heartbeat(&vip, "g", &["TBW102"]).await.code,
+        response_code::SUCCESS
+    );
     m.client.close().await;
     broker.stop().await;
 }

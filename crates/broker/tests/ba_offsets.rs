@@ -9,7 +9,8 @@ use std::time::Duration;
 use apogee_protocol::body::{SubscriptionGroupConfig, TopicConfig};
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::header::{
-    QueryConsumerOffsetRequestHeader, QueryConsumerOffsetResponseHeader, UpdateConsumerOffsetRequestHeader,
+    QueryConsumerOffsetRequestHeader, QueryConsumerOffsetResponseHeader,
+    UpdateConsumerOffsetRequestHeader,
 };
 use apogee_protocol::message::MessageToStore;
 use apogee_protocol::RemotingCommand;
@@ -17,26 +18,35 @@ use ba_common::*;
 use bytes::Bytes;
 
 fn update(group: &str, topic: &str, queue_id: i32, offset: i64) -> RemotingCommand {
-    RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET).with_header(&UpdateConsumerOffsetRequestHeader {
-        consumer_group: group.into(),
-        topic: topic.into(),
-        queue_id,
-        commit_offset: offset,
-        ..Default::default()
-    })
+    RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET).with_header(
+        &UpdateConsumerOffsetRequestHeader {
+            consumer_group: group.into(),
+            topic: topic.into(),
+            queue_id,
+            commit_offset: offset,
+            ..Default::default()
+        },
+    )
 }
 
 fn query(group: &str, topic: &str, queue_id: i32, zero: Option<bool>) -> RemotingCommand {
-    RemotingCommand::request(request_code::QUERY_CONSUMER_OFFSET).with_header(&QueryConsumerOffsetRequestHeader {
-        consumer_group: group.into(),
-        topic: topic.into(),
-        queue_id,
-        set_zero_if_not_found: zero,
-        ..Default::default()
-    })
+    RemotingCommand::request(request_code::QUERY_CONSUMER_OFFSET).with_header(
+        &QueryConsumerOffsetRequestHeader {
+            consumer_group: group.into(),
+            topic: topic.into(),
+            queue_id,
+            set_zero_if_not_found: zero,
+            ..Default::default()
+        },
+    )
 }
 
-async fn queried(broker: &Broker, group: &str, topic: &str, queue_id: i32) -> Result<i64, (i32, String)> {
+async fn queried(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    queue_id: i32,
+) -> Result<i64, (i32, String)> {
     let resp = broker.call(query(group, topic, queue_id, None)).await;
     if resp.code != response_code::SUCCESS {
         return Err((resp.code, resp.remark.unwrap_or_default()));
@@ -82,14 +92,20 @@ async fn commit_query_and_not_found_rules() {
     topic(&broker, "T", 4);
     broker.ctx().groups.find_or_create("g").unwrap();
 
-    assert_eq!(broker.call(update("g", "T", 0, 12)).await.code, response_code::SUCCESS);
+    assert_eq!(
+        broker.call(update("g", "T", 0, 12)).await.code,
+        response_code::SUCCESS
+    );
     assert_eq!(queried(&broker, "g", "T", 0).await, Ok(12));
     assert_eq!(broker.ctx().offsets.query("g", "T", 0), Some(12));
 
     // Never committed, empty queue: QUERY_NOT_FOUND with Java's remark.
     let (code, remark) = queried(&broker, "g", "T", 1).await.unwrap_err();
     assert_eq!(code, response_code::QUERY_NOT_FOUND);
-    assert_eq!(remark, "Not found, V3_0_6_SNAPSHOT maybe this group consumer boot first");
+    assert_eq!(
+        remark,
+        "Not found, V3_0_6_SNAPSHOT maybe this group consumer boot first"
+    );
 
     // A young queue whose first message is still in memory reads from 0 ...
     store_one(&broker, "T", 2);
@@ -121,7 +137,10 @@ async fn bad_offset_requests_get_codes_and_remarks() {
         let resp = broker.call(update("g", "T", q, 1)).await;
         assert_eq!(resp.code, response_code::SYSTEM_ERROR);
         let remark = resp.remark.unwrap();
-        assert!(remark.contains(&format!("queueId {q} is illegal")), "{remark}");
+        assert!(
+            remark.contains(&format!("queueId {q} is illegal")),
+            "{remark}"
+        );
         let resp = broker.call(query("g", "T", q, None)).await;
         assert_eq!(resp.code, response_code::SYSTEM_ERROR);
     }
@@ -156,7 +175,9 @@ async fn offsets_are_persisted_periodically() {
     broker.call(update("g", "T", 1, 77)).await;
     let file = dir.path().join("config/consumerOffset.json");
     assert!(
-        eventually(TIMEOUT, || std::fs::read_to_string(&file).is_ok_and(|t| t.contains("\"T@g\":{1:77}"))).await,
+        eventually(TIMEOUT, || std::fs::read_to_string(&file)
+            .is_ok_and(|t| t.contains("\"T@g\":{1:77}")))
+        .await,
         "offset never persisted"
     );
     broker.stop().await;
@@ -171,13 +192,24 @@ async fn offsets_topics_and_groups_survive_restart() {
         let mut g = SubscriptionGroupConfig::new("kg");
         g.retry_max_times = 4;
         broker.ctx().groups.update(g);
-        assert_eq!(broker.call(update("kg", "Kept", 3, 41)).await.code, response_code::SUCCESS);
+        assert_eq!(
+            broker.call(update("kg", "Kept", 3, 41)).await.code,
+            response_code::SUCCESS
+        );
         broker.stop().await;
     }
     let broker = Broker::start(broker_config(dir.path(), None)).await;
     assert_eq!(queried(&broker, "kg", "Kept", 3).await, Ok(41));
     let t = broker.ctx().topics.get("Kept").expect("topic reloaded");
     assert_eq!((t.read_queue_nums, t.write_queue_nums), (5, 5));
-    assert_eq!(broker.ctx().groups.get("kg").expect("group reloaded").retry_max_times, 4);
+    assert_eq!(
+        broker
+            .ctx()
+            .groups
+            .get("kg")
+            .expect("group reloaded")
+            .retry_max_times,
+        4
+    );
     broker.stop().await;
 }

@@ -19,9 +19,17 @@ async fn route(client: &RemotingClient, namesrv: &str, topic: &str) -> Option<To
         ..Default::default()
     };
     let cmd = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC).with_header(&h);
-    let resp = client.invoke(namesrv, cmd, TIMEOUT).await.expect("route call");
+    let resp = client
+        .invoke(namesrv, cmd, TIMEOUT)
+        .await
+        .expect("route call");
     if resp.code != response_code::SUCCESS {
-        assert_eq!(resp.code, response_code::TOPIC_NOT_EXIST, "{:?}", resp.remark);
+        assert_eq!(
+            resp.code,
+            response_code::TOPIC_NOT_EXIST,
+            "{:?}",
+            resp.remark
+        );
         return None;
     }
     Some(TopicRouteData::decode(resp.body.as_deref().unwrap_or_default()).expect("route body"))
@@ -42,11 +50,17 @@ async fn broker_topics_appear_in_routes_and_vanish_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let ns = start_namesrv(dir.path()).await;
     let ns_addr = ns.local_addr().to_string();
-    let broker = Broker::start(broker_config(&dir.path().join("store"), Some(ns_addr.clone()))).await;
+    let broker = Broker::start(broker_config(
+        &dir.path().join("store"),
+        Some(ns_addr.clone()),
+    ))
+    .await;
     let client = RemotingClient::new(ClientConfig::default());
 
     // Registered before start returned: TBW102 is routable with RW+INHERIT.
-    let r = route(&client, &ns_addr, "TBW102").await.expect("TBW102 route");
+    let r = route(&client, &ns_addr, "TBW102")
+        .await
+        .expect("TBW102 route");
     assert_eq!(r.broker_datas.len(), 1);
     let bd = &r.broker_datas[0];
     assert_eq!(bd.broker_name, "broker-a");
@@ -54,8 +68,16 @@ async fn broker_topics_appear_in_routes_and_vanish_on_shutdown() {
     assert_eq!(bd.broker_addrs.get(&0), Some(&broker.addr));
     assert_eq!(r.queue_datas[0].write_queue_nums, 8);
     assert_eq!(r.queue_datas[0].perm, 7);
-    for t in ["broker-a", "DefaultCluster", "SCHEDULE_TOPIC_XXXX", "SELF_TEST_TOPIC"] {
-        assert!(route(&client, &ns_addr, t).await.is_some(), "{t} not routable");
+    for t in [
+        "broker-a",
+        "DefaultCluster",
+        "SCHEDULE_TOPIC_XXXX",
+        "SELF_TEST_TOPIC",
+    ] {
+        assert!(
+            route(&client, &ns_addr, t).await.is_some(),
+            "{t} not routable"
+        );
     }
 
     // A consumer heartbeat creates %RETRY%g1, which is registered soon.
@@ -65,7 +87,10 @@ async fn broker_topics_appear_in_routes_and_vanish_on_shutdown() {
     assert_eq!(resp.code, response_code::SUCCESS);
     assert_eq!(resp.ext("IS_SUPPORT_HEART_BEAT_V2"), Some("true"));
     assert!(broker.ctx().topics.get("%RETRY%g1").is_some());
-    assert!(wait_route(&client, &ns_addr, "%RETRY%g1", true).await, "retry topic never registered");
+    assert!(
+        wait_route(&client, &ns_addr, "%RETRY%g1", true).await,
+        "retry topic never registered"
+    );
 
     // So is a topic created by an admin path.
     broker.ctx().topics.update(TopicConfig {
@@ -117,7 +142,9 @@ async fn several_namesrv_addresses_all_get_the_registration() {
     let broker = Broker::start(broker_config(&dir.path().join("store"), Some(addrs))).await;
     let client = RemotingClient::new(ClientConfig::default());
     for ns in [&ns1, &ns2] {
-        assert!(route(&client, &ns.local_addr().to_string(), "TBW102").await.is_some());
+        assert!(route(&client, &ns.local_addr().to_string(), "TBW102")
+            .await
+            .is_some());
     }
     broker.stop().await;
     client.close().await;

@@ -375,3 +375,192 @@ fn notify_channels(group: &str, channels: &[Channel]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use apogee_protocol::LanguageCode;
+    use apogee_remoting::{
+        processor_fn, ClientConfig, ProcessorRegistry, RemotingClient, RemotingServer, ServerConfig,
+    };
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A server that records NOTIFY_CONSUMER_IDS_CHANGED per connection,
+    /// and client channels to it standing in for consumer connections.
+    struct Peer {
+        server: RemotingServer,
+        notified: mpsc::UnboundedReceiver<(u16, String)>,
+        clients: Vec<RemotingClient>,
+    }
+
+    impl Peer {
+        async fn new() -> Peer {
+            let registry = ProcessorRegistry::new();
+            let (tx, rx) = mpsc::unbounded_channel();
+            registry.register(
+                request_code::NOTIFY_CONSUMER_IDS_CHANGED,
+                processor_fn(move |ctx, req: RemotingCommand| {
+                    let tx = tx.clone();
+                    async move {
+                        let group = req.ext("consumerGroup").unwrap_or_default().to_string();
+                        let _ = tx.send((ctx.peer_addr().port(), group));
+                        Ok(None)
+                    }
+                }),
+            );
+            let server =
+                RemotingServer::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap()), registry)
+                    .await
+                    .unwrap();
+            Peer {
+                server,
+                notified: rx,
+                clients: Vec::new(),
+            }
+        }
+
+        async fn channel(&mut self) -> Channel {
+            let c = RemotingClient::new(ClientConfig::default());
+            let ch = c
+                .channel(&self.server.local_addr().to_string())
+                .await
+                .unwrap();
+            self.clients.push(c);
+            ch
+        }
+
+        /// Local ports of the channels notified within a short wait.
+        async fn notified_ports(&mut self) -> Vec<u16> {
+            let mut v = Vec::new();
+            while let Ok(Some((port, _))) =
+                tokio::time::timeout(Duration::from_millis(300), self.notified.recv()).await
+            {
+                v.push(port);
+            }
+            v.sort();
+            v
+        }
+    }
+
+    fn info(ch: &Channel, id: &str) -> ClientChannelInfo {
+        ClientChannelInfo::new(ch.clone(), id, LanguageCode::Java, 400)
+    }
+
+    fn subs(topics: &[&str]) -> Vec<SubscriptionData> {
+        topics
+            .iter()
+            .map(|t| SubscriptionData::tag(*t, "*"))
+            .collect()
+    }
+
+    fn reg(m: &ConsumerManager, ch: &Channel, id: &str, topics: &[&str]) -> bool {
+        m.register(
+            "g",
+            info(ch, id),
+            ConsumeType::ConsumePassively,
+            MessageModel::Clustering,
+            ConsumeFromWhere::ConsumeFromLastOffset,
+            subs(topics),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn membership_changes_notify_every_member() {
+        let mut peer = Peer::new().await;
+        let (a, b) = (peer.channel().await, peer.channel().await);
+        let m = ConsumerManager::new(Duration::from_secs(120));
+        assert!(reg(&m, &a, "A", &["T"]));
+        assert_eq!(peer.notified_ports().await, vec![a.local_addr().port()]);
+        assert!(reg(&m, &b, "B", &["T"]));
+        let mut both = vec![a.local_addr().port(), b.local_addr().port()];
+        both.sort();
+        assert_eq!(peer.notified_ports().await, both);
+        // Same heartbeat again: nothing changes, nobody is told.
+        assert!(!reg(&m, &a, "A", &["T"]));
+        assert!(peer.notified_ports().await.is_empty());
+        assert_eq!(m.client_ids("g"), vec!["A", "B"]);
+        // B leaves: A is told.
+        assert!(m.unregister("g", "B"));
+        assert!(!m.unregister("g", "B"));
+        assert_eq!(peer.notified_ports().await, vec![a.local_addr().port()]);
+        // Dropping a subscription is a change too.
+        assert!(reg(&m, &a, "A", &["T", "U"]));
+        peer.notified_ports().await;
+        assert!(reg(&m, &a, "A", &["U"]));
+        assert!(m.find_subscription("g", "T").is_none());
+        assert_eq!(m.groups_by_topic("U"), vec!["g"]);
+        // The last member closing removes the group.
+        assert_eq!(m.on_channel_closed(a.id()), vec!["g".to_string()]);
+        assert!(m.group_info("g").is_none());
+        assert!(m.groups().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn newer_sub_version_replaces_silently_and_v2_keeps_subscriptions() {
+        let mut peer = Peer::new().await;
+        let a = peer.channel().await;
+        let m = ConsumerManager::new(Duration::from_secs(120));
+        reg(&m, &a, "A", &["T"]);
+        peer.notified_ports().await;
+        let mut newer = SubscriptionData::tag("T", "x || y");
+        newer.sub_version += 1_000;
+        let changed = m.register(
+            "g",
+            info(&a, "A"),
+            ConsumeType::ConsumePassively,
+            MessageModel::Clustering,
+            ConsumeFromWhere::ConsumeFromFirstOffset,
+            vec![newer],
+        );
+        assert!(!changed);
+        assert_eq!(m.find_subscription("g", "T").unwrap().sub_string, "x || y");
+        let gi = m.group_info("g").unwrap();
+        assert_eq!(
+            gi.consume_from_where,
+            ConsumeFromWhere::ConsumeFromFirstOffset
+        );
+        // A heartbeat without subscriptions leaves them alone.
+        m.register_with_notify(
+            "g",
+            info(&a, "A"),
+            ConsumeType::ConsumePassively,
+            MessageModel::Clustering,
+            ConsumeFromWhere::ConsumeFromFirstOffset,
+            None,
+            true,
+        );
+        assert!(m.find_subscription("g", "T").is_some());
+        m.set_fingerprint("g", 42);
+        assert_eq!(m.fingerprint("g"), Some(42));
+        assert!(peer.notified_ports().await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_members_expire_and_are_closed() {
+        let mut peer = Peer::new().await;
+        let (a, b) = (peer.channel().await, peer.channel().await);
+        let m = Arc::new(ConsumerManager::new(Duration::from_millis(100)));
+        reg(&m, &a, "A", &["T"]);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        reg(&m, &b, "B", &["T"]);
+        // Scan at once: A is past the limit, B has just been seen.
+        assert_eq!(m.scan_not_active(), vec!["g".to_string()]);
+        assert_eq!(m.client_ids("g"), vec!["B"]);
+        assert!(!a.is_active(), "expired channel is closed");
+        // B was told of its own arrival and of A's removal.
+        let ports = peer.notified_ports().await;
+        assert!(
+            ports
+                .iter()
+                .filter(|p| **p == b.local_addr().port())
+                .count()
+                >= 2,
+            "{ports:?}"
+        );
+        assert!(m.find_channel("g", "B").is_some());
+        assert!(m.find_channel("g", "A").is_none());
+    }
+}

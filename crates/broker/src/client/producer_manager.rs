@@ -140,3 +140,60 @@ impl ProducerManager {
         closed.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use apogee_protocol::LanguageCode;
+    use apogee_remoting::{
+        ClientConfig, ProcessorRegistry, RemotingClient, RemotingServer, ServerConfig,
+    };
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn register_lookup_expire() {
+        let server = RemotingServer::bind(
+            ServerConfig::new("127.0.0.1:0".parse().unwrap()),
+            ProcessorRegistry::new(),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().to_string();
+        let (c1, c2) = (
+            RemotingClient::new(ClientConfig::default()),
+            RemotingClient::new(ClientConfig::default()),
+        );
+        let (a, b) = (
+            c1.channel(&addr).await.unwrap(),
+            c2.channel(&addr).await.unwrap(),
+        );
+        let m = ProducerManager::new(Duration::from_millis(100));
+        assert!(m.register(
+            "pg",
+            ClientChannelInfo::new(a.clone(), "A", LanguageCode::Java, 1)
+        ));
+        assert!(!m.register(
+            "pg",
+            ClientChannelInfo::new(a.clone(), "A", LanguageCode::Java, 1)
+        ));
+        assert_eq!(m.channel_for_client("A"), Some(a.clone()));
+        assert!(m.any_channel("pg").is_some());
+        assert!(m.unregister("pg", "A"));
+        assert!(m.groups().is_empty());
+        m.register(
+            "pg",
+            ClientChannelInfo::new(a.clone(), "A", LanguageCode::Java, 1),
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        m.register(
+            "pg",
+            ClientChannelInfo::new(b.clone(), "B", LanguageCode::Go, 1),
+        );
+        assert_eq!(m.scan_not_active(), 1);
+        let conns = m.connections("pg");
+        assert_eq!(conns.len(), 1);
+        assert_eq!(conns[0].client_id, "B");
+        m.on_channel_closed(b.id());
+        assert!(m.connections("pg").is_empty());
+    }
+}

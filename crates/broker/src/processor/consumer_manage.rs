@@ -205,18 +205,19 @@ fn update_offset(
     success()
 }
 
-fn decode_lock_body(req: &RemotingCommand) -> Result<LockBatchRequestBody, RemotingCommand> {
+/// The error is the response to send (boxed: responses are large).
+fn decode_lock_body(req: &RemotingCommand) -> Result<LockBatchRequestBody, Box<RemotingCommand>> {
     let Some(body) = req.body.as_deref() else {
-        return Err(bad_body(req.code, "LockBatchRequestBody", None));
+        return Err(Box::new(bad_body(req.code, "LockBatchRequestBody", None)));
     };
     LockBatchRequestBody::decode(body)
-        .map_err(|e| bad_body(req.code, "LockBatchRequestBody", Some(&e)))
+        .map_err(|e| Box::new(bad_body(req.code, "LockBatchRequestBody", Some(&e))))
 }
 
 fn lock_batch(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
     let body = match decode_lock_body(req) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let mqs: Vec<MessageQueue> = body.mq_set.into_iter().collect();
     let locked = ctx
@@ -231,7 +232,7 @@ fn lock_batch(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
 fn unlock_batch(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
     let body = match decode_lock_body(req) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let mqs: Vec<MessageQueue> = body.mq_set.into_iter().collect();
     ctx.locks

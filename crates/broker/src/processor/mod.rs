@@ -23,7 +23,10 @@ pub fn error_response(code: i32, remark: impl Into<String>) -> RemotingCommand {
 pub fn bad_header(code: i32, e: &ProtocolError) -> RemotingCommand {
     let name = apogee_protocol::code::request_code_name(code).unwrap_or("request");
     tracing::warn!(code, error = %e, "bad {name} header");
-    error_response(response_code::SYSTEM_ERROR, format!("bad {name} header: {e}"))
+    error_response(
+        response_code::SYSTEM_ERROR,
+        format!("bad {name} header: {e}"),
+    )
 }
 
 /// The response for a request whose body is missing or malformed.

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use apogee_broker::{BrokerConfig, BrokerContext, BrokerController};
 use apogee_namesrv::{NameServer, NamesrvConfig};
-use apogee_protocol::body::{ConsumerData, HeartbeatData, MessageModel, ProducerData, SubscriptionData};
+use apogee_protocol::body::{
+    ConsumerData, HeartbeatData, MessageModel, ProducerData, SubscriptionData,
+};
 use apogee_protocol::code::request_code;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ClientConfig, ProcessorRegistry, RemotingClient};
@@ -105,7 +107,10 @@ impl Member {
     }
 
     pub async fn call(&self, addr: &str, cmd: RemotingCommand) -> RemotingCommand {
-        self.client.invoke(addr, cmd, TIMEOUT).await.expect("invoke")
+        self.client
+            .invoke(addr, cmd, TIMEOUT)
+            .await
+            .expect("invoke")
     }
 
     /// Sends a consumer heartbeat for `group` subscribing `topics` with `*`.
@@ -134,7 +139,10 @@ impl Member {
 
     /// The next pushed request within `wait`, if any.
     pub async fn next_push(&mut self, wait: Duration) -> Option<RemotingCommand> {
-        tokio::time::timeout(wait, self.pushed.recv()).await.ok().flatten()
+        tokio::time::timeout(wait, self.pushed.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Drops pushes already received.
@@ -147,7 +155,10 @@ pub fn consumer_data(group: &str, topics: &[&str]) -> ConsumerData {
     ConsumerData {
         group_name: group.into(),
         message_model: MessageModel::Clustering,
-        subscription_data_set: topics.iter().map(|t| SubscriptionData::tag(*t, "*")).collect(),
+        subscription_data_set: topics
+            .iter()
+            .map(|t| SubscriptionData::tag(*t, "*"))
+            .collect(),
         ..Default::default()
     }
 }
