@@ -306,8 +306,8 @@ fn client_produces_every_way_and_push_consumers_receive_each_message_once() {
         let selector = SelectMessageQueueByHash;
         let mut queue_of: HashMap<i32, i32> = HashMap::new();
         let mut order_last: BTreeMap<i32, u64> = BTreeMap::new();
-        for i in 0..9 {
-            let order = (i % 3) as i32;
+        for i in 0..9i32 {
+            let order = i % 3;
             let (body, key) = (format!("order-{order}-{i}"), format!("ORDER_{order}"));
             let r = producer
                 .send_with_selector(
