@@ -13,8 +13,11 @@ use rocketmq_client_rust::{
 use rocketmq_observability::TelemetryRuntimeGuard;
 use rocketmq_runtime::RuntimeOwner;
 
-/// (brokerName -> master address) from cluster info, and TBW102's queues.
-fn examine(namesrv: &str) -> (Vec<(String, String)>, Option<(u32, u32)>) {
+/// (brokerName, master address) pairs from the cluster info.
+type Brokers = Vec<(String, String)>;
+
+/// The brokers in the cluster info, and TBW102's (writeQueueNums, perm).
+fn examine(namesrv: &str) -> (Brokers, Option<(u32, u32)>) {
     let owner = RuntimeOwner::new().unwrap();
     let telemetry = TelemetryRuntimeGuard::noop();
     let client_rt = ClientRuntime::try_new(
