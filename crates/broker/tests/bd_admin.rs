@@ -13,16 +13,18 @@ use apogee_broker::config::BrokerConfig;
 use apogee_broker::context::BrokerContext;
 use apogee_broker::BrokerController;
 use apogee_protocol::body::{
-    ConsumeStats, ConsumerConnection, ConsumerData, GroupList, HeartbeatData, KVTable,
-    MessageQueue, ProducerConnection, ProducerData, ResetOffsetBody, SubscriptionData,
-    SubscriptionGroupConfig, SubscriptionGroupWrapper, TopicConfig,
+    ConsumeMessageDirectlyResult, ConsumeStats, ConsumerConnection, ConsumerData, GroupList,
+    HeartbeatData, KVTable, MessageQueue, ProducerConnection, ProducerData, ResetOffsetBody,
+    SubscriptionData, SubscriptionGroupConfig, SubscriptionGroupWrapper, TopicConfig,
     TopicConfigAndMappingSerializeWrapper, TopicList, TopicStatsTable,
 };
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::header::{
-    CreateTopicRequestHeader, DeleteSubscriptionGroupRequestHeader, DeleteTopicRequestHeader,
-    GetAllTopicConfigResponseHeader, GetBrokerConfigResponseHeader, GetConsumeStatsRequestHeader,
-    GetConsumerConnectionListRequestHeader, GetConsumerRunningInfoRequestHeader,
+    ConsumeMessageDirectlyResultRequestHeader, CreateTopicRequestHeader,
+    DeleteSubscriptionGroupRequestHeader, DeleteTopicRequestHeader,
+    GetAllTopicConfigResponseHeader, GetBrokerConfigResponseHeader, GetConsumeStatsInBrokerHeader,
+    GetConsumeStatsRequestHeader, GetConsumerConnectionListRequestHeader,
+    GetConsumerRunningInfoRequestHeader, GetConsumerStatusRequestHeader,
     GetEarliestMsgStoretimeRequestHeader, GetEarliestMsgStoretimeResponseHeader,
     GetMaxOffsetRequestHeader, GetMaxOffsetResponseHeader, GetMinOffsetRequestHeader,
     GetMinOffsetResponseHeader, GetProducerConnectionListRequestHeader,
@@ -197,6 +199,37 @@ impl FakeClient {
                         format!(r#"{{"properties":{{"answeredBy":"{who}"}}}}"#).into_bytes(),
                     ),
                 ))
+            }),
+        );
+        registry.register(
+            request_code::GET_CONSUMER_STATUS_FROM_CLIENT,
+            processor_fn(move |_, req: RemotingCommand| async move {
+                let topic = req.ext("topic").unwrap_or("").to_owned();
+                let body = format!(
+                    r#"{{"messageQueueTable":{{{{"brokerName":"broker-a","queueId":0,"topic":"{topic}"}}:5}}}}"#
+                );
+                Ok(Some(
+                    RemotingCommand::response(response_code::SUCCESS, None).with_body(body.into_bytes()),
+                ))
+            }),
+        );
+        registry.register(
+            request_code::CONSUME_MESSAGE_DIRECTLY,
+            processor_fn(move |_, req: RemotingCommand| async move {
+                // Echo what arrived: the stored message and the broker's fields.
+                let msg = decode_stored_many_strict(&req.body.clone().unwrap_or_default(), true)
+                    .ok()
+                    .and_then(|m| m.into_iter().next());
+                let remark = format!(
+                    "{}|{}",
+                    msg.map(|m| String::from_utf8_lossy(&m.body).into_owned())
+                        .unwrap_or_default(),
+                    req.ext("brokerName").unwrap_or("")
+                );
+                Ok(Some(RemotingCommand::response(response_code::SUCCESS, None).with_body(
+                    format!(r#"{{"order":false,"autoCommit":true,"consumeResult":"CR_SUCCESS","remark":"{remark}","spentTimeMills":1}}"#)
+                        .into_bytes(),
+                )))
             }),
         );
         let client = RemotingClient::with_processors(ClientConfig::default(), registry);
@@ -1153,6 +1186,69 @@ async fn connections_and_forwarded_running_info() {
     assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
     let text = String::from_utf8_lossy(resp.body.as_deref().unwrap()).into_owned();
     assert!(text.contains(r#""answeredBy":"127.0.0.1@con""#), "{text}");
+    // INVOKE_BROKER_TO_GET_CONSUMER_STATUS asks every client and merges.
+    let st = GetConsumerStatusRequestHeader {
+        topic: "ConT".into(),
+        group: "ConG".into(),
+        ..Default::default()
+    };
+    let resp = b
+        .call_h(request_code::INVOKE_BROKER_TO_GET_CONSUMER_STATUS, &st)
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let text = String::from_utf8_lossy(resp.body.as_deref().unwrap()).into_owned();
+    assert!(
+        text.contains(r#""consumerTable":{"127.0.0.1@con":{{"brokerName":"broker-a","queueId":0,"topic":"ConT"}:5}}"#),
+        "{text}"
+    );
+    let st_none = GetConsumerStatusRequestHeader {
+        group: "Offline".into(),
+        ..st
+    };
+    let resp = b
+        .call_h(request_code::INVOKE_BROKER_TO_GET_CONSUMER_STATUS, &st_none)
+        .await;
+    assert_eq!(resp.code, response_code::SYSTEM_ERROR);
+    assert!(remark(&resp).contains("Offline"));
+
+    // CONSUME_MESSAGE_DIRECTLY: the broker attaches the stored message.
+    let sent = b.send("ConT", 0, "k", &uniq(400), "direct-body").await;
+    let direct = ConsumeMessageDirectlyResultRequestHeader {
+        consumer_group: "ConG".into(),
+        client_id: Some("127.0.0.1@con".into()),
+        msg_id: Some(sent.msg_id.clone()),
+        topic: Some("ConT".into()),
+        ..Default::default()
+    };
+    let resp = b
+        .call_h(request_code::CONSUME_MESSAGE_DIRECTLY, &direct)
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let result = ConsumeMessageDirectlyResult::decode(resp.body.as_deref().unwrap()).unwrap();
+    assert_eq!(result.remark.as_deref(), Some("direct-body|broker-a"));
+    let bad_id = ConsumeMessageDirectlyResultRequestHeader {
+        msg_id: Some("XYZ".into()),
+        ..direct
+    };
+    let resp = b
+        .call_h(request_code::CONSUME_MESSAGE_DIRECTLY, &bad_id)
+        .await;
+    assert_eq!(resp.code, response_code::SYSTEM_ERROR);
+    assert!(remark(&resp).contains("XYZ"), "{:?}", resp.remark);
+
+    // GET_BROKER_CONSUME_STATS lists every group with offsets.
+    b.ctx.offsets.commit("ConG", "ConT", 0, 1);
+    let resp = b
+        .call_h(
+            request_code::GET_BROKER_CONSUME_STATS,
+            &GetConsumeStatsInBrokerHeader { is_order: false },
+        )
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let text = String::from_utf8_lossy(resp.body.as_deref().unwrap()).into_owned();
+    assert!(text.contains(r#""ConG":[{"consumeTps""#), "{text}");
+    assert!(text.contains(r#""totalDiff":0"#), "{text}");
+
     let ri_missing = GetConsumerRunningInfoRequestHeader {
         client_id: "ghost".into(),
         ..ri

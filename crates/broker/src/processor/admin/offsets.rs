@@ -329,10 +329,10 @@ async fn push_reset_to_consumers(
                 .get_or_insert_with(|| bytes::Bytes::from(body.encode()))
                 .clone()
         };
-        let mut cmd = RemotingCommand::request(request_code::RESET_CONSUMER_CLIENT_OFFSET)
+        // send_oneway sets the ONEWAY flag and the opaque.
+        let cmd = RemotingCommand::request(request_code::RESET_CONSUMER_CLIENT_OFFSET)
             .with_header(&header)
             .with_body(payload);
-        cmd.mark_oneway();
         match tokio::time::timeout(PUSH_TIMEOUT, ch.channel.send_oneway(cmd)).await {
             Ok(Ok(())) => sent += 1,
             Ok(Err(e)) => tracing::warn!(client = %ch.client_id, "reset offset push failed: {e}"),
