@@ -171,7 +171,15 @@ impl BrokerController {
         }
         self.namesrv.unregister_broker_all(&self.ctx).await;
         self.ctx.pull_hold.shutdown();
-        self.ctx.schedule.shutdown();
+        // Joins the timer thread and writes its final checkpoint (fsyncs):
+        // blocking work, kept off the async workers.
+        let schedule_ctx = Arc::clone(&self.ctx);
+        if tokio::task::spawn_blocking(move || schedule_ctx.schedule.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!("the delay/timer service did not shut down cleanly");
+        }
         self.server.shutdown().await;
         let ctx = Arc::clone(&self.ctx);
         let done = tokio::task::spawn_blocking(move || {
