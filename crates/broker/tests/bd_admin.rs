@@ -1368,7 +1368,7 @@ async fn broker_config_get_and_update() {
     };
     let resp = b
         .call(update(
-            "autoCreateTopicEnable=false\ndefaultTopicQueueNums=2\n",
+            "autoCreateTopicEnable=false\nmaxTransferCountOnMessageInMemory=40\n",
         ))
         .await;
     assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
@@ -1383,8 +1383,10 @@ async fn broker_config_get_and_update() {
         Some("false")
     );
     assert_eq!(
-        props.get("defaultTopicQueueNums").map(String::as_str),
-        Some("2")
+        props
+            .get("maxTransferCountOnMessageInMemory")
+            .map(String::as_str),
+        Some("40")
     );
 
     // Refusals leave the config untouched (all or nothing).

@@ -277,7 +277,7 @@ fn rocketmq_client_rust_admin_drives_topics_queries_stats_and_config() {
             Some(sa.broker.port().to_string())
         );
         let update: HashMap<CheetahString, CheetahString> =
-            [("defaultTopicQueueNums".into(), "3".into())].into();
+            [("maxTransferCountOnMessageInMemory".into(), "40".into())].into();
         BrokerAdmin::update_broker_config(&admin, broker.clone(), update)
             .await
             .expect("update broker config");
@@ -285,8 +285,8 @@ fn rocketmq_client_rust_admin_drives_topics_queries_stats_and_config() {
             .await
             .expect("broker config");
         assert_eq!(
-            conf_get(&conf, "defaultTopicQueueNums").as_deref(),
-            Some("3")
+            conf_get(&conf, "maxTransferCountOnMessageInMemory").as_deref(),
+            Some("40")
         );
         let refused: HashMap<CheetahString, CheetahString> =
             [("listenPort".into(), "1".into())].into();

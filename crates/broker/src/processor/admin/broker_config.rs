@@ -20,24 +20,17 @@ use crate::config::BrokerConfig;
 use crate::context::BrokerContext;
 
 /// Keys UPDATE_BROKER_CONFIG may change: the ones request handlers read
-/// from `runtime_config` on every request. Everything else is fixed at
-/// start (ports, names, store layout, services built from it).
+/// from `runtime_config` (or that a manager follows) on every request.
+/// Everything else is fixed at start (ports, names, store layout, and the
+/// settings services were built from), so changing it would only pretend.
 pub const RUNTIME_KEYS: &[&str] = &[
     "brokerPermission",
     "autoCreateTopicEnable",
     "autoCreateSubscriptionGroup",
-    "defaultTopicQueueNums",
-    "longPollingEnable",
-    "shortPollingTimeMills",
-    "osPageCacheBusyTimeOutMills",
-    "waitTimeMillsInSendQueue",
     "maxTransferBytesOnMessageInMemory",
     "maxTransferCountOnMessageInMemory",
     "accessMessageInMemoryMaxRatio",
-    "filterSupportRetry",
     "enablePropertyFilter",
-    "useServerSideResetOffset",
-    "rejectTransactionMessage",
 ];
 
 /// Counts accepted updates (the `counter` of the config version header).
@@ -203,12 +196,12 @@ mod tests {
             &cur,
             &props(&[
                 ("autoCreateTopicEnable", "false"),
-                ("defaultTopicQueueNums", "3"),
+                ("maxTransferCountOnMessageInMemory", "7"),
             ]),
         )
         .unwrap();
         assert!(!next.auto_create_topic_enable);
-        assert_eq!(next.default_topic_queue_nums, 3);
+        assert_eq!(next.max_transfer_count_on_message_in_memory, 7);
     }
 
     #[test]
