@@ -150,6 +150,11 @@ impl MappedFileQueue {
         Ok(f)
     }
 
+    /// The segment created ahead of time, if any.
+    pub fn preallocated(&self) -> Option<Arc<MappedFile>> {
+        self.prealloc.lock().clone()
+    }
+
     /// Create the segment after the last one now (file creation and block
     /// reservation happen here, not under the append lock). A crash leaves
     /// it as an all-zero segment past the end, which recovery removes.

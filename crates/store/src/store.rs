@@ -438,6 +438,7 @@ impl MessageStore {
         store.spawn("apogee-store-svc", cleanup::run_service, |i| {
             &i.service_thread
         })?;
+        store.spawn("apogee-warm-cl", crate::warm::run_warmer, |_| &UNUSED)?;
         Ok(store)
     }
 

@@ -33,7 +33,7 @@ pub struct StoreArgs {
     /// sync after fdatasync (group commit).
     #[arg(long, value_enum, default_value_t = FlushMode::Async)]
     flush: FlushMode,
-    /// Concurrent writer threads.
+    /// Concurrent writers (async tasks on two threads, as in the broker).
     #[arg(short = 'w', long, default_value_t = 1)]
     writers: usize,
     /// Reader threads for the read-back phase.
@@ -122,42 +122,59 @@ fn bench(args: &StoreArgs, store: &Arc<MessageStore>) -> anyhow::Result<()> {
     let started = Instant::now();
     let per_writer = args.count / args.writers as u64;
     let extra = args.count % args.writers as u64;
-    let mut handles = Vec::new();
-    for w in 0..args.writers {
-        let n = per_writer + u64::from((w as u64) < extra);
-        let store = Arc::clone(store);
-        let templates = Arc::clone(&templates);
-        let progress = Arc::clone(&progress);
-        handles.push(std::thread::spawn(move || {
-            let mut hist = latency_histogram();
-            let mut first_error = None;
-            for i in 0..n {
-                let msg = &templates[((i as usize) + w) % templates.len()];
-                let t0 = Instant::now();
-                match store.put_message(msg) {
-                    Ok(r) => {
-                        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
-                        progress.done.fetch_add(1, Ordering::Relaxed);
-                        progress
-                            .bytes
-                            .fetch_add(r.wrote_bytes as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => {
+    // Writers are tasks on a two-thread async runtime, the way the broker
+    // drives the store: a SYNC_FLUSH writer awaits its flush instead of
+    // parking an OS thread, so 64 writers cost 64 futures, not 64 threads.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the writer runtime")?;
+    let results = rt.block_on(async {
+        let mut handles = Vec::new();
+        for w in 0..args.writers {
+            let n = per_writer + u64::from((w as u64) < extra);
+            let store = Arc::clone(store);
+            let templates = Arc::clone(&templates);
+            let progress = Arc::clone(&progress);
+            handles.push(tokio::spawn(async move {
+                let mut hist = latency_histogram();
+                let mut first_error = None;
+                for i in 0..n {
+                    let msg = &templates[((i as usize) + w) % templates.len()];
+                    let t0 = Instant::now();
+                    let put = match store.put_message_async(msg) {
+                        Ok(pending) => pending.await,
+                        Err(e) => {
+                            progress.failed.fetch_add(1, Ordering::Relaxed);
+                            first_error.get_or_insert(e.to_string());
+                            break;
+                        }
+                    };
+                    if put.status != apogee_store::PutStatus::Ok {
                         progress.failed.fetch_add(1, Ordering::Relaxed);
-                        first_error.get_or_insert(e.to_string());
-                        break;
+                        first_error.get_or_insert(format!("put status {}", put.status.as_str()));
+                        continue;
                     }
+                    let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    progress
+                        .bytes
+                        .fetch_add(put.wrote_bytes as u64, Ordering::Relaxed);
                 }
-            }
-            (hist, first_error)
-        }));
-    }
+                (hist, first_error)
+            }));
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await);
+        }
+        out
+    });
     let mut hist = latency_histogram();
     let mut errors = Vec::new();
-    for h in handles {
-        let (h, err) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a writer thread panicked"))?;
+    for r in results {
+        let (h, err) = r.map_err(|_| anyhow::anyhow!("a writer task panicked"))?;
         hist.add(&h).context("merging histograms")?;
         errors.extend(err);
     }
