@@ -5,8 +5,8 @@
 //! Nothing here touches a socket or a file; every decoder returns an error
 //! instead of panicking on bad input.
 
-pub mod code;
 pub mod body;
+pub mod code;
 pub mod codec;
 pub mod command;
 pub mod error;
