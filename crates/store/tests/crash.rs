@@ -172,7 +172,8 @@ fn kill_9_at_random_points_loses_nothing_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let mut acked: HashMap<(i32, i64), (i64, Ack)> = HashMap::new();
         let mut total = 0;
-        for round in 0..12 {
+        // At least 20 kill -9 rounds per flush mode.
+        for round in 0..20 {
             let ms = rng.gen_range(30..250);
             let acks = run_round(dir.path(), sync, round, Duration::from_millis(ms));
             total += acks.len();
