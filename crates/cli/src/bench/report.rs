@@ -175,8 +175,17 @@ impl ShardedLatency {
 
 /// This process's resident set size in bytes (Linux `/proc/self/status`).
 pub fn rss_bytes() -> Option<u64> {
+    status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+/// Resident anonymous memory in bytes: the process's own heap and stacks,
+/// without the page-cache pages of mapped files that `VmRSS` also counts.
+pub fn rss_anon_bytes() -> Option<u64> {
+    status_kb("RssAnon:").map(|kb| kb * 1024)
+}
+
+fn status_kb(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -13,7 +13,7 @@ use apogee_store::{FlushDiskType, GetStatus, MessageStore, MessageStoreConfig};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 
-use super::report::{latency_histogram, ms_at, rss_bytes, Progress, Reporter};
+use super::report::{latency_histogram, ms_at, rss_anon_bytes, rss_bytes, Progress, Reporter};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum FlushMode {
@@ -203,6 +203,7 @@ fn bench(args: &StoreArgs, store: &Arc<MessageStore>) -> anyhow::Result<()> {
         }
     }
     let rss = rss_bytes().unwrap_or(0);
+    let rss_anon = rss_anon_bytes().unwrap_or(0);
 
     let append_tps = appended as f64 / append_secs;
     let append_mb = stored_bytes as f64 / append_secs / 1e6;
@@ -237,8 +238,10 @@ fn bench(args: &StoreArgs, store: &Arc<MessageStore>) -> anyhow::Result<()> {
         );
     }
     println!(
-        "resident memory after the run: {:.1} MiB; CommitLog flushes: {}; segments: {}",
+        "resident memory after the run: {:.1} MiB, of which {:.1} MiB anonymous (the rest is \
+         mapped store pages, i.e. page cache); CommitLog flushes: {}; segments: {}",
         rss as f64 / (1 << 20) as f64,
+        rss_anon as f64 / (1 << 20) as f64,
         store.commit_log_flush_count(),
         store.commit_log_segment_count()
     );
@@ -257,6 +260,7 @@ fn bench(args: &StoreArgs, store: &Arc<MessageStore>) -> anyhow::Result<()> {
             "read_msgs_per_s": read_tps,
             "read_mb_per_s": read_mb,
             "rss_bytes": rss,
+            "rss_anon_bytes": rss_anon,
             "failed": progress.failed.load(Ordering::Relaxed),
         });
         println!("{summary}");
