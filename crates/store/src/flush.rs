@@ -107,8 +107,8 @@ impl FlushWaiters {
         self.len.load(Ordering::Acquire) == 0
     }
 
-    /// Release every waiter at or below `flushed`.
-    pub fn complete_upto(&self, flushed: u64) {
+    /// Release every waiter at or below `flushed`; returns how many.
+    pub fn complete_upto(&self, flushed: u64) -> usize {
         let mut done = Vec::new();
         {
             let mut l = self.list.lock();
@@ -122,9 +122,11 @@ impl FlushWaiters {
             }
             self.len.store(l.len() as u64, Ordering::Release);
         }
+        let n = done.len();
         for s in done {
             s.complete(true);
         }
+        n
     }
 
     /// Fail every waiter whose deadline passed.
@@ -185,6 +187,9 @@ impl Future for FlushWait {
     }
 }
 
+/// How long a SYNC_FLUSH flush may wait for concurrent writers to join it.
+const GROUP_COMMIT_DELAY: Duration = Duration::from_micros(200);
+
 /// The CommitLog flusher thread body.
 pub(crate) fn run_flusher(inner: Arc<Inner>) {
     let cfg = &inner.cfg;
@@ -192,6 +197,8 @@ pub(crate) fn run_flusher(inner: Arc<Inner>) {
     let least = cfg.flush_commit_log_least_pages * 4096;
     let sync = cfg.flush_disk_type == FlushDiskType::SyncFlush;
     let mut last = Instant::now();
+    // Writers released by the previous flush (group-commit batch size).
+    let mut last_batch = 0usize;
     loop {
         let stopping = inner.stop_flusher.load(Ordering::Acquire);
         let dirty = inner.commit_log.dirty_bytes();
@@ -200,12 +207,28 @@ pub(crate) fn run_flusher(inner: Arc<Inner>) {
         } else {
             dirty > 0 && (dirty >= least || last.elapsed() >= interval)
         };
+        if need && sync && !stopping && last_batch >= 2 {
+            // Several writers shared the last flush, so most of them are
+            // appending their next message right now: give them a moment to
+            // join this flush instead of syncing for the first arrival alone
+            // (PostgreSQL's commit_delay/commit_siblings idea). A lone writer
+            // never waits.
+            // Each arriving writer unparks us, so wait out the deadline.
+            let deadline = last + GROUP_COMMIT_DELAY;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                std::thread::park_timeout(deadline - now);
+            }
+        }
         if need || stopping {
             if let Some(hook) = &inner.before_flush {
                 hook();
             }
             match inner.commit_log.flush() {
-                Ok(flushed) => inner.waiters.complete_upto(flushed),
+                Ok(flushed) => last_batch = inner.waiters.complete_upto(flushed),
                 Err(e) => {
                     tracing::error!(error = %e, "CommitLog flush failed; refusing further writes");
                     inner.set_write_error();
