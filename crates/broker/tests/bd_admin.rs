@@ -59,6 +59,10 @@ impl Broker {
             ..Default::default()
         };
         cfg.store.store_path_root_dir = dir.path().to_path_buf();
+        // Tests must not depend on how full the machine's disk is.
+        cfg.store.disk_space_warning_level_ratio = 100;
+        cfg.store.disk_space_clean_forcibly_ratio = 100;
+        cfg.store.disk_max_used_space_ratio = 100;
         cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
         cfg.store.mapped_file_size_consume_queue = 20 * 1000;
         let ctl = BrokerController::start(cfg).await.expect("broker start");

@@ -60,6 +60,13 @@ fn start_standalone() -> Standalone {
             "0",
             "--set",
             "brokerIP1=127.0.0.1",
+            // Tests must not depend on how full the machine's disk is.
+            "--set",
+            "diskSpaceWarningLevelRatio=100",
+            "--set",
+            "diskSpaceCleanForciblyRatio=100",
+            "--set",
+            "diskMaxUsedSpaceRatio=100",
             "--set",
             "bindAddress=127.0.0.1",
             "--set",

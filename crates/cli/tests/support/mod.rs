@@ -163,6 +163,13 @@ pub fn start_standalone_in(dir: &Path, extra: &[&str]) -> Standalone {
             "bindAddress=127.0.0.1",
             "--set",
             "brokerIP1=127.0.0.1",
+            // Tests must not depend on how full the machine's disk is.
+            "--set",
+            "diskSpaceWarningLevelRatio=100",
+            "--set",
+            "diskSpaceCleanForciblyRatio=100",
+            "--set",
+            "diskMaxUsedSpaceRatio=100",
         ])
         .args(extra)
         .stdout(Stdio::piped())
@@ -199,6 +206,13 @@ pub fn start_broker(namesrv: &str, extra: &[&str]) -> Process {
         "bindAddress=127.0.0.1",
         "--set",
         "brokerIP1=127.0.0.1",
+        // Tests must not depend on how full the machine's disk is.
+        "--set",
+        "diskSpaceWarningLevelRatio=100",
+        "--set",
+        "diskSpaceCleanForciblyRatio=100",
+        "--set",
+        "diskMaxUsedSpaceRatio=100",
     ])
     .arg("--set")
     .arg(format!(

@@ -28,6 +28,10 @@ pub fn broker_config(root: &std::path::Path, ns: &str, name: &str) -> BrokerConf
         ..Default::default()
     };
     cfg.store.store_path_root_dir = root.join(name);
+    // Tests must not depend on how full the machine's disk is.
+    cfg.store.disk_space_warning_level_ratio = 100;
+    cfg.store.disk_space_clean_forcibly_ratio = 100;
+    cfg.store.disk_max_used_space_ratio = 100;
     cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
     cfg.store.mapped_file_size_consume_queue = 20 * 1000;
     cfg

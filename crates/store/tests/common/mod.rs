@@ -55,6 +55,10 @@ pub fn body_of(i: usize) -> Vec<u8> {
 /// Small segments so tests roll files quickly.
 pub fn small_config(dir: &Path) -> MessageStoreConfig {
     let mut cfg = MessageStoreConfig::with_root(dir);
+    // Tests must not depend on how full the machine's disk is.
+    cfg.disk_space_warning_level_ratio = 100;
+    cfg.disk_space_clean_forcibly_ratio = 100;
+    cfg.disk_max_used_space_ratio = 100;
     cfg.mapped_file_size_commit_log = 64 * 1024;
     cfg.mapped_file_size_consume_queue = 100 * 20;
     cfg.max_hash_slot_num = 64;
