@@ -659,20 +659,23 @@ fn groups_and_brokers_end_to_end() {
             "-c",
             "DefaultCluster",
             "-k",
-            "defaultTopicQueueNums",
+            "maxTransferCountOnMessageInMemory",
             "-v",
-            "6",
+            "48",
         ],
     )
     .ok();
     let v = admin(&ns, &["getBrokerConfig", "-b", &broker_addr, "--json"]).json();
-    assert_eq!(v[&broker_addr]["defaultTopicQueueNums"], "6", "{v}");
+    assert_eq!(
+        v[&broker_addr]["maxTransferCountOnMessageInMemory"], "48",
+        "{v}"
+    );
     let r = admin(&ns, &["get-broker-config", "-b", &broker_addr]);
     assert!(
         r.ok()
             .stdout
             .lines()
-            .any(|l| l.starts_with("defaultTopicQueueNums ") && l.ends_with(" 6")),
+            .any(|l| l.starts_with("maxTransferCountOnMessageInMemory ") && l.ends_with(" 48")),
         "{}",
         r.stdout
     );
