@@ -341,11 +341,14 @@ fn topics_and_messages_end_to_end() {
     assert_eq!(m["tags"], "TagA");
     assert_eq!(m["keys"][0], "order-42");
     assert_eq!(m["queue_id"], qid);
-    let v = admin(
-        &ns,
-        &["queryMsgById", "-t", "AdminTopic", "-i", &msg_id, "--json"],
-    )
-    .json();
+    // The unique-key index is built by the dispatcher, just behind the append.
+    let v = eventually("the unique-key index", || {
+        let r = admin(
+            &ns,
+            &["queryMsgById", "-t", "AdminTopic", "-i", &msg_id, "--json"],
+        );
+        (r.code == Some(0)).then(|| r.json())
+    });
     assert_eq!(
         v["messages"][0]["offset_msg_id"],
         offset_msg_id.as_str(),

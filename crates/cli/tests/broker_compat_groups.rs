@@ -75,6 +75,7 @@ struct Delivery {
     body: String,
     uniq: Option<String>,
     queue: i32,
+    offset: i64,
     store_port: u16,
 }
 
@@ -130,6 +131,7 @@ impl MessageListenerConcurrently for Collector {
                     .get(&CheetahString::from("UNIQ_KEY"))
                     .map(|v| v.to_string()),
                 queue: m.queue_id(),
+                offset: m.queue_offset(),
                 store_port: m.store_host().port(),
             });
         }
@@ -249,6 +251,7 @@ struct Sent {
     uniq: String,
     broker: String,
     queue: i32,
+    offset: u64,
 }
 
 async fn send(p: &DefaultMQProducer, topic: &str, body: &str) -> Sent {
@@ -269,6 +272,7 @@ async fn send(p: &DefaultMQProducer, topic: &str, body: &str) -> Sent {
         uniq: r.msg_id.as_ref().expect("msgId").to_string(),
         broker: mq.broker_name().to_string(),
         queue: mq.queue_id(),
+        offset: r.queue_offset,
     }
 }
 
@@ -348,7 +352,7 @@ fn unique(prefix: &str) -> String {
 fn clustering_members_share_queues_and_lose_nothing_when_members_join_and_leave() {
     const TOPIC: &str = "GroupsClusterTopic";
     const FIRST: usize = 80;
-    let sa = support::start_standalone(&DISK);
+    let sa = start_standalone_dbg("clustering", &DISK);
     let ns = sa.namesrv.to_string();
     let c = Client::new("groups-clustering");
     let group = unique("GroupsClustering");
@@ -411,7 +415,11 @@ fn clustering_members_share_queues_and_lose_nothing_when_members_join_and_leave(
                 .find(|d| &d.body == body)
                 .expect("delivery");
             assert_eq!(d.uniq.as_deref(), Some(s.uniq.as_str()), "{body} unique id");
-            assert_eq!(d.queue, s.queue, "{body} queue");
+            assert_eq!(
+                (d.queue, d.offset),
+                (s.queue, s.offset as i64),
+                "{body} (queue, offset): delivered {d:?}, sent {s:?}"
+            );
             let owner = if d.member == "A" {
                 &queues_a
             } else {
@@ -614,7 +622,7 @@ fn broadcasting_members_each_receive_every_message() {
     const TOPIC: &str = "GroupsBroadcastTopic";
     const BEFORE: usize = 20;
     const AFTER: usize = 20;
-    let sa = support::start_standalone(&DISK);
+    let sa = start_standalone_dbg("broadcasting", &DISK);
     let ns = sa.namesrv.to_string();
     let c = Client::new("groups-broadcast");
     let group = unique("GroupsBroadcast");
@@ -685,7 +693,11 @@ fn broadcasting_members_each_receive_every_message() {
                     .get(&d.body)
                     .unwrap_or_else(|| panic!("{member} got {} which was never sent", d.body));
                 assert_eq!(d.uniq.as_deref(), Some(s.uniq.as_str()), "{}", d.body);
-                assert_eq!(d.queue, s.queue, "{}", d.body);
+                assert_eq!(
+                    (d.queue, d.offset),
+                    (s.queue, s.offset as i64),
+                    "{d:?} {s:?}"
+                );
             }
         }
     });
@@ -996,7 +1008,11 @@ fn two_broker_cluster_spreads_sends_and_one_consumer_gets_all() {
         for d in &got {
             let s = sent.get(&d.body).expect("a sent message");
             assert_eq!(d.uniq.as_deref(), Some(s.uniq.as_str()), "{}", d.body);
-            assert_eq!(d.queue, s.queue, "{}", d.body);
+            assert_eq!(
+                (d.queue, d.offset),
+                (s.queue, s.offset as i64),
+                "{d:?} {s:?}"
+            );
             assert_eq!(
                 Some(&d.store_port),
                 port_of.get(s.broker.as_str()),
@@ -1007,4 +1023,78 @@ fn two_broker_cluster_spreads_sends_and_one_consumer_gets_all() {
     });
     drop(c);
     drop((ba, bb, ns));
+}
+
+/// TEMP diagnostics: standalone with debug logs to $T1_LOG_DIR/<name>.log.
+struct Dbg {
+    namesrv: std::net::SocketAddr,
+    broker: std::net::SocketAddr,
+    child: Option<std::process::Child>,
+    _sa: Option<support::Standalone>,
+}
+impl Drop for Dbg {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+fn start_standalone_dbg(name: &str, extra: &[&str]) -> Dbg {
+    let Ok(dir) = std::env::var("T1_LOG_DIR") else {
+        let sa = support::start_standalone(extra);
+        return Dbg {
+            namesrv: sa.namesrv,
+            broker: sa.broker,
+            child: None,
+            _sa: Some(sa),
+        };
+    };
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let log = std::fs::File::create(Path::new(&dir).join(format!("{name}.log"))).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apogee"))
+        .current_dir(tmp.path())
+        .env("RUST_LOG", "debug")
+        .args([
+            "standalone",
+            "--namesrv-port",
+            "0",
+            "--listen-port",
+            "0",
+            "--set",
+            "bindAddress=127.0.0.1",
+            "--set",
+            "brokerIP1=127.0.0.1",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut ns, mut br) = (None, None);
+    while ns.is_none() || br.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("line");
+        if let Some(a) = line.strip_prefix("apogee namesrv listening on ") {
+            ns = Some(a.trim().parse().expect("addr"));
+        }
+        if let Some(a) = line.strip_prefix("apogee broker listening on ") {
+            br = Some(a.trim().parse().expect("addr"));
+        }
+    }
+    std::mem::forget(tmp);
+    Dbg {
+        child: Some(child),
+        namesrv: ns.expect("ns"),
+        broker: br.expect("br"),
+        _sa: None,
+    }
 }
