@@ -26,12 +26,7 @@ use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_observability::TelemetryRuntimeGuard;
-use rocketmq_runtime::RuntimeOwner;
-
-/// The shared test machine runs close to the store's default 90% disk
-/// guard, which would refuse every send; these tests are about consumer
-/// groups, not that guard.
-const DISK: [&str; 2] = ["--set", "diskSpaceWarningLevelRatio=99"];
+use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
 
 /// The client runtime every test drives its producers and consumers on.
 struct Client {
@@ -42,7 +37,19 @@ struct Client {
 
 impl Client {
     fn new(name: &'static str) -> Client {
-        let owner = RuntimeOwner::new().expect("runtime owner");
+        // The client runs every listener call as a task in its runtime's
+        // metadata-io lane, sized from the CPU count (16 queued tasks on 2
+        // cores). A burst beyond that is refused and the client then sends
+        // the message back (clustering) or drops it (broadcasting). Java's
+        // consumer queues without bound; a deep queue does the same here.
+        let mut config = RuntimeConfig::default();
+        let lane = &mut config.blocking_lane_policies.metadata_io;
+        lane.max_queue_depth = 65_536;
+        lane.queue_timeout = Duration::from_secs(60);
+        let owner = RuntimeOwner::plan(config)
+            .expect("runtime config")
+            .build()
+            .expect("runtime owner");
         let telemetry = TelemetryRuntimeGuard::noop();
         let rt = ClientRuntime::try_new(
             owner.root_context().component(name),
@@ -76,6 +83,7 @@ struct Delivery {
     uniq: Option<String>,
     queue: i32,
     offset: i64,
+    reconsume: i32,
     store_port: u16,
 }
 
@@ -105,6 +113,22 @@ impl Log {
     }
 }
 
+/// Every delivery was a first attempt: our listeners never fail, so a
+/// retried message means the client sent it back on its own (see
+/// [`Client::new`]) and the checks that follow would be about the retry
+/// topic instead of the broker's queues.
+fn assert_first_attempts(log: &Log) {
+    let retried: Vec<Delivery> = log
+        .snapshot()
+        .into_iter()
+        .filter(|d| d.reconsume != 0)
+        .collect();
+    assert!(
+        retried.is_empty(),
+        "deliveries from the retry topic: {retried:?}"
+    );
+}
+
 /// A listener that logs under its member's name and always succeeds.
 struct Collector {
     member: String,
@@ -132,6 +156,7 @@ impl MessageListenerConcurrently for Collector {
                     .map(|v| v.to_string()),
                 queue: m.queue_id(),
                 offset: m.queue_offset(),
+                reconsume: m.reconsume_times(),
                 store_port: m.store_host().port(),
             });
         }
@@ -352,7 +377,7 @@ fn unique(prefix: &str) -> String {
 fn clustering_members_share_queues_and_lose_nothing_when_members_join_and_leave() {
     const TOPIC: &str = "GroupsClusterTopic";
     const FIRST: usize = 80;
-    let sa = start_standalone_dbg("clustering", &DISK);
+    let sa = support::start_standalone(&[]);
     let ns = sa.namesrv.to_string();
     let c = Client::new("groups-clustering");
     let group = unique("GroupsClustering");
@@ -405,6 +430,7 @@ fn clustering_members_share_queues_and_lose_nothing_when_members_join_and_leave(
         .await;
         // Give duplicates a chance to show up before judging.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_first_attempts(&log);
         let counts = log.counts();
         assert_eq!(counts.len(), FIRST, "nothing but what was sent");
         for (body, s) in &sent {
@@ -524,6 +550,7 @@ fn clustering_members_share_queues_and_lose_nothing_when_members_join_and_leave(
         producer_shutdown(producer).await;
         admin_shutdown(admin).await;
 
+        assert_first_attempts(&log);
         let all = log.snapshot();
         assert_eq!(
             log.of("A").len(),
@@ -622,7 +649,7 @@ fn broadcasting_members_each_receive_every_message() {
     const TOPIC: &str = "GroupsBroadcastTopic";
     const BEFORE: usize = 20;
     const AFTER: usize = 20;
-    let sa = start_standalone_dbg("broadcasting", &DISK);
+    let sa = support::start_standalone(&[]);
     let ns = sa.namesrv.to_string();
     let c = Client::new("groups-broadcast");
     let group = unique("GroupsBroadcast");
@@ -683,6 +710,7 @@ fn broadcasting_members_each_receive_every_message() {
         producer_shutdown(producer).await;
         admin_shutdown(admin).await;
 
+        assert_first_attempts(&log);
         for member in ["A", "B"] {
             let got = log.of(member);
             assert_eq!(got.len(), all, "{member}: every message once, nothing else");
@@ -745,7 +773,7 @@ fn offsets_survive_restart(kill9: bool) {
     const N: usize = 40;
     const M: usize = 20;
     let tmp = tempfile::tempdir().expect("temp dir");
-    let flags = [&DISK[..], &["--set", "flushConsumerOffsetInterval=500"]].concat();
+    let flags = ["--set", "flushConsumerOffsetInterval=500"];
     let mut sa = support::start_standalone_in(tmp.path(), &flags);
     let data_dir = sa.data_dir();
     let c = Client::new("groups-restart");
@@ -775,6 +803,7 @@ fn offsets_survive_restart(kill9: bool) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Graceful shutdown commits the consumed offsets to the broker.
         consumer.shutdown().await;
+        assert_first_attempts(&log);
         let counts = log.counts();
         assert_eq!(counts.len(), N);
         assert!(
@@ -878,6 +907,7 @@ fn offsets_survive_restart(kill9: bool) {
         admin_shutdown(admin).await;
         sent
     });
+    assert_first_attempts(&log);
     let got = log.snapshot();
     let redelivered: Vec<&str> = got
         .iter()
@@ -920,19 +950,19 @@ fn two_broker_cluster_spreads_sends_and_one_consumer_gets_all() {
     const COUNT: usize = 40;
     let ns = support::start_namesrv(&[]);
     let ns_addr = ns.addr.to_string();
-    let cluster = [
-        &DISK[..],
-        &["--set", "brokerClusterName=ApogeeGroupsCluster"],
-    ]
-    .concat();
-    let ba = support::start_broker(
-        &ns_addr,
-        &[&cluster[..], &["--set", "brokerName=apogee-a"]].concat(),
-    );
-    let bb = support::start_broker(
-        &ns_addr,
-        &[&cluster[..], &["--set", "brokerName=apogee-b"]].concat(),
-    );
+    let broker = |name: &str| {
+        let name = format!("brokerName={name}");
+        support::start_broker(
+            &ns_addr,
+            &[
+                "--set",
+                "brokerClusterName=ApogeeGroupsCluster",
+                "--set",
+                &name,
+            ],
+        )
+    };
+    let (ba, bb) = (broker("apogee-a"), broker("apogee-b"));
     let port_of: HashMap<&str, u16> = [("apogee-a", ba.addr.port()), ("apogee-b", bb.addr.port())]
         .into_iter()
         .collect();
@@ -1003,6 +1033,7 @@ fn two_broker_cluster_spreads_sends_and_one_consumer_gets_all() {
         consumer.shutdown().await;
         admin_shutdown(admin).await;
 
+        assert_first_attempts(&log);
         let got = log.snapshot();
         assert_eq!(got.len(), COUNT, "each message once");
         for d in &got {
@@ -1023,78 +1054,4 @@ fn two_broker_cluster_spreads_sends_and_one_consumer_gets_all() {
     });
     drop(c);
     drop((ba, bb, ns));
-}
-
-/// TEMP diagnostics: standalone with debug logs to $T1_LOG_DIR/<name>.log.
-struct Dbg {
-    namesrv: std::net::SocketAddr,
-    broker: std::net::SocketAddr,
-    child: Option<std::process::Child>,
-    _sa: Option<support::Standalone>,
-}
-impl Drop for Dbg {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-fn start_standalone_dbg(name: &str, extra: &[&str]) -> Dbg {
-    let Ok(dir) = std::env::var("T1_LOG_DIR") else {
-        let sa = support::start_standalone(extra);
-        return Dbg {
-            namesrv: sa.namesrv,
-            broker: sa.broker,
-            child: None,
-            _sa: Some(sa),
-        };
-    };
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let log = std::fs::File::create(Path::new(&dir).join(format!("{name}.log"))).expect("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apogee"))
-        .current_dir(tmp.path())
-        .env("RUST_LOG", "debug")
-        .args([
-            "standalone",
-            "--namesrv-port",
-            "0",
-            "--listen-port",
-            "0",
-            "--set",
-            "bindAddress=127.0.0.1",
-            "--set",
-            "brokerIP1=127.0.0.1",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut ns, mut br) = (None, None);
-    while ns.is_none() || br.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("line");
-        if let Some(a) = line.strip_prefix("apogee namesrv listening on ") {
-            ns = Some(a.trim().parse().expect("addr"));
-        }
-        if let Some(a) = line.strip_prefix("apogee broker listening on ") {
-            br = Some(a.trim().parse().expect("addr"));
-        }
-    }
-    std::mem::forget(tmp);
-    Dbg {
-        child: Some(child),
-        namesrv: ns.expect("ns"),
-        broker: br.expect("br"),
-        _sa: None,
-    }
 }
