@@ -15,6 +15,8 @@ pub struct MappedFileQueue {
     files: RwLock<Vec<Arc<MappedFile>>>,
     /// The next segment, created ahead of time off the append path.
     prealloc: Mutex<Option<Arc<MappedFile>>>,
+    /// Segments are written with pwrite (see `MappedFile::set_syscall_writes`).
+    syscall_writes: std::sync::atomic::AtomicBool,
 }
 
 impl MappedFileQueue {
@@ -67,6 +69,7 @@ impl MappedFileQueue {
             file_size,
             files: RwLock::new(files),
             prealloc: Mutex::new(None),
+            syscall_writes: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -140,14 +143,29 @@ impl MappedFileQueue {
         let ready = slot.take().filter(|f| f.base() == base);
         let f = match ready {
             Some(f) => f,
-            None => Arc::new(MappedFile::create(
-                &self.dir.join(segment_name(base)),
-                base,
-                self.file_size,
-            )?),
+            None => self.new_segment(base)?,
         };
         files.push(f.clone());
         Ok(f)
+    }
+
+    /// Makes every segment, present and future, write through pwrite.
+    pub fn set_syscall_writes(&self, on: bool) {
+        use std::sync::atomic::Ordering;
+        self.syscall_writes.store(on, Ordering::Release);
+        for f in self.files.read().iter() {
+            f.set_syscall_writes(on);
+        }
+        if let Some(f) = self.prealloc.lock().as_ref() {
+            f.set_syscall_writes(on);
+        }
+    }
+
+    fn new_segment(&self, base: u64) -> Result<Arc<MappedFile>> {
+        use std::sync::atomic::Ordering;
+        let f = MappedFile::create(&self.dir.join(segment_name(base)), base, self.file_size)?;
+        f.set_syscall_writes(self.syscall_writes.load(Ordering::Acquire));
+        Ok(Arc::new(f))
     }
 
     /// The segment created ahead of time, if any.
@@ -167,11 +185,7 @@ impl MappedFileQueue {
         if slot.as_ref().is_some_and(|f| f.base() == base) {
             return Ok(());
         }
-        *slot = Some(Arc::new(MappedFile::create(
-            &self.dir.join(segment_name(base)),
-            base,
-            self.file_size,
-        )?));
+        *slot = Some(self.new_segment(base)?);
         Ok(())
     }
 

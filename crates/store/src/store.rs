@@ -379,6 +379,11 @@ impl MessageStore {
         let (checkpoint, cp) = CheckpointFile::open(&root.join("checkpoint"))?;
         let commit_log =
             CommitLog::load(&config.commitlog_dir(), config.mapped_file_size_commit_log)?;
+        // SYNC_FLUSH flushes small ranges constantly: write those segments
+        // with pwrite and sync them with fdatasync (see MappedFile).
+        commit_log
+            .segments()
+            .set_syscall_writes(config.flush_disk_type == FlushDiskType::SyncFlush);
         let index = if config.message_index_enable {
             Some(IndexService::load(
                 &config.index_dir(),

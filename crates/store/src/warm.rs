@@ -14,6 +14,11 @@ const WINDOW: u64 = 64 << 20;
 const STEP: u64 = 4 << 20;
 
 pub(crate) fn run_warmer(inner: Arc<Inner>) {
+    // SYNC_FLUSH segments are written with pwrite; faulting their pages into
+    // the mapping would only make every flush write-protect them again.
+    if inner.cfg.flush_disk_type == crate::config::FlushDiskType::SyncFlush {
+        return;
+    }
     let segments = inner.commit_log.segments();
     while !inner.stop_service.load(Ordering::Acquire) {
         let pos = inner.commit_log.max_offset();
