@@ -3,6 +3,8 @@
 //! oneway, batch, ordered by key) and consumes with push consumers
 //! (clustering, every message exactly once; tag filtering).
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -20,7 +22,6 @@ use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_observability::TelemetryRuntimeGuard;
-use rocketmq_runtime::RuntimeOwner;
 
 /// `apogee standalone` on ephemeral loopback ports in a temp folder;
 /// killed on drop.
@@ -203,7 +204,7 @@ fn client_produces_every_way_and_push_consumers_receive_each_message_once() {
     let ns = sa.namesrv.to_string();
     let broker = sa.broker;
 
-    let owner = RuntimeOwner::new().expect("runtime owner");
+    let owner = support::rocketmq_runtime_owner();
     let telemetry = TelemetryRuntimeGuard::noop();
     let client_rt = ClientRuntime::try_new(
         owner.root_context().component("bb-compat"),

@@ -6,6 +6,8 @@
 //! delayed messages (delay level, delay seconds, deliver time) arrive no
 //! earlier than asked.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -28,7 +30,6 @@ use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_observability::TelemetryRuntimeGuard;
-use rocketmq_runtime::RuntimeOwner;
 
 /// Level 2 is 2 s so a delayed send is measurable; every other level is
 /// 1 s so retries (level 3 + reconsumeTimes) come back quickly.
@@ -223,7 +224,7 @@ fn failed_messages_retry_then_dead_letter_and_delays_are_honoured() {
     const TOPIC: &str = "BcCompatTopic";
     const GROUP: &str = "BcCompatGroup";
 
-    let owner = RuntimeOwner::new().expect("runtime owner");
+    let owner = support::rocketmq_runtime_owner();
     let telemetry = TelemetryRuntimeGuard::noop();
     let client_rt = ClientRuntime::try_new(
         owner.root_context().component("bc-compat"),

@@ -23,7 +23,6 @@ use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_observability::TelemetryRuntimeGuard;
-use rocketmq_runtime::RuntimeOwner;
 
 const TOPIC: &str = "BdAdminTopic";
 const GROUP: &str = "BdAdminGroup";
@@ -56,7 +55,7 @@ fn rocketmq_client_rust_admin_drives_topics_queries_stats_and_config() {
     let ns = sa.namesrv.to_string();
     let broker = CheetahString::from(sa.broker.to_string());
 
-    let owner = RuntimeOwner::new().expect("runtime owner");
+    let owner = support::rocketmq_runtime_owner();
     let telemetry = TelemetryRuntimeGuard::noop();
     let client_rt = ClientRuntime::try_new(
         owner.root_context().component("bd-compat"),

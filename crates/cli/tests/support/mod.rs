@@ -230,3 +230,19 @@ pub fn start_broker(namesrv: &str, extra: &[&str]) -> Process {
         _dir: dir,
     }
 }
+
+/// A runtime owner for rocketmq-client-rust whose listener lane queues
+/// without a tight bound. The client runs every consumer listener call as a
+/// task in that lane, sized from the CPU count (16 queued tasks on 2 cores);
+/// a burst beyond it is refused and the message is sent back (clustering) or
+/// dropped (broadcasting). Java's consumer queues without bound; so does this.
+pub fn rocketmq_runtime_owner() -> rocketmq_runtime::RuntimeOwner {
+    let mut config = rocketmq_runtime::RuntimeConfig::default();
+    let lane = &mut config.blocking_lane_policies.metadata_io;
+    lane.max_queue_depth = 65_536;
+    lane.queue_timeout = Duration::from_secs(60);
+    rocketmq_runtime::RuntimeOwner::plan(config)
+        .expect("runtime config")
+        .build()
+        .expect("runtime owner")
+}
