@@ -6,10 +6,8 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cheetah_string::CheetahString;
@@ -25,81 +23,6 @@ use rocketmq_observability::TelemetryRuntimeGuard;
 
 /// `apogee standalone` on ephemeral loopback ports in a temp folder;
 /// killed on drop.
-struct Standalone {
-    child: Child,
-    namesrv: SocketAddr,
-    broker: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_standalone() -> Standalone {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apogee"))
-        .current_dir(dir.path())
-        .args([
-            "standalone",
-            "--namesrv-port",
-            "0",
-            "--listen-port",
-            "0",
-            "--set",
-            "brokerIP1=127.0.0.1",
-            // Tests must not depend on how full the machine's disk is.
-            "--set",
-            "diskSpaceWarningLevelRatio=100",
-            "--set",
-            "diskSpaceCleanForciblyRatio=100",
-            "--set",
-            "diskMaxUsedSpaceRatio=100",
-            "--set",
-            "bindAddress=127.0.0.1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn apogee standalone");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            for prefix in [
-                "apogee namesrv listening on ",
-                "apogee broker listening on ",
-            ] {
-                if let Some(rest) = line.strip_prefix(prefix) {
-                    let _ = tx.send((prefix, rest.trim().to_string()));
-                }
-            }
-        }
-    });
-    let mut namesrv = None;
-    let mut broker = None;
-    while namesrv.is_none() || broker.is_none() {
-        let (prefix, addr) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("standalone did not print its addresses in time");
-        let addr: SocketAddr = addr.parse().expect("listen address");
-        if prefix.contains("namesrv") {
-            namesrv = Some(addr);
-        } else {
-            broker = Some(addr);
-        }
-    }
-    Standalone {
-        child,
-        namesrv: namesrv.expect("namesrv"),
-        broker: broker.expect("broker"),
-        _dir: dir,
-    }
-}
-
 /// What a consumer saw, by body.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -200,7 +123,7 @@ fn check_result(
 
 #[test]
 fn client_produces_every_way_and_push_consumers_receive_each_message_once() {
-    let sa = start_standalone();
+    let sa = support::start_standalone(&[]);
     let ns = sa.namesrv.to_string();
     let broker = sa.broker;
 

@@ -9,10 +9,8 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apogee_protocol::code::{request_code, response_code};
@@ -34,84 +32,6 @@ use rocketmq_observability::TelemetryRuntimeGuard;
 /// Level 2 is 2 s so a delayed send is measurable; every other level is
 /// 1 s so retries (level 3 + reconsumeTimes) come back quickly.
 const LEVELS: &str = "1s 2s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s";
-
-struct Standalone {
-    child: Child,
-    namesrv: SocketAddr,
-    broker: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_standalone() -> Standalone {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apogee"))
-        .current_dir(dir.path())
-        .args([
-            "standalone",
-            "--namesrv-port",
-            "0",
-            "--listen-port",
-            "0",
-            "--set",
-            "brokerIP1=127.0.0.1",
-            // Tests must not depend on how full the machine's disk is.
-            "--set",
-            "diskSpaceWarningLevelRatio=100",
-            "--set",
-            "diskSpaceCleanForciblyRatio=100",
-            "--set",
-            "diskMaxUsedSpaceRatio=100",
-            "--set",
-            "bindAddress=127.0.0.1",
-            "--set",
-            "timerPrecisionMs=50",
-        ])
-        .arg("--set")
-        .arg(format!("messageDelayLevel={LEVELS}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn apogee standalone");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            for prefix in [
-                "apogee namesrv listening on ",
-                "apogee broker listening on ",
-            ] {
-                if let Some(rest) = line.strip_prefix(prefix) {
-                    let _ = tx.send((prefix, rest.trim().to_string()));
-                }
-            }
-        }
-    });
-    let (mut namesrv, mut broker) = (None, None);
-    while namesrv.is_none() || broker.is_none() {
-        let (prefix, addr) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("standalone did not print its addresses in time");
-        let addr: SocketAddr = addr.parse().expect("listen address");
-        if prefix.contains("namesrv") {
-            namesrv = Some(addr);
-        } else {
-            broker = Some(addr);
-        }
-    }
-    Standalone {
-        child,
-        namesrv: namesrv.expect("namesrv"),
-        broker: broker.expect("broker"),
-        _dir: dir,
-    }
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -219,7 +139,7 @@ async fn pull_all(
 
 #[test]
 fn failed_messages_retry_then_dead_letter_and_delays_are_honoured() {
-    let sa = start_standalone();
+    let sa = support::start_standalone(&["--set", &format!("messageDelayLevel={LEVELS}")]);
     let ns = sa.namesrv.to_string();
     const TOPIC: &str = "BcCompatTopic";
     const GROUP: &str = "BcCompatGroup";
