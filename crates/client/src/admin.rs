@@ -14,6 +14,7 @@ use apogee_protocol::body::{
 };
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::flags::PullSysFlag;
+use apogee_protocol::header::CommandHeader;
 use apogee_protocol::header::{
     AddWritePermOfBrokerRequestHeader, AddWritePermOfBrokerResponseHeader,
     CreateTopicRequestHeader, DeleteKVConfigRequestHeader, DeleteSubscriptionGroupRequestHeader,
@@ -26,7 +27,7 @@ use apogee_protocol::header::{
     WipeWritePermOfBrokerRequestHeader, WipeWritePermOfBrokerResponseHeader,
 };
 use apogee_protocol::message::{decode_offset_msg_id, decode_stored_many};
-use apogee_protocol::{java_properties, topic};
+use apogee_protocol::{java_properties, topic, RemotingCommand};
 use apogee_remoting::ProcessorRegistry;
 use std::sync::Arc;
 
@@ -583,21 +584,11 @@ impl AdminClient {
         let h = WipeWritePermOfBrokerRequestHeader {
             broker_name: broker_name.to_string(),
         };
-        let mut out = Vec::new();
-        for addr in self.instance.namesrv_addrs() {
-            let resp = self
-                .instance
-                .invoke_ok(
-                    addr,
-                    ClientInstance::request_with(request_code::WIPE_WRITE_PERM_OF_BROKER, &h),
-                )
-                .await?;
-            let n = resp
-                .decode_header::<WipeWritePermOfBrokerResponseHeader>()?
-                .wipe_topic_count;
-            out.push((addr.clone(), n));
-        }
-        Ok(out)
+        self.on_every_namesrv(request_code::WIPE_WRITE_PERM_OF_BROKER, &h, |r| {
+            Ok(r.decode_header::<WipeWritePermOfBrokerResponseHeader>()?
+                .wipe_topic_count)
+        })
+        .await
     }
 
     /// ADD_WRITE_PERM_OF_BROKER on every NameServer.
@@ -605,19 +596,27 @@ impl AdminClient {
         let h = AddWritePermOfBrokerRequestHeader {
             broker_name: broker_name.to_string(),
         };
+        self.on_every_namesrv(request_code::ADD_WRITE_PERM_OF_BROKER, &h, |r| {
+            Ok(r.decode_header::<AddWritePermOfBrokerResponseHeader>()?
+                .add_topic_count)
+        })
+        .await
+    }
+
+    /// Sends one request to every NameServer and extracts a value per answer.
+    async fn on_every_namesrv<H: CommandHeader, T>(
+        &self,
+        code: i32,
+        header: &H,
+        extract: impl Fn(&RemotingCommand) -> Result<T>,
+    ) -> Result<Vec<(String, T)>> {
         let mut out = Vec::new();
         for addr in self.instance.namesrv_addrs() {
             let resp = self
                 .instance
-                .invoke_ok(
-                    addr,
-                    ClientInstance::request_with(request_code::ADD_WRITE_PERM_OF_BROKER, &h),
-                )
+                .invoke_ok(addr, ClientInstance::request_with(code, header))
                 .await?;
-            let n = resp
-                .decode_header::<AddWritePermOfBrokerResponseHeader>()?
-                .add_topic_count;
-            out.push((addr.clone(), n));
+            out.push((addr.clone(), extract(&resp)?));
         }
         Ok(out)
     }

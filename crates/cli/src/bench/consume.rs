@@ -85,18 +85,7 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         bail!("--count must be at least 1");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("apogee-bench")
-        .build()
-        .context("cannot start the async runtime")?;
-    // One clear line and exit status 1 on failure, like `apogee admin`.
-    if let Err(e) = rt.block_on(run_async(args)) {
-        drop(rt);
-        eprintln!("apogee bench consume: {}", crate::admin::one_line(&e));
-        std::process::exit(1);
-    }
-    Ok(())
+    super::report::run_async_bench("consume", run_async(args))
 }
 
 async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {

@@ -189,3 +189,23 @@ fn status_kb(key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Runs an async benchmark on its own runtime; a failure prints one clear
+/// line (`apogee bench <what>: …`) and exits with status 1, like `apogee admin`.
+pub fn run_async_bench<F>(what: &str, fut: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use anyhow::Context;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("apogee-bench")
+        .build()
+        .context("cannot start the async runtime")?;
+    if let Err(e) = rt.block_on(fut) {
+        drop(rt);
+        eprintln!("apogee bench {what}: {}", crate::admin::one_line(&e));
+        std::process::exit(1);
+    }
+    Ok(())
+}
