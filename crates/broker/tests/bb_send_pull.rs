@@ -3,6 +3,8 @@
 //! validation code and remark, the pull statuses, tag filtering, commit
 //! offset, long polling and the overload answer.
 
+mod ba_common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,20 +40,7 @@ impl Broker {
 
     async fn start_with(tune: impl FnOnce(&mut BrokerConfig)) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = BrokerConfig {
-            namesrv_addr: None,
-            broker_ip1: "127.0.0.1".into(),
-            bind_address: "127.0.0.1".into(),
-            listen_port: 0,
-            ..Default::default()
-        };
-        cfg.store.store_path_root_dir = dir.path().to_path_buf();
-        // Tests must not depend on how full the machine's disk is.
-        cfg.store.disk_space_warning_level_ratio = 100;
-        cfg.store.disk_space_clean_forcibly_ratio = 100;
-        cfg.store.disk_max_used_space_ratio = 100;
-        cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
-        cfg.store.mapped_file_size_consume_queue = 20 * 1000;
+        let mut cfg = ba_common::broker_config(dir.path(), None);
         tune(&mut cfg);
         let ctl = BrokerController::start(cfg).await.expect("broker start");
         let ctx = Arc::clone(ctl.context());

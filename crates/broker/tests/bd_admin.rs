@@ -5,11 +5,12 @@
 //! and forwarded client calls, runtime info and broker config — each happy
 //! path with its body decoded, and each error path with code and remark.
 
+mod ba_common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apogee_broker::config::BrokerConfig;
 use apogee_broker::context::BrokerContext;
 use apogee_broker::BrokerController;
 use apogee_protocol::body::{
@@ -51,20 +52,7 @@ struct Broker {
 impl Broker {
     async fn start() -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = BrokerConfig {
-            namesrv_addr: None,
-            broker_ip1: "127.0.0.1".into(),
-            bind_address: "127.0.0.1".into(),
-            listen_port: 0,
-            ..Default::default()
-        };
-        cfg.store.store_path_root_dir = dir.path().to_path_buf();
-        // Tests must not depend on how full the machine's disk is.
-        cfg.store.disk_space_warning_level_ratio = 100;
-        cfg.store.disk_space_clean_forcibly_ratio = 100;
-        cfg.store.disk_max_used_space_ratio = 100;
-        cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
-        cfg.store.mapped_file_size_consume_queue = 20 * 1000;
+        let cfg = ba_common::broker_config(dir.path(), None);
         let ctl = BrokerController::start(cfg).await.expect("broker start");
         let ctx = Arc::clone(ctl.context());
         Broker {
