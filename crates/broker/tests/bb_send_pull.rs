@@ -353,10 +353,7 @@ async fn expect_refusal(b: &Broker, req: RemotingCommand, code: i32, remark_part
         "remark {remark:?} should contain {remark_part:?}"
     );
     // Every send answer carries the region / trace fields.
-    assert_eq!(
-        resp.ext_fields.get(keys::MSG_REGION).map(String::as_str),
-        Some("DefaultRegion")
-    );
+    assert_eq!(resp.ext_fields.get(keys::MSG_REGION), Some("DefaultRegion"));
 }
 
 #[tokio::test]

@@ -1,12 +1,11 @@
 //! `RemotingCommand`: one request or response, and its two header
 //! serializations (JSON and the ROCKETMQ binary form).
 
-use std::collections::HashMap;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
 use crate::error::{ProtocolError, Result};
+use crate::ext_fields::{put_json_str, ExtFields};
 
 /// Flag bit 0: the frame is a response.
 pub const FLAG_RESPONSE: i32 = 0x1;
@@ -118,7 +117,7 @@ pub struct RemotingCommand {
     pub flag: i32,
     pub remark: Option<String>,
     /// The custom header: every typed header travels here as strings.
-    pub ext_fields: HashMap<String, String>,
+    pub ext_fields: ExtFields,
     pub body: Option<Bytes>,
     /// How this command's header was (or will be) serialized.
     pub serialize_type: SerializeType,
@@ -183,11 +182,11 @@ impl RemotingCommand {
     }
 
     pub fn ext(&self, key: &str) -> Option<&str> {
-        self.ext_fields.get(key).map(String::as_str)
+        self.ext_fields.get(key)
     }
 
-    pub fn set_ext(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.ext_fields.insert(key.into(), value.into());
+    pub fn set_ext(&mut self, key: &str, value: impl AsRef<str>) {
+        self.ext_fields.insert(key, value.as_ref());
     }
 
     pub fn body_len(&self) -> usize {
@@ -232,9 +231,35 @@ impl RemotingCommand {
     /// The JSON header as fastjson writes it: keys sorted, nulls omitted,
     /// every `extFields` value a string.
     fn write_json_header(&self, dst: &mut BytesMut) {
-        let mut w = dst.writer();
-        // Writing into a BytesMut cannot fail, so the io results are ignored.
-        let _ = write_json_header_to(&mut w, self);
+        let mut num = itoa::Buffer::new();
+        dst.put_slice(b"{\"code\":");
+        dst.put_slice(num.format(self.code).as_bytes());
+        if !self.ext_fields.is_empty() {
+            dst.put_slice(b",\"extFields\":{");
+            // ExtFields iterates in key order already.
+            for (i, (k, v)) in self.ext_fields.iter().enumerate() {
+                if i > 0 {
+                    dst.put_u8(b',');
+                }
+                put_json_str(dst, k);
+                dst.put_u8(b':');
+                put_json_str(dst, v);
+            }
+            dst.put_u8(b'}');
+        }
+        dst.put_slice(b",\"flag\":");
+        dst.put_slice(num.format(self.flag).as_bytes());
+        dst.put_slice(b",\"language\":\"");
+        dst.put_slice(self.language.name().as_bytes());
+        dst.put_slice(b"\",\"opaque\":");
+        dst.put_slice(num.format(self.opaque).as_bytes());
+        if let Some(r) = &self.remark {
+            dst.put_slice(b",\"remark\":");
+            put_json_str(dst, r);
+        }
+        dst.put_slice(b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":");
+        dst.put_slice(num.format(self.version).as_bytes());
+        dst.put_u8(b'}');
     }
 
     fn write_binary_header(&self, dst: &mut BytesMut) {
@@ -255,7 +280,7 @@ impl RemotingCommand {
         } else {
             let len_pos = dst.len();
             dst.put_i32(0);
-            for (k, v) in &self.ext_fields {
+            for (k, v) in self.ext_fields.iter() {
                 if k.is_empty() || v.is_empty() {
                     continue; // Java skips null entries; empty strings read back as null
                 }
@@ -302,33 +327,17 @@ impl RemotingCommand {
     fn decode_json_header(header: &[u8]) -> Result<Self> {
         let h: JsonHeader = serde_json::from_slice(header)
             .map_err(|e| ProtocolError::InvalidJsonHeader(e.to_string()))?;
-        let mut ext_fields = HashMap::new();
-        if let Some(map) = h.ext_fields {
-            ext_fields.reserve(map.len());
-            for (k, v) in map {
-                // Non-Java clients send numbers and booleans here; null means absent.
-                let s = match v {
-                    serde_json::Value::String(s) => s,
-                    serde_json::Value::Null => continue,
-                    serde_json::Value::Bool(b) => b.to_string(),
-                    serde_json::Value::Number(n) => n.to_string(),
-                    other => other.to_string(),
-                };
-                ext_fields.insert(k, s);
-            }
-        }
         Ok(RemotingCommand {
             code: h.code.0,
             language: h
                 .language
-                .as_deref()
-                .map(LanguageCode::from_name)
+                .map(|l| LanguageCode::from_name(&l.0))
                 .unwrap_or_default(),
             version: h.version.0,
             opaque: h.opaque.0,
             flag: h.flag.0,
-            remark: h.remark,
-            ext_fields,
+            remark: h.remark.map(|r| r.0),
+            ext_fields: h.ext_fields.unwrap_or_default(),
             body: None,
             serialize_type: SerializeType::Json,
         })
@@ -378,12 +387,14 @@ impl RemotingCommand {
         let ext_len = ext_len as usize;
         need(h, ext_len, "extFields")?;
         let mut ext = &h[..ext_len];
-        let mut ext_fields = HashMap::new();
+        let mut ext_fields = ExtFields::with_capacity(16, ext_len);
         while ext.has_remaining() {
             need(ext, 2, "extFields key length")?;
             let klen = ext.get_u16() as usize;
             need(ext, klen + 4, "extFields key")?;
-            let key = utf8(&ext[..klen], "extFields key")?;
+            let key = std::str::from_utf8(&ext[..klen]).map_err(|_| {
+                ProtocolError::InvalidBinaryHeader("extFields key is not UTF-8".into())
+            })?;
             ext.advance(klen);
             let vlen = ext.get_i32();
             if vlen < 0 {
@@ -393,11 +404,13 @@ impl RemotingCommand {
             }
             let vlen = vlen as usize;
             need(ext, vlen, "extFields value")?;
-            let value = utf8(&ext[..vlen], "extFields value")?;
-            ext.advance(vlen);
+            let value = std::str::from_utf8(&ext[..vlen]).map_err(|_| {
+                ProtocolError::InvalidBinaryHeader("extFields value is not UTF-8".into())
+            })?;
             if !key.is_empty() && !value.is_empty() {
                 ext_fields.insert(key, value);
             }
+            ext.advance(vlen);
         }
         Ok(RemotingCommand {
             code,
@@ -413,92 +426,84 @@ impl RemotingCommand {
     }
 }
 
-fn write_json_header_to<W: std::io::Write>(w: &mut W, c: &RemotingCommand) -> std::io::Result<()> {
-    write!(w, "{{\"code\":{}", c.code)?;
-    if !c.ext_fields.is_empty() {
-        w.write_all(b",\"extFields\":{")?;
-        let mut keys: Vec<&String> = c.ext_fields.keys().collect();
-        keys.sort_unstable();
-        for (i, k) in keys.into_iter().enumerate() {
-            if i > 0 {
-                w.write_all(b",")?;
-            }
-            serde_json::to_writer(&mut *w, k)?;
-            w.write_all(b":")?;
-            serde_json::to_writer(&mut *w, &c.ext_fields[k])?;
-        }
-        w.write_all(b"}")?;
-    }
-    write!(
-        w,
-        ",\"flag\":{},\"language\":\"{}\",\"opaque\":{}",
-        c.flag,
-        c.language.name(),
-        c.opaque
-    )?;
-    if let Some(r) = &c.remark {
-        w.write_all(b",\"remark\":")?;
-        serde_json::to_writer(&mut *w, r)?;
-    }
-    write!(
-        w,
-        ",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":{}}}",
-        c.version
-    )
-}
-
 /// The JSON header as peers send it; every key is optional.
 #[derive(Deserialize)]
 struct JsonHeader {
     #[serde(default)]
     code: LenientI32,
-    #[serde(default, deserialize_with = "lenient_opt_string")]
-    language: Option<String>,
+    #[serde(default)]
+    language: Option<LenientString>,
     #[serde(default)]
     version: LenientI32,
     #[serde(default)]
     opaque: LenientI32,
     #[serde(default)]
     flag: LenientI32,
-    #[serde(default, deserialize_with = "lenient_opt_string")]
-    remark: Option<String>,
+    #[serde(default)]
+    remark: Option<LenientString>,
     #[serde(default, rename = "extFields")]
-    ext_fields: Option<HashMap<String, serde_json::Value>>,
+    ext_fields: Option<ExtFields>,
 }
 
-/// An int32 that may arrive as a JSON number, a numeric string or null.
+/// An int32 that may arrive as a JSON number, a numeric string or null
+/// (null reads as 0, like a missing key).
 #[derive(Default)]
 struct LenientI32(i32);
 
 impl<'de> Deserialize<'de> for LenientI32 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error;
-        let v = serde_json::Value::deserialize(d)?;
-        match &v {
-            serde_json::Value::Null => Ok(LenientI32(0)),
-            serde_json::Value::Number(n) => n
-                .as_i64()
-                .map(|x| LenientI32(x as i32))
-                .ok_or_else(|| D::Error::custom(format!("{n} is not an integer"))),
-            serde_json::Value::String(s) => s
-                .trim()
-                .parse::<i64>()
-                .map(|x| LenientI32(x as i32))
-                .map_err(|_| D::Error::custom(format!("'{s}' is not an integer"))),
-            other => Err(D::Error::custom(format!("{other} is not an integer"))),
-        }
+        d.deserialize_any(LenientI32Visitor)
     }
 }
 
-fn lenient_opt_string<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<String>, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    Ok(match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s),
-        other => Some(other.to_string()),
-    })
+struct LenientI32Visitor;
+
+impl<'de> serde::de::Visitor<'de> for LenientI32Visitor {
+    type Value = LenientI32;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an integer")
+    }
+    // Out-of-range values wrap like Java's int cast of a long.
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<LenientI32, E> {
+        Ok(LenientI32(v as i32))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<LenientI32, E> {
+        i64::try_from(v)
+            .map(|x| LenientI32(x as i32))
+            .map_err(|_| E::custom(format!("{v} is not an integer")))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<LenientI32, E> {
+        Err(E::custom(format!("{v} is not an integer")))
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<LenientI32, E> {
+        s.trim()
+            .parse::<i64>()
+            .map(|x| LenientI32(x as i32))
+            .map_err(|_| E::custom(format!("'{s}' is not an integer")))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<LenientI32, E> {
+        Ok(LenientI32(0))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<LenientI32, E> {
+        Err(E::custom(format!("{v} is not an integer")))
+    }
+}
+
+/// A string field that may arrive as any JSON scalar (its text is kept);
+/// null reads as absent.
+struct LenientString(String);
+
+impl<'de> Deserialize<'de> for LenientString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut s = String::new();
+        match serde::de::DeserializeSeed::deserialize(crate::ext_fields::AppendStr(&mut s), d)? {
+            Some(()) => Ok(LenientString(s)),
+            // `Option<LenientString>` turns JSON null into None before this
+            // runs; this arm covers a null reaching here some other way.
+            None => Ok(LenientString(String::new())),
+        }
+    }
 }
 
 #[cfg(test)]

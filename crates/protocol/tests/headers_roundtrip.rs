@@ -1,7 +1,7 @@
 //! Round-trips every typed header through `extFields` and through a whole
 //! JSON frame, plus the lenient-parsing, error and V1/V2 conversion rules.
 
-use std::collections::HashMap;
+use apogee_protocol::ExtFields;
 
 use apogee_protocol::code::request_code;
 use apogee_protocol::header::*;
@@ -123,7 +123,7 @@ macro_rules! roundtrip {
                 fn $test(p in pools()) {
                     let mut g = Gen { p, n: 0 };
                     let h = $ty { $($field: g.$gen(),)* };
-                    let mut ext = HashMap::new();
+                    let mut ext = ExtFields::new();
                     h.write_ext(&mut ext);
                     prop_assert_eq!(<$ty>::read_ext(&ext), Ok(h.clone()));
                     let cmd = RemotingCommand::request(0).with_header(&h);
@@ -223,11 +223,8 @@ roundtrip! {
     update_group_forbidden_request_header: UpdateGroupForbiddenRequestHeader { group: s, topic: s, readable: ob, rpc: rpc }
 }
 
-fn ext(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+fn ext(pairs: &[(&str, &str)]) -> ExtFields {
+    pairs.iter().copied().collect()
 }
 
 fn v1_sample() -> SendMessageRequestHeader {
@@ -277,6 +274,7 @@ proptest! {
     #[test]
     fn arbitrary_ext_maps_never_panic(m in prop::collection::hash_map("[a-zA-Z]{1,12}", ".{0,8}", 0..12)) {
         // Any outcome is fine as long as decoding returns instead of panicking.
+        let m: ExtFields = m.into_iter().collect();
         let _ = PullMessageRequestHeader::read_ext(&m);
         let _ = RegisterBrokerRequestHeader::read_ext(&m);
         let _ = SendMessageRequestHeaderV2::read_ext_labelled(&m);
@@ -384,7 +382,7 @@ fn missing_required_field_is_named() {
         Err(ProtocolError::MissingField("subVersion"))
     );
     let mut e = e;
-    e.insert("subVersion".into(), "1700000000000".into());
+    e.insert("subVersion", "1700000000000");
     let h = PullMessageRequestHeader::read_ext(&e).unwrap();
     assert_eq!(h.sys_flag, 3);
     assert_eq!(h.subscription, None);
@@ -429,7 +427,7 @@ fn java_defaults_apply_when_primitives_are_absent() {
     assert!(r.is_force);
     // Old clients send GET_ALL_TOPIC_CONFIG without any header.
     assert_eq!(
-        GetAllTopicConfigRequestHeader::read_ext(&HashMap::new()),
+        GetAllTopicConfigRequestHeader::read_ext(&ExtFields::new()),
         Ok(GetAllTopicConfigRequestHeader::default())
     );
     // An empty header decodes from anything.

@@ -45,14 +45,14 @@ macro_rules! command_header {
 
         impl $crate::header::CommandHeader for $name {
             #[allow(unused_variables)]
-            fn write_ext(&self, ext: &mut ::std::collections::HashMap<String, String>) {
+            fn write_ext(&self, ext: &mut $crate::ext_fields::ExtFields) {
                 $( command_header!(@write $kind self, ext, $field, $key); )*
                 $( $crate::header::CommandHeader::write_ext(&self.$rpc, ext); )?
             }
 
             #[allow(unused_variables)]
             fn read_ext(
-                ext: &::std::collections::HashMap<String, String>,
+                ext: &$crate::ext_fields::ExtFields,
             ) -> ::std::result::Result<Self, $crate::error::ProtocolError> {
                 Ok($name {
                     $( $field: command_header!(@read $kind ext, $key $(, $default)?), )*

@@ -10,10 +10,9 @@
 //! [`ProtocolError::InvalidField`] naming the field and the value, so a server
 //! can answer with a precise remark instead of dropping the connection.
 
-use std::collections::HashMap;
-
 use crate::command::RemotingCommand;
 use crate::error::{ProtocolError, Result};
+use crate::ext_fields::ExtFields;
 
 #[macro_use]
 mod macros;
@@ -35,9 +34,9 @@ pub use send::*;
 /// A custom header that travels as string pairs in `extFields`.
 pub trait CommandHeader: Sized {
     /// Adds this header's fields to `ext` (values as strings, `None` omitted).
-    fn write_ext(&self, ext: &mut HashMap<String, String>);
+    fn write_ext(&self, ext: &mut ExtFields);
     /// Reads the header from `ext`; unknown keys are ignored.
-    fn read_ext(ext: &HashMap<String, String>) -> Result<Self, ProtocolError>;
+    fn read_ext(ext: &ExtFields) -> Result<Self, ProtocolError>;
 }
 
 impl RemotingCommand {
@@ -59,8 +58,8 @@ impl RemotingCommand {
 pub trait HeaderValue: Sized {
     /// Parses `raw`, the value received under key `field`.
     fn parse_value(field: &'static str, raw: &str) -> Result<Self>;
-    /// The wire text of this value.
-    fn to_value(&self) -> String;
+    /// Appends the wire text of this value to `out`.
+    fn write_value(&self, out: &mut String);
     /// Whether a blank value means "absent" (true for numbers and booleans,
     /// which Java's reflective decoder skips when they fail to parse).
     const BLANK_IS_ABSENT: bool;
@@ -70,8 +69,8 @@ impl HeaderValue for String {
     fn parse_value(_field: &'static str, raw: &str) -> Result<Self> {
         Ok(raw.to_owned())
     }
-    fn to_value(&self) -> String {
-        self.clone()
+    fn write_value(&self, out: &mut String) {
+        out.push_str(self);
     }
     const BLANK_IS_ABSENT: bool = false;
 }
@@ -92,8 +91,8 @@ macro_rules! integer_value {
                     .parse::<$t>()
                     .map_err(|e| invalid(field, raw, format!("not a {}: {e}", $what)))
             }
-            fn to_value(&self) -> String {
-                self.to_string()
+            fn write_value(&self, out: &mut String) {
+                out.push_str(itoa::Buffer::new().format(*self));
             }
             const BLANK_IS_ABSENT: bool = true;
         }
@@ -115,17 +114,14 @@ impl HeaderValue for bool {
             Err(invalid(field, raw, "expected true, false, 1 or 0"))
         }
     }
-    fn to_value(&self) -> String {
-        if *self { "true" } else { "false" }.to_owned()
+    fn write_value(&self, out: &mut String) {
+        out.push_str(if *self { "true" } else { "false" });
     }
     const BLANK_IS_ABSENT: bool = true;
 }
 
 /// Reads an optional field; a blank number/boolean counts as absent.
-pub fn optional<T: HeaderValue>(
-    ext: &HashMap<String, String>,
-    key: &'static str,
-) -> Result<Option<T>> {
+pub fn optional<T: HeaderValue>(ext: &ExtFields, key: &'static str) -> Result<Option<T>> {
     match ext.get(key) {
         None => Ok(None),
         Some(raw) if T::BLANK_IS_ABSENT && raw.trim().is_empty() => Ok(None),
@@ -134,7 +130,7 @@ pub fn optional<T: HeaderValue>(
 }
 
 /// Reads a required field.
-pub fn required<T: HeaderValue>(ext: &HashMap<String, String>, key: &'static str) -> Result<T> {
+pub fn required<T: HeaderValue>(ext: &ExtFields, key: &'static str) -> Result<T> {
     match ext.get(key) {
         None => Err(ProtocolError::MissingField(key)),
         Some(raw) if T::BLANK_IS_ABSENT && raw.trim().is_empty() => {
@@ -145,8 +141,8 @@ pub fn required<T: HeaderValue>(ext: &HashMap<String, String>, key: &'static str
 }
 
 /// Writes one field's text under `key`.
-pub fn put<T: HeaderValue>(ext: &mut HashMap<String, String>, key: &str, value: &T) {
-    ext.insert(key.to_owned(), value.to_value());
+pub fn put<T: HeaderValue>(ext: &mut ExtFields, key: &str, value: &T) {
+    ext.insert_with(key, |out| value.write_value(out));
 }
 
 command_header! {
@@ -172,11 +168,8 @@ command_header! {
 mod tests {
     use super::*;
 
-    fn ext(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn ext(pairs: &[(&str, &str)]) -> ExtFields {
+        pairs.iter().copied().collect()
     }
 
     #[test]
@@ -237,11 +230,11 @@ mod tests {
             namespaced: Some(false),
             ..Default::default()
         };
-        let mut m = HashMap::new();
+        let mut m = ExtFields::new();
         r.write_ext(&mut m);
         assert_eq!(m.len(), 2);
-        assert_eq!(m.get("bname").map(String::as_str), Some("broker-a"));
-        assert_eq!(m.get("nsd").map(String::as_str), Some("false"));
+        assert_eq!(m.get("bname"), Some("broker-a"));
+        assert_eq!(m.get("nsd"), Some("false"));
         assert_eq!(RpcFields::read_ext(&m), Ok(r));
     }
 }

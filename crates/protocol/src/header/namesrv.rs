@@ -216,20 +216,20 @@ mod tests {
 
     #[test]
     fn register_broker_defaults_and_missing_field() {
-        let mut ext = std::collections::HashMap::new();
+        let mut ext = crate::ext_fields::ExtFields::new();
         for (k, v) in [
             ("brokerName", "b"),
             ("brokerAddr", "a:1"),
             ("clusterName", "c"),
             ("haServerAddr", "a:2"),
         ] {
-            ext.insert(k.to_owned(), v.to_owned());
+            ext.insert(k, v);
         }
         assert_eq!(
             RegisterBrokerRequestHeader::read_ext(&ext),
             Err(ProtocolError::MissingField("brokerId"))
         );
-        ext.insert("brokerId".into(), "1".into());
+        ext.insert("brokerId", "1");
         let h = RegisterBrokerRequestHeader::read_ext(&ext).unwrap();
         assert_eq!((h.compressed, h.body_crc32), (false, 0));
         // Java always emits its primitive/defaulted fields.

@@ -1,8 +1,6 @@
 //! Producer-side headers: sending (V1 long keys and V2 one-letter keys),
 //! replies, transactions, send-back of consumed messages and recall.
 
-use std::collections::HashMap;
-
 use crate::code::request_code;
 use crate::command::RemotingCommand;
 use crate::error::{ProtocolError, Result};
@@ -136,7 +134,7 @@ fn v2_key_label(key: &'static str) -> &'static str {
 impl SendMessageRequestHeaderV2 {
     /// Like [`CommandHeader::read_ext`], but errors name the long field too
     /// (`a (producerGroup)`), which is what a server should put in its remark.
-    pub fn read_ext_labelled(ext: &HashMap<String, String>) -> Result<Self> {
+    pub fn read_ext_labelled(ext: &crate::ext_fields::ExtFields) -> Result<Self> {
         Self::read_ext(ext).map_err(|e| match e {
             ProtocolError::MissingField(k) => ProtocolError::MissingField(v2_key_label(k)),
             ProtocolError::InvalidField {
