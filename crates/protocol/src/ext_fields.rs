@@ -9,9 +9,12 @@
 
 use std::fmt;
 
-/// Key and value positions inside [`ExtFields::buf`].
+/// Key and value positions inside [`ExtFields::buf`], and a cheap tag of
+/// the key (length, first and last byte) that rejects most non-matching
+/// keys in a lookup without comparing bytes.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    tag: u32,
     key_start: u32,
     key_len: u32,
     val_start: u32,
@@ -62,16 +65,21 @@ impl ExtFields {
         self.buf.get(s..s + e.val_len as usize).unwrap_or("")
     }
 
-    fn find(&self, key: &str) -> Result<usize, usize> {
-        self.entries.binary_search_by(|e| self.key_of(e).cmp(key))
+    /// Headers have a few dozen short keys at most: a linear scan on the
+    /// tag beats a binary search that compares strings at every step.
+    fn find(&self, key: &str) -> Option<usize> {
+        let tag = tag_of(key);
+        self.entries
+            .iter()
+            .position(|e| e.tag == tag && self.key_of(e) == key)
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.find(key).ok().map(|i| self.val_of(&self.entries[i]))
+        self.find(key).map(|i| self.val_of(&self.entries[i]))
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
-        self.find(key).is_ok()
+        self.find(key).is_some()
     }
 
     /// Sets `key` to `value`, replacing any earlier value.
@@ -90,30 +98,36 @@ impl ExtFields {
 
     /// Records a value already appended at `val_start..val_start+val_len`.
     fn place(&mut self, key: &str, val_start: usize, val_len: usize) {
-        match self.find(key) {
-            Ok(i) => {
-                self.entries[i].val_start = val_start as u32;
-                self.entries[i].val_len = val_len as u32;
-            }
-            Err(i) => {
-                let key_start = self.buf.len();
-                self.buf.push_str(key);
-                self.entries.insert(
-                    i,
-                    Entry {
-                        key_start: key_start as u32,
-                        key_len: key.len() as u32,
-                        val_start: val_start as u32,
-                        val_len: val_len as u32,
-                    },
-                );
-            }
+        if let Some(i) = self.find(key) {
+            self.entries[i].val_start = val_start as u32;
+            self.entries[i].val_len = val_len as u32;
+            return;
         }
+        // Keep key order; keys usually arrive sorted (peers write them so),
+        // making this a push.
+        let at = match self.entries.last() {
+            Some(last) if self.key_of(last) > key => {
+                self.entries.partition_point(|e| self.key_of(e) < key)
+            }
+            _ => self.entries.len(),
+        };
+        let key_start = self.buf.len();
+        self.buf.push_str(key);
+        self.entries.insert(
+            at,
+            Entry {
+                tag: tag_of(key),
+                key_start: key_start as u32,
+                key_len: key.len() as u32,
+                val_start: val_start as u32,
+                val_len: val_len as u32,
+            },
+        );
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<String> {
-        let i = self.find(key).ok()?;
+        let i = self.find(key)?;
         let e = self.entries.remove(i);
         Some(self.val_of(&e).to_owned())
     }
@@ -129,6 +143,13 @@ impl ExtFields {
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         self.entries.iter().map(move |e| self.key_of(e))
     }
+}
+
+fn tag_of(key: &str) -> u32 {
+    let b = key.as_bytes();
+    let first = b.first().copied().unwrap_or(0) as u32;
+    let last = b.last().copied().unwrap_or(0) as u32;
+    ((b.len() as u32) << 16) | (first << 8) | last
 }
 
 impl PartialEq for ExtFields {

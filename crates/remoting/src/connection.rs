@@ -385,8 +385,16 @@ fn dispatch(
         return;
     };
     let processor = rt.processors.lookup(cmd.code);
-    rt.requests
-        .spawn(run_request(channel.clone(), processor, cmd, permit));
+    let mut request = Box::pin(run_request(channel.clone(), processor, cmd, permit));
+    // Most requests (a send under ASYNC_FLUSH, an offset update) finish
+    // without waiting on anything: running them right here saves a task
+    // spawn and a cross-thread wake per request. Only one that has to wait
+    // (a long-polling pull, a SYNC_FLUSH send, a full write queue) becomes
+    // a task of its own; the task polls it again with its own waker.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if request.as_mut().poll(&mut cx).is_pending() {
+        rt.requests.spawn(request);
+    }
 }
 
 /// Answers SYSTEM_BUSY like Java's rejected thread pool, without waiting:
