@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::config::FlushDiskType;
+use crate::config::{FlushDiskType, MessageStoreConfig};
 use crate::store::Inner;
 
 #[derive(Default)]
@@ -190,30 +190,97 @@ impl Future for FlushWait {
 /// How long a SYNC_FLUSH flush may wait for concurrent writers to join it.
 const GROUP_COMMIT_DELAY: Duration = Duration::from_micros(200);
 
+/// Shortest gap between two ASYNC_FLUSH flushes while data keeps coming:
+/// every msync write-protects the flushed pages (a TLB shoot-down per page
+/// and a fault when the appender touches the current page again), so under
+/// load one flush covers what ~10 ms of appends wrote instead of a few pages.
+const ASYNC_MIN_GAP: Duration = Duration::from_millis(10);
+
+/// Under ASYNC_FLUSH an appender wakes a sleeping flusher once this many
+/// bytes are dirty (flushCommitLogLeastPages).
+pub(crate) fn async_wake_bytes(cfg: &MessageStoreConfig) -> u64 {
+    (cfg.flush_commit_log_least_pages * 4096).max(1)
+}
+
+fn flush_now(inner: &Inner) -> usize {
+    if let Some(hook) = &inner.before_flush {
+        hook();
+    }
+    match inner.commit_log.flush() {
+        Ok(flushed) => inner.waiters.complete_upto(flushed),
+        Err(e) => {
+            tracing::error!(error = %e, "CommitLog flush failed; refusing further writes");
+            inner.set_write_error();
+            inner.waiters.fail_all();
+            0
+        }
+    }
+}
+
 /// The CommitLog flusher thread body.
 pub(crate) fn run_flusher(inner: Arc<Inner>) {
-    let cfg = &inner.cfg;
-    let interval = Duration::from_millis(cfg.flush_interval_commit_log.max(1));
-    let least = cfg.flush_commit_log_least_pages * 4096;
-    let sync = cfg.flush_disk_type == FlushDiskType::SyncFlush;
+    if inner.cfg.flush_disk_type == FlushDiskType::SyncFlush {
+        run_sync_flusher(&inner)
+    } else {
+        run_async_flusher(&inner)
+    }
+}
+
+/// ASYNC_FLUSH: flush every flushIntervalCommitLog, or once
+/// flushCommitLogLeastPages are dirty, at most once per [`ASYNC_MIN_GAP`].
+/// Appenders wake the thread only while it advertises idleness.
+fn run_async_flusher(inner: &Inner) {
+    let interval = Duration::from_millis(inner.cfg.flush_interval_commit_log.max(1));
+    let least = async_wake_bytes(&inner.cfg);
+    let mut last = Instant::now();
+    loop {
+        let stopping = inner.stop_flusher.load(Ordering::Acquire);
+        let dirty = inner.commit_log.dirty_bytes();
+        let due = dirty > 0
+            && (dirty >= least || last.elapsed() >= interval || !inner.waiters.is_empty());
+        if due || stopping {
+            flush_now(inner);
+            last = Instant::now();
+        }
+        if stopping {
+            break;
+        }
+        inner.waiters.sweep_expired(Instant::now());
+        if due {
+            // Busy: let the next flush gather more pages; appenders do not
+            // wake us meanwhile.
+            std::thread::park_timeout(ASYNC_MIN_GAP);
+            continue;
+        }
+        inner.flusher_idle.set();
+        if inner.commit_log.dirty_bytes() < least {
+            let wait = interval
+                .saturating_sub(last.elapsed())
+                .max(Duration::from_millis(1));
+            std::thread::park_timeout(wait);
+        }
+        inner.flusher_idle.clear();
+    }
+}
+
+/// SYNC_FLUSH: flush as soon as a writer waits (group commit), and every
+/// flushIntervalCommitLog for writes nobody waits for.
+fn run_sync_flusher(inner: &Inner) {
+    let interval = Duration::from_millis(inner.cfg.flush_interval_commit_log.max(1));
     let mut last = Instant::now();
     // Writers released by the previous flush (group-commit batch size).
     let mut last_batch = 0usize;
     loop {
         let stopping = inner.stop_flusher.load(Ordering::Acquire);
         let dirty = inner.commit_log.dirty_bytes();
-        let need = if sync {
-            !inner.waiters.is_empty() || (dirty > 0 && last.elapsed() >= interval)
-        } else {
-            dirty > 0 && (dirty >= least || last.elapsed() >= interval)
-        };
-        if need && sync && !stopping && last_batch >= 2 {
+        let need = !inner.waiters.is_empty() || (dirty > 0 && last.elapsed() >= interval);
+        if need && !stopping && last_batch >= 2 {
             // Several writers shared the last flush, so most of them are
             // appending their next message right now: give them a moment to
             // join this flush instead of syncing for the first arrival alone
             // (PostgreSQL's commit_delay/commit_siblings idea). A lone writer
-            // never waits.
-            // Each arriving writer unparks us, so wait out the deadline.
+            // never waits. Writers do not wake a busy flusher, so this sleep
+            // is not cut short.
             let deadline = last + GROUP_COMMIT_DELAY;
             loop {
                 let now = Instant::now();
@@ -224,32 +291,20 @@ pub(crate) fn run_flusher(inner: Arc<Inner>) {
             }
         }
         if need || stopping {
-            if let Some(hook) = &inner.before_flush {
-                hook();
-            }
-            match inner.commit_log.flush() {
-                Ok(flushed) => last_batch = inner.waiters.complete_upto(flushed),
-                Err(e) => {
-                    tracing::error!(error = %e, "CommitLog flush failed; refusing further writes");
-                    inner.set_write_error();
-                    inner.waiters.fail_all();
-                }
-            }
+            last_batch = flush_now(inner);
             last = Instant::now();
         }
         if stopping {
             break;
         }
         inner.waiters.sweep_expired(Instant::now());
-        if !need || dirty == 0 {
-            let wait = if sync {
-                interval.min(Duration::from_millis(10))
-            } else {
-                interval
-                    .saturating_sub(last.elapsed())
-                    .max(Duration::from_millis(1))
-            };
-            std::thread::park_timeout(wait);
+        if need {
+            continue;
         }
+        inner.flusher_idle.set();
+        if inner.waiters.is_empty() {
+            std::thread::park_timeout(interval.min(Duration::from_millis(10)));
+        }
+        inner.flusher_idle.clear();
     }
 }

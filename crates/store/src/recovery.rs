@@ -184,7 +184,7 @@ pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> R
     // already there).
     let from = redispatch_from.min(end);
     inner.dispatched.store(from, Ordering::Release);
-    dispatch::dispatch_available(inner, false)?;
+    dispatch::dispatch_available(inner, &mut Default::default(), false)?;
     inner.dispatched.store(
         end.max(inner.dispatched.load(Ordering::Acquire)),
         Ordering::Release,

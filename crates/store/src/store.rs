@@ -239,6 +239,10 @@ pub(crate) struct Inner {
     dispatch_mu: Mutex<()>,
     dispatch_cv: Condvar,
     dispatch_waiting: AtomicU64,
+    /// Set while the dispatcher sleeps for want of work (appenders wake it).
+    pub(crate) dispatcher_idle: dispatch::IdleFlag,
+    /// Set while the CommitLog flusher sleeps for want of work.
+    pub(crate) flusher_idle: dispatch::IdleFlag,
     pub(crate) listener: RwLock<Option<Arc<dyn MessageArrivingListener>>>,
     pub(crate) disk_probe: Arc<dyn DiskUsageProbe>,
     pub(crate) before_flush: Option<Arc<dyn Fn() + Send + Sync>>,
@@ -403,6 +407,8 @@ impl MessageStore {
             dispatch_mu: Mutex::new(()),
             dispatch_cv: Condvar::new(),
             dispatch_waiting: AtomicU64::new(0),
+            dispatcher_idle: Default::default(),
+            flusher_idle: Default::default(),
             listener: RwLock::new(hooks.arriving_listener),
             disk_probe: hooks.disk_probe.unwrap_or_else(|| Arc::new(StatvfsProbe)),
             before_flush: hooks.before_flush,
@@ -517,9 +523,12 @@ impl MessageStore {
             return Err(StoreError::MessageTooLarge { size: total, max });
         }
         let dispatchable = sysflag::is_dispatchable(first.sys_flag);
-        let wait = msgs
-            .iter()
-            .all(|m| properties::get(&m.properties, keys::WAIT_STORE_MSG_OK) != Some("false"));
+        let sync = self.inner.cfg.flush_disk_type == FlushDiskType::SyncFlush;
+        // Only SYNC_FLUSH waits, so only then is the property worth a scan.
+        let wait = sync
+            && msgs
+                .iter()
+                .all(|m| properties::get(&m.properties, keys::WAIT_STORE_MSG_OK) != Some("false"));
         let res = ENCODE_BUF.with(|cell| -> Result<_> {
             let mut buf = cell.borrow_mut();
             buf.clear();
@@ -555,11 +564,16 @@ impl MessageStore {
         })?;
         let (a, batch_offsets) = res;
         let i = &self.inner;
-        if let Some(t) = i.dispatcher_thread.get() {
-            t.unpark();
+        // Wake the dispatcher only if it sleeps for want of work; while busy
+        // it polls (see dispatch::run_dispatcher).
+        if i.dispatcher_idle.take() {
+            if let Some(t) = i.dispatcher_thread.get() {
+                t.unpark();
+            }
         }
-        if i.cfg.flush_disk_type == FlushDiskType::AsyncFlush
-            && i.commit_log.dirty_bytes() >= i.cfg.flush_commit_log_least_pages * 4096
+        if !sync
+            && i.commit_log.dirty_bytes() >= flush::async_wake_bytes(&i.cfg)
+            && i.flusher_idle.take()
         {
             if let Some(t) = i.flusher_thread.get() {
                 t.unpark();
@@ -576,7 +590,7 @@ impl MessageStore {
                 store_host: first.store_host,
                 batch_offsets,
             },
-            wait && i.cfg.flush_disk_type == FlushDiskType::SyncFlush,
+            wait,
         ))
     }
 
@@ -586,8 +600,10 @@ impl MessageStore {
         let slot = i
             .waiters
             .register(end, deadline, i.commit_log.flushed_atomic());
-        if let Some(t) = i.flusher_thread.get() {
-            t.unpark();
+        if i.flusher_idle.take() {
+            if let Some(t) = i.flusher_thread.get() {
+                t.unpark();
+            }
         }
         slot
     }
@@ -1034,7 +1050,7 @@ impl MessageStore {
         }
         let r = (|| -> Result<()> {
             i.commit_log.flush()?;
-            dispatch::dispatch_available(i, true)?;
+            dispatch::dispatch_available(i, &mut Default::default(), true)?;
             i.flush_logics_and_checkpoint()?;
             Ok(())
         })();
