@@ -44,6 +44,8 @@ const COPY_BODY_LIMIT: usize = 4 * 1024;
 /// A write batch stops growing at this many bytes or frames.
 const BATCH_BYTES: usize = 256 * 1024;
 const BATCH_FRAMES: usize = 256;
+/// Initial (and regrown) size of a connection's read buffer.
+const READ_BUFFER: usize = 64 * 1024;
 /// Upper bound on buffers handed to one `write_vectored` call.
 const MAX_IOV: usize = 64;
 /// How long a closing connection may spend flushing what is still queued.
@@ -307,7 +309,10 @@ pub(crate) fn spawn_connection(stream: TcpStream, rt: &Arc<Runtime>) -> std::io:
 }
 
 async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
-    let mut frames = FramedRead::new(rd, FrameCodec::new(rt.opts.max_frame_size));
+    // A peer that batches its writes sends tens of KiB at once; a larger
+    // read buffer takes them in one read instead of several.
+    let mut frames =
+        FramedRead::with_capacity(rd, FrameCodec::new(rt.opts.max_frame_size), READ_BUFFER);
     let idle = rt.opts.idle_timeout;
     // Without an idle timeout the timer is simply never polled.
     let timer = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(3600)));
@@ -501,11 +506,14 @@ async fn write_loop(
         };
         let Some(first) = first else { break };
         batch.push(&first);
-        while batch.frames < BATCH_FRAMES && batch.bytes < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(&cmd),
-                Err(_) => break,
-            }
+        batch.drain_ready(&mut rx);
+        if !batch.is_full() {
+            // Let tasks that are already runnable (callers woken by the
+            // responses just read) queue their frames first: one write of
+            // many frames instead of a syscall, and a loopback/NIC round,
+            // per frame. Costs one trip through the run queue.
+            tokio::task::yield_now().await;
+            batch.drain_ready(&mut rx);
         }
         if let Err(e) = batch.write_to(&mut wr).await {
             debug!(peer = %peer, error = %e, "write failed; closing connection");
@@ -545,6 +553,20 @@ struct Batch {
 }
 
 impl Batch {
+    fn is_full(&self) -> bool {
+        self.frames >= BATCH_FRAMES || self.bytes >= BATCH_BYTES
+    }
+
+    /// Adds whatever is queued right now, up to the batch limits.
+    fn drain_ready(&mut self, rx: &mut mpsc::Receiver<RemotingCommand>) {
+        while !self.is_full() {
+            match rx.try_recv() {
+                Ok(cmd) => self.push(&cmd),
+                Err(_) => break,
+            }
+        }
+    }
+
     fn push(&mut self, cmd: &RemotingCommand) {
         let before = self.buf.len();
         cmd.encode_prefix(&mut self.buf);
