@@ -146,6 +146,24 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Make sure the segment the next append goes to exists. SYNC_FLUSH
+    /// calls it at open, because its segments are created by writing zeros
+    /// through them, which should not delay the first append.
+    pub fn prepare_current(&self) -> Result<()> {
+        let mut st = self.append.lock();
+        if st.current.is_some() {
+            return Ok(());
+        }
+        let seg_size = self.segment_size();
+        let base = self.max_offset() / seg_size * seg_size;
+        let s = match self.mfq.last() {
+            Some(l) if l.base() == base => l,
+            _ => self.mfq.create(base)?,
+        };
+        st.current = Some(s);
+        Ok(())
+    }
+
     /// Install the queue-offset table (after recovery).
     pub fn set_queue_offsets(&self, table: HashMap<String, HashMap<i32, i64>>) {
         self.append.lock().queue_offsets = table;

@@ -82,25 +82,48 @@ struct Waiter {
 pub struct FlushWaiters {
     list: Mutex<Vec<Waiter>>,
     len: AtomicU64,
+    /// While the SYNC_FLUSH flusher gathers a group commit: the number of
+    /// waiters at which it wants to be woken (0 = not gathering).
+    wake_at: AtomicU64,
 }
 
 impl FlushWaiters {
     /// Register a wait for `offset`; completes at once if already flushed.
-    pub fn register(&self, offset: u64, deadline: Instant, flushed: &AtomicU64) -> Arc<WaitSlot> {
+    /// The flag is true when this waiter completes the group the flusher is
+    /// gathering (the caller then wakes it).
+    pub fn register(
+        &self,
+        offset: u64,
+        deadline: Instant,
+        flushed: &AtomicU64,
+    ) -> (Arc<WaitSlot>, bool) {
         let slot = Arc::new(WaitSlot::default());
         let mut l = self.list.lock();
         if flushed.load(Ordering::Acquire) >= offset {
             drop(l);
             slot.complete(true);
+            (slot, false)
         } else {
             l.push(Waiter {
                 offset,
                 deadline,
                 slot: slot.clone(),
             });
-            self.len.store(l.len() as u64, Ordering::Release);
+            let n = l.len() as u64;
+            self.len.store(n, Ordering::Release);
+            let want = self.wake_at.load(Ordering::Acquire);
+            (slot, want != 0 && n == want)
         }
-        slot
+    }
+
+    /// Number of registered waiters.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire) as usize
+    }
+
+    /// Ask to be woken when `n` waiters are registered (0: stop asking).
+    fn wake_at(&self, n: usize) {
+        self.wake_at.store(n as u64, Ordering::Release);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -279,16 +302,18 @@ fn run_sync_flusher(inner: &Inner) {
             // appending their next message right now: give them a moment to
             // join this flush instead of syncing for the first arrival alone
             // (PostgreSQL's commit_delay/commit_siblings idea). A lone writer
-            // never waits. Writers do not wake a busy flusher, so this sleep
-            // is not cut short.
+            // never waits. The writer that brings the group back to the size
+            // of the last one wakes us early; no one else does.
             let deadline = last + GROUP_COMMIT_DELAY;
+            inner.waiters.wake_at(last_batch);
             loop {
                 let now = Instant::now();
-                if now >= deadline {
+                if now >= deadline || inner.waiters.len() >= last_batch {
                     break;
                 }
                 std::thread::park_timeout(deadline - now);
             }
+            inner.waiters.wake_at(0);
         }
         if need || stopping {
             last_batch = flush_now(inner);

@@ -69,6 +69,15 @@ impl MappedFile {
     /// The file is built under a temporary name and renamed into place, so
     /// a crash never leaves a half-created segment under a real name.
     pub fn create(path: &Path, base: u64, size: u64) -> Result<MappedFile> {
+        Self::create_with(path, base, size, false)
+    }
+
+    /// Like [`MappedFile::create`]; with `write_zeros` the blocks are really
+    /// written (zeros, then fdatasync) instead of reserved as unwritten
+    /// extents. Under SYNC_FLUSH that halves every later fdatasync: syncing
+    /// data into unwritten extents also converts them, a journal commit per
+    /// flush (measured here: 280-375 us against 132 us for 70 KB).
+    pub fn create_with(path: &Path, base: u64, size: u64, write_zeros: bool) -> Result<MappedFile> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -81,7 +90,13 @@ impl MappedFile {
             .map_err(|e| StoreError::io("create segment", &tmp, e))?;
         file.set_len(size)
             .map_err(|e| StoreError::io("size segment", &tmp, e))?;
-        reserve(&file, 0, size).map_err(|e| StoreError::io("reserve segment blocks", &tmp, e))?;
+        if write_zeros {
+            write_zeros_through(&file, size)
+                .map_err(|e| StoreError::io("write segment zeros", &tmp, e))?;
+        } else {
+            reserve(&file, 0, size)
+                .map_err(|e| StoreError::io("reserve segment blocks", &tmp, e))?;
+        }
         std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename new segment", path, e))?;
         Self::map(path, file, base, size, 0)
     }
@@ -409,6 +424,20 @@ impl MappedFile {
         tracing::info!(path = %self.path.display(), "deleted segment");
         true
     }
+}
+
+/// Write zeros over the whole file and fdatasync it.
+fn write_zeros_through(file: &File, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    file.sync_data()
 }
 
 /// Reserve disk blocks for `[off, off+len)`; filesystems without fallocate

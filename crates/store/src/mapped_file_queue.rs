@@ -163,8 +163,16 @@ impl MappedFileQueue {
 
     fn new_segment(&self, base: u64) -> Result<Arc<MappedFile>> {
         use std::sync::atomic::Ordering;
-        let f = MappedFile::create(&self.dir.join(segment_name(base)), base, self.file_size)?;
-        f.set_syscall_writes(self.syscall_writes.load(Ordering::Acquire));
+        // Segments written with pwrite are SYNC_FLUSH ones: give them written
+        // blocks (see `MappedFile::create_with`).
+        let syscall = self.syscall_writes.load(Ordering::Acquire);
+        let f = MappedFile::create_with(
+            &self.dir.join(segment_name(base)),
+            base,
+            self.file_size,
+            syscall,
+        )?;
+        f.set_syscall_writes(syscall);
         Ok(Arc::new(f))
     }
 

@@ -434,6 +434,9 @@ impl MessageStore {
             .map_err(|e| StoreError::io("create abort file", &abort_path, e))?;
         inner.flush_logics_and_checkpoint()?;
         cleanup::check_disk(&inner);
+        if inner.cfg.flush_disk_type == FlushDiskType::SyncFlush {
+            inner.commit_log.prepare_current()?;
+        }
 
         let store = MessageStore {
             inner: inner.clone(),
@@ -597,10 +600,10 @@ impl MessageStore {
     fn register_flush(&self, end: u64) -> Arc<WaitSlot> {
         let i = &self.inner;
         let deadline = Instant::now() + Duration::from_millis(i.cfg.sync_flush_timeout);
-        let slot = i
-            .waiters
-            .register(end, deadline, i.commit_log.flushed_atomic());
-        if i.flusher_idle.take() {
+        let (slot, group_complete) =
+            i.waiters
+                .register(end, deadline, i.commit_log.flushed_atomic());
+        if group_complete || i.flusher_idle.take() {
             if let Some(t) = i.flusher_thread.get() {
                 t.unpark();
             }
