@@ -325,6 +325,15 @@ impl RemotingCommand {
     }
 
     fn decode_json_header(header: &[u8]) -> Result<Self> {
+        if let Some(cmd) = crate::json_header::parse(header) {
+            return Ok(cmd);
+        }
+        Self::decode_json_header_general(header)
+    }
+
+    /// The serde reader: every JSON shape, precise errors. Also the
+    /// reference the fast reader is tested against.
+    pub(crate) fn decode_json_header_general(header: &[u8]) -> Result<Self> {
         let h: JsonHeader = serde_json::from_slice(header)
             .map_err(|e| ProtocolError::InvalidJsonHeader(e.to_string()))?;
         Ok(RemotingCommand {

@@ -14,6 +14,7 @@ pub mod ext_fields;
 pub mod flags;
 pub mod header;
 pub mod java_properties;
+mod json_header;
 pub mod message;
 pub mod topic;
 
