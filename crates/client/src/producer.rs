@@ -692,7 +692,8 @@ impl ProducerInner {
         let deadline = Instant::now() + timeout;
         let info = self.publish_info(&p.topic).await?;
         let total = 1 + self.config.retry_times_when_send_failed;
-        let mut cmd = self.build_command(&p);
+        // The first attempt sends this command; a retry builds a new one.
+        let mut first_cmd = Some(self.build_command(&p));
         let mut attempts = 0u32;
         let mut busy = 0u32;
         let mut last_broker: Option<String> = None;
@@ -718,12 +719,13 @@ impl ProducerInner {
                     continue;
                 }
             };
+            let mut cmd = first_cmd.take().unwrap_or_else(|| self.build_command(&p));
             set_target(&mut cmd, &mq);
             let begin = Instant::now();
             let outcome = self
                 .instance
                 .remoting
-                .invoke(&addr, cmd.clone(), deadline - now)
+                .invoke(&addr, cmd, deadline - now)
                 .await
                 .map_err(ClientError::from)
                 .and_then(|resp| process_send_response(&addr, &mq, &p, &resp));
@@ -895,8 +897,10 @@ impl ProducerInner {
 }
 
 fn set_target(cmd: &mut RemotingCommand, mq: &MessageQueue) {
-    cmd.set_ext("e", mq.queue_id.to_string());
-    cmd.set_ext("n", mq.broker_name.clone());
+    cmd.ext_fields.insert_with("e", |out| {
+        out.push_str(itoa::Buffer::new().format(mq.queue_id))
+    });
+    cmd.ext_fields.insert("n", &mq.broker_name);
 }
 
 fn process_send_response(

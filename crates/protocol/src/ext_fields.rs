@@ -9,6 +9,10 @@
 
 use std::fmt;
 
+/// First allocation of an empty map that is written to.
+const FIRST_BUF: usize = 384;
+const FIRST_ENTRIES: usize = 16;
+
 /// Key and value positions inside [`ExtFields::buf`], and a cheap tag of
 /// the key (length, first and last byte) that rejects most non-matching
 /// keys in a lookup without comparing bytes.
@@ -90,6 +94,12 @@ impl ExtFields {
     /// Sets `key` to the text `write` appends to the buffer it is given, so
     /// numbers and the like are formatted in place without a temporary.
     pub fn insert_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
+        if self.buf.capacity() == 0 {
+            // A typed header writes a dozen fields or more: start at a size
+            // that holds one without regrowing the buffer field by field.
+            self.buf.reserve(FIRST_BUF);
+            self.entries.reserve(FIRST_ENTRIES);
+        }
         let val_start = self.buf.len();
         write(&mut self.buf);
         let val_len = self.buf.len() - val_start;

@@ -92,6 +92,19 @@ pub(crate) fn parse(input: &[u8]) -> Option<RemotingCommand> {
     (p.i == input.len()).then_some(cmd)
 }
 
+/// Bytes that end a plain run inside a JSON string.
+static STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
@@ -140,12 +153,11 @@ impl Parser<'_> {
         loop {
             let start = self.i;
             // Copy the run up to the next quote, backslash or control byte.
-            while let Some(b) = self.peek() {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.i += 1;
-            }
+            let rest = self.s.get(self.i..).unwrap_or_default();
+            self.i += rest
+                .iter()
+                .position(|&b| STOP[b as usize])
+                .unwrap_or(rest.len());
             out.push_str(std::str::from_utf8(&self.s[start..self.i]).ok()?);
             match self.peek()? {
                 b'"' => {
