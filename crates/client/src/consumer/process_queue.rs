@@ -14,14 +14,36 @@ use crate::message::MessageExt;
 /// A lock older than this is not trusted (Java `REBALANCE_LOCK_MAX_LIVE_TIME`).
 pub const LOCK_MAX_LIVE_MS: i64 = 30_000;
 
+/// One buffered message: its body size for flow control and, when the
+/// queue is consumed orderly, the message itself (concurrent consumption
+/// hands the message to the listener and only tracks the offset here).
+struct Buffered {
+    body_len: usize,
+    msg: Option<MessageExt>,
+}
+
 #[derive(Default)]
 struct Inner {
-    msgs: BTreeMap<i64, MessageExt>,
+    msgs: BTreeMap<i64, Buffered>,
     bytes: usize,
     /// Highest offset ever put (for the commit offset of an empty queue).
     max_offset: i64,
-    /// Orderly: taken out for consumption, not yet committed.
-    consuming: BTreeMap<i64, MessageExt>,
+    /// Orderly: offsets (and body sizes) taken out for consumption, not
+    /// yet committed.
+    consuming: BTreeMap<i64, usize>,
+}
+
+impl Inner {
+    fn insert(&mut self, offset: i64, body_len: usize, msg: Option<MessageExt>) {
+        if self
+            .msgs
+            .insert(offset, Buffered { body_len, msg })
+            .is_none()
+        {
+            self.bytes += body_len;
+        }
+        self.max_offset = self.max_offset.max(offset);
+    }
 }
 
 /// Buffer and state of one assigned queue.
@@ -70,14 +92,20 @@ impl ProcessQueue {
         now_millis() - self.last_lock_ms.load(Ordering::Acquire) > LOCK_MAX_LIVE_MS
     }
 
-    /// Buffers pulled messages.
-    pub fn put(&self, msgs: &[MessageExt]) {
+    /// Tracks pulled messages that are handed to a listener elsewhere
+    /// (concurrent consumption): offsets and sizes only, no copy.
+    pub fn put_offsets(&self, msgs: &[MessageExt]) {
         let mut g = self.inner.lock();
         for m in msgs {
-            if g.msgs.insert(m.queue_offset, m.clone()).is_none() {
-                g.bytes += m.body.len();
-            }
-            g.max_offset = g.max_offset.max(m.queue_offset);
+            g.insert(m.queue_offset, m.body.len(), None);
+        }
+    }
+
+    /// Buffers pulled messages to be taken later (orderly consumption).
+    pub fn put(&self, msgs: Vec<MessageExt>) {
+        let mut g = self.inner.lock();
+        for m in msgs {
+            g.insert(m.queue_offset, m.body.len(), Some(m));
         }
     }
 
@@ -105,8 +133,8 @@ impl ProcessQueue {
     pub fn remove(&self, offsets: &[i64]) -> Option<i64> {
         let mut g = self.inner.lock();
         for o in offsets {
-            if let Some(m) = g.msgs.remove(o) {
-                g.bytes = g.bytes.saturating_sub(m.body.len());
+            if let Some(b) = g.msgs.remove(o) {
+                g.bytes = g.bytes.saturating_sub(b.body_len);
             }
         }
         if let Some(first) = g.msgs.keys().next() {
@@ -123,11 +151,14 @@ impl ProcessQueue {
         let mut g = self.inner.lock();
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let Some((o, m)) = g.msgs.pop_first() else {
+            let Some((o, b)) = g.msgs.pop_first() else {
                 break;
             };
-            g.consuming.insert(o, m.clone());
-            out.push(m);
+            g.consuming.insert(o, b.body_len);
+            // Orderly queues always buffer the message itself.
+            if let Some(m) = b.msg {
+                out.push(m);
+            }
         }
         out
     }
@@ -136,7 +167,7 @@ impl ProcessQueue {
     pub fn commit(&self) -> Option<i64> {
         let mut g = self.inner.lock();
         let last = g.consuming.keys().next_back().copied();
-        let freed: usize = g.consuming.values().map(|m| m.body.len()).sum();
+        let freed: usize = g.consuming.values().sum();
         g.consuming.clear();
         g.bytes = g.bytes.saturating_sub(freed);
         last.map(|o| o + 1)
@@ -147,7 +178,14 @@ impl ProcessQueue {
         let mut g = self.inner.lock();
         for m in msgs {
             g.consuming.remove(&m.queue_offset);
-            g.msgs.insert(m.queue_offset, m);
+            let body_len = m.body.len();
+            g.msgs.insert(
+                m.queue_offset,
+                Buffered {
+                    body_len,
+                    msg: Some(m),
+                },
+            );
         }
     }
 
@@ -175,7 +213,7 @@ mod tests {
     fn commit_offset_is_lowest_unfinished() {
         let pq = ProcessQueue::new();
         assert_eq!(pq.remove(&[]), None);
-        pq.put(&[msg(5), msg(6), msg(7)]);
+        pq.put_offsets(&[msg(5), msg(6), msg(7)]);
         assert_eq!(pq.count(), 3);
         assert_eq!(pq.bytes(), 30);
         assert_eq!(pq.span(), 2);
@@ -190,7 +228,7 @@ mod tests {
     #[test]
     fn orderly_take_commit_rollback() {
         let pq = ProcessQueue::new();
-        pq.put(&[msg(1), msg(2), msg(3)]);
+        pq.put(vec![msg(1), msg(2), msg(3)]);
         let t = pq.take(1);
         assert_eq!(t[0].queue_offset, 1);
         pq.rollback(t);

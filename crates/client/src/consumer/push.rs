@@ -797,13 +797,14 @@ async fn pull_loop(weak: Weak<PushInner>, mq: MessageQueue, pq: Arc<ProcessQueue
                 for m in &mut msgs {
                     reset_retry_topic(&c.config.group, m);
                 }
-                pq.put(&msgs);
                 match &c.listener {
                     Listener::Concurrently(l) => {
+                        pq.put_offsets(&msgs);
                         let l = Arc::clone(l);
                         submit_concurrently(&c, l, &mq, &pq, msgs).await;
                     }
                     Listener::Orderly(l) => {
+                        pq.put(msgs);
                         if !pq.consuming.swap(true, Ordering::AcqRel) {
                             tokio::spawn(consume_orderly(
                                 Arc::downgrade(&c),
