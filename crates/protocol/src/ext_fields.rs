@@ -73,9 +73,11 @@ impl ExtFields {
     /// tag beats a binary search that compares strings at every step.
     fn find(&self, key: &str) -> Option<usize> {
         let tag = tag_of(key);
+        // The tag holds the length and the first and last byte, so for keys
+        // of up to two bytes (all of SEND_MESSAGE_V2's) it is the key.
         self.entries
             .iter()
-            .position(|e| e.tag == tag && self.key_of(e) == key)
+            .position(|e| e.tag == tag && (key.len() <= 2 || self.key_of(e) == key))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -108,15 +110,15 @@ impl ExtFields {
 
     /// Records a value already appended at `val_start..val_start+val_len`.
     fn place(&mut self, key: &str, val_start: usize, val_len: usize) {
-        if let Some(i) = self.find(key) {
-            self.entries[i].val_start = val_start as u32;
-            self.entries[i].val_len = val_len as u32;
-            return;
-        }
-        // Keep key order; keys usually arrive sorted (peers write them so),
-        // making this a push.
+        // Keys usually arrive in order (peers write them sorted): a key
+        // above the last one is new and goes at the end, no search needed.
         let at = match self.entries.last() {
-            Some(last) if self.key_of(last) > key => {
+            Some(last) if self.key_of(last) >= key => {
+                if let Some(i) = self.find(key) {
+                    self.entries[i].val_start = val_start as u32;
+                    self.entries[i].val_len = val_len as u32;
+                    return;
+                }
                 self.entries.partition_point(|e| self.key_of(e) < key)
             }
             _ => self.entries.len(),

@@ -14,7 +14,14 @@ use crate::ext_fields::ExtFields;
 /// The header fields read here; the rest of the command is filled in by
 /// the caller.
 pub(crate) fn parse(input: &[u8]) -> Option<RemotingCommand> {
-    let mut p = Parser { s: input, i: 0 };
+    // Checked once here, so string runs below are sliced without
+    // re-validating each one.
+    let text = std::str::from_utf8(input).ok()?;
+    let mut p = Parser {
+        s: input,
+        text,
+        i: 0,
+    };
     let mut cmd = RemotingCommand {
         serialize_type: SerializeType::Json,
         ..Default::default()
@@ -107,6 +114,8 @@ static STOP: [bool; 256] = {
 
 struct Parser<'a> {
     s: &'a [u8],
+    /// `s` as text (already validated).
+    text: &'a str,
     i: usize,
 }
 
@@ -158,7 +167,8 @@ impl Parser<'_> {
                 .iter()
                 .position(|&b| STOP[b as usize])
                 .unwrap_or(rest.len());
-            out.push_str(std::str::from_utf8(&self.s[start..self.i]).ok()?);
+            // Runs end at ASCII bytes, so both ends are char boundaries.
+            out.push_str(self.text.get(start..self.i)?);
             match self.peek()? {
                 b'"' => {
                     self.i += 1;
@@ -229,7 +239,7 @@ impl Parser<'_> {
         {
             return None;
         }
-        let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
+        let text = self.text.get(start..self.i)?;
         if neg {
             // serde_json reads `-0` as a float (-0.0); leave it to that path.
             text.parse::<i64>()

@@ -13,7 +13,6 @@ use anyhow::{bail, Context};
 use apogee_client::{Message, Producer};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::report::{ms_at, Progress, Reporter, ShardedLatency};
 
@@ -200,22 +199,20 @@ async fn sender(
             }
         }
         SendMode::Async => {
-            let mut inflight = FuturesUnordered::new();
-            let mut more = true;
-            loop {
-                while more && inflight.len() < window {
-                    match shared.claim(batch) {
-                        Some((start, n)) => {
-                            inflight.push(timed_send(&producer, shared.payload(start, n), false))
-                        }
-                        None => more = false,
+            // `window` sequential lanes: that many sends in flight per
+            // sender, with no per-send bookkeeping (a FuturesUnordered
+            // would allocate a node for every send).
+            let lanes = (0..window).map(|_| {
+                let (producer, shared) = (&producer, &shared);
+                async move {
+                    while let Some((start, n)) = shared.claim(batch) {
+                        let payload = shared.payload(start, n);
+                        let (n, took, r) = timed_send(producer, payload, false).await;
+                        shared.finish(id, n, took, r);
                     }
                 }
-                match inflight.next().await {
-                    Some((n, took, r)) => shared.finish(id, n, took, r),
-                    None => break,
-                }
-            }
+            });
+            futures::future::join_all(lanes).await;
         }
     }
 }
