@@ -851,6 +851,7 @@ async fn submit_concurrently(
     mut msgs: Vec<MessageExt>,
 ) {
     let n = c.config.consume_message_batch_max_size;
+    let started = Instant::now();
     while !msgs.is_empty() {
         let rest = msgs.split_off(n.min(msgs.len()));
         let batch = std::mem::replace(&mut msgs, rest);
@@ -863,12 +864,27 @@ async fn submit_concurrently(
             mq.clone(),
             Arc::clone(pq),
         );
-        tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             consume_concurrently(w, l, mq, pq, batch).await;
             drop(permit);
         });
+        // A listener that finishes without waiting is run right here while
+        // this pull's messages have taken less than INLINE_BUDGET: no task
+        // spawn and no wake-up per message. One that waits (or once the
+        // budget is spent) gets a task, so slow listeners still run in
+        // parallel on the worker pool.
+        if started.elapsed() < INLINE_BUDGET {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if std::future::Future::poll(work.as_mut(), &mut cx).is_ready() {
+                continue;
+            }
+        }
+        tokio::spawn(work);
     }
 }
+
+/// How long one pull's messages may be consumed inline in the pull loop.
+const INLINE_BUDGET: Duration = Duration::from_micros(500);
 
 async fn consume_concurrently(
     weak: Weak<PushInner>,
