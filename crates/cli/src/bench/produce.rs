@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use apogee_client::{Message, Producer};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::report::{ms_at, Progress, Reporter, ShardedLatency};
 
@@ -200,19 +201,22 @@ async fn sender(
         }
         SendMode::Async => {
             // `window` sequential lanes: that many sends in flight per
-            // sender, with no per-send bookkeeping (a FuturesUnordered
-            // would allocate a node for every send).
-            let lanes = (0..window).map(|_| {
-                let (producer, shared) = (&producer, &shared);
-                async move {
-                    while let Some((start, n)) = shared.claim(batch) {
-                        let payload = shared.payload(start, n);
-                        let (n, took, r) = timed_send(producer, payload, false).await;
-                        shared.finish(id, n, took, r);
+            // sender. The lanes live for the whole run, so the
+            // FuturesUnordered allocates once per lane (not per send) and
+            // polls only the lanes that were woken.
+            let mut lanes: FuturesUnordered<_> = (0..window)
+                .map(|_| {
+                    let (producer, shared) = (&producer, &shared);
+                    async move {
+                        while let Some((start, n)) = shared.claim(batch) {
+                            let payload = shared.payload(start, n);
+                            let (n, took, r) = timed_send(producer, payload, false).await;
+                            shared.finish(id, n, took, r);
+                        }
                     }
-                }
-            });
-            futures::future::join_all(lanes).await;
+                })
+                .collect();
+            while lanes.next().await.is_some() {}
         }
     }
 }
