@@ -588,14 +588,11 @@ impl ProducerInner {
 
     fn prepare(&self, mut msg: Message) -> Result<Prepared> {
         self.check_message(&msg)?;
-        let msg_id = match msg.properties.get(keys::UNIQ_KEY) {
-            Some(id) => id.clone(),
-            None => {
-                let id = UniqIdGenerator::global().next_id();
-                msg.properties
-                    .insert(keys::UNIQ_KEY.to_string(), id.clone());
-                id
-            }
+        // A generated UNIQ_KEY goes straight into the encoded properties
+        // below rather than into the message's map first.
+        let (msg_id, generated) = match msg.properties.get(keys::UNIQ_KEY) {
+            Some(id) => (id.clone(), false),
+            None => (UniqIdGenerator::global().next_id(), true),
         };
         // Retry-topic sends (a consumer's fallback) carry the counters in
         // the header, not as properties (Java `sendKernelImpl`).
@@ -609,7 +606,10 @@ impl ProducerInner {
                 max_reconsume_times = v.trim().parse().ok();
             }
         }
-        let props = msg.properties_string();
+        let mut props = msg.properties_string();
+        if generated {
+            properties::append(&mut props, keys::UNIQ_KEY, &msg_id);
+        }
         properties::check_len(&props).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let mut sys_flag = 0;
         let body = if msg.body.len() > self.config.compress_msg_body_over_howmuch {

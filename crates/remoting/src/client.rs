@@ -114,9 +114,13 @@ impl RemotingClient {
             addr: addr.to_string(),
             millis: timeout.as_millis() as u64,
         };
-        let channel = tokio::time::timeout_at(deadline, self.channel(addr))
-            .await
-            .map_err(|_| timed_out())??;
+        // The common case, a live connection, needs no timer of its own.
+        let channel = match self.live(addr) {
+            Some(ch) => ch,
+            None => tokio::time::timeout_at(deadline, self.channel(addr))
+                .await
+                .map_err(|_| timed_out())??,
+        };
         match channel.invoke_until(cmd, deadline, timeout).await {
             Err(RemotingError::Timeout { .. }) => Err(timed_out()),
             Err(RemotingError::ConnectionClosed { .. }) => {

@@ -74,6 +74,28 @@ pub(crate) struct Runtime {
     pub opts: ConnOptions,
 }
 
+/// Hashes the pending-request table's keys, opaques: ints this process
+/// hands out in sequence, so a multiply spreads them well enough and SipHash
+/// (made for keys an attacker chooses) is not needed on every request.
+type OpaqueHash = std::hash::BuildHasherDefault<OpaqueHasher>;
+
+#[derive(Default)]
+struct OpaqueHasher(u64);
+
+impl std::hash::Hasher for OpaqueHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_i32(&mut self, v: i32) {
+        self.0 = u64::from(v as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// A process-unique connection id, usable as a map key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId(pub u64);
@@ -99,7 +121,7 @@ struct Inner {
     peer: SocketAddr,
     local: SocketAddr,
     tx: mpsc::Sender<RemotingCommand>,
-    pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
+    pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>, OpaqueHash>>,
     next_opaque: AtomicI32,
     closed: CancellationToken,
     started: Instant,
@@ -294,7 +316,7 @@ pub(crate) fn spawn_connection(stream: TcpStream, rt: &Arc<Runtime>) -> std::io:
             peer,
             local,
             tx,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             next_opaque: AtomicI32::new(1),
             closed: rt.close_all.child_token(),
             started: Instant::now(),
