@@ -384,6 +384,33 @@ mod tests {
         assert_eq!(e.len(), 5);
     }
 
+    proptest::proptest! {
+        /// Any sequence of inserts and removes behaves like a sorted map.
+        #[test]
+        fn behaves_like_a_btree_map(
+            ops in proptest::collection::vec(("[a-e]{0,3}", "[a-z0-9]{0,4}", proptest::bool::weighted(0.8)), 0..60)
+        ) {
+            let mut ext = ExtFields::new();
+            let mut model = std::collections::BTreeMap::new();
+            for (k, v, insert) in &ops {
+                if *insert {
+                    ext.insert(k, v);
+                    model.insert(k.clone(), v.clone());
+                } else {
+                    proptest::prop_assert_eq!(ext.remove(k), model.remove(k));
+                }
+            }
+            proptest::prop_assert_eq!(ext.len(), model.len());
+            let got: Vec<(&str, &str)> = ext.iter().collect();
+            let want: Vec<(&str, &str)> = model.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            proptest::prop_assert_eq!(got, want);
+            for k in model.keys() {
+                proptest::prop_assert_eq!(ext.get(k), model.get(k).map(String::as_str));
+            }
+            proptest::prop_assert_eq!(ext.get("zz"), None);
+        }
+    }
+
     #[test]
     fn json_string_escaping_matches_serde_json() {
         for s in [
