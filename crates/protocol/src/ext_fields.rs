@@ -113,7 +113,7 @@ impl ExtFields {
         // Keys usually arrive in order (peers write them sorted): a key
         // above the last one is new and goes at the end, no search needed.
         let at = match self.entries.last() {
-            Some(last) if self.key_of(last) >= key => {
+            Some(last) if key_ge(self.key_of(last), key) => {
                 if let Some(i) = self.find(key) {
                     self.entries[i].val_start = val_start as u32;
                     self.entries[i].val_len = val_len as u32;
@@ -154,6 +154,16 @@ impl ExtFields {
     /// Keys in ascending order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         self.entries.iter().map(move |e| self.key_of(e))
+    }
+}
+
+/// `a >= b` for keys, deciding on the first byte when it differs (the
+/// usual case) instead of calling memcmp.
+#[inline]
+fn key_ge(a: &str, b: &str) -> bool {
+    match (a.as_bytes().first(), b.as_bytes().first()) {
+        (Some(x), Some(y)) if x != y => x > y,
+        _ => a >= b,
     }
 }
 
