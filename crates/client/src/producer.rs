@@ -897,9 +897,7 @@ impl ProducerInner {
 }
 
 fn set_target(cmd: &mut RemotingCommand, mq: &MessageQueue) {
-    cmd.ext_fields.insert_with("e", |out| {
-        out.push_str(itoa::Buffer::new().format(mq.queue_id))
-    });
+    apogee_protocol::header::put(&mut cmd.ext_fields, "e", &mq.queue_id);
     cmd.ext_fields.insert("n", &mq.broker_name);
 }
 

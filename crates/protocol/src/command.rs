@@ -454,6 +454,12 @@ struct JsonHeader {
     ext_fields: Option<ExtFields>,
 }
 
+/// A header int given as text (`"310"`, `" 7 "`): parsed as a long and
+/// narrowed like Java's int cast. Shared by both JSON header readers.
+pub(crate) fn int_from_text(s: &str) -> Option<i32> {
+    s.trim().parse::<i64>().ok().map(|v| v as i32)
+}
+
 /// An int32 that may arrive as a JSON number, a numeric string or null
 /// (null reads as 0, like a missing key).
 #[derive(Default)]
@@ -486,10 +492,9 @@ impl<'de> serde::de::Visitor<'de> for LenientI32Visitor {
         Err(E::custom(format!("{v} is not an integer")))
     }
     fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<LenientI32, E> {
-        s.trim()
-            .parse::<i64>()
-            .map(|x| LenientI32(x as i32))
-            .map_err(|_| E::custom(format!("'{s}' is not an integer")))
+        int_from_text(s)
+            .map(LenientI32)
+            .ok_or_else(|| E::custom(format!("'{s}' is not an integer")))
     }
     fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<LenientI32, E> {
         Ok(LenientI32(0))

@@ -108,6 +108,27 @@ impl ExtFields {
         self.place(key, val_start, val_len);
     }
 
+    /// Like [`ExtFields::insert_with`] for a reader that writes the value
+    /// straight into the buffer and may fail or find no value: `write`
+    /// returns `Some(true)` to keep it under `key`, `Some(false)` for no
+    /// value (JSON null) and `None` on failure, which is passed on. Nothing
+    /// is recorded unless it returns `Some(true)`.
+    pub(crate) fn try_insert_with(
+        &mut self,
+        key: &str,
+        write: impl FnOnce(&mut String) -> Option<bool>,
+    ) -> Option<()> {
+        let val_start = self.buf.len();
+        let keep = write(&mut self.buf);
+        if keep == Some(true) {
+            let val_len = self.buf.len() - val_start;
+            self.place(key, val_start, val_len);
+        } else {
+            self.buf.truncate(val_start);
+        }
+        keep.map(|_| ())
+    }
+
     /// Records a value already appended at `val_start..val_start+val_len`.
     fn place(&mut self, key: &str, val_start: usize, val_len: usize) {
         // Keys usually arrive in order (peers write them sorted): a key

@@ -258,7 +258,7 @@ impl Parser<'_> {
             b'"' => {
                 let mut s = String::new();
                 self.string_into(&mut s)?;
-                s.trim().parse::<i64>().ok().map(|v| v as i32)
+                crate::command::int_from_text(&s)
             }
             _ => match self.integer()? {
                 Integer::Signed(v) => Some(v as i32),
@@ -280,7 +280,6 @@ impl Parser<'_> {
     fn ext_fields(&mut self) -> Option<ExtFields> {
         let mut ext = ExtFields::with_capacity(16, self.s.len().saturating_sub(self.i));
         let mut key = String::new();
-        let mut val = String::new();
         self.eat(b'{')?;
         self.ws();
         if self.eat_if(b'}') {
@@ -289,42 +288,33 @@ impl Parser<'_> {
         loop {
             self.ws();
             key.clear();
-            val.clear();
             self.string_into(&mut key)?;
             self.ws();
             self.eat(b':')?;
             self.ws();
-            let present = match self.peek()? {
-                b'"' => {
-                    self.string_into(&mut val)?;
-                    true
-                }
+            // The value goes straight into the map's buffer.
+            ext.try_insert_with(&key, |val| match self.peek()? {
+                b'"' => self.string_into(val).map(|()| true),
                 b't' => {
                     self.literal(b"true").then_some(())?;
                     val.push_str("true");
-                    true
+                    Some(true)
                 }
                 b'f' => {
                     self.literal(b"false").then_some(())?;
                     val.push_str("false");
-                    true
+                    Some(true)
                 }
-                b'n' => {
-                    self.null().then_some(())?;
-                    false
-                }
+                b'n' => self.null().then_some(false),
                 _ => {
                     let mut buf = itoa::Buffer::new();
                     val.push_str(match self.integer()? {
                         Integer::Signed(v) => buf.format(v),
                         Integer::Unsigned(v) => buf.format(v),
                     });
-                    true
+                    Some(true)
                 }
-            };
-            if present {
-                ext.insert(&key, &val);
-            }
+            })?;
             self.ws();
             if self.eat_if(b',') {
                 continue;

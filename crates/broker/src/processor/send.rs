@@ -100,7 +100,10 @@ pub async fn process_send(
         }
     };
     resp.set_ext(keys::MSG_REGION, DEFAULT_REGION);
-    resp.set_ext(keys::TRACE_SWITCH, DEFAULT_TRACE_ON.to_string());
+    resp.set_ext(
+        keys::TRACE_SWITCH,
+        if DEFAULT_TRACE_ON { "true" } else { "false" },
+    );
     resp
 }
 
