@@ -64,21 +64,19 @@ impl FaultStrategy {
             latency.as_millis() as u64
         };
         let dur = Self::not_available_duration(ms);
-        let now = Instant::now();
-        let item = FaultItem {
-            latency: ms,
-            available_from: now + dur,
-        };
-        // Most sends are fast and find nothing to change: only take the
-        // write lock when the entry actually changes.
-        if dur.is_zero() && !self.items.read().contains_key(broker) {
+        // Most sends are fast and find nothing to change: no clock read and
+        // no write lock unless the entry actually changes.
+        if dur.is_zero() {
+            if self.items.read().contains_key(broker) {
+                self.items.write().remove(broker);
+            }
             return;
         }
-        if dur.is_zero() {
-            self.items.write().remove(broker);
-        } else {
-            self.items.write().insert(broker.to_string(), item);
-        }
+        let item = FaultItem {
+            latency: ms,
+            available_from: Instant::now() + dur,
+        };
+        self.items.write().insert(broker.to_string(), item);
     }
 
     pub fn is_available(&self, broker: &str) -> bool {

@@ -109,7 +109,19 @@ impl RemotingClient {
         cmd: RemotingCommand,
         timeout: Duration,
     ) -> Result<RemotingCommand> {
-        let deadline = Instant::now() + timeout;
+        self.invoke_until(addr, cmd, Instant::now() + timeout, timeout)
+            .await
+    }
+
+    /// `invoke` with an absolute deadline, for callers that already read the
+    /// clock (a retry loop); `timeout` only labels the timeout error.
+    pub async fn invoke_until(
+        &self,
+        addr: &str,
+        cmd: RemotingCommand,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<RemotingCommand> {
         let timed_out = || RemotingError::Timeout {
             addr: addr.to_string(),
             millis: timeout.as_millis() as u64,
