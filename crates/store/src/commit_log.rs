@@ -169,6 +169,16 @@ impl CommitLog {
         self.append.lock().queue_offsets = table;
     }
 
+    /// Run `f` with appends blocked, giving it the queue-offset table (topic
+    /// deletion removes entries and must see no append meanwhile). `f` must
+    /// be short: every put waits for it.
+    pub(crate) fn with_append_lock<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, HashMap<i32, i64>>) -> R,
+    ) -> R {
+        f(&mut self.append.lock().queue_offsets)
+    }
+
     /// Wait for in-flight appends to finish (shutdown barrier).
     pub fn barrier(&self) {
         drop(self.append.lock());

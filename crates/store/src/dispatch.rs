@@ -88,6 +88,8 @@ impl IdleFlag {
 pub(crate) struct DispatchCache {
     segment: Option<Arc<MappedFile>>,
     queues: Vec<Option<Arc<ConsumeQueue>>>,
+    /// `Inner::cq_generation` the cached queues belong to.
+    generation: u64,
 }
 
 const CQ_CACHE_SLOTS: usize = 64;
@@ -106,6 +108,15 @@ impl DispatchCache {
     fn queue(&mut self, inner: &Inner, topic: &[u8], queue_id: i32) -> Result<Arc<ConsumeQueue>> {
         if self.queues.is_empty() {
             self.queues.resize(CQ_CACHE_SLOTS, None);
+        }
+        // Checked per lookup, not per pass: a pass that began before a topic
+        // was deleted may go on to records appended after it, and those must
+        // go to a fresh queue, never into the deleted one. One load of a
+        // rarely written word.
+        let generation = inner.cq_generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.queues.iter_mut().for_each(|s| *s = None);
+            self.generation = generation;
         }
         // FNV-1a over the topic, mixed with the queue id: a direct-mapped slot.
         let mut h: u32 = 0x811c_9dc5;

@@ -231,6 +231,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: MessageStoreConfig,
     pub(crate) commit_log: CommitLog,
     pub(crate) cqs: RwLock<CqTable>,
+    /// Bumped whenever queues leave `cqs` (topic deletion): the dispatcher
+    /// drops its cached queues when it changes.
+    pub(crate) cq_generation: AtomicU64,
     pub(crate) index: Option<IndexService>,
     pub(crate) waiters: FlushWaiters,
     /// CommitLog offset up to which ConsumeQueue/index entries exist.
@@ -272,6 +275,29 @@ impl Inner {
             let _g = self.dispatch_mu.lock();
             self.dispatch_cv.notify_all();
         }
+    }
+
+    /// Block until everything below `offset` is dispatched; false on timeout.
+    pub(crate) fn wait_dispatched(&self, offset: u64, timeout: Duration) -> bool {
+        let i = self;
+        let deadline = Instant::now() + timeout;
+        i.dispatch_waiting.fetch_add(1, Ordering::AcqRel);
+        let mut g = i.dispatch_mu.lock();
+        let ok = loop {
+            if i.dispatched.load(Ordering::Acquire) >= offset {
+                break true;
+            }
+            if let Some(t) = i.dispatcher_thread.get() {
+                t.unpark();
+            }
+            let step = (Instant::now() + Duration::from_millis(10)).min(deadline);
+            if i.dispatch_cv.wait_until(&mut g, step).timed_out() && Instant::now() >= deadline {
+                break i.dispatched.load(Ordering::Acquire) >= offset;
+            }
+        };
+        drop(g);
+        i.dispatch_waiting.fetch_sub(1, Ordering::AcqRel);
+        ok
     }
 
     pub(crate) fn find_cq(&self, topic: &str, queue_id: i32) -> Option<Arc<ConsumeQueue>> {
@@ -338,6 +364,25 @@ impl Inner {
     }
 }
 
+/// Folder (under the store root) where the ConsumeQueue folders of deleted
+/// topics wait to be removed; outside `consumequeue/` so that recovery never
+/// loads them.
+const DELETED_CQ_DIR: &str = "consumequeue.deleted";
+/// How long topic deletion waits for dispatch to catch up, before and while
+/// appends are blocked.
+const DELETE_DISPATCH_WAIT: Duration = Duration::from_secs(5);
+const DELETE_DISPATCH_WAIT_LOCKED: Duration = Duration::from_secs(1);
+
+/// Remove what a crash during topic deletion left behind.
+fn purge_deleted_queues(root: &std::path::Path) {
+    let dir = root.join(DELETED_CQ_DIR);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted ConsumeQueues");
+        }
+    }
+}
+
 /// A topic must be usable as one directory name.
 fn check_topic_name(topic: &str) -> Result<()> {
     if topic.is_empty()
@@ -380,6 +425,7 @@ impl MessageStore {
         let lock_file = lock_root(&root)?;
         let abort_path = root.join("abort");
         let crashed = abort_path.exists();
+        purge_deleted_queues(&root);
         let (checkpoint, cp) = CheckpointFile::open(&root.join("checkpoint"))?;
         let commit_log =
             CommitLog::load(&config.commitlog_dir(), config.mapped_file_size_commit_log)?;
@@ -400,6 +446,7 @@ impl MessageStore {
         let inner = Arc::new(Inner {
             commit_log,
             cqs: RwLock::new(HashMap::new()),
+            cq_generation: AtomicU64::new(0),
             index,
             waiters: FlushWaiters::default(),
             dispatched: AtomicU64::new(0),
@@ -671,25 +718,101 @@ impl MessageStore {
     /// Block until everything below `offset` is dispatched to ConsumeQueues
     /// and the index; false on timeout.
     pub fn wait_dispatched(&self, offset: u64, timeout: Duration) -> bool {
+        self.inner.wait_dispatched(offset, timeout)
+    }
+
+    /// Delete topics from the store as RocketMQ's `deleteTopics` does: their
+    /// ConsumeQueues leave the table and their files (and the topic folder)
+    /// are removed, and their next queue offsets are forgotten, so a topic
+    /// re-created later starts at offset 0. CommitLog records stay until
+    /// retention removes them; index entries are left alone. Returns the
+    /// number of queues removed. Blocking (file I/O, waits for dispatch).
+    pub fn delete_topics(&self, topics: &[&str]) -> Result<usize> {
         let i = &self.inner;
-        let deadline = Instant::now() + timeout;
-        i.dispatch_waiting.fetch_add(1, Ordering::AcqRel);
-        let mut g = i.dispatch_mu.lock();
-        let ok = loop {
-            if i.dispatched.load(Ordering::Acquire) >= offset {
-                break true;
+        if i.shut_down.load(Ordering::Acquire) {
+            return Err(StoreError::ShutDown);
+        }
+        // Only names that can be a directory can have queues; the check also
+        // keeps `join` below inside the consumequeue folder.
+        let topics: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| check_topic_name(t).is_ok())
+            .collect();
+        if topics.is_empty() {
+            return Ok(0);
+        }
+        // Records already appended must reach the old queues before they go:
+        // dispatched afterwards, they would recreate a queue at their old
+        // offsets. Wait without blocking appends first...
+        let end = i.commit_log.max_offset();
+        if !i.wait_dispatched(end, DELETE_DISPATCH_WAIT) {
+            tracing::warn!(end, "topic deletion: dispatch is behind; deleting anyway");
+        }
+        let cq_root = i.cfg.consumequeue_dir();
+        let trash_root = self.root.join(DELETED_CQ_DIR);
+        let (removed, trash) = i.commit_log.with_append_lock(|offsets| {
+            // ...then, with appends blocked, for the few appended since.
+            let end = i.commit_log.max_offset();
+            if !i.wait_dispatched(end, DELETE_DISPATCH_WAIT_LOCKED) {
+                tracing::warn!(end, "topic deletion: dispatch is behind; deleting anyway");
             }
-            if let Some(t) = i.dispatcher_thread.get() {
-                t.unpark();
+            let mut removed = Vec::new();
+            {
+                let mut table = i.cqs.write();
+                for t in &topics {
+                    offsets.remove(*t);
+                    if let Some(queues) = table.remove(*t) {
+                        removed.extend(queues.into_values());
+                    }
+                }
+                i.cq_generation.fetch_add(1, Ordering::AcqRel);
             }
-            let step = (Instant::now() + Duration::from_millis(10)).min(deadline);
-            if i.dispatch_cv.wait_until(&mut g, step).timed_out() && Instant::now() >= deadline {
-                break i.dispatched.load(Ordering::Acquire) >= offset;
+            // Move each topic folder aside (one rename) so a queue recreated
+            // as soon as appends resume starts in an empty folder; the files
+            // are unlinked after the lock is released.
+            let mut trash = Vec::new();
+            for t in &topics {
+                let dir = cq_root.join(t);
+                if !dir.exists() {
+                    continue;
+                }
+                let to =
+                    trash_root.join(format!("{t}.{}", i.cq_generation.load(Ordering::Relaxed)));
+                let moved =
+                    std::fs::create_dir_all(&trash_root).and_then(|()| std::fs::rename(&dir, &to));
+                match moved {
+                    Ok(()) => trash.push(to),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e,
+                            "cannot move ConsumeQueue folder aside; deleting it in place");
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            tracing::error!(dir = %dir.display(), error = %e,
+                                "cannot delete ConsumeQueue folder");
+                        }
+                    }
+                }
             }
-        };
-        drop(g);
-        i.dispatch_waiting.fetch_sub(1, Ordering::AcqRel);
-        ok
+            // The old queues' files are gone from their paths: mark their
+            // segments deleted and forget them, so nothing holding an old
+            // queue (flusher, retention, a reader) touches the paths a new
+            // queue may use.
+            for cq in &removed {
+                cq.segments().drop_from(0);
+            }
+            (removed.len(), trash)
+        });
+        for dir in trash {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e,
+                    "cannot delete a removed ConsumeQueue folder; it is retried at the next start");
+            }
+        }
+        tracing::info!(?topics, queues = removed, "topics deleted from the store");
+        // Persist a dispatch point past the deleted topics' records, so
+        // recovery does not re-dispatch them into resurrected queues.
+        i.flush_logics_and_checkpoint()?;
+        Ok(removed)
     }
 
     /// Register (or replace) the arriving-message listener.
