@@ -603,6 +603,11 @@ async fn topic_create_get_list_and_delete() {
     // Idempotent.
     let resp = b.call_h(request_code::UPDATE_AND_CREATE_TOPIC, &h).await;
     assert_eq!(resp.code, response_code::SUCCESS);
+    // Messages whose queue the delete below must remove.
+    for i in 0..3 {
+        b.send("AdmT", 1, "k", &uniq(i), "old").await;
+    }
+    b.wait_queue("AdmT", 1, 3).await;
 
     let get = GetTopicConfigRequestHeader {
         topic: "AdmT".into(),
@@ -710,7 +715,15 @@ async fn topic_create_get_list_and_delete() {
     assert_eq!(resp.code, response_code::SYSTEM_ERROR);
     assert!(remark(&resp).contains("defaultTopic"), "{:?}", resp.remark);
 
-    // Delete drops the topic and its offsets.
+    // Delete drops the topic, its offsets and its store queues.
+    let cq_dir = b
+        .ctx
+        .store
+        .config()
+        .store_path_root_dir
+        .join("consumequeue")
+        .join("AdmT");
+    assert!(cq_dir.is_dir());
     b.ctx.offsets.commit("G", "AdmT", 0, 5);
     let del = DeleteTopicRequestHeader {
         topic: "AdmT".into(),
@@ -720,6 +733,11 @@ async fn topic_create_get_list_and_delete() {
     assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
     assert!(b.ctx.topics.get("AdmT").is_none());
     assert_eq!(b.ctx.offsets.query("G", "AdmT", 0), None);
+    assert!(
+        !cq_dir.exists(),
+        "the topic's consumequeue folder is removed"
+    );
+    assert_eq!(b.ctx.store.max_offset("AdmT", 1), 0);
     let resp = b.call_h(request_code::GET_TOPIC_CONFIG, &get).await;
     assert_eq!(resp.code, response_code::TOPIC_NOT_EXIST);
     assert!(remark(&resp).contains("AdmT"));
@@ -733,6 +751,20 @@ async fn topic_create_get_list_and_delete() {
         )
         .await;
     assert_eq!(resp.code, response_code::TOPIC_NOT_EXIST);
+    // Re-created, the topic starts at queue offset 0.
+    let resp = b
+        .call_h(
+            request_code::UPDATE_AND_CREATE_TOPIC,
+            &create_topic("AdmT", 2, 6),
+        )
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    assert_eq!(
+        b.send("AdmT", 1, "k", &uniq(9), "new").await.queue_offset,
+        0
+    );
+    b.wait_queue("AdmT", 1, 1).await;
+    assert_eq!(b.ctx.store.max_offset("AdmT", 1), 1);
     let sysdel = DeleteTopicRequestHeader {
         topic: "TBW102".into(),
         ..Default::default()

@@ -1,5 +1,6 @@
 //! Topic administration: UPDATE_AND_CREATE_TOPIC (validated, persisted,
-//! re-registered), DELETE_TOPIC_IN_BROKER (with the topic's offsets),
+//! re-registered), DELETE_TOPIC_IN_BROKER (with the topic's offsets and
+//! store queues),
 //! GET_ALL_TOPIC_CONFIG, GET_TOPIC_CONFIG, GET_TOPIC_NAME_LIST and
 //! GET_SYSTEM_TOPIC_LIST_FROM_BROKER.
 
@@ -152,7 +153,28 @@ pub(super) async fn delete_topic(
     if existed {
         ctx.request_register();
     }
-    tracing::info!(caller = %rctx.peer_addr(), topic = %h.topic, existed, "topic deleted");
+    // Its queues and queue offsets go too (also when the config was already
+    // gone, so a failed attempt can be retried), as Java's deleteTopics: a
+    // re-created topic starts at offset 0 with no old messages.
+    let store = Arc::clone(&ctx.store);
+    let topic = h.topic.clone();
+    let removed = match tokio::task::spawn_blocking(move || store.delete_topics(&[&topic])).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            tracing::error!(topic = %h.topic, error = %e, "deleting the topic's queues failed");
+            return fail(
+                response_code::SYSTEM_ERROR,
+                format!("deleting the queues of topic[{}] failed: {e}", h.topic),
+            );
+        }
+        Err(e) => {
+            return fail(
+                response_code::SYSTEM_ERROR,
+                format!("deleting the queues of topic[{}] failed: {e}", h.topic),
+            );
+        }
+    };
+    tracing::info!(caller = %rctx.peer_addr(), topic = %h.topic, existed, queues = removed, "topic deleted");
     ok()
 }
 
