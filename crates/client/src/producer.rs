@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use apogee_protocol::body::{HeartbeatData, ProducerData, TopicRouteData};
 use apogee_protocol::code::{request_code, response_code};
-use apogee_protocol::header::SendMessageResponseHeader;
+use apogee_protocol::header::{SendMessageRequestHeaderV2Ref, SendMessageResponseHeader};
 use apogee_protocol::message::compress::{compress_zlib, DEFAULT_COMPRESS_OVER, DEFAULT_LEVEL};
 use apogee_protocol::message::{batch, keys, properties, sysflag, BatchMessage, UniqIdGenerator};
 use apogee_protocol::topic;
@@ -632,10 +632,9 @@ impl ProducerInner {
     }
 
     /// The request of one send attempt: a `SendMessageRequestHeaderV2`
-    /// written straight from borrowed values. Building the typed header
-    /// first cloned the group, topic and properties per message only to
-    /// copy them again; `build_command_matches_the_typed_header` keeps the
-    /// two in step.
+    /// written from borrowed values (`SendMessageRequestHeaderV2Ref`).
+    /// Building the typed header first cloned the group, topic and
+    /// properties per message only to copy them again.
     fn build_command(&self, p: &Prepared) -> RemotingCommand {
         send_command(&self.config, p, now_millis())
     }
@@ -673,21 +672,20 @@ impl ProducerInner {
 
     /// The retry loop of sync and async sends (Java `sendDefaultImpl`).
     async fn send_with_retries(&self, p: Prepared, timeout: Duration) -> Result<SendResult> {
-        let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = Instant::now() + timeout;
         let info = self.publish_info(&p.topic).await?;
         let total = 1 + self.config.retry_times_when_send_failed;
         // The first attempt sends this command; a retry builds a new one.
         let mut first_cmd = Some(self.build_command(&p));
-        // The first attempt reuses `start`: clock reads were a visible share
-        // of a send's CPU (about ten per message).
-        let mut first_now = Some(start);
         let mut attempts = 0u32;
         let mut busy = 0u32;
         let mut last_broker: Option<String> = None;
         let mut last_err: Option<ClientError> = None;
         while attempts < total {
-            let now = first_now.take().unwrap_or_else(Instant::now);
+            // One clock read per attempt serves the deadline check and, as
+            // the attempt's start (after the route lookup, like Java's
+            // beginTimestampPrev), the latency fault avoidance records.
+            let now = Instant::now();
             if now >= deadline {
                 break;
             }
@@ -885,29 +883,28 @@ impl ProducerInner {
 
 /// See [`ProducerInner::build_command`].
 fn send_command(config: &ProducerConfig, p: &Prepared, born_timestamp: i64) -> RemotingCommand {
-    use apogee_protocol::header::put;
     let code = if p.batch {
         request_code::SEND_BATCH_MESSAGE
     } else {
         request_code::SEND_MESSAGE_V2
     };
     let mut cmd = ClientInstance::request(code);
-    let ext = &mut cmd.ext_fields;
-    ext.insert("a", &config.group);
-    ext.insert("b", &p.topic);
-    ext.insert("c", &config.create_topic_key);
-    put(ext, "d", &config.default_topic_queue_nums);
-    put(ext, "e", &0i32);
-    put(ext, "f", &p.sys_flag);
-    put(ext, "g", &born_timestamp);
-    put(ext, "h", &p.flag);
-    ext.insert("i", &p.properties);
-    put(ext, "j", &p.reconsume_times);
-    put(ext, "k", &false);
-    if let Some(max) = p.max_reconsume_times {
-        put(ext, "l", &max);
+    SendMessageRequestHeaderV2Ref {
+        producer_group: &config.group,
+        topic: &p.topic,
+        default_topic: &config.create_topic_key,
+        default_topic_queue_nums: config.default_topic_queue_nums,
+        queue_id: 0,
+        sys_flag: p.sys_flag,
+        born_timestamp,
+        flag: p.flag,
+        properties: &p.properties,
+        reconsume_times: p.reconsume_times,
+        unit_mode: false,
+        max_reconsume_times: p.max_reconsume_times,
+        batch: p.batch,
     }
-    put(ext, "m", &p.batch);
+    .write_ext(&mut cmd.ext_fields);
     cmd.with_body(p.body.clone())
 }
 

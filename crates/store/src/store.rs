@@ -751,6 +751,10 @@ impl MessageStore {
         }
         let cq_root = i.cfg.consumequeue_dir();
         let trash_root = self.root.join(DELETED_CQ_DIR);
+        // Made before appends are blocked; inside, only one rename per topic.
+        if let Err(e) = std::fs::create_dir_all(&trash_root) {
+            tracing::warn!(dir = %trash_root.display(), error = %e, "cannot create the folder for deleted ConsumeQueues");
+        }
         let (removed, trash) = i.commit_log.with_append_lock(|offsets| {
             // ...then, with appends blocked, for the few appended since.
             let end = i.commit_log.max_offset();
@@ -779,9 +783,7 @@ impl MessageStore {
                 }
                 let to =
                     trash_root.join(format!("{t}.{}", i.cq_generation.load(Ordering::Relaxed)));
-                let moved =
-                    std::fs::create_dir_all(&trash_root).and_then(|()| std::fs::rename(&dir, &to));
-                match moved {
+                match std::fs::rename(&dir, &to) {
                     Ok(()) => trash.push(to),
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error = %e,
@@ -808,6 +810,9 @@ impl MessageStore {
                     "cannot delete a removed ConsumeQueue folder; it is retried at the next start");
             }
         }
+        // Only succeeds once empty: what could not be deleted stays for the
+        // next start.
+        let _ = std::fs::remove_dir(&trash_root);
         tracing::info!(?topics, queues = removed, "topics deleted from the store");
         // Persist a dispatch point past the deleted topics' records, so
         // recovery does not re-dispatch them into resurrected queues.

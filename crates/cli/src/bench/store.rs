@@ -349,14 +349,17 @@ fn read_back(
 
 /// Waits until the CommitLog is flushed up to `end`. One wait can expire
 /// (syncFlushTimeout) while a large ASYNC tail is still being written, so
-/// this waits again until the overall limit.
+/// this waits again while the flushed offset moves, up to the overall
+/// limit; a wait that fails without progress (a flush error) ends it.
 fn wait_all_flushed(store: &MessageStore, end: u64) -> bool {
     let give_up = Instant::now() + Duration::from_secs(120);
-    while (store.commit_log_flushed_offset() as u64) < end {
-        if Instant::now() >= give_up {
+    loop {
+        let before = store.commit_log_flushed_offset();
+        if before as u64 >= end || store.wait_flushed(end, Duration::from_secs(5)) {
+            return true;
+        }
+        if store.commit_log_flushed_offset() == before || Instant::now() >= give_up {
             return false;
         }
-        store.wait_flushed(end, Duration::from_secs(5));
     }
-    true
 }

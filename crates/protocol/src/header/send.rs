@@ -151,6 +151,51 @@ impl SendMessageRequestHeaderV2 {
     }
 }
 
+/// The fields of [`SendMessageRequestHeaderV2`] a producer sets on every
+/// send, borrowed: written under the same keys and as the same text, with
+/// no owned copy of the group, topic and properties per message.
+/// `broker_name` and the other optional fields are left out (a producer
+/// adds `n` with the target queue).
+#[derive(Debug, Clone, Copy)]
+pub struct SendMessageRequestHeaderV2Ref<'a> {
+    pub producer_group: &'a str,
+    pub topic: &'a str,
+    pub default_topic: &'a str,
+    pub default_topic_queue_nums: i32,
+    pub queue_id: i32,
+    pub sys_flag: i32,
+    pub born_timestamp: i64,
+    pub flag: i32,
+    pub properties: &'a str,
+    pub reconsume_times: i32,
+    pub unit_mode: bool,
+    pub max_reconsume_times: Option<i32>,
+    pub batch: bool,
+}
+
+impl SendMessageRequestHeaderV2Ref<'_> {
+    /// Adds the fields to `ext`, as [`SendMessageRequestHeaderV2`]'s
+    /// `write_ext` would for the owned equivalent.
+    pub fn write_ext(&self, ext: &mut crate::ext_fields::ExtFields) {
+        use crate::header::put;
+        ext.insert("a", self.producer_group);
+        ext.insert("b", self.topic);
+        ext.insert("c", self.default_topic);
+        put(ext, "d", &self.default_topic_queue_nums);
+        put(ext, "e", &self.queue_id);
+        put(ext, "f", &self.sys_flag);
+        put(ext, "g", &self.born_timestamp);
+        put(ext, "h", &self.flag);
+        ext.insert("i", self.properties);
+        put(ext, "j", &self.reconsume_times);
+        put(ext, "k", &self.unit_mode);
+        if let Some(max) = self.max_reconsume_times {
+            put(ext, "l", &max);
+        }
+        put(ext, "m", &self.batch);
+    }
+}
+
 /// Whether a send-type request code carries the V2 one-letter keys.
 pub fn send_code_uses_v2(code: i32) -> bool {
     matches!(
@@ -278,5 +323,54 @@ command_header! {
     /// Response to RECALL_MESSAGE.
     pub struct RecallMessageResponseHeader {
         req msg_id: String => "msgId",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ext_fields::ExtFields;
+
+    #[test]
+    fn borrowed_v2_header_writes_what_the_owned_one_writes() {
+        for (batch, max) in [(false, None), (true, Some(16))] {
+            let props = "TAGS\u{1}t\u{2}KEYS\u{1}k \"q\"\u{2}";
+            let borrowed = SendMessageRequestHeaderV2Ref {
+                producer_group: "PG",
+                topic: "TopicA",
+                default_topic: "TBW102",
+                default_topic_queue_nums: 4,
+                queue_id: 3,
+                sys_flag: 1,
+                born_timestamp: 1_700_000_000_123,
+                flag: 7,
+                properties: props,
+                reconsume_times: 2,
+                unit_mode: false,
+                max_reconsume_times: max,
+                batch,
+            };
+            let owned = SendMessageRequestHeaderV2 {
+                producer_group: "PG".into(),
+                topic: "TopicA".into(),
+                default_topic: "TBW102".into(),
+                default_topic_queue_nums: 4,
+                queue_id: 3,
+                sys_flag: 1,
+                born_timestamp: 1_700_000_000_123,
+                flag: 7,
+                properties: Some(props.into()),
+                reconsume_times: Some(2),
+                unit_mode: Some(false),
+                max_reconsume_times: max,
+                batch: Some(batch),
+                ..Default::default()
+            };
+            let (mut a, mut b) = (ExtFields::new(), ExtFields::new());
+            borrowed.write_ext(&mut a);
+            owned.write_ext(&mut b);
+            assert_eq!(a.iter().collect::<Vec<_>>(), b.iter().collect::<Vec<_>>());
+            assert_eq!(SendMessageRequestHeaderV2::read_ext(&a).unwrap(), owned);
+        }
     }
 }

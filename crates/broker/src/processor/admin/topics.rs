@@ -158,16 +158,14 @@ pub(super) async fn delete_topic(
     // re-created topic starts at offset 0 with no old messages.
     let store = Arc::clone(&ctx.store);
     let topic = h.topic.clone();
-    let removed = match tokio::task::spawn_blocking(move || store.delete_topics(&[&topic])).await {
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => {
-            tracing::error!(topic = %h.topic, error = %e, "deleting the topic's queues failed");
-            return fail(
-                response_code::SYSTEM_ERROR,
-                format!("deleting the queues of topic[{}] failed: {e}", h.topic),
-            );
-        }
+    let outcome = match tokio::task::spawn_blocking(move || store.delete_topics(&[&topic])).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let removed = match outcome {
+        Ok(n) => n,
         Err(e) => {
+            tracing::error!(topic = %h.topic, error = %e, "deleting the topic's queues failed");
             return fail(
                 response_code::SYSTEM_ERROR,
                 format!("deleting the queues of topic[{}] failed: {e}", h.topic),
