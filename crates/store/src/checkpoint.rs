@@ -3,11 +3,10 @@
 //! The first 40 bytes keep RocketMQ's StoreCheckpoint positions; Apogee adds
 //! exact offsets and a CRC after them.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, StoreError};
+use crate::vfs::{OpenMode, VfsFile, VfsRef};
 
 pub const CHECKPOINT_FILE_SIZE: usize = 4096;
 const MAGIC: u64 = 0x4150_4745_434B_5054; // "APGECKPT"
@@ -75,20 +74,22 @@ impl Checkpoint {
 /// The checkpoint file handle.
 pub struct CheckpointFile {
     path: PathBuf,
-    file: std::fs::File,
+    file: Box<dyn VfsFile>,
 }
 
 impl CheckpointFile {
     /// Open (creating if needed). Returns the stored checkpoint, or None if
     /// the file is new, short or fails its CRC.
-    pub fn open(path: &Path) -> Result<(CheckpointFile, Option<Checkpoint>)> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
+    pub fn open(vfs: &VfsRef, path: &Path) -> Result<(CheckpointFile, Option<Checkpoint>)> {
+        let existed = vfs.exists(path);
+        let file = vfs
+            .open(path, OpenMode::CreateOrOpen)
             .map_err(|e| StoreError::io("open checkpoint", path, e))?;
+        if !existed {
+            let dir = crate::vfs::parent_dir(path);
+            vfs.sync_dir(&dir)
+                .map_err(|e| StoreError::io("sync directory", &dir, e))?;
+        }
         let mut buf = vec![0u8; CHECKPOINT_FILE_SIZE];
         let n = file
             .read_at(&mut buf, 0)

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use crate::error::{Result, StoreError};
 use crate::mapped_file::MappedFile;
 use crate::mapped_file_queue::MappedFileQueue;
+use crate::vfs::VfsRef;
 
 /// Bytes always left free at a segment's end for the BLANK marker.
 pub const END_FILE_MIN_BLANK_LENGTH: u64 = 8;
@@ -65,8 +66,8 @@ pub fn now_ms() -> i64 {
 }
 
 impl CommitLog {
-    pub fn load(dir: &Path, segment_size: u64) -> Result<CommitLog> {
-        let mfq = MappedFileQueue::load(dir, segment_size)?;
+    pub fn load(vfs: &VfsRef, dir: &Path, segment_size: u64) -> Result<CommitLog> {
+        let mfq = MappedFileQueue::load(vfs, dir, segment_size)?;
         let end = mfq.max_offset();
         Ok(CommitLog {
             mfq,

@@ -11,6 +11,7 @@ use crate::config::CQ_ENTRY_SIZE;
 use crate::error::Result;
 use crate::mapped_file::MappedFile;
 use crate::mapped_file_queue::MappedFileQueue;
+use crate::vfs::VfsRef;
 
 /// Size field of a filler entry (pads a queue that does not start at 0).
 pub const FILLER_SIZE: i32 = i32::MAX;
@@ -63,8 +64,14 @@ pub struct ConsumeQueue {
 
 impl ConsumeQueue {
     /// Open (or create the directory of) one queue and find its end.
-    pub fn load(dir: &Path, topic: &str, queue_id: i32, file_size: u64) -> Result<ConsumeQueue> {
-        let mfq = MappedFileQueue::load(dir, file_size)?;
+    pub fn load(
+        vfs: &VfsRef,
+        dir: &Path,
+        topic: &str,
+        queue_id: i32,
+        file_size: u64,
+    ) -> Result<ConsumeQueue> {
+        let mfq = MappedFileQueue::load(vfs, dir, file_size)?;
         // An empty last file after a non-empty one (crash right after it was
         // created) carries no entries: drop it so the end is found below.
         while mfq.len() > 1 {

@@ -11,6 +11,7 @@ use parking_lot::RwLock;
 
 use crate::error::{Result, StoreError};
 use crate::mapped_file::MappedFile;
+use crate::vfs::VfsRef;
 
 pub const INDEX_HEADER_SIZE: u64 = 40;
 pub const HASH_SLOT_SIZE: u64 = 4;
@@ -55,8 +56,8 @@ impl IndexFile {
             + u64::from(index_num) * INDEX_ENTRY_SIZE
     }
 
-    fn create(path: &Path, slot_num: u32, index_num: u32) -> Result<IndexFile> {
-        let mf = MappedFile::create(path, 0, Self::file_size(slot_num, index_num))?;
+    fn create(vfs: &VfsRef, path: &Path, slot_num: u32, index_num: u32) -> Result<IndexFile> {
+        let mf = MappedFile::create(vfs, path, 0, Self::file_size(slot_num, index_num))?;
         let f = IndexFile {
             mf,
             slot_num,
@@ -66,17 +67,17 @@ impl IndexFile {
         Ok(f)
     }
 
-    fn open(path: &Path, slot_num: u32, index_num: u32) -> Result<IndexFile> {
+    fn open(vfs: &VfsRef, path: &Path, slot_num: u32, index_num: u32) -> Result<IndexFile> {
         let mf =
-            MappedFile::open(path, 0, Self::file_size(slot_num, index_num)).map_err(
-                |e| match e {
+            MappedFile::open(vfs, path, 0, Self::file_size(slot_num, index_num)).map_err(|e| {
+                match e {
                     StoreError::Corrupt { path, reason } => StoreError::Corrupt {
                         path,
                         reason: format!("{reason} (maxHashSlotNum/maxIndexNum must not change)"),
                     },
                     other => other,
-                },
-            )?;
+                }
+            })?;
         let f = IndexFile {
             mf,
             slot_num,
@@ -266,6 +267,7 @@ impl IndexFile {
 
 /// The set of index files, newest last.
 pub struct IndexService {
+    vfs: VfsRef,
     dir: PathBuf,
     slot_num: u32,
     index_num: u32,
@@ -273,12 +275,14 @@ pub struct IndexService {
 }
 
 impl IndexService {
-    pub fn load(dir: &Path, slot_num: u32, index_num: u32) -> Result<IndexService> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+    pub fn load(vfs: &VfsRef, dir: &Path, slot_num: u32, index_num: u32) -> Result<IndexService> {
+        crate::mapped_file_queue::create_dir_durable(&**vfs, dir)?;
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io("list directory", dir, e))? {
-            let entry = entry.map_err(|e| StoreError::io("list directory", dir, e))?;
-            if let Some(n) = entry.file_name().to_str() {
+        let entries = vfs
+            .list_dir(dir)
+            .map_err(|e| StoreError::io("list directory", dir, e))?;
+        for entry in entries {
+            if let Some(n) = entry.name.to_str() {
                 if n.len() == 17 && n.bytes().all(|b| b.is_ascii_digit()) {
                     names.push(n.to_owned());
                 }
@@ -288,12 +292,14 @@ impl IndexService {
         let mut files = Vec::new();
         for n in names {
             files.push(Arc::new(IndexFile::open(
+                vfs,
                 &dir.join(n),
                 slot_num,
                 index_num,
             )?));
         }
         Ok(IndexService {
+            vfs: vfs.clone(),
             dir: dir.to_path_buf(),
             slot_num,
             index_num,
@@ -318,6 +324,7 @@ impl IndexService {
             name = format!("{bumped:017}");
         }
         let f = Arc::new(IndexFile::create(
+            &self.vfs,
             &self.dir.join(&name),
             self.slot_num,
             self.index_num,
@@ -417,7 +424,7 @@ impl IndexService {
         while let Some(f) = files.last() {
             if !f.is_empty() && f.begin_phy_offset() >= phys_end {
                 removed += (f.index_count() - 1).max(0) as usize;
-                let _ = std::fs::remove_file(f.path());
+                let _ = self.vfs.remove_file(f.path());
                 files.pop();
                 continue;
             }
@@ -437,7 +444,7 @@ impl IndexService {
             if f.end_phy_offset() >= commitlog_min as i64 {
                 break;
             }
-            if let Err(e) = std::fs::remove_file(f.path()) {
+            if let Err(e) = self.vfs.remove_file(f.path()) {
                 tracing::warn!(path = %f.path().display(), error = %e, "cannot delete index file");
                 break;
             }

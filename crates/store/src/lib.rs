@@ -18,6 +18,7 @@ pub mod mapped_file;
 pub mod mapped_file_queue;
 mod recovery;
 pub mod store;
+pub mod vfs;
 mod warm;
 
 pub use cleanup::{DiskUsageProbe, StatvfsProbe};

@@ -2,17 +2,15 @@
 //! (wrote) position and a flushed position. Bytes below the wrote position are
 //! immutable and can be handed out as zero-copy `Bytes`.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use memmap2::MmapRaw;
 
 use crate::error::{Result, StoreError};
+use crate::vfs::{self, OpenMode, VfsFile, VfsRef};
 
 /// Owner handed to `Bytes::from_owner`: keeps the mapping alive while any
 /// reader still holds a slice of it, even after the file is unlinked.
@@ -32,7 +30,8 @@ pub struct MappedFile {
     path: PathBuf,
     base: u64,
     size: u64,
-    file: File,
+    vfs: VfsRef,
+    file: Box<dyn VfsFile>,
     map: Arc<MmapRaw>,
     wrote: AtomicU64,
     flushed: AtomicU64,
@@ -68,8 +67,8 @@ impl MappedFile {
     /// store into the mapping.
     /// The file is built under a temporary name and renamed into place, so
     /// a crash never leaves a half-created segment under a real name.
-    pub fn create(path: &Path, base: u64, size: u64) -> Result<MappedFile> {
-        Self::create_with(path, base, size, false)
+    pub fn create(vfs: &VfsRef, path: &Path, base: u64, size: u64) -> Result<MappedFile> {
+        Self::create_with(vfs, path, base, size, false)
     }
 
     /// Like [`MappedFile::create`]; with `write_zeros` the blocks are really
@@ -77,57 +76,95 @@ impl MappedFile {
     /// extents. Under SYNC_FLUSH that halves every later fdatasync: syncing
     /// data into unwritten extents also converts them, a journal commit per
     /// flush (measured here: 280-375 us against 132 us for 70 KB).
-    pub fn create_with(path: &Path, base: u64, size: u64, write_zeros: bool) -> Result<MappedFile> {
+    pub fn create_with(
+        vfs: &VfsRef,
+        path: &Path,
+        base: u64,
+        size: u64,
+        write_zeros: bool,
+    ) -> Result<MappedFile> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        let file = vfs
+            .open(&tmp, OpenMode::CreateNew)
             .map_err(|e| StoreError::io("create segment", &tmp, e))?;
-        file.set_len(size)
-            .map_err(|e| StoreError::io("size segment", &tmp, e))?;
-        if write_zeros {
-            write_zeros_through(&file, size)
-                .map_err(|e| StoreError::io("write segment zeros", &tmp, e))?;
-        } else {
-            reserve(&file, 0, size)
-                .map_err(|e| StoreError::io("reserve segment blocks", &tmp, e))?;
+        let mut renamed = false;
+        let made = (|| {
+            file.set_len(size)
+                .map_err(|e| StoreError::io("size segment", &tmp, e))?;
+            if write_zeros {
+                write_zeros_through(&*file, size)
+                    .map_err(|e| StoreError::io("write segment zeros", &tmp, e))?;
+            } else {
+                file.allocate(0, size)
+                    .map_err(|e| StoreError::io("reserve segment blocks", &tmp, e))?;
+            }
+            vfs.rename(&tmp, path)
+                .map_err(|e| StoreError::io("rename new segment", path, e))?;
+            renamed = true;
+            // Data synced into this file later must not vanish with its name
+            // on a power loss.
+            let dir = vfs::parent_dir(path);
+            vfs.sync_dir(&dir)
+                .map_err(|e| StoreError::io("sync directory", &dir, e))?;
+            let map = file
+                .map()
+                .map_err(|e| StoreError::io("mmap segment", path, e))?;
+            Ok(map)
+        })();
+        match made {
+            Ok(map) => Ok(Self::new(vfs, path, file, map, base, size, 0)),
+            Err(e) => {
+                // Leave nothing half made behind: a full disk must not fill
+                // up with abandoned files on every retry.
+                drop(file);
+                let left = if renamed { path } else { tmp.as_path() };
+                if let Err(rm) = vfs.remove_file(left) {
+                    if rm.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %left.display(), error = %rm, "cannot remove a half-made segment");
+                    }
+                }
+                Err(e)
+            }
         }
-        std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename new segment", path, e))?;
-        Self::map(path, file, base, size, 0)
     }
 
     /// Open an existing segment; its length must be `size`.
-    pub fn open(path: &Path, base: u64, size: u64) -> Result<MappedFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+    pub fn open(vfs: &VfsRef, path: &Path, base: u64, size: u64) -> Result<MappedFile> {
+        let file = vfs
+            .open(path, OpenMode::Existing)
             .map_err(|e| StoreError::io("open segment", path, e))?;
         let len = file
-            .metadata()
-            .map_err(|e| StoreError::io("stat segment", path, e))?
-            .len();
+            .len()
+            .map_err(|e| StoreError::io("stat segment", path, e))?;
         if len != size {
             return Err(StoreError::Corrupt {
                 path: path.to_path_buf(),
                 reason: format!("segment is {len} bytes, expected {size}"),
             });
         }
+        let map = file
+            .map()
+            .map_err(|e| StoreError::io("mmap segment", path, e))?;
         // Until recovery says otherwise, treat the whole file as written and flushed.
-        Self::map(path, file, base, size, size)
+        Ok(Self::new(vfs, path, file, map, base, size, size))
     }
 
-    fn map(path: &Path, file: File, base: u64, size: u64, pos: u64) -> Result<MappedFile> {
-        let map = MmapRaw::map_raw(&file).map_err(|e| StoreError::io("mmap segment", path, e))?;
-        Ok(MappedFile {
+    fn new(
+        vfs: &VfsRef,
+        path: &Path,
+        file: Box<dyn VfsFile>,
+        map: MmapRaw,
+        base: u64,
+        size: u64,
+        pos: u64,
+    ) -> MappedFile {
+        MappedFile {
             path: path.to_path_buf(),
             base,
             size,
+            vfs: vfs.clone(),
             file,
             map: Arc::new(map),
             wrote: AtomicU64::new(pos),
@@ -136,7 +173,7 @@ impl MappedFile {
             warmed: AtomicU64::new(pos),
             syscall_writes: AtomicBool::new(false),
             delete_pending_since: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Under SYNC_FLUSH every flush covers a few dozen KiB. Flushing pages
@@ -227,7 +264,6 @@ impl MappedFile {
             })?;
         let _ = end;
         if self.syscall_writes.load(Ordering::Acquire) {
-            use std::os::unix::fs::FileExt;
             return self
                 .file
                 .write_all_at(data, pos)
@@ -311,11 +347,45 @@ impl MappedFile {
                 .sync_data()
                 .map_err(|e| StoreError::io("flush segment", &self.path, e))?;
         } else {
-            self.map
-                .flush_range(from as usize, (upto - from) as usize)
+            self.file
+                .msync(&self.map, from, upto - from)
                 .map_err(|e| StoreError::io("flush segment", &self.path, e))?;
         }
         self.set_flushed(upto);
+        Ok(())
+    }
+
+    /// After a failed flush, make `[flushed, wrote)` dirty again so the next
+    /// flush really writes it: a failed writeback may leave those pages
+    /// marked clean, and a retried msync or fdatasync would then report
+    /// success without writing them.
+    pub fn redirty_unflushed(&self) -> Result<()> {
+        let (from, to) = (self.flushed(), self.wrote());
+        if from >= to {
+            return Ok(());
+        }
+        if self.syscall_writes.load(Ordering::Acquire) {
+            let bytes = self
+                .read(from, to - from)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            return self
+                .file
+                .write_all_at(&bytes, from)
+                .map_err(|e| StoreError::io("rewrite unflushed bytes", &self.path, e));
+        }
+        let mut page = from & !4095;
+        while page < to {
+            let at = page.max(from);
+            // SAFETY: in bounds; an atomic no-op write to a published byte is
+            // invisible to readers but makes the kernel fault the page
+            // writable and mark it dirty.
+            unsafe {
+                std::sync::atomic::AtomicU8::from_ptr(self.map.as_mut_ptr().add(at as usize))
+                    .fetch_add(0, Ordering::Relaxed);
+            }
+            page += 4096;
+        }
         Ok(())
     }
 
@@ -333,26 +403,21 @@ impl MappedFile {
         }
         if aligned < self.size {
             // Punch a hole (fast, no writes), then reserve the blocks again.
-            let fd = self.file.as_raw_fd();
             let len = self.size - aligned;
-            // SAFETY: plain syscall on an owned fd.
-            let rc = unsafe {
-                libc::fallocate(
-                    fd,
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    aligned as libc::off_t,
-                    len as libc::off_t,
-                )
-            };
-            if rc != 0 {
+            if self.file.punch_hole(aligned, len).is_err() {
                 self.fill_zero(aligned, len);
             } else {
-                reserve(&self.file, aligned, len)
+                self.file
+                    .allocate(aligned, len)
                     .map_err(|e| StoreError::io("reserve segment blocks", &self.path, e))?;
             }
         }
-        self.map
-            .flush_range(from as usize, (self.size - from) as usize)
+        self.file
+            .msync(&self.map, from, self.size - from)
+            .map_err(|e| StoreError::io("flush truncated segment", &self.path, e))?;
+        // Punched blocks are a metadata change msync may not cover.
+        self.file
+            .sync_data()
             .map_err(|e| StoreError::io("flush truncated segment", &self.path, e))?;
         Ok(())
     }
@@ -367,20 +432,15 @@ impl MappedFile {
 
     /// fdatasync the whole file (used for small metadata-like files).
     pub fn sync_all(&self) -> Result<()> {
-        self.map
-            .flush()
+        self.file
+            .msync(&self.map, 0, self.size)
             .map_err(|e| StoreError::io("flush segment", &self.path, e))?;
         self.set_flushed(self.wrote());
         Ok(())
     }
 
     pub fn last_modified_ms(&self) -> u64 {
-        std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        self.vfs.modified_ms(&self.path).unwrap_or(0)
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -412,7 +472,7 @@ impl MappedFile {
         if self.is_deleted() {
             return true;
         }
-        match std::fs::remove_file(&self.path) {
+        match self.vfs.remove_file(&self.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -427,8 +487,7 @@ impl MappedFile {
 }
 
 /// Write zeros over the whole file and fdatasync it.
-fn write_zeros_through(file: &File, size: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
+fn write_zeros_through(file: &dyn VfsFile, size: u64) -> std::io::Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = vec![0u8; CHUNK];
     let mut off = 0u64;
@@ -438,17 +497,4 @@ fn write_zeros_through(file: &File, size: u64) -> std::io::Result<()> {
         off += n as u64;
     }
     file.sync_data()
-}
-
-/// Reserve disk blocks for `[off, off+len)`; filesystems without fallocate
-/// support fall back to a sparse file.
-fn reserve(file: &File, off: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: plain syscall on an owned fd.
-    let rc =
-        unsafe { libc::posix_fallocate(file.as_raw_fd(), off as libc::off_t, len as libc::off_t) };
-    match rc {
-        0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
-        e => Err(std::io::Error::from_raw_os_error(e)),
-    }
 }

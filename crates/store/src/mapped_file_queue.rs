@@ -8,8 +8,10 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Result, StoreError};
 use crate::mapped_file::{segment_name, MappedFile};
+use crate::vfs::{self, OpenMode, VfsRef};
 
 pub struct MappedFileQueue {
+    vfs: VfsRef,
     dir: PathBuf,
     file_size: u64,
     files: RwLock<Vec<Arc<MappedFile>>>,
@@ -21,13 +23,14 @@ pub struct MappedFileQueue {
 
 impl MappedFileQueue {
     /// Open every 20-digit-named segment in `dir` (created if missing).
-    pub fn load(dir: &Path, file_size: u64) -> Result<MappedFileQueue> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+    pub fn load(vfs: &VfsRef, dir: &Path, file_size: u64) -> Result<MappedFileQueue> {
+        create_dir_durable(&**vfs, dir)?;
         let mut bases = Vec::new();
-        let rd = std::fs::read_dir(dir).map_err(|e| StoreError::io("list directory", dir, e))?;
+        let rd = vfs
+            .list_dir(dir)
+            .map_err(|e| StoreError::io("list directory", dir, e))?;
         for entry in rd {
-            let entry = entry.map_err(|e| StoreError::io("list directory", dir, e))?;
-            let name = entry.file_name();
+            let name = entry.name;
             let Some(name) = name.to_str() else { continue };
             if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
@@ -41,7 +44,7 @@ impl MappedFileQueue {
         let last_base = bases.last().copied();
         for base in bases {
             if Some(base) == last_base {
-                extend_short_tail(&dir.join(segment_name(base)), file_size)?;
+                extend_short_tail(vfs, &dir.join(segment_name(base)), file_size)?;
             }
             if !base.is_multiple_of(file_size) {
                 return Err(StoreError::Corrupt {
@@ -59,12 +62,14 @@ impl MappedFileQueue {
                 }
             }
             files.push(Arc::new(MappedFile::open(
+                vfs,
                 &dir.join(segment_name(base)),
                 base,
                 file_size,
             )?));
         }
         Ok(MappedFileQueue {
+            vfs: vfs.clone(),
             dir: dir.to_path_buf(),
             file_size,
             files: RwLock::new(files),
@@ -167,6 +172,7 @@ impl MappedFileQueue {
         // blocks (see `MappedFile::create_with`).
         let syscall = self.syscall_writes.load(Ordering::Acquire);
         let f = MappedFile::create_with(
+            &self.vfs,
             &self.dir.join(segment_name(base)),
             base,
             self.file_size,
@@ -230,18 +236,39 @@ impl MappedFileQueue {
 
 /// A last segment shorter than the segment size is a torn tail (e.g. the
 /// file was cut): extend it with zeros so recovery can find the valid end.
-fn extend_short_tail(path: &Path, file_size: u64) -> Result<()> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| StoreError::io("stat segment", path, e))?
-        .len();
+fn extend_short_tail(vfs: &VfsRef, path: &Path, file_size: u64) -> Result<()> {
+    let len = vfs
+        .file_len(path)
+        .map_err(|e| StoreError::io("stat segment", path, e))?;
     if len < file_size {
         tracing::warn!(path = %path.display(), len, file_size, "last segment is short; extending with zeros");
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
+        let f = vfs
+            .open(path, OpenMode::Existing)
             .map_err(|e| StoreError::io("open segment", path, e))?;
         f.set_len(file_size)
             .map_err(|e| StoreError::io("extend segment", path, e))?;
+        f.sync_data()
+            .map_err(|e| StoreError::io("extend segment", path, e))?;
+    }
+    Ok(())
+}
+
+/// Create `dir` and any missing parents so that they survive a power loss:
+/// each new directory's name is made durable by syncing its parent.
+pub(crate) fn create_dir_durable(vfs: &dyn vfs::Vfs, dir: &Path) -> Result<()> {
+    if vfs.exists(dir) {
+        return Ok(());
+    }
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !vfs.exists(a))
+        .collect();
+    vfs.create_dir_all(dir)
+        .map_err(|e| StoreError::io("create directory", dir, e))?;
+    for d in missing.iter().rev() {
+        let parent = vfs::parent_dir(d);
+        vfs.sync_dir(&parent)
+            .map_err(|e| StoreError::io("sync directory", &parent, e))?;
     }
     Ok(())
 }

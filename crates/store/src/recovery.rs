@@ -100,22 +100,25 @@ pub(crate) fn scan(inner: &Inner, start: u64) -> (u64, i64, ScanEnd) {
 /// Load every ConsumeQueue directory into the table.
 fn load_consume_queues(inner: &Inner) -> Result<()> {
     let root = inner.cfg.consumequeue_dir();
-    std::fs::create_dir_all(&root).map_err(|e| StoreError::io("create directory", &root, e))?;
-    let topics =
-        std::fs::read_dir(&root).map_err(|e| StoreError::io("list directory", &root, e))?;
+    crate::mapped_file_queue::create_dir_durable(&*inner.vfs, &root)?;
+    let topics = inner
+        .vfs
+        .list_dir(&root)
+        .map_err(|e| StoreError::io("list directory", &root, e))?;
     for t in topics {
-        let t = t.map_err(|e| StoreError::io("list directory", &root, e))?;
-        let Some(topic) = t.file_name().to_str().map(str::to_owned) else {
+        let Some(topic) = t.name.to_str().map(str::to_owned) else {
             continue;
         };
-        if !t.path().is_dir() {
+        if !t.is_dir {
             continue;
         }
-        let queues = std::fs::read_dir(t.path())
-            .map_err(|e| StoreError::io("list directory", t.path(), e))?;
+        let dir = root.join(&topic);
+        let queues = inner
+            .vfs
+            .list_dir(&dir)
+            .map_err(|e| StoreError::io("list directory", &dir, e))?;
         for q in queues {
-            let q = q.map_err(|e| StoreError::io("list directory", t.path(), e))?;
-            let Some(qid) = q.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(qid) = q.name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
             inner.find_or_create_cq(&topic, qid)?;

@@ -4,10 +4,8 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -32,6 +30,7 @@ use crate::error::{Result, StoreError};
 use crate::flush::{self, FlushWait, FlushWaiters, WaitSlot};
 use crate::index::IndexService;
 use crate::recovery;
+use crate::vfs::{self, LockGuard, OpenMode, VfsRef};
 
 /// Outcome of a successful put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +221,9 @@ pub struct StoreHooks {
     /// Fault injection: called by the flusher before every CommitLog flush
     /// (tests use it to make a flush slow).
     pub before_flush: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The file system (default: the real one). Tests pass a failing or a
+    /// power-loss simulating one (see [`crate::vfs`]).
+    pub vfs: Option<VfsRef>,
 }
 
 type CqTable = HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>;
@@ -229,6 +231,7 @@ type CqTable = HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>;
 /// State shared with the background threads.
 pub(crate) struct Inner {
     pub(crate) cfg: MessageStoreConfig,
+    pub(crate) vfs: VfsRef,
     pub(crate) commit_log: CommitLog,
     pub(crate) cqs: RwLock<CqTable>,
     /// Bumped whenever queues leave `cqs` (topic deletion): the dispatcher
@@ -323,6 +326,7 @@ impl Inner {
             .join(topic)
             .join(queue_id.to_string());
         let cq = Arc::new(ConsumeQueue::load(
+            &self.vfs,
             &dir,
             topic,
             queue_id,
@@ -374,10 +378,10 @@ const DELETE_DISPATCH_WAIT: Duration = Duration::from_secs(5);
 const DELETE_DISPATCH_WAIT_LOCKED: Duration = Duration::from_secs(1);
 
 /// Remove what a crash during topic deletion left behind.
-fn purge_deleted_queues(root: &std::path::Path) {
+fn purge_deleted_queues(vfs: &dyn vfs::Vfs, root: &std::path::Path) {
     let dir = root.join(DELETED_CQ_DIR);
-    if dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+    if vfs.exists(&dir) {
+        if let Err(e) = vfs.remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted ConsumeQueues");
         }
     }
@@ -406,7 +410,7 @@ thread_local! {
 pub struct MessageStore {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    lock_file: Mutex<Option<File>>,
+    lock_file: Mutex<Option<LockGuard>>,
     root: PathBuf,
 }
 
@@ -420,15 +424,18 @@ impl MessageStore {
     pub fn open_with(config: MessageStoreConfig, hooks: StoreHooks) -> Result<MessageStore> {
         config.validate()?;
         let root = config.store_path_root_dir.clone();
-        std::fs::create_dir_all(&root)
-            .map_err(|e| StoreError::io("create store root", &root, e))?;
-        let lock_file = lock_root(&root)?;
+        let vfs = hooks.vfs.clone().unwrap_or_else(vfs::real);
+        crate::mapped_file_queue::create_dir_durable(&*vfs, &root)?;
+        let lock_file = lock_root(&*vfs, &root)?;
         let abort_path = root.join("abort");
-        let crashed = abort_path.exists();
-        purge_deleted_queues(&root);
-        let (checkpoint, cp) = CheckpointFile::open(&root.join("checkpoint"))?;
-        let commit_log =
-            CommitLog::load(&config.commitlog_dir(), config.mapped_file_size_commit_log)?;
+        let crashed = vfs.exists(&abort_path);
+        purge_deleted_queues(&*vfs, &root);
+        let (checkpoint, cp) = CheckpointFile::open(&vfs, &root.join("checkpoint"))?;
+        let commit_log = CommitLog::load(
+            &vfs,
+            &config.commitlog_dir(),
+            config.mapped_file_size_commit_log,
+        )?;
         // SYNC_FLUSH flushes small ranges constantly: write those segments
         // with pwrite and sync them with fdatasync (see MappedFile).
         commit_log
@@ -436,6 +443,7 @@ impl MessageStore {
             .set_syscall_writes(config.flush_disk_type == FlushDiskType::SyncFlush);
         let index = if config.message_index_enable {
             Some(IndexService::load(
+                &vfs,
                 &config.index_dir(),
                 config.max_hash_slot_num,
                 config.max_index_num,
@@ -444,6 +452,7 @@ impl MessageStore {
             None
         };
         let inner = Arc::new(Inner {
+            vfs: vfs.clone(),
             commit_log,
             cqs: RwLock::new(HashMap::new()),
             cq_generation: AtomicU64::new(0),
@@ -476,9 +485,14 @@ impl MessageStore {
             cfg: config,
         });
         recovery::recover(&inner, cp, crashed)?;
-        // Mark the store as running: a crash from here on leaves this file.
-        File::create(&abort_path)
-            .map_err(|e| StoreError::io("create abort file", &abort_path, e))?;
+        // Mark the store as running: a crash (or power loss) from here on
+        // leaves this file.
+        if !crashed {
+            vfs.open(&abort_path, OpenMode::CreateNew)
+                .map_err(|e| StoreError::io("create abort file", &abort_path, e))?;
+            vfs.sync_dir(&root)
+                .map_err(|e| StoreError::io("sync directory", &root, e))?;
+        }
         inner.flush_logics_and_checkpoint()?;
         cleanup::check_disk(&inner);
         if inner.cfg.flush_disk_type == FlushDiskType::SyncFlush {
@@ -752,7 +766,7 @@ impl MessageStore {
         let cq_root = i.cfg.consumequeue_dir();
         let trash_root = self.root.join(DELETED_CQ_DIR);
         // Made before appends are blocked; inside, only one rename per topic.
-        if let Err(e) = std::fs::create_dir_all(&trash_root) {
+        if let Err(e) = i.vfs.create_dir_all(&trash_root) {
             tracing::warn!(dir = %trash_root.display(), error = %e, "cannot create the folder for deleted ConsumeQueues");
         }
         let (removed, trash) = i.commit_log.with_append_lock(|offsets| {
@@ -778,17 +792,17 @@ impl MessageStore {
             let mut trash = Vec::new();
             for t in &topics {
                 let dir = cq_root.join(t);
-                if !dir.exists() {
+                if !i.vfs.exists(&dir) {
                     continue;
                 }
                 let to =
                     trash_root.join(format!("{t}.{}", i.cq_generation.load(Ordering::Relaxed)));
-                match std::fs::rename(&dir, &to) {
+                match i.vfs.rename(&dir, &to) {
                     Ok(()) => trash.push(to),
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error = %e,
                             "cannot move ConsumeQueue folder aside; deleting it in place");
-                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        if let Err(e) = i.vfs.remove_dir_all(&dir) {
                             tracing::error!(dir = %dir.display(), error = %e,
                                 "cannot delete ConsumeQueue folder");
                         }
@@ -804,15 +818,19 @@ impl MessageStore {
             }
             (removed.len(), trash)
         });
+        // A power loss must not bring the deleted queues back.
+        if let Err(e) = i.vfs.sync_dir(&cq_root) {
+            tracing::warn!(dir = %cq_root.display(), error = %e, "cannot sync the ConsumeQueue folder");
+        }
         for dir in trash {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if let Err(e) = i.vfs.remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e,
                     "cannot delete a removed ConsumeQueue folder; it is retried at the next start");
             }
         }
         // Only succeeds once empty: what could not be deleted stays for the
         // next start.
-        let _ = std::fs::remove_dir(&trash_root);
+        let _ = i.vfs.remove_dir(&trash_root);
         tracing::info!(?topics, queues = removed, "topics deleted from the store");
         // Persist a dispatch point past the deleted topics' records, so
         // recovery does not re-dispatch them into resurrected queues.
@@ -1190,8 +1208,10 @@ impl MessageStore {
         match &r {
             Ok(()) if !i.write_error.load(Ordering::Acquire) => {
                 let abort = self.root.join("abort");
-                if let Err(e) = std::fs::remove_file(&abort) {
+                if let Err(e) = i.vfs.remove_file(&abort) {
                     tracing::warn!(error = %e, "cannot remove abort file");
+                } else if let Err(e) = i.vfs.sync_dir(&self.root) {
+                    tracing::warn!(error = %e, "cannot sync the store folder");
                 }
                 tracing::info!(root = %self.root.display(), "store shut down cleanly");
             }
@@ -1225,20 +1245,14 @@ fn run_cq_flusher(inner: Arc<Inner>) {
     }
 }
 
-/// Take an exclusive flock on `<root>/lock` so two processes never share a store.
-fn lock_root(root: &std::path::Path) -> Result<File> {
+/// Take an exclusive lock on `<root>/lock` so two processes never share a store.
+fn lock_root(vfs: &dyn vfs::Vfs, root: &std::path::Path) -> Result<LockGuard> {
     let path = root.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| StoreError::io("open lock file", &path, e))?;
-    // SAFETY: flock on an fd we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(StoreError::Locked(root.to_path_buf()));
-    }
-    Ok(f)
+    vfs.lock(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            StoreError::Locked(root.to_path_buf())
+        } else {
+            StoreError::io("lock store", &path, e)
+        }
+    })
 }
