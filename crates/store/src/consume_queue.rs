@@ -291,7 +291,11 @@ impl ConsumeQueue {
         let mut max = self.max_offset();
         while max > self.min_offset() {
             let Some(e) = self.entry(max - 1) else { break };
-            if e.is_filler() || (e.phys_offset + i64::from(e.size)) as u64 <= phys_end {
+            // After a power loss the tail may hold empty or half-written
+            // entries between real ones: only a whole entry pointing inside
+            // the CommitLog ends the cut.
+            let whole = e.size > 0 && e.phys_offset >= 0;
+            if e.is_filler() || (whole && (e.phys_offset + i64::from(e.size)) as u64 <= phys_end) {
                 break;
             }
             // Unpublish first, then clear the bytes.

@@ -225,14 +225,60 @@ pub(crate) fn async_wake_bytes(cfg: &MessageStoreConfig) -> u64 {
     (cfg.flush_commit_log_least_pages * 4096).max(1)
 }
 
-fn flush_now(inner: &Inner) -> usize {
+/// The flusher's view of a failing disk: after a failed flush, writes are
+/// refused and the flush is retried with growing pauses; the first flush
+/// that succeeds lets writes in again. Acknowledged data is never at risk:
+/// waiters of the failed range were answered with a failure, and the failed
+/// bytes stay dirty (see `MappedFile::flush`) until a flush really writes them.
+#[derive(Default)]
+pub(crate) struct FlushRetry {
+    failing: bool,
+    backoff: Duration,
+    next: Option<Instant>,
+    failures: u64,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl FlushRetry {
+    /// Time left before the next attempt, while failing.
+    fn wait(&self, now: Instant) -> Option<Duration> {
+        match self.next {
+            Some(t) if self.failing && t > now => Some(t - now),
+            _ => None,
+        }
+    }
+}
+
+fn flush_now(inner: &Inner, retry: &mut FlushRetry) -> usize {
+    if retry.wait(Instant::now()).is_some() {
+        return 0;
+    }
     if let Some(hook) = &inner.before_flush {
         hook();
     }
     match inner.commit_log.flush() {
-        Ok(flushed) => inner.waiters.complete_upto(flushed),
+        Ok(flushed) => {
+            if retry.failing {
+                tracing::info!(
+                    failed_attempts = retry.failures,
+                    flushed,
+                    "CommitLog flush works again: accepting writes"
+                );
+                *retry = FlushRetry::default();
+                inner.clear_write_error();
+            }
+            inner.waiters.complete_upto(flushed)
+        }
         Err(e) => {
-            tracing::error!(error = %e, "CommitLog flush failed; refusing further writes");
+            if !retry.failing {
+                tracing::error!(error = %e, "CommitLog flush failed; refusing writes and retrying");
+            }
+            retry.failing = true;
+            retry.failures += 1;
+            retry.backoff = (retry.backoff * 2).clamp(RETRY_MIN, RETRY_MAX);
+            retry.next = Some(Instant::now() + retry.backoff);
             inner.set_write_error();
             inner.waiters.fail_all();
             0
@@ -256,13 +302,19 @@ fn run_async_flusher(inner: &Inner) {
     let interval = Duration::from_millis(inner.cfg.flush_interval_commit_log.max(1));
     let least = async_wake_bytes(&inner.cfg);
     let mut last = Instant::now();
+    let mut retry = FlushRetry::default();
     loop {
         let stopping = inner.stop_flusher.load(Ordering::Acquire);
+        if let Some(wait) = retry.wait(Instant::now()).filter(|_| !stopping) {
+            inner.waiters.fail_all();
+            std::thread::park_timeout(wait.min(Duration::from_millis(100)));
+            continue;
+        }
         let dirty = inner.commit_log.dirty_bytes();
         let due = dirty > 0
             && (dirty >= least || last.elapsed() >= interval || !inner.waiters.is_empty());
         if due || stopping {
-            flush_now(inner);
+            flush_now(inner, &mut retry);
             last = Instant::now();
         }
         if stopping {
@@ -293,8 +345,14 @@ fn run_sync_flusher(inner: &Inner) {
     let mut last = Instant::now();
     // Writers released by the previous flush (group-commit batch size).
     let mut last_batch = 0usize;
+    let mut retry = FlushRetry::default();
     loop {
         let stopping = inner.stop_flusher.load(Ordering::Acquire);
+        if let Some(wait) = retry.wait(Instant::now()).filter(|_| !stopping) {
+            inner.waiters.fail_all();
+            std::thread::park_timeout(wait.min(Duration::from_millis(100)));
+            continue;
+        }
         let dirty = inner.commit_log.dirty_bytes();
         let need = !inner.waiters.is_empty() || (dirty > 0 && last.elapsed() >= interval);
         if need && !stopping && last_batch >= 2 {
@@ -316,7 +374,7 @@ fn run_sync_flusher(inner: &Inner) {
             inner.waiters.wake_at(0);
         }
         if need || stopping {
-            last_batch = flush_now(inner);
+            last_batch = flush_now(inner, &mut retry);
             last = Instant::now();
         }
         if stopping {

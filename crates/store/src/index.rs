@@ -47,6 +47,9 @@ pub struct IndexFile {
     mf: MappedFile,
     slot_num: u32,
     index_num: u32,
+    /// Written since its last flush (a checkpoint may only name offsets
+    /// whose entries are synced, in every file, not just the newest).
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl IndexFile {
@@ -62,6 +65,7 @@ impl IndexFile {
             mf,
             slot_num,
             index_num,
+            dirty: std::sync::atomic::AtomicBool::new(true),
         };
         f.set_i32(INDEX_COUNT_POS, 1);
         Ok(f)
@@ -82,6 +86,7 @@ impl IndexFile {
             mf,
             slot_num,
             index_num,
+            dirty: std::sync::atomic::AtomicBool::new(false),
         };
         if f.index_count() < 1 {
             f.set_i32(INDEX_COUNT_POS, 1);
@@ -173,6 +178,7 @@ impl IndexFile {
             self.begin_timestamp()
         };
         let diff = ((store_ts - begin_ts) / 1000).clamp(0, i64::from(i32::MAX)) as i32;
+        self.dirty.store(true, Ordering::Release);
         let mut e = [0u8; 20];
         e[0..4].copy_from_slice(&hash.to_be_bytes());
         e[4..12].copy_from_slice(&phys.to_be_bytes());
@@ -241,6 +247,7 @@ impl IndexFile {
                     );
                 }
             }
+            self.dirty.store(true, Ordering::Release);
             self.mf.write_at(self.entry_pos(n), &[0u8; 20])?;
             count = n;
             self.set_i32(INDEX_COUNT_POS, count);
@@ -261,6 +268,119 @@ impl IndexFile {
     }
 
     fn flush(&self) -> Result<()> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.mf.sync_all().inspect_err(|_| {
+            self.dirty.store(true, Ordering::Release);
+        })
+    }
+
+    fn entry_is_zero(&self, n: i32) -> bool {
+        self.mf
+            .read(self.entry_pos(n), INDEX_ENTRY_SIZE)
+            .is_none_or(|b| b.iter().all(|x| *x == 0))
+    }
+
+    /// Bring the file back to exactly the entries for CommitLog offsets below
+    /// `safe` after a crash. Everything below `safe` was synced before the
+    /// checkpoint that names it; past it, a power loss may have kept any mix
+    /// of the header, slot and entry pages. If the tail is whole (a killed
+    /// process), the newest entries are unlinked one by one; otherwise the
+    /// slots are rebuilt from the durable entries. Returns entries removed.
+    fn repair(&self, safe: i64) -> Result<usize> {
+        let max_n = i32::try_from(self.index_num).unwrap_or(i32::MAX);
+        // Entries below `k` are durable; entries are appended in offset order,
+        // so "durable" is a prefix and can be found by bisection.
+        let durable = |n: i32| -> bool {
+            !self.entry_is_zero(n)
+                && self
+                    .read_entry(n)
+                    .is_some_and(|(_, phys, _, _)| phys < safe)
+        };
+        let (mut lo, mut hi) = (1i32, max_n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if durable(mid) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let k = lo;
+        let count = self.index_count().clamp(1, max_n);
+        if self.tail_is_whole(k, count, safe) {
+            return self.truncate_past(safe);
+        }
+        let removed = (count - k).max(0) as usize;
+        tracing::warn!(
+            path = %self.path().display(),
+            kept = k - 1,
+            "index file damaged by the crash; rebuilding its slots from the durable entries"
+        );
+        self.rebuild(k, max_n)?;
+        Ok(removed)
+    }
+
+    /// True if the header, slots and entries `[k, count)` are consistent.
+    fn tail_is_whole(&self, k: i32, count: i32, safe: i64) -> bool {
+        if k > count || (count < self.index_num as i32 && !self.entry_is_zero(count)) {
+            return false;
+        }
+        let mut last = -1i64;
+        for n in k..count {
+            let Some((hash, phys, _, prev)) = self.read_entry(n) else {
+                return false;
+            };
+            let head = self.get_i32(self.slot_pos(hash));
+            if self.entry_is_zero(n) || phys < safe || phys < last || prev >= n || head < n {
+                return false;
+            }
+            last = phys;
+        }
+        (0..self.slot_num).all(|i| {
+            let head = self.get_i32(INDEX_HEADER_SIZE + u64::from(i) * HASH_SLOT_SIZE);
+            (0..count).contains(&head)
+        })
+    }
+
+    /// Keep entries `[1, k)`, relink every slot chain from them, clear the rest.
+    fn rebuild(&self, k: i32, max_n: i32) -> Result<()> {
+        let slots_len = u64::from(self.slot_num) * HASH_SLOT_SIZE;
+        self.mf
+            .write_at(INDEX_HEADER_SIZE, &vec![0u8; slots_len as usize])?;
+        let mut used = 0i32;
+        for n in 1..k {
+            let Some((hash, _, _, _)) = self.read_entry(n) else {
+                break;
+            };
+            let slot = self.slot_pos(hash);
+            let prev = self.get_i32(slot);
+            if prev == 0 {
+                used += 1;
+            }
+            self.mf
+                .write_at(self.entry_pos(n) + 16, &prev.to_be_bytes())?;
+            self.set_i32(slot, n);
+        }
+        let mut n = k;
+        while n < max_n && !self.entry_is_zero(n) {
+            self.mf.write_at(self.entry_pos(n), &[0u8; 20])?;
+            n += 1;
+        }
+        self.set_i32(HASH_SLOT_COUNT_POS, used);
+        self.set_i32(INDEX_COUNT_POS, k);
+        if k > 1 {
+            let (_, first, _, _) = self.read_entry(1).unwrap_or_default();
+            let (_, last, diff, _) = self.read_entry(k - 1).unwrap_or_default();
+            self.set_i64(BEGIN_PHY_POS, first);
+            self.set_i64(END_PHY_POS, last);
+            self.set_i64(END_TS_POS, self.begin_timestamp() + i64::from(diff) * 1000);
+        } else {
+            for p in [BEGIN_TS_POS, END_TS_POS, BEGIN_PHY_POS, END_PHY_POS] {
+                self.set_i64(p, 0);
+            }
+        }
         self.mf.sync_all()
     }
 }
@@ -404,13 +524,10 @@ impl IndexService {
     }
 
     pub fn flush(&self) -> Result<()> {
+        // Every file written since its last flush, not only the newest: a
+        // burst can fill several files between two checkpoints.
         let files = self.files.read().clone();
-        if let Some(f) = files.last() {
-            f.flush()?;
-        }
-        // Older files are full and were flushed when they filled; flush them
-        // anyway if there are only a few (cheap when clean).
-        for f in files.iter().rev().skip(1).take(1) {
+        for f in files.iter().rev() {
             f.flush()?;
         }
         Ok(())
@@ -430,6 +547,30 @@ impl IndexService {
             }
             removed += f.truncate_past(phys_end)?;
             break;
+        }
+        Ok(removed)
+    }
+
+    /// After a crash: make every file hold exactly the entries for CommitLog
+    /// offsets below `safe` (the checkpoint's dispatch point), whatever a
+    /// power loss kept of the rest; files wholly past it are removed.
+    /// Re-dispatch from `safe` then adds the newer entries again.
+    pub fn repair_after_crash(&self, safe: u64) -> Result<usize> {
+        let safe = safe as i64;
+        let mut removed = 0;
+        let mut files = self.files.write();
+        while let Some(f) = files.last().cloned() {
+            removed += f.repair(safe)?;
+            if f.is_empty() && files.len() > 1 {
+                if let Err(e) = self.vfs.remove_file(f.path()) {
+                    tracing::warn!(path = %f.path().display(), error = %e, "cannot delete index file");
+                }
+                files.pop();
+                continue;
+            }
+            if f.end_phy_offset() < safe || f.is_empty() {
+                break;
+            }
         }
         Ok(removed)
     }

@@ -99,6 +99,10 @@ impl MappedFile {
             } else {
                 file.allocate(0, size)
                     .map_err(|e| StoreError::io("reserve segment blocks", &tmp, e))?;
+                // The size and the reserved blocks are metadata: without this
+                // a power loss can leave the file empty under its new name.
+                file.sync_data()
+                    .map_err(|e| StoreError::io("sync new segment", &tmp, e))?;
             }
             vfs.rename(&tmp, path)
                 .map_err(|e| StoreError::io("rename new segment", path, e))?;
@@ -342,14 +346,18 @@ impl MappedFile {
         if upto <= from {
             return Ok(());
         }
-        if self.syscall_writes.load(Ordering::Acquire) {
-            self.file
-                .sync_data()
-                .map_err(|e| StoreError::io("flush segment", &self.path, e))?;
+        let r = if self.syscall_writes.load(Ordering::Acquire) {
+            self.file.sync_data()
         } else {
-            self.file
-                .msync(&self.map, from, upto - from)
-                .map_err(|e| StoreError::io("flush segment", &self.path, e))?;
+            self.file.msync(&self.map, from, upto - from)
+        };
+        if let Err(e) = r {
+            // The next flush must write these bytes again, not trust pages
+            // the failed writeback may have marked clean.
+            if let Err(again) = self.redirty_unflushed() {
+                tracing::debug!(error = %again, "cannot re-dirty after a failed flush");
+            }
+            return Err(StoreError::io("flush segment", &self.path, e));
         }
         self.set_flushed(upto);
         Ok(())

@@ -178,7 +178,11 @@ pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> R
     for cq in inner.all_cqs() {
         cq_removed += cq.truncate_past(end)?;
     }
+    // After a crash the index may hold any mix of pages past the dispatch
+    // safe point (a power loss keeps some and not others): cut it back to
+    // that point; re-dispatch below rebuilds the rest.
     let idx_removed = match &inner.index {
+        Some(i) if crashed => i.repair_after_crash(redispatch_from.min(end))?,
         Some(i) => i.truncate_past(end)?,
         None => 0,
     };

@@ -273,6 +273,10 @@ impl Inner {
         self.write_error.store(true, Ordering::Release);
     }
 
+    pub(crate) fn clear_write_error(&self) {
+        self.write_error.store(false, Ordering::Release);
+    }
+
     pub(crate) fn notify_dispatched(&self) {
         if self.dispatch_waiting.load(Ordering::Acquire) > 0 {
             let _g = self.dispatch_mu.lock();
