@@ -232,7 +232,10 @@ fn flush_now(inner: &Inner) -> usize {
     match inner.commit_log.flush() {
         Ok(flushed) => inner.waiters.complete_upto(flushed),
         Err(e) => {
-            tracing::error!(error = %e, "CommitLog flush failed; refusing further writes");
+            static FLUSH_FAILED: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("CommitLog flush failed");
+            apogee_throttle::throttled_error!(FLUSH_FAILED, (), error = %e,
+                "CommitLog flush failed; refusing further writes");
             inner.set_write_error();
             inner.waiters.fail_all();
             0
