@@ -10,6 +10,7 @@ use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RemotingServer, ServerConfig};
 use apogee_store::MessageStore;
+use apogee_throttle::{throttled_error, LogThrottle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -122,7 +123,8 @@ impl BrokerController {
         let tasks = vec![
             spawn_register_loop(Arc::clone(&ctx), Arc::clone(&namesrv), stop_rx.clone()),
             spawn_offset_persist_loop(Arc::clone(&ctx), stop_rx.clone()),
-            spawn_channel_scan_loop(Arc::clone(&ctx), stop_rx),
+            spawn_channel_scan_loop(Arc::clone(&ctx), stop_rx.clone()),
+            spawn_log_summary_loop(stop_rx),
         ];
         tracing::info!(
             addr = %local_addr,
@@ -201,6 +203,8 @@ impl BrokerController {
             tracing::error!(error = %e, "shutdown task failed");
         }
         self.namesrv.close().await;
+        // Counts still pending would otherwise never be reported.
+        apogee_throttle::flush_all();
         tracing::info!("broker stopped");
     }
 }
@@ -267,6 +271,19 @@ fn spawn_register_loop(
     })
 }
 
+// Every offset persist interval (5 s) while the disk is full.
+static PERSIST_FAILED: LogThrottle = LogThrottle::new("cannot persist consumer offsets");
+
+/// Emits the counts of throttled log lines whose window has passed, so that
+/// a flood that stopped is still summed up.
+fn spawn_log_summary_loop(mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while !wait_or_stop(&mut stop, Duration::from_secs(1)).await {
+            apogee_throttle::tick_all();
+        }
+    })
+}
+
 fn spawn_offset_persist_loop(
     ctx: Arc<BrokerContext>,
     mut stop: watch::Receiver<bool>,
@@ -279,8 +296,13 @@ fn spawn_offset_persist_loop(
             let c = Arc::clone(&ctx);
             let res = tokio::task::spawn_blocking(move || c.offsets.persist()).await;
             match res {
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot persist consumer offsets"),
-                Err(e) => tracing::error!(error = %e, "offset persist task failed"),
+                Ok(Err(e)) => {
+                    throttled_error!(PERSIST_FAILED, (),
+                        error = %e, "cannot persist consumer offsets")
+                }
+                Err(e) => {
+                    throttled_error!(PERSIST_FAILED, (), error = %e, "offset persist task failed")
+                }
                 Ok(Ok(())) => {}
             }
         }

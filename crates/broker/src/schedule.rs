@@ -413,7 +413,11 @@ impl ScheduleMessageService {
         match self.try_transform_at(msg, now) {
             Ok(t) => t,
             Err(ScheduleError::TimerTooFar { max_ms, .. }) => {
-                tracing::warn!(topic = %msg.topic, "timer beyond timerMaxDelaySec; capped");
+                // Per message.
+                static CAPPED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("timer beyond timerMaxDelaySec");
+                apogee_throttle::throttled_warn!(CAPPED, (),
+                    topic = %msg.topic, "timer beyond timerMaxDelaySec; capped");
                 let cap = now.saturating_add(max_ms).to_string();
                 msg.properties = rewrite_props(
                     &msg.properties,
@@ -423,7 +427,10 @@ impl ScheduleMessageService {
                 self.try_transform_at(msg, now).unwrap_or(false)
             }
             Err(e) => {
-                tracing::warn!(topic = %msg.topic, error = %e, "delay ignored");
+                static IGNORED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("delay ignored");
+                apogee_throttle::throttled_warn!(IGNORED, (),
+                    topic = %msg.topic, error = %e, "delay ignored");
                 false
             }
         }
@@ -631,7 +638,11 @@ impl Engine {
                 }
             };
             if let Err(e) = self.maybe_checkpoint(false) {
-                tracing::error!(error = %e, "timer checkpoint failed");
+                // Retried every pass of the loop.
+                static CHECKPOINT_FAILED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("timer checkpoint failed");
+                apogee_throttle::throttled_error!(CHECKPOINT_FAILED, (),
+                    error = %e, "timer checkpoint failed");
             }
             self.publish();
             std::thread::park_timeout(wait);
@@ -698,7 +709,11 @@ impl Engine {
                     if r.next_begin_offset <= off && r.status != GetStatus::OffsetTooSmall {
                         break;
                     }
-                    tracing::warn!(
+                    static SKIPPED_AHEAD: apogee_throttle::LogThrottle =
+                        apogee_throttle::LogThrottle::new("schedule queue skipped ahead");
+                    apogee_throttle::throttled_warn!(
+                        SKIPPED_AHEAD,
+                        qid,
                         topic,
                         qid,
                         from = off,
@@ -722,7 +737,11 @@ impl Engine {
         let info = match stored::check_record(rec, false) {
             Ok(i) => i,
             Err(e) => {
-                tracing::warn!(topic, qid, error = %e, "unreadable delayed message skipped");
+                // Per message.
+                static UNREADABLE: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("unreadable delayed message skipped");
+                apogee_throttle::throttled_warn!(UNREADABLE, (), topic, qid, error = %e,
+                    "unreadable delayed message skipped");
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -761,7 +780,11 @@ impl Engine {
             let entries = match self.index.cursor_entries() {
                 Ok(e) => e,
                 Err(e @ ScheduleError::Corrupt { .. }) => {
-                    tracing::error!(error = %e, slot_ms = cursor, "timer slot unreadable; skipped");
+                    static SLOT_UNREADABLE: apogee_throttle::LogThrottle =
+                        apogee_throttle::LogThrottle::new("timer slot unreadable");
+                    apogee_throttle::throttled_error!(SLOT_UNREADABLE, (),
+                        error = %e, slot_ms = cursor,
+                        "timer slot unreadable; skipped");
                     self.index.advance();
                     continue;
                 }
@@ -783,7 +806,12 @@ impl Engine {
 
     fn deliver(&mut self, e: &TimerEntry) -> Result<(), ScheduleError> {
         let Some(rec) = self.store.look_message_by_offset(e.cl_offset) else {
-            tracing::warn!(
+            // Per message (retention can remove thousands).
+            static GONE: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("delayed message no longer in the CommitLog");
+            apogee_throttle::throttled_warn!(
+                GONE,
+                (),
                 offset = e.cl_offset,
                 "delayed message no longer in the CommitLog; dropped"
             );
@@ -793,13 +821,21 @@ impl Engine {
         let info = match stored::check_record(&rec, false) {
             Ok(i) => i,
             Err(err) => {
-                tracing::warn!(offset = e.cl_offset, error = %err, "delayed message unreadable; dropped");
+                static DROPPED_UNREADABLE: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("delayed message unreadable");
+                apogee_throttle::throttled_warn!(DROPPED_UNREADABLE, (),
+                    offset = e.cl_offset, error = %err,
+                    "delayed message unreadable; dropped");
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
         };
         let Some(msg) = rebuild_for_delivery(&rec, &info) else {
-            tracing::warn!(
+            static NO_REAL_TOPIC: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("delayed message without REAL_TOPIC");
+            apogee_throttle::throttled_warn!(
+                NO_REAL_TOPIC,
+                (),
                 offset = e.cl_offset,
                 "delayed message without REAL_TOPIC; dropped"
             );
@@ -827,7 +863,14 @@ impl Engine {
                 .store
                 .wait_flushed(self.flush_end, Duration::from_secs(3))
             {
-                tracing::warn!("delivered messages not flushed yet; checkpoint postponed");
+                // At every checkpoint while flushes stall (full disk).
+                static NOT_FLUSHED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("delivered messages not flushed yet");
+                apogee_throttle::throttled_warn!(
+                    NOT_FLUSHED,
+                    (),
+                    "delivered messages not flushed yet; checkpoint postponed"
+                );
                 self.last_checkpoint = Instant::now();
                 return Ok(());
             }

@@ -176,7 +176,10 @@ impl SubscriptionGroupManager {
         let inner = Arc::clone(&self.inner);
         persist::run_blocking(move || {
             if let Err(e) = persist_inner(&inner) {
-                tracing::error!(error = %e, "cannot persist subscription groups");
+                static PERSIST_FAILED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("cannot persist subscription groups");
+                apogee_throttle::throttled_error!(PERSIST_FAILED, (),
+                    error = %e, "cannot persist subscription groups");
             }
         });
     }

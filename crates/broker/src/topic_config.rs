@@ -145,7 +145,13 @@ impl TopicConfigManager {
                 return Some(existing.clone());
             }
             let Some(def) = t.topics.get(default_topic) else {
-                tracing::warn!(
+                // Per send to an unknown topic.
+                static NO_DEFAULT: apogee_throttle::LogThrottle = apogee_throttle::LogThrottle::new(
+                    "cannot auto-create topic: default topic does not exist",
+                );
+                apogee_throttle::throttled_warn!(
+                    NO_DEFAULT,
+                    (),
                     topic,
                     default_topic,
                     "cannot auto-create topic: default topic does not exist"
@@ -159,7 +165,12 @@ impl TopicConfigManager {
                 perm = PermName::PERM_READ | PermName::PERM_WRITE;
             }
             if !PermName::is_inherited(perm) {
-                tracing::warn!(
+                static NO_INHERIT: apogee_throttle::LogThrottle = apogee_throttle::LogThrottle::new(
+                    "cannot auto-create topic: default topic has no INHERIT permission",
+                );
+                apogee_throttle::throttled_warn!(
+                    NO_INHERIT,
+                    (),
                     topic,
                     default_topic,
                     perm,
@@ -244,7 +255,10 @@ impl TopicConfigManager {
         let inner = Arc::clone(&self.inner);
         persist::run_blocking(move || {
             if let Err(e) = persist_inner(&inner) {
-                tracing::error!(error = %e, "cannot persist topic config");
+                static PERSIST_FAILED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("cannot persist topic config");
+                apogee_throttle::throttled_error!(PERSIST_FAILED, (),
+                    error = %e, "cannot persist topic config");
             }
         });
         self.inner.register_signal.notify_one();

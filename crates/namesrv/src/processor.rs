@@ -538,7 +538,12 @@ impl RequestProcessor for Dispatcher {
         Box::pin(async move {
             let response = state.handle(&ctx, &request).await;
             if response.code == resp::INVALID_PARAMETER {
-                tracing::warn!(
+                // A misbehaving client repeats it: one line per peer per window.
+                static BAD_REQUEST: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("bad request");
+                apogee_throttle::throttled_warn!(
+                    BAD_REQUEST,
+                    ctx.peer_addr().ip(),
                     code = request.code,
                     peer = %ctx.peer_addr(),
                     remark = response.remark.as_deref().unwrap_or(""),

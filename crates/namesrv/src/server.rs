@@ -53,6 +53,8 @@ impl NameServer {
             loop {
                 tick.tick().await;
                 routes.scan_not_active();
+                // Reports the counts of throttled log lines whose window passed.
+                apogee_throttle::tick_all();
             }
         });
         tracing::info!(addr = %server.local_addr(), "name server started");
@@ -80,6 +82,7 @@ impl NameServer {
         if let Err(e) = self.state.kv.persist().await {
             tracing::error!("cannot persist KV config on shutdown: {e}");
         }
+        apogee_throttle::flush_all();
         tracing::info!("name server stopped");
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use apogee_protocol::codec::CodecError;
 use apogee_protocol::command::{FLAG_ONEWAY, FLAG_RESPONSE};
 use apogee_protocol::{FrameCodec, RemotingCommand};
+use apogee_throttle::{throttled_error, throttled_warn, LogThrottle};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
@@ -26,10 +27,18 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, warn};
+use tracing::debug;
 
 use crate::error::{RemotingError, Result};
 use crate::processor::{ProcessorRegistry, RequestContext, RequestProcessor};
+
+// Per-request / per-connection complaints are throttled so that one noisy
+// peer (or a broker refusing everything) cannot flood the log. Keys are the
+// peer's IP (a reconnecting peer gets a new port) or the request code.
+static BAD_FRAME: LogThrottle = LogThrottle::new("closing connection after a bad frame");
+static OVERLOADED: LogThrottle = LogThrottle::new("too many requests in flight on one connection");
+static PROCESSOR_FAILED: LogThrottle = LogThrottle::new("request processor failed");
+static PROCESSOR_PANICKED: LogThrottle = LogThrottle::new("request processor panicked");
 
 /// `RemotingSysResponseCode.SYSTEM_ERROR`.
 pub const SYSTEM_ERROR: i32 = 1;
@@ -344,7 +353,6 @@ async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
     // have running, so a peer that floods requests without reading the
     // answers cannot grow memory without bound.
     let in_flight = Arc::new(Semaphore::new(rt.opts.max_in_flight.max(1)));
-    let mut overload_logged = false;
     loop {
         tokio::select! {
             _ = channel.inner.closed.cancelled() => break,
@@ -370,10 +378,11 @@ async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
                 }
                 Some(Ok(cmd)) => {
                     channel.touch();
-                    dispatch(&channel, cmd, &rt, &in_flight, &mut overload_logged);
+                    dispatch(&channel, cmd, &rt, &in_flight);
                 }
                 Some(Err(CodecError::Protocol(e))) => {
-                    warn!(peer = %peer, reason = %e, "closing connection after a bad frame");
+                    throttled_warn!(BAD_FRAME, peer.ip(), peer = %peer, reason = %e,
+                        "closing connection after a bad frame");
                     break;
                 }
                 Some(Err(CodecError::Io(e))) => {
@@ -386,13 +395,7 @@ async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
     channel.close();
 }
 
-fn dispatch(
-    channel: &Channel,
-    cmd: RemotingCommand,
-    rt: &Runtime,
-    in_flight: &Arc<Semaphore>,
-    overload_logged: &mut bool,
-) {
+fn dispatch(channel: &Channel, cmd: RemotingCommand, rt: &Runtime, in_flight: &Arc<Semaphore>) {
     if cmd.is_response() {
         let waiter = channel.inner.pending.lock().remove(&cmd.opaque);
         match waiter {
@@ -408,7 +411,7 @@ fn dispatch(
         return;
     }
     let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
-        reject_overloaded(channel, cmd, overload_logged);
+        reject_overloaded(channel, cmd);
         return;
     };
     let processor = rt.processors.lookup(cmd.code);
@@ -426,15 +429,15 @@ fn dispatch(
 
 /// Answers SYSTEM_BUSY like Java's rejected thread pool, without waiting:
 /// if even the write queue is full the answer is dropped.
-fn reject_overloaded(channel: &Channel, cmd: RemotingCommand, logged: &mut bool) {
-    if !*logged {
-        warn!(
-            peer = %channel.peer_addr(),
-            code = cmd.code,
-            "too many requests in flight on one connection; answering SYSTEM_BUSY"
-        );
-        *logged = true;
-    }
+fn reject_overloaded(channel: &Channel, cmd: RemotingCommand) {
+    let peer = channel.peer_addr();
+    throttled_warn!(
+        OVERLOADED,
+        peer.ip(),
+        peer = %peer,
+        code = cmd.code,
+        "too many requests in flight on one connection; answering SYSTEM_BUSY"
+    );
     if cmd.is_oneway() {
         return;
     }
@@ -475,12 +478,14 @@ async fn run_request(
             match run.catch_unwind().await {
                 Ok(Ok(response)) => response,
                 Ok(Err(e)) => {
-                    warn!(peer = %peer, code, error = %e, "request processor failed");
+                    throttled_warn!(PROCESSOR_FAILED, code, peer = %peer, code, error = %e,
+                        "request processor failed");
                     Some(RemotingCommand::response(SYSTEM_ERROR, e.to_string()))
                 }
                 Err(panic) => {
                     let msg = panic_message(panic.as_ref());
-                    error!(peer = %peer, code, panic = %msg, "request processor panicked");
+                    throttled_error!(PROCESSOR_PANICKED, code, peer = %peer, code, panic = %msg,
+                        "request processor panicked");
                     Some(RemotingCommand::response(
                         SYSTEM_ERROR,
                         format!("processor panicked: {msg}"),

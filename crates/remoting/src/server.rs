@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apogee_protocol::codec::DEFAULT_MAX_FRAME_SIZE;
+use apogee_throttle::{throttled_warn, LogThrottle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,6 +14,9 @@ use tracing::{debug, info, warn};
 use crate::connection::{spawn_connection, ConnOptions, Runtime};
 use crate::error::{RemotingError, Result};
 use crate::processor::ProcessorRegistry;
+
+// Out of file descriptors, accept fails every 100 ms until one frees up.
+static ACCEPT_FAILED: LogThrottle = LogThrottle::new("accept failed");
 
 /// Java's `serverChannelMaxIdleTimeSeconds`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -192,7 +196,7 @@ async fn accept_loop(listener: TcpListener, rt: Arc<Runtime>, stop: Cancellation
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    throttled_warn!(ACCEPT_FAILED, (), error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -149,7 +149,13 @@ pub(crate) fn run_service(inner: Arc<Inner>) {
         if let Some(last) = inner.commit_log.segments().last() {
             if last.wrote() >= last.size() / 2 && !inner.disk_full.load(Ordering::Acquire) {
                 if let Err(e) = inner.commit_log.segments().preallocate_next() {
-                    tracing::warn!(error = %e, "cannot preallocate the next CommitLog segment");
+                    // Retried every tick (≤ 100 ms) until it works.
+                    static PREALLOC_FAILED: apogee_throttle::LogThrottle =
+                        apogee_throttle::LogThrottle::new(
+                            "cannot preallocate the next CommitLog segment",
+                        );
+                    apogee_throttle::throttled_warn!(PREALLOC_FAILED, (), error = %e,
+                        "cannot preallocate the next CommitLog segment");
                 }
             }
         }

@@ -401,7 +401,8 @@ pub(crate) fn dispatch_available(
 /// The dispatcher thread body.
 pub(crate) fn run_dispatcher(inner: Arc<Inner>) {
     let mut cache = DispatchCache::default();
-    let mut failed = false;
+    // Set by every pass before it is read (the backoff below).
+    let mut failed: bool;
     let mut rechecks = 0u32;
     loop {
         let stopping = inner.stop_dispatcher.load(Ordering::Acquire);
@@ -411,9 +412,11 @@ pub(crate) fn run_dispatcher(inner: Arc<Inner>) {
                 p
             }
             Err(e) => {
-                if !failed {
-                    tracing::error!(error = %e, "dispatch failed; retrying");
-                }
+                // Once, then a count per window while it keeps failing.
+                static DISPATCH_FAILED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("dispatch failed");
+                apogee_throttle::throttled_error!(DISPATCH_FAILED, (), error = %e,
+                    "dispatch failed; retrying");
                 failed = true;
                 false
             }

@@ -272,9 +272,11 @@ fn flush_now(inner: &Inner, retry: &mut FlushRetry) -> usize {
             inner.waiters.complete_upto(flushed)
         }
         Err(e) => {
-            if !retry.failing {
-                tracing::error!(error = %e, "CommitLog flush failed; refusing writes and retrying");
-            }
+            // First failure at once, then a count per window while retrying.
+            static FLUSH_FAILED: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("CommitLog flush failed");
+            apogee_throttle::throttled_error!(FLUSH_FAILED, (), error = %e,
+                "CommitLog flush failed; refusing writes and retrying");
             retry.failing = true;
             retry.failures += 1;
             retry.backoff = (retry.backoff * 2).clamp(RETRY_MIN, RETRY_MAX);

@@ -586,7 +586,10 @@ impl IndexService {
                 break;
             }
             if let Err(e) = self.vfs.remove_file(f.path()) {
-                tracing::warn!(path = %f.path().display(), error = %e, "cannot delete index file");
+                static DELETE_FAILED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("cannot delete index file");
+                apogee_throttle::throttled_warn!(DELETE_FAILED, (), path = %f.path().display(),
+                    error = %e, "cannot delete index file");
                 break;
             }
             tracing::info!(path = %f.path().display(), "deleted index file");

@@ -1244,7 +1244,10 @@ fn run_cq_flusher(inner: Arc<Inner>) {
             break;
         }
         if let Err(e) = inner.flush_logics_and_checkpoint() {
-            tracing::error!(error = %e, "ConsumeQueue flush / checkpoint failed");
+            static CQ_FLUSH_FAILED: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("ConsumeQueue flush / checkpoint failed");
+            apogee_throttle::throttled_error!(CQ_FLUSH_FAILED, (), error = %e,
+                "ConsumeQueue flush / checkpoint failed");
         }
     }
 }

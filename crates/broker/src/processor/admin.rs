@@ -50,7 +50,14 @@ pub(crate) fn fail(code: i32, remark: impl Into<String>) -> RemotingCommand {
 /// decoder throws and the request is answered SYSTEM_ERROR with the text.
 pub(crate) fn bad_header(req: &RemotingCommand, e: ProtocolError) -> RemotingCommand {
     let name = request_code_name(req.code).unwrap_or("request");
-    tracing::warn!(code = req.code, "bad {name} header: {e}");
+    static BAD_HEADER: apogee_throttle::LogThrottle =
+        apogee_throttle::LogThrottle::new("bad admin request header");
+    apogee_throttle::throttled_warn!(
+        BAD_HEADER,
+        req.code,
+        code = req.code,
+        "bad {name} header: {e}"
+    );
     fail(
         response_code::SYSTEM_ERROR,
         format!("invalid {name} ({}) request header: {e}", req.code),

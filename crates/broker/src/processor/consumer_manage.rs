@@ -14,6 +14,7 @@ use apogee_protocol::header::{
 use apogee_protocol::message::stored::PHYSICAL_OFFSET_POS;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
+use apogee_throttle::{throttled_warn, LogThrottle};
 
 use super::{bad_body, bad_header, error_response, success};
 use crate::context::BrokerContext;
@@ -62,7 +63,10 @@ fn consumer_list(
     };
     let ids = ctx.consumers.client_ids(&h.consumer_group);
     if ids.is_empty() {
-        tracing::warn!(group = %h.consumer_group, peer = %rc.peer_addr(), "consumer list asked for a group without live consumers");
+        static NO_CONSUMERS: LogThrottle =
+            LogThrottle::new("consumer list for a group without live consumers");
+        throttled_warn!(NO_CONSUMERS, rc.peer_addr().ip(), group = %h.consumer_group,
+            peer = %rc.peer_addr(), "consumer list asked for a group without live consumers");
         return error_response(
             response_code::SYSTEM_ERROR,
             format!("no consumer for this group, {}", h.consumer_group),
@@ -84,7 +88,8 @@ fn check_queue(ctx: &BrokerContext, topic: &str, queue_id: i32) -> Option<Remoti
     if queue_id < 0 || queue_id >= queues {
         let remark =
             format!("queueId {queue_id} is illegal for topic {topic}: it has {queues} queues");
-        tracing::warn!("{remark}");
+        static BAD_QUEUE: LogThrottle = LogThrottle::new("illegal queue id");
+        throttled_warn!(BAD_QUEUE, queue_id, "{remark}");
         return Some(error_response(response_code::SYSTEM_ERROR, remark));
     }
     None
@@ -178,14 +183,18 @@ fn update_offset(
         Err(e) => return bad_header(req.code, &e),
     };
     if !ctx.groups.contains(&h.consumer_group) {
-        tracing::warn!(group = %h.consumer_group, peer = %rc.peer_addr(), "offset update for an unknown group");
+        static UNKNOWN_GROUP: LogThrottle = LogThrottle::new("offset update for an unknown group");
+        throttled_warn!(UNKNOWN_GROUP, rc.peer_addr().ip(), group = %h.consumer_group,
+            peer = %rc.peer_addr(), "offset update for an unknown group");
         return error_response(
             response_code::SUBSCRIPTION_GROUP_NOT_EXIST,
             format!("Group {} not exist!", h.consumer_group),
         );
     }
     if !ctx.topics.contains(&h.topic) {
-        tracing::warn!(topic = %h.topic, peer = %rc.peer_addr(), "offset update for an unknown topic");
+        static UNKNOWN_TOPIC: LogThrottle = LogThrottle::new("offset update for an unknown topic");
+        throttled_warn!(UNKNOWN_TOPIC, rc.peer_addr().ip(), topic = %h.topic,
+            peer = %rc.peer_addr(), "offset update for an unknown topic");
         return error_response(
             response_code::TOPIC_NOT_EXIST,
             format!("Topic {} not exist!", h.topic),

@@ -12,6 +12,11 @@ pub mod send_back;
 
 use apogee_protocol::code::response_code;
 use apogee_protocol::{ProtocolError, RemotingCommand};
+use apogee_throttle::{throttled_warn, LogThrottle};
+
+// A misbehaving client repeats the same bad request: keyed by request code.
+static BAD_HEADER: LogThrottle = LogThrottle::new("bad request header");
+static BAD_BODY: LogThrottle = LogThrottle::new("bad request body");
 
 /// A response with `code` and `remark`.
 pub fn error_response(code: i32, remark: impl Into<String>) -> RemotingCommand {
@@ -22,7 +27,7 @@ pub fn error_response(code: i32, remark: impl Into<String>) -> RemotingCommand {
 /// answers SYSTEM_ERROR with the decoder's message, naming the field.
 pub fn bad_header(code: i32, e: &ProtocolError) -> RemotingCommand {
     let name = apogee_protocol::code::request_code_name(code).unwrap_or("request");
-    tracing::warn!(code, error = %e, "bad {name} header");
+    throttled_warn!(BAD_HEADER, code, code, error = %e, "bad {name} header");
     error_response(
         response_code::SYSTEM_ERROR,
         format!("bad {name} header: {e}"),
@@ -36,7 +41,7 @@ pub fn bad_body(code: i32, what: &str, e: Option<&ProtocolError>) -> RemotingCom
         Some(e) => format!("bad {name} body ({what}): {e}"),
         None => format!("{name} needs a body ({what})"),
     };
-    tracing::warn!(code, "{remark}");
+    throttled_warn!(BAD_BODY, code, code, "{remark}");
     error_response(response_code::SYSTEM_ERROR, remark)
 }
 

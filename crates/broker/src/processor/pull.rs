@@ -292,7 +292,10 @@ fn pull_once(
     let h: PullMessageRequestHeader = match req.decode_header() {
         Ok(h) => h,
         Err(e) => {
-            tracing::warn!(peer = %peer, error = %e, "bad pull header");
+            static BAD_HEADER: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("bad pull header");
+            apogee_throttle::throttled_warn!(BAD_HEADER, peer.ip(), peer = %peer, error = %e,
+                "bad pull header");
             return Outcome::Respond(*reject(
                 response_code::SYSTEM_ERROR,
                 format!("cannot decode the pull request header: {e}"),
@@ -338,9 +341,12 @@ fn pull_once(
         code = response_code::PULL_RETRY_IMMEDIATELY;
     }
     if code == response_code::PULL_OFFSET_MOVED {
-        tracing::warn!(group = %h.consumer_group, topic = %h.topic, queue = h.queue_id,
-            requested = h.queue_offset, next, status = r.status.as_str(),
-            "pull offset moved; correcting the consumer's offset");
+        // A consumer that keeps pulling a bad offset repeats this per pull.
+        static OFFSET_MOVED: apogee_throttle::LogThrottle =
+            apogee_throttle::LogThrottle::new("pull offset moved");
+        apogee_throttle::throttled_warn!(OFFSET_MOVED, h.queue_id, group = %h.consumer_group,
+            topic = %h.topic, queue = h.queue_id, requested = h.queue_offset, next,
+            status = r.status.as_str(), "pull offset moved; correcting the consumer's offset");
     }
 
     // Java commits on the first (non-held) pass only, and only on a master.

@@ -93,7 +93,10 @@ pub async fn query_message(ctx: &Arc<BrokerContext>, req: &RemotingCommand) -> R
     let result = match result {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(topic = %h.topic, key = %h.key, "query task failed: {e}");
+            static QUERY_FAILED: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("query task failed");
+            apogee_throttle::throttled_warn!(QUERY_FAILED, (), topic = %h.topic, key = %h.key,
+                "query task failed: {e}");
             return fail(
                 response_code::SYSTEM_ERROR,
                 format!("message query failed: {e}"),

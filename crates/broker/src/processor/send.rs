@@ -25,10 +25,15 @@ use apogee_protocol::topic;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
 use apogee_store::{PutResult, PutStatus, StoreError};
+use apogee_throttle::{throttled_warn, LogThrottle};
 use bytes::Bytes;
 use rand::Rng;
 
 use crate::context::BrokerContext;
+
+// One WARN per refusal reason (response code), then a count per window: a
+// full disk refuses every send, and one line each flooded the log.
+static SEND_REFUSED: LogThrottle = LogThrottle::new("send refused");
 
 /// `MSG_REGION` the broker reports (Java `regionId` default).
 pub const DEFAULT_REGION: &str = "DefaultRegion";
@@ -94,8 +99,8 @@ pub async fn process_send(
     let mut resp = match send_inner(ctx, peer, &req).await {
         Ok(r) => r,
         Err(rej) => {
-            tracing::warn!(peer = %peer, code = req.code, response = rej.code, remark = %rej.remark,
-                "send refused");
+            throttled_warn!(SEND_REFUSED, rej.code, peer = %peer, code = req.code,
+                response = rej.code, remark = %rej.remark, "send refused");
             RemotingCommand::response(rej.code, rej.remark)
         }
     };

@@ -36,7 +36,10 @@ pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
                 let resp = match send_back(&ctx, &req).await {
                     Ok(()) => RemotingCommand::response(response_code::SUCCESS, None),
                     Err((code, remark)) => {
-                        tracing::warn!(peer = %rc.peer_addr(), code, remark = %remark, "send-back refused");
+                        static REFUSED: apogee_throttle::LogThrottle =
+                            apogee_throttle::LogThrottle::new("send-back refused");
+                        apogee_throttle::throttled_warn!(REFUSED, code, peer = %rc.peer_addr(),
+                            code, remark = %remark, "send-back refused");
                         RemotingCommand::response(code, remark)
                     }
                 };

@@ -649,7 +649,11 @@ impl TimerIndex {
                 break;
             }
             if let Err(e) = fs::remove_file(&s.path) {
-                tracing::warn!(path = ?s.path, error = %e, "could not delete timer log segment");
+                // Retried at every checkpoint.
+                static DELETE_FAILED: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("could not delete timer log segment");
+                apogee_throttle::throttled_warn!(DELETE_FAILED, (), path = ?s.path, error = %e,
+                    "could not delete timer log segment");
                 break;
             }
             self.segments.remove(0);
