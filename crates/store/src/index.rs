@@ -178,7 +178,6 @@ impl IndexFile {
             self.begin_timestamp()
         };
         let diff = ((store_ts - begin_ts) / 1000).clamp(0, i64::from(i32::MAX)) as i32;
-        self.dirty.store(true, Ordering::Release);
         let mut e = [0u8; 20];
         e[0..4].copy_from_slice(&hash.to_be_bytes());
         e[4..12].copy_from_slice(&phys.to_be_bytes());
@@ -198,6 +197,8 @@ impl IndexFile {
         // also sees a count that admits it (readers reject heads >= count).
         self.set_i32(INDEX_COUNT_POS, count + 1);
         self.set_i32(slot_pos, count);
+        // After the bytes: a flush that clears the flag first syncs them.
+        self.dirty.store(true, Ordering::Release);
         Ok(true)
     }
 
@@ -254,17 +255,26 @@ impl IndexFile {
             removed += 1;
         }
         if removed > 0 {
-            if count > 1 {
-                let (_, phys, diff, _) = self.read_entry(count - 1).unwrap_or((0, 0, 0, 0));
-                self.set_i64(END_PHY_POS, phys);
-                self.set_i64(END_TS_POS, self.begin_timestamp() + i64::from(diff) * 1000);
-            } else {
-                for p in [BEGIN_TS_POS, END_TS_POS, BEGIN_PHY_POS, END_PHY_POS] {
-                    self.set_i64(p, 0);
-                }
-            }
+            self.set_ends_from_entries();
         }
         Ok(removed)
+    }
+
+    /// Header end (and, when empty, begin) fields from the entries counted.
+    fn set_ends_from_entries(&self) {
+        let count = self.index_count();
+        if count > 1 {
+            let (_, first, _, _) = self.read_entry(1).unwrap_or_default();
+            let (_, phys, diff, _) = self.read_entry(count - 1).unwrap_or_default();
+            self.set_i64(BEGIN_PHY_POS, first);
+            self.set_i64(END_PHY_POS, phys);
+            self.set_i64(END_TS_POS, self.begin_timestamp() + i64::from(diff) * 1000);
+        } else {
+            for p in [BEGIN_TS_POS, END_TS_POS, BEGIN_PHY_POS, END_PHY_POS] {
+                self.set_i64(p, 0);
+            }
+        }
+        self.dirty.store(true, Ordering::Release);
     }
 
     fn flush(&self) -> Result<()> {
@@ -283,11 +293,11 @@ impl IndexFile {
     }
 
     /// Bring the file back to exactly the entries for CommitLog offsets below
-    /// `safe` after a crash. Everything below `safe` was synced before the
-    /// checkpoint that names it; past it, a power loss may have kept any mix
-    /// of the header, slot and entry pages. If the tail is whole (a killed
-    /// process), the newest entries are unlinked one by one; otherwise the
-    /// slots are rebuilt from the durable entries. Returns entries removed.
+    /// `safe` after a power loss. Everything below `safe` was synced before
+    /// the checkpoint that names it; past it, any mix of header, slot and
+    /// entry pages (even half an entry, with a chain link lost) may have
+    /// survived, so the slot chains are rebuilt from the durable entries.
+    /// Returns the entries removed.
     fn repair(&self, safe: i64) -> Result<usize> {
         let max_n = i32::try_from(self.index_num).unwrap_or(i32::MAX);
         // Entries below `k` are durable; entries are appended in offset order,
@@ -309,39 +319,14 @@ impl IndexFile {
         }
         let k = lo;
         let count = self.index_count().clamp(1, max_n);
-        if self.tail_is_whole(k, count, safe) {
-            return self.truncate_past(safe);
-        }
         let removed = (count - k).max(0) as usize;
         tracing::warn!(
             path = %self.path().display(),
             kept = k - 1,
-            "index file damaged by the crash; rebuilding its slots from the durable entries"
+            "power loss: rebuilding the index file's slots from its durable entries"
         );
         self.rebuild(k, max_n)?;
         Ok(removed)
-    }
-
-    /// True if the header, slots and entries `[k, count)` are consistent.
-    fn tail_is_whole(&self, k: i32, count: i32, safe: i64) -> bool {
-        if k > count || (count < self.index_num as i32 && !self.entry_is_zero(count)) {
-            return false;
-        }
-        let mut last = -1i64;
-        for n in k..count {
-            let Some((hash, phys, _, prev)) = self.read_entry(n) else {
-                return false;
-            };
-            let head = self.get_i32(self.slot_pos(hash));
-            if self.entry_is_zero(n) || phys < safe || phys < last || prev >= n || head < n {
-                return false;
-            }
-            last = phys;
-        }
-        (0..self.slot_num).all(|i| {
-            let head = self.get_i32(INDEX_HEADER_SIZE + u64::from(i) * HASH_SLOT_SIZE);
-            (0..count).contains(&head)
-        })
     }
 
     /// Keep entries `[1, k)`, relink every slot chain from them, clear the rest.
@@ -370,17 +355,7 @@ impl IndexFile {
         }
         self.set_i32(HASH_SLOT_COUNT_POS, used);
         self.set_i32(INDEX_COUNT_POS, k);
-        if k > 1 {
-            let (_, first, _, _) = self.read_entry(1).unwrap_or_default();
-            let (_, last, diff, _) = self.read_entry(k - 1).unwrap_or_default();
-            self.set_i64(BEGIN_PHY_POS, first);
-            self.set_i64(END_PHY_POS, last);
-            self.set_i64(END_TS_POS, self.begin_timestamp() + i64::from(diff) * 1000);
-        } else {
-            for p in [BEGIN_TS_POS, END_TS_POS, BEGIN_PHY_POS, END_PHY_POS] {
-                self.set_i64(p, 0);
-            }
-        }
+        self.set_ends_from_entries();
         self.mf.sync_all()
     }
 }
@@ -551,7 +526,7 @@ impl IndexService {
         Ok(removed)
     }
 
-    /// After a crash: make every file hold exactly the entries for CommitLog
+    /// After a power loss: make every file hold exactly the entries for CommitLog
     /// offsets below `safe` (the checkpoint's dispatch point), whatever a
     /// power loss kept of the rest; files wholly past it are removed.
     /// Re-dispatch from `safe` then adds the newer entries again.

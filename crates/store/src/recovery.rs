@@ -27,8 +27,12 @@ pub(crate) enum ScanEnd {
 }
 
 /// Verify records from `start` and return (valid end, store time of the last
-/// valid record, why it stopped).
-pub(crate) fn scan(inner: &Inner, start: u64) -> (u64, i64, ScanEnd) {
+/// valid record, why it stopped). With `torn_possible` (after a power loss)
+/// a record must also end whole: BODYCRC covers only the body, so a record
+/// whose last sectors never reached the disk (zeros, as our segments are
+/// zero-filled when made) would otherwise pass with a cut topic or
+/// properties.
+pub(crate) fn scan(inner: &Inner, start: u64, torn_possible: bool) -> (u64, i64, ScanEnd) {
     let cl = &inner.commit_log;
     let size = cl.segment_size();
     let mut pos = start;
@@ -75,6 +79,13 @@ pub(crate) fn scan(inner: &Inner, start: u64) -> (u64, i64, ScanEnd) {
                     return (pos, last_ts, ScanEnd::Invalid("unreadable record".into()));
                 };
                 match stored::check_record(rec, true) {
+                    Ok(info) if torn_possible && !ends_whole(&info) => {
+                        return (
+                            pos,
+                            last_ts,
+                            ScanEnd::Invalid("record ends in zeros (torn write)".into()),
+                        );
+                    }
                     Ok(info) if info.physical_offset as u64 == pos => {
                         last_ts = info.store_timestamp;
                         pos += total;
@@ -95,6 +106,16 @@ pub(crate) fn scan(inner: &Inner, start: u64) -> (u64, i64, ScanEnd) {
             Err(e) => return (pos, last_ts, ScanEnd::Invalid(e.to_string())),
         }
     }
+}
+
+/// Whether the record's variable tail (topic, properties) ends in a real byte.
+/// A property string ends with its separator (2) and a topic name never
+/// holds NUL, so a trailing zero means the record was cut.
+fn ends_whole(info: &stored::RecordInfo<'_>) -> bool {
+    let last_nonzero = |b: &[u8]| b.last().is_none_or(|c| *c != 0);
+    !info.topic.is_empty()
+        && last_nonzero(info.topic.as_bytes())
+        && last_nonzero(info.properties.as_bytes())
 }
 
 /// Load every ConsumeQueue directory into the table.
@@ -127,8 +148,15 @@ fn load_consume_queues(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-/// Run recovery. `crashed` is true when the abort marker was present.
-pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> Result<()> {
+/// Run recovery. `crashed` is true when the abort marker was present;
+/// `power_lost` when it came from another boot (writes never synced may be
+/// missing or torn, not just unflushed).
+pub(crate) fn recover(
+    inner: &Inner,
+    cp: Option<Checkpoint>,
+    crashed: bool,
+    power_lost: bool,
+) -> Result<()> {
     let t0 = Instant::now();
     let cl = &inner.commit_log;
     let min = cl.min_offset();
@@ -158,7 +186,7 @@ pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> R
             "store was not shut down cleanly: recovering from the checkpoint"
         );
     }
-    let (mut end, mut last_ts, mut why) = scan(inner, start);
+    let (mut end, mut last_ts, mut why) = scan(inner, start, power_lost);
     if start > min && end == start && matches!(why, ScanEnd::Invalid(_)) && cp.is_some() {
         // The safe point itself is not a valid record: the checkpoint does
         // not match the files. Fall back to a full scan.
@@ -166,7 +194,7 @@ pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> R
             start,
             "checkpoint does not point at a valid record; scanning the whole CommitLog"
         );
-        (end, last_ts, why) = scan(inner, min);
+        (end, last_ts, why) = scan(inner, min, power_lost);
     }
     if let ScanEnd::Invalid(reason) = &why {
         tracing::warn!(offset = end, reason = %reason, "truncating CommitLog at the first invalid record");
@@ -178,11 +206,11 @@ pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> R
     for cq in inner.all_cqs() {
         cq_removed += cq.truncate_past(end)?;
     }
-    // After a crash the index may hold any mix of pages past the dispatch
-    // safe point (a power loss keeps some and not others): cut it back to
-    // that point; re-dispatch below rebuilds the rest.
+    // After a power loss the index may hold any mix of pages past the
+    // dispatch safe point: rebuild it up to that point; re-dispatch below
+    // adds the rest. A killed process left it whole: cut its tail.
     let idx_removed = match &inner.index {
-        Some(i) if crashed => i.repair_after_crash(redispatch_from.min(end))?,
+        Some(i) if power_lost => i.repair_after_crash(redispatch_from.min(end))?,
         Some(i) => i.truncate_past(end)?,
         None => 0,
     };
@@ -210,6 +238,7 @@ pub(crate) fn recover(inner: &Inner, cp: Option<Checkpoint>, crashed: bool) -> R
     cl.set_queue_offsets(table);
     tracing::info!(
         crashed,
+        power_lost,
         scanned_from = start,
         end,
         redispatched_from = from,

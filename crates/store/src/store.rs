@@ -30,7 +30,7 @@ use crate::error::{Result, StoreError};
 use crate::flush::{self, FlushWait, FlushWaiters, WaitSlot};
 use crate::index::IndexService;
 use crate::recovery;
-use crate::vfs::{self, LockGuard, OpenMode, VfsRef};
+use crate::vfs::{self, LockGuard, VfsRef};
 
 /// Outcome of a successful put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,6 +433,13 @@ impl MessageStore {
         let lock_file = lock_root(&*vfs, &root)?;
         let abort_path = root.join("abort");
         let crashed = vfs.exists(&abort_path);
+        // A crash in this same boot lost only the process; the page cache
+        // still holds every write. Otherwise assume a power loss.
+        let power_lost = crashed && {
+            let marker = vfs::read_file(&*vfs, &abort_path).ok().flatten();
+            let boot = vfs.boot_id();
+            boot.is_none() || marker.as_deref() != boot.as_deref().map(str::as_bytes)
+        };
         purge_deleted_queues(&*vfs, &root);
         let (checkpoint, cp) = CheckpointFile::open(&vfs, &root.join("checkpoint"))?;
         let commit_log = CommitLog::load(
@@ -488,15 +495,14 @@ impl MessageStore {
             checkpoint_mu: Mutex::new(()),
             cfg: config,
         });
-        recovery::recover(&inner, cp, crashed)?;
+        recovery::recover(&inner, cp, crashed, power_lost)?;
         // Mark the store as running: a crash (or power loss) from here on
         // leaves this file.
-        if !crashed {
-            vfs.open(&abort_path, OpenMode::CreateNew)
-                .map_err(|e| StoreError::io("create abort file", &abort_path, e))?;
-            vfs.sync_dir(&root)
-                .map_err(|e| StoreError::io("sync directory", &root, e))?;
-        }
+        // It names this boot, so the next start can tell a killed process
+        // from a power loss.
+        let boot = vfs.boot_id().unwrap_or_default();
+        vfs::write_atomic(&*vfs, &abort_path, boot.as_bytes())
+            .map_err(|e| StoreError::io("create abort file", &abort_path, e.into_io()))?;
         inner.flush_logics_and_checkpoint()?;
         cleanup::check_disk(&inner);
         if inner.cfg.flush_disk_type == FlushDiskType::SyncFlush {

@@ -233,7 +233,11 @@ fn round(seed: u64) -> (usize, usize) {
                 r.messages
                     .iter()
                     .any(|m| decode(m).body.as_ref() == b.as_bytes()),
-                "{topic}: index lost key {key}"
+                "{topic}: index lost key {key} (sync={sync}, torn={torn}, CommitLog end {}, \
+                 dispatched {}, {} hits)",
+                store.commit_log_max_offset(),
+                store.dispatched_offset(),
+                r.messages.len()
             );
         }
     }

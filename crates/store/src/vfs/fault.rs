@@ -208,4 +208,7 @@ impl Vfs for FaultyVfs {
         self.check(Op::Lock, path)?;
         self.inner.lock(path)
     }
+    fn boot_id(&self) -> Option<String> {
+        self.inner.boot_id()
+    }
 }

@@ -134,6 +134,10 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Take an exclusive lock named by `path`; `WouldBlock` if another holder has it.
     fn lock(&self, path: &Path) -> io::Result<LockGuard>;
+    /// Names the machine's current boot. A store that finds its abort marker
+    /// from the same boot knows only the process died (the page cache kept
+    /// every write); from another boot, unsynced writes may be lost or torn.
+    fn boot_id(&self) -> Option<String>;
 }
 
 /// The operating system's file system.
@@ -282,6 +286,10 @@ impl Vfs for RealVfs {
         }
         Ok(Box::new(RealLock(f)))
     }
+    fn boot_id(&self) -> Option<String> {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        Some(id.trim().to_owned())
+    }
 }
 
 /// The directory holding `path` ("." for a bare name).
@@ -308,6 +316,17 @@ pub enum AtomicWriteError {
 }
 
 impl AtomicWriteError {
+    /// The underlying I/O error, by value.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            AtomicWriteError::Create { source, .. }
+            | AtomicWriteError::Write { source, .. }
+            | AtomicWriteError::Sync { source, .. }
+            | AtomicWriteError::Rename { source, .. }
+            | AtomicWriteError::SyncDir { source, .. } => source,
+        }
+    }
+
     /// The underlying I/O error.
     pub fn io(&self) -> &io::Error {
         match self {

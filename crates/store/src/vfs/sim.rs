@@ -85,6 +85,8 @@ struct State {
     /// What survives a power loss (names whose directory was fsynced).
     durable: BTreeMap<PathBuf, Entry>,
     locks: HashSet<PathBuf>,
+    /// Bumped by every crash: the next "boot".
+    boot: u64,
 }
 
 /// How [`SimVfs::crash`] treats bytes written but never synced.
@@ -171,7 +173,10 @@ impl SimVfs {
         s.crashed = true;
         let durable = std::mem::take(&mut s.durable);
         drop(s);
-        let mut out = State::default();
+        let mut out = State {
+            boot: self.state.lock().boot + 1,
+            ..State::default()
+        };
         for (path, entry) in &durable {
             // A name survives only if every directory above it does.
             let reachable = path
@@ -535,6 +540,10 @@ impl Vfs for SimVfs {
             vfs: self.clone(),
             path,
         }))
+    }
+
+    fn boot_id(&self) -> Option<String> {
+        Some(format!("sim-boot-{}", self.state.lock().boot))
     }
 }
 
