@@ -121,13 +121,6 @@ pub(crate) fn remove_stale_tmp_files(vfs: &dyn Vfs, root: &Path) -> usize {
 /// Probe the disk and update the write barrier. Returns the usage.
 pub(crate) fn check_disk(inner: &Inner) -> Option<f64> {
     let root = &inner.cfg.store_path_root_dir;
-    // "Out of space" (a creation failed with ENOSPC) ends once a whole
-    // CommitLog segment fits again, whoever freed the space.
-    if inner.out_of_space.load(Ordering::Acquire)
-        && available_bytes(root).is_some_and(|a| a >= inner.commit_log.segment_size())
-    {
-        inner.out_of_space.store(false, Ordering::Release);
-    }
     let used = inner.disk_probe.used_percent(root)?;
     inner
         .disk_used_bits
@@ -305,7 +298,12 @@ impl Prealloc {
         let Some(last) = segs.last() else {
             return;
         };
-        if last.wrote() < last.size() / 2 || inner.disk_full.load(Ordering::Acquire) {
+        // Out of space, the attempt (backed off) is also how we learn that
+        // space is back; otherwise a full disk gets no new segment.
+        let out_of_space = inner.out_of_space.load(Ordering::Acquire);
+        if last.wrote() < last.size() / 2
+            || (inner.disk_full.load(Ordering::Acquire) && !out_of_space)
+        {
             return;
         }
         let next = last.base() + last.size();
@@ -328,6 +326,8 @@ impl Prealloc {
         };
         match result {
             Ok(()) => {
+                // A whole segment fitted: space is back.
+                inner.out_of_space.store(false, Ordering::Release);
                 if let Some(since) = self.failed_since.take() {
                     tracing::info!(
                         after_ms = since.elapsed().as_millis() as u64,

@@ -254,9 +254,10 @@ pub(crate) struct Inner {
     pub(crate) before_flush: Option<Arc<dyn Fn() + Send + Sync>>,
     pub(crate) disk_full: AtomicBool,
     pub(crate) disk_used_bits: AtomicU64,
-    /// A file could not be created for lack of space and no space has been
-    /// freed since: retention deletes forcibly, and a barrier set for it
-    /// stays until a CommitLog segment fits again.
+    /// A file could not be created for lack of space, and since then neither
+    /// has retention deleted a segment nor has a new CommitLog segment been
+    /// created: retention deletes forcibly, and the disk-full barrier stays.
+    /// (Not statvfs: quotas and inode exhaustion fail with free blocks.)
     pub(crate) out_of_space: AtomicBool,
     /// Ask the service thread for a retention round at its next tick.
     pub(crate) clean_soon: AtomicBool,
