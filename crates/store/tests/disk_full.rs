@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apogee_store::mapped_file::MappedFile;
+use apogee_store::vfs::fault::{FaultRule, FaultyVfs};
+use apogee_store::vfs::{self, Op};
 use apogee_store::{GetStatus, MessageStore, MessageStoreConfig, StoreError, StoreHooks};
 use common::*;
 
@@ -375,7 +377,8 @@ fn failed_creation_leaves_no_tmp_file() {
         return;
     };
     let path = fs.path().join("00000000000000000000");
-    let err = MappedFile::create(&path, 0, 4 * 1024 * 1024).unwrap_err();
+    let real = vfs::real();
+    let err = MappedFile::create(&real, &path, 0, 4 * 1024 * 1024).unwrap_err();
     assert!(err.is_out_of_space(), "{err}");
     assert!(
         tmp_files(fs.path()).is_empty(),
@@ -384,7 +387,7 @@ fn failed_creation_leaves_no_tmp_file() {
     );
     assert!(!path.exists());
     // The space is back: a file that fits can be made.
-    let ok = MappedFile::create(&path, 0, 512 * 1024).unwrap();
+    let ok = MappedFile::create(&real, &path, 0, 512 * 1024).unwrap();
     assert_eq!(ok.size(), 512 * 1024);
 }
 
@@ -560,6 +563,24 @@ fn real_full_disk_heals_by_itself() {
         "{:?}",
         tmp_files(fs.path())
     );
+    eprintln!(
+        "end of load: {:.1}% used, {} segments, min {} max {}",
+        store.disk_used_percent(),
+        store.commit_log_segment_count(),
+        store.commit_log_min_offset(),
+        store.commit_log_max_offset()
+    );
+    // Let retention settle (it may still be deleting) before reading.
+    let settled = wait_until(Duration::from_secs(10), || {
+        let before = store.commit_log_min_offset();
+        std::thread::sleep(Duration::from_millis(300));
+        store.commit_log_min_offset() == before
+    });
+    assert!(
+        settled,
+        "retention keeps deleting: {:.1}% used",
+        store.disk_used_percent()
+    );
     // Everything still stored reads back.
     for q in 0..8 {
         let min = store.min_offset("Real", q);
@@ -570,4 +591,106 @@ fn real_full_disk_heals_by_itself() {
         "{acked} acked, {refused} refused, longest refusal {longest_refusal:?}, last at {:?}",
         last_refusal.map(|t| t.duration_since(t0))
     );
+}
+
+/// The file system says ENOSPC (every block reservation fails, as on a disk
+/// that stays full) while usage reads only 50%: the dispatcher retries
+/// instead of wedging, retention deletes forcibly anyway, a put that needs a
+/// new segment answers "disk full" (not an I/O error), and everything
+/// resumes by itself once space is back.
+#[test]
+fn enospc_is_survived_and_heals_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.mapped_file_size_commit_log = 8 * 1024;
+    cfg.file_reserved_time = 72;
+    cfg.disk_max_used_space_ratio = 75;
+    cfg.disk_space_clean_forcibly_ratio = 85;
+    cfg.disk_space_warning_level_ratio = 90;
+    cfg.disk_check_interval = 20;
+    let faulty = FaultyVfs::new(vfs::real());
+    let used = Arc::new(AtomicU64::new(50));
+    let mut hooks = settable_probe(&used);
+    hooks.vfs = Some(Arc::new(faulty.clone()));
+    let store = MessageStore::open_with(cfg, hooks).unwrap();
+    let mut n = 0usize;
+    while store.commit_log_segment_count() < 4 {
+        store
+            .put_message(&msg("Old", 0, &body_of(n), None, None, None))
+            .unwrap();
+        n += 1;
+    }
+    assert!(store.wait_dispatched(store.commit_log_max_offset() as u64, Duration::from_secs(5)));
+
+    faulty.set_rule(Some(FaultRule {
+        op: Some(Op::Allocate),
+        nth: 0,
+        errno: libc::ENOSPC,
+        sticky: true,
+    }));
+    // A new queue needs a ConsumeQueue file: its dispatch fails and retries.
+    let r = store
+        .put_message(&msg("New", 0, b"first of New", None, None, None))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || store.is_dispatch_stalled()));
+    // Retention deletes although the probe says 50%.
+    assert!(
+        wait_until(Duration::from_secs(5), || store.commit_log_min_offset() > 0),
+        "forced deletion after ENOSPC"
+    );
+    // Reads of what is stored go on.
+    assert!(!read_all_dispatched(&store, "Old").is_empty());
+    // Filling the current segment: the roll to a new one cannot get its
+    // blocks, and the sender is told "disk full".
+    let refused = loop {
+        match store.put_message(&msg("Old", 0, &body_of(n), None, None, None)) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 10_000, "the current segment never filled");
+    };
+    assert!(refused.is_disk_full(), "{refused}");
+    assert!(store.is_disk_full());
+
+    // Space is back: no operator action, no restart.
+    faulty.set_rule(None);
+    assert!(
+        wait_until(Duration::from_secs(10), || !store.is_disk_full()),
+        "the barrier lifts"
+    );
+    assert!(store.wait_dispatched(
+        store.commit_log_max_offset() as u64,
+        Duration::from_secs(10)
+    ));
+    assert!(wait_until(Duration::from_secs(5), || !store.is_dispatch_stalled()));
+    let got = store.get_messages("g", "New", 0, 0, 32, 1 << 20, None);
+    assert_eq!(got.status, GetStatus::Found);
+    assert_eq!(&decode(&got.messages[0]).body[..], b"first of New");
+    assert_eq!(got.queue_offsets[0], r.queue_offset);
+    store
+        .put_message(&msg("Old", 0, b"resumed", None, None, None))
+        .unwrap();
+    assert!(
+        tmp_files(dir.path()).is_empty(),
+        "{:?}",
+        tmp_files(dir.path())
+    );
+}
+
+/// What a pull from the queue's min offset returns, read to the end.
+fn read_all_dispatched(
+    store: &MessageStore,
+    topic: &str,
+) -> Vec<apogee_protocol::message::DecodedMessage> {
+    let mut out = Vec::new();
+    let mut off = store.min_offset(topic, 0);
+    loop {
+        let r = store.get_messages("g", topic, 0, off, 32, 1 << 20, None);
+        if r.messages.is_empty() {
+            break;
+        }
+        out.extend(r.messages.iter().map(decode));
+        off = r.next_begin_offset;
+    }
+    out
 }
