@@ -20,14 +20,20 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
+    let written = (|| {
         let mut f =
             fs::File::create(&tmp).map_err(|e| BrokerError::io("create temp file", &tmp, e))?;
         f.write_all(data)
             .and_then(|_| f.sync_data())
             .map_err(|e| BrokerError::io("write temp file", &tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| BrokerError::io("rename config file", path, e))
+    })();
+    if let Err(e) = written {
+        // On a full disk the write fails; leave the old file and no litter.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path).map_err(|e| BrokerError::io("rename config file", path, e))?;
     // Make the rename itself durable; failure here only weakens durability.
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();

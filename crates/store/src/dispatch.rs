@@ -51,6 +51,12 @@ where
 /// pass) for its ConsumeQueue entry, and one wake-up serves many messages.
 const BUSY_NAP: Duration = Duration::from_micros(500);
 
+/// After a failed pass (typically a ConsumeQueue file that cannot be
+/// created on a full disk) the dispatcher retries after this long, doubling
+/// up to [`RETRY_MAX`]; retention wakes it as soon as it frees space.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Wake-up handshake between appenders and a background thread that sleeps
 /// between passes: the thread advertises `idle` only before it parks after
 /// a pass that found nothing; appenders unpark it only then, so a loaded
@@ -362,6 +368,19 @@ pub(crate) fn dispatch_available(
     notify: bool,
 ) -> Result<bool> {
     let mut pos = inner.dispatched.load(Ordering::Acquire);
+    let cl_min = inner.commit_log.min_offset();
+    let skipped = pos < cl_min;
+    if skipped {
+        // Retention deleted segments this dispatcher had not reached (only
+        // done on a full disk with dispatch stalled; it logged the range).
+        tracing::debug!(
+            from = pos,
+            to = cl_min,
+            "skipping deleted CommitLog records"
+        );
+        pos = cl_min;
+        inner.dispatched.store(pos, Ordering::Release);
+    }
     let listener = if notify {
         inner.listener.read().clone()
     } else {
@@ -395,20 +414,35 @@ pub(crate) fn dispatch_available(
         publish(pos, last_ts);
         inner.notify_dispatched();
     }
-    r.map(|()| progressed)
+    if skipped {
+        // Queues got filler entries for the skipped records: start them at
+        // their first message still stored.
+        for cq in inner.all_cqs() {
+            cq.correct_min_offset(cl_min);
+        }
+    }
+    r.map(|()| progressed || skipped)
 }
 
 /// The dispatcher thread body.
 pub(crate) fn run_dispatcher(inner: Arc<Inner>) {
     let mut cache = DispatchCache::default();
-    // Set by every pass before it is read (the backoff below).
-    let mut failed: bool;
+    let mut failed = false;
+    let mut retry = RETRY_MIN;
     let mut rechecks = 0u32;
     loop {
         let stopping = inner.stop_dispatcher.load(Ordering::Acquire);
         let progressed = match dispatch_available(&inner, &mut cache, true) {
             Ok(p) => {
+                if failed {
+                    tracing::info!(
+                        offset = inner.dispatched.load(Ordering::Acquire),
+                        "dispatch resumed"
+                    );
+                    inner.dispatch_stalled.store(false, Ordering::Release);
+                }
                 failed = false;
+                retry = RETRY_MIN;
                 p
             }
             Err(e) => {
@@ -416,7 +450,18 @@ pub(crate) fn run_dispatcher(inner: Arc<Inner>) {
                 static DISPATCH_FAILED: apogee_throttle::LogThrottle =
                     apogee_throttle::LogThrottle::new("dispatch failed");
                 apogee_throttle::throttled_error!(DISPATCH_FAILED, (), error = %e,
-                    "dispatch failed; retrying");
+                    offset = inner.dispatched.load(Ordering::Acquire),
+                    "dispatch failed; retrying with backoff");
+                if failed {
+                    retry = (retry * 2).min(RETRY_MAX);
+                } else {
+                    inner.dispatch_stalled.store(true, Ordering::Release);
+                }
+                if e.is_out_of_space() {
+                    inner.note_out_of_space();
+                }
+                // Drop a cached mapping of a segment retention may delete.
+                cache.segment = None;
                 failed = true;
                 false
             }
@@ -432,7 +477,7 @@ pub(crate) fn run_dispatcher(inner: Arc<Inner>) {
             continue;
         }
         if failed {
-            std::thread::park_timeout(Duration::from_millis(100));
+            std::thread::park_timeout(retry);
             continue;
         }
         inner.dispatcher_idle.set();

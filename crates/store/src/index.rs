@@ -4,10 +4,11 @@
 //! the UNIQ_KEY. Written by the dispatcher, queried concurrently.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Result, StoreError};
 use crate::mapped_file::MappedFile;
@@ -360,13 +361,36 @@ impl IndexFile {
     }
 }
 
+/// First retry after indexing failed (an index file could not be created);
+/// doubles per failure up to [`INDEX_RETRY_MAX`].
+const INDEX_RETRY_MIN: Duration = Duration::from_secs(1);
+const INDEX_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Why and since when indexing is suspended.
+struct Suspended {
+    since: Instant,
+    delay: Duration,
+    retry_at: Instant,
+    /// Messages not indexed meanwhile.
+    skipped: u64,
+}
+
 /// The set of index files, newest last.
+///
+/// The index is an aid for queries by key, not a path to consumers: when it
+/// cannot be written (typically no space for a new index file, whose
+/// default size is 420 MB) indexing is suspended with one log line, messages
+/// go on to their ConsumeQueues unindexed, and writing is retried with
+/// backoff (1 s doubling to 30 s, sooner once retention freed space).
 pub struct IndexService {
     vfs: VfsRef,
     dir: PathBuf,
     slot_num: u32,
     index_num: u32,
     files: RwLock<Vec<Arc<IndexFile>>>,
+    /// Fast check for `suspended.is_some()` on the dispatch path.
+    is_suspended: AtomicBool,
+    suspended: Mutex<Option<Suspended>>,
 }
 
 impl IndexService {
@@ -399,6 +423,8 @@ impl IndexService {
             slot_num,
             index_num,
             files: RwLock::new(files),
+            is_suspended: AtomicBool::new(false),
+            suspended: Mutex::new(None),
         })
     }
 
@@ -417,6 +443,15 @@ impl IndexService {
             // Same millisecond as the previous file: keep names unique and sorted.
             let bumped = name.parse::<u64>().unwrap_or(0) + 1;
             name = format!("{bumped:017}");
+        }
+        let size = IndexFile::file_size(self.slot_num, self.index_num);
+        if crate::cleanup::available_bytes(&self.dir).is_some_and(|a| a < size) {
+            // Bound to fail: do not let the attempt take the last free blocks.
+            return Err(StoreError::io(
+                "create index file",
+                self.dir.join(&name),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
         }
         let f = Arc::new(IndexFile::create(
             &self.vfs,
@@ -440,6 +475,9 @@ impl IndexService {
 
     /// Index one message: every non-empty space-separated word of `keys` and
     /// the unique key.
+    ///
+    /// Never fails: while the index cannot be written the message is left
+    /// unindexed (see [`IndexService`]), so dispatching goes on.
     pub fn build_index(
         &self,
         topic: &str,
@@ -451,6 +489,88 @@ impl IndexService {
         if phys <= self.last_indexed_phys() {
             return Ok(());
         }
+        if self.is_suspended.load(Ordering::Acquire) && !self.retry_due() {
+            return Ok(());
+        }
+        match self.put_keys(topic, keys, uniq_key, phys, store_ts) {
+            Ok(()) => self.resume(),
+            Err(e) => self.suspend(&e),
+        }
+        Ok(())
+    }
+
+    /// True when a suspended index should be tried again now; otherwise
+    /// counts the message as skipped.
+    fn retry_due(&self) -> bool {
+        let mut g = self.suspended.lock();
+        match g.as_mut() {
+            Some(s) if Instant::now() < s.retry_at => {
+                s.skipped += 1;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn suspend(&self, e: &StoreError) {
+        let now = Instant::now();
+        let mut g = self.suspended.lock();
+        match g.as_mut() {
+            None => {
+                tracing::warn!(error = %e, dir = %self.dir.display(),
+                    "cannot write the message index: messages are not indexed by key until it can \
+                     be written again (retrying with backoff); consumers are not affected");
+                *g = Some(Suspended {
+                    since: now,
+                    delay: INDEX_RETRY_MIN,
+                    retry_at: now + INDEX_RETRY_MIN,
+                    skipped: 1,
+                });
+                self.is_suspended.store(true, Ordering::Release);
+            }
+            Some(s) => {
+                tracing::debug!(error = %e, "index still cannot be written");
+                s.delay = (s.delay * 2).min(INDEX_RETRY_MAX);
+                s.retry_at = now + s.delay;
+                s.skipped += 1;
+            }
+        }
+    }
+
+    fn resume(&self) {
+        if !self.is_suspended.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(s) = self.suspended.lock().take() {
+            tracing::info!(
+                unindexed_messages = s.skipped,
+                suspended_ms = s.since.elapsed().as_millis() as u64,
+                "message index writable again: indexing resumed"
+            );
+        }
+        self.is_suspended.store(false, Ordering::Release);
+    }
+
+    /// Retry a suspended index at the next message (space was freed).
+    pub fn retry_soon(&self) {
+        if let Some(s) = self.suspended.lock().as_mut() {
+            s.retry_at = Instant::now();
+        }
+    }
+
+    /// Whether indexing is suspended because the index cannot be written.
+    pub fn is_suspended(&self) -> bool {
+        self.is_suspended.load(Ordering::Acquire)
+    }
+
+    fn put_keys(
+        &self,
+        topic: &str,
+        keys: Option<&str>,
+        uniq_key: Option<&str>,
+        phys: i64,
+        store_ts: i64,
+    ) -> Result<()> {
         let words = keys
             .into_iter()
             .flat_map(|k| k.split(' '))

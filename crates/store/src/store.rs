@@ -254,6 +254,15 @@ pub(crate) struct Inner {
     pub(crate) before_flush: Option<Arc<dyn Fn() + Send + Sync>>,
     pub(crate) disk_full: AtomicBool,
     pub(crate) disk_used_bits: AtomicU64,
+    /// A file could not be created for lack of space, and since then neither
+    /// has retention deleted a segment nor has a new CommitLog segment been
+    /// created: retention deletes forcibly, and the disk-full barrier stays.
+    /// (Not statvfs: quotas and inode exhaustion fail with free blocks.)
+    pub(crate) out_of_space: AtomicBool,
+    /// Ask the service thread for a retention round at its next tick.
+    pub(crate) clean_soon: AtomicBool,
+    /// The dispatcher's last pass failed (it retries with backoff).
+    pub(crate) dispatch_stalled: AtomicBool,
     write_error: AtomicBool,
     shut_down: AtomicBool,
     pub(crate) manual_delete: AtomicBool,
@@ -275,6 +284,40 @@ impl Inner {
 
     pub(crate) fn clear_write_error(&self) {
         self.write_error.store(false, Ordering::Release);
+    }
+
+    /// A file could not be created for lack of space: have retention free
+    /// some now instead of at its next round.
+    pub(crate) fn note_out_of_space(&self) {
+        self.out_of_space.store(true, Ordering::Release);
+        self.clean_soon.store(true, Ordering::Release);
+        if let Some(t) = self.service_thread.get() {
+            t.unpark();
+        }
+    }
+
+    pub(crate) fn wake_dispatcher(&self) {
+        if let Some(t) = self.dispatcher_thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// An append failed: one that failed for lack of space (rolling to a new
+    /// CommitLog segment) raises the disk-full barrier, so senders get the
+    /// same "disk full" answer as above diskSpaceWarningLevelRatio, and
+    /// starts a cleanup that will lift it.
+    fn append_failed(&self, e: StoreError) -> StoreError {
+        if !e.is_out_of_space() {
+            return e;
+        }
+        self.note_out_of_space();
+        if !self.disk_full.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %e, "no space for a new CommitLog segment: refusing writes");
+        }
+        StoreError::DiskFull {
+            used_percent: f64::from_bits(self.disk_used_bits.load(Ordering::Acquire)),
+            limit_percent: self.cfg.disk_space_warning_level_ratio,
+        }
     }
 
     pub(crate) fn notify_dispatched(&self) {
@@ -441,6 +484,7 @@ impl MessageStore {
             boot.is_none() || marker.as_deref() != boot.as_deref().map(str::as_bytes)
         };
         purge_deleted_queues(&*vfs, &root);
+        cleanup::remove_stale_tmp_files(&*vfs, &root);
         let (checkpoint, cp) = CheckpointFile::open(&vfs, &root.join("checkpoint"))?;
         let commit_log = CommitLog::load(
             &vfs,
@@ -481,6 +525,9 @@ impl MessageStore {
             before_flush: hooks.before_flush,
             disk_full: AtomicBool::new(false),
             disk_used_bits: AtomicU64::new(0f64.to_bits()),
+            out_of_space: AtomicBool::new(false),
+            clean_soon: AtomicBool::new(false),
+            dispatch_stalled: AtomicBool::new(false),
             write_error: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             manual_delete: AtomicBool::new(false),
@@ -634,7 +681,8 @@ impl MessageStore {
             if buf.capacity() > 1024 * 1024 {
                 *buf = BytesMut::with_capacity(64 * 1024);
             }
-            Ok((r?, batch_offsets))
+            // Only an append can run out of space (rolling to a new segment).
+            Ok((r.map_err(|e| self.inner.append_failed(e))?, batch_offsets))
         })?;
         let (a, batch_offsets) = res;
         let i = &self.inner;
@@ -1158,6 +1206,15 @@ impl MessageStore {
     /// Whether writes are currently refused for lack of disk space.
     pub fn is_disk_full(&self) -> bool {
         self.inner.disk_full.load(Ordering::Acquire)
+    }
+    /// Whether the dispatcher's last pass failed (it is retrying): new
+    /// messages do not reach their ConsumeQueues meanwhile.
+    pub fn is_dispatch_stalled(&self) -> bool {
+        self.inner.dispatch_stalled.load(Ordering::Acquire)
+    }
+    /// Whether key indexing is suspended because the index cannot be written.
+    pub fn is_index_suspended(&self) -> bool {
+        self.inner.index.as_ref().is_some_and(|i| i.is_suspended())
     }
     /// Probe the disk now (instead of waiting for the next tick).
     pub fn check_disk_now(&self) -> Option<f64> {
