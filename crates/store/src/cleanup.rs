@@ -53,7 +53,14 @@ impl DiskUsageProbe for StatvfsProbe {
         let used = total - st.f_bfree as f64;
         let avail = st.f_bavail as f64;
         let denom = used + avail;
-        (denom > 0.0).then(|| used * 100.0 / denom)
+        let blocks = (denom > 0.0).then(|| used * 100.0 / denom)?;
+        // Running out of inodes fails creations with ENOSPC just the same.
+        let inodes = if st.f_files > 0 {
+            (st.f_files - st.f_ffree.min(st.f_files)) as f64 * 100.0 / st.f_files as f64
+        } else {
+            0.0
+        };
+        Some(blocks.max(inodes))
     }
 }
 
@@ -146,13 +153,16 @@ pub(crate) fn check_disk(inner: &Inner) -> Option<f64> {
 }
 
 /// Whether unexpired segments may be deleted now: usage at or above
-/// `diskSpaceCleanForciblyRatio`, writes refused as disk full, or a file
-/// that could not be created for lack of space (RocketMQ's
-/// "clean immediately").
+/// `diskSpaceCleanForciblyRatio` (RocketMQ's "clean immediately"), or writes
+/// refused / a file not created for lack of space while usage is above
+/// `diskMaxUsedSpaceRatio`. An ENOSPC alone never deletes data: on a disk
+/// the probe reports as roomy it is transient (or a quota), and deleting
+/// acknowledged messages would not be the cure.
 fn must_clean_forcibly(inner: &Inner, used: f64) -> bool {
+    let short =
+        inner.disk_full.load(Ordering::Acquire) || inner.out_of_space.load(Ordering::Acquire);
     used >= f64::from(inner.cfg.disk_space_clean_forcibly_ratio)
-        || inner.disk_full.load(Ordering::Acquire)
-        || inner.out_of_space.load(Ordering::Acquire)
+        || (short && used >= f64::from(inner.cfg.disk_max_used_space_ratio))
 }
 
 /// One retention round. `manual` deletes expired files regardless of the hour.
@@ -295,15 +305,37 @@ struct Prealloc {
 impl Prealloc {
     fn tick(&mut self, inner: &Inner) {
         let segs = inner.commit_log.segments();
-        let Some(last) = segs.last() else {
-            return;
-        };
         // Out of space, the attempt (backed off) is also how we learn that
         // space is back; otherwise a full disk gets no new segment.
         let out_of_space = inner.out_of_space.load(Ordering::Acquire);
-        if last.wrote() < last.size() / 2
-            || (inner.disk_full.load(Ordering::Acquire) && !out_of_space)
-        {
+        let Some(last) = segs.last() else {
+            // The very first segment could not be made: appends are refused
+            // until it exists, so making it is this thread's job.
+            if out_of_space && self.retry_at.is_none_or(|t| Instant::now() >= t) {
+                let r = inner.commit_log.prepare_current();
+                self.settle(inner, r);
+            }
+            return;
+        };
+        if inner.disk_full.load(Ordering::Acquire) && !out_of_space {
+            return;
+        }
+        if last.wrote() < last.size() / 2 {
+            // An append into the current segment failed for lack of space
+            // (a write, not a new file): there is nothing to create, so let
+            // appends try again after the backoff.
+            if out_of_space {
+                match self.retry_at {
+                    // A fixed pause: one failed append a second costs nothing.
+                    None => self.retry_at = Some(Instant::now() + PREALLOC_RETRY_MIN),
+                    Some(t) if Instant::now() >= t => {
+                        self.retry_at = None;
+                        inner.out_of_space.store(false, Ordering::Release);
+                        check_disk(inner);
+                    }
+                    Some(_) => {}
+                }
+            }
             return;
         }
         let next = last.base() + last.size();
@@ -324,6 +356,10 @@ impl Prealloc {
                 std::io::Error::from_raw_os_error(libc::ENOSPC),
             ))
         };
+        self.settle(inner, result);
+    }
+
+    fn settle(&mut self, inner: &Inner, result: crate::error::Result<()>) {
         match result {
             Ok(()) => {
                 // A whole segment fitted: space is back.

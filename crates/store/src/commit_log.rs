@@ -247,15 +247,14 @@ impl CommitLog {
         }
         let phys = seg.base() + pos;
         let ts = now_ms().max(self.last_store_ts.load(Ordering::Relaxed));
+        // Taken only once the bytes are written: a failed write must not
+        // leave a hole in the queue.
         let queue_offset = if dispatchable {
-            let q = match st.queue_offsets.get_mut(topic) {
-                Some(q) => q,
-                None => st.queue_offsets.entry(topic.to_owned()).or_default(),
-            };
-            let next = q.entry(queue_id).or_insert(0);
-            let first = *next;
-            *next += count as i64;
-            first
+            st.queue_offsets
+                .get(topic)
+                .and_then(|q| q.get(&queue_id))
+                .copied()
+                .unwrap_or(0)
         } else {
             0
         };
@@ -274,6 +273,13 @@ impl CommitLog {
             i += 1;
         }
         seg.write_at(pos, buf)?;
+        if dispatchable {
+            let q = match st.queue_offsets.get_mut(topic) {
+                Some(q) => q,
+                None => st.queue_offsets.entry(topic.to_owned()).or_default(),
+            };
+            q.insert(queue_id, queue_offset + count as i64);
+        }
         seg.set_wrote(pos + total);
         self.last_store_ts.store(ts, Ordering::Relaxed);
         self.max_offset.store(phys + total, Ordering::Release);

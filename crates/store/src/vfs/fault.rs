@@ -16,6 +16,8 @@ use super::{DirEntry, LockGuard, Op, OpenMode, Vfs, VfsFile, VfsRef};
 pub struct FaultRule {
     /// Only calls of this kind count (None: every call).
     pub op: Option<Op>,
+    /// Only calls on a path containing this text count (None: every path).
+    pub path_contains: Option<&'static str>,
     /// The first counted call that fails (0-based, among the counted ones).
     pub nth: u64,
     /// The error number returned (ENOSPC, EIO, …).
@@ -96,6 +98,12 @@ impl FaultyVfs {
         let rule = *self.plan.rule.lock();
         let Some(rule) = rule else { return Ok(()) };
         if rule.op.is_some_and(|o| o != op) {
+            return Ok(());
+        }
+        if rule
+            .path_contains
+            .is_some_and(|p| !path.to_string_lossy().contains(p))
+        {
             return Ok(());
         }
         let n = self.plan.counted.fetch_add(1, Ordering::SeqCst);
