@@ -594,6 +594,11 @@ impl MessageStore {
         &self.inner.cfg
     }
 
+    /// The file system the store uses, for neighbours (the broker's config files) to share.
+    pub fn vfs(&self) -> VfsRef {
+        self.inner.vfs.clone()
+    }
+
     fn check_writable(&self) -> Result<()> {
         let i = &self.inner;
         if i.shut_down.load(Ordering::Acquire) {
