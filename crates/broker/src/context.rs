@@ -58,9 +58,13 @@ impl BrokerContext {
         store_host: SocketAddr,
     ) -> Result<Arc<Self>> {
         let register_signal = Arc::new(Notify::new());
-        let topics = TopicConfigManager::new(&config, Arc::clone(&register_signal))?;
-        let groups = SubscriptionGroupManager::new(&config)?;
-        let offsets = ConsumerOffsetManager::new(&config)?;
+        // The config files go through the store's file system, so they
+        // share its fault injection and power-loss simulation in tests.
+        let vfs = store.vfs();
+        let topics =
+            TopicConfigManager::with_vfs(&config, Arc::clone(&register_signal), vfs.clone())?;
+        let groups = SubscriptionGroupManager::with_vfs(&config, vfs.clone())?;
+        let offsets = ConsumerOffsetManager::with_vfs(&config, vfs)?;
         let consumers = ConsumerManager::new(config.channel_expired_timeout);
         let producers = ProducerManager::new(config.channel_expired_timeout);
         let locks = RebalanceLockManager::new(config.rebalance_lock_max_live_time);

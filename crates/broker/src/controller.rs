@@ -10,7 +10,6 @@ use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RemotingServer, ServerConfig};
 use apogee_store::MessageStore;
-use apogee_throttle::{throttled_error, LogThrottle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -271,9 +270,6 @@ fn spawn_register_loop(
     })
 }
 
-// Every offset persist interval (5 s) while the disk is full.
-static PERSIST_FAILED: LogThrottle = LogThrottle::new("cannot persist consumer offsets");
-
 /// Emits the counts of throttled log lines whose window has passed, so that
 /// a flood that stopped is still summed up.
 fn spawn_log_summary_loop(mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
@@ -293,18 +289,8 @@ fn spawn_offset_persist_loop(
             if wait_or_stop(&mut stop, ctx.config.flush_consumer_offset_interval).await {
                 return;
             }
-            let c = Arc::clone(&ctx);
-            let res = tokio::task::spawn_blocking(move || c.offsets.persist()).await;
-            match res {
-                Ok(Err(e)) => {
-                    throttled_error!(PERSIST_FAILED, (),
-                        error = %e, "cannot persist consumer offsets")
-                }
-                Err(e) => {
-                    throttled_error!(PERSIST_FAILED, (), error = %e, "offset persist task failed")
-                }
-                Ok(Ok(())) => {}
-            }
+            // The table's writer thread saves it and reports failures.
+            ctx.offsets.persist_soon();
         }
     })
 }

@@ -2,6 +2,9 @@
 //! broker (as opposed to per-request failures, which become response codes).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use apogee_store::vfs::AtomicWriteError;
 
 /// Errors of the broker crate.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,15 @@ pub enum BrokerError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// A config file could not be saved; the previous one is intact and the
+    /// save is retried. Shared (`Arc`) because every caller waiting on the
+    /// failed save gets it.
+    #[error("cannot save config file {path}: {source}")]
+    ConfigSave {
+        path: PathBuf,
+        #[source]
+        source: Arc<SaveError>,
     },
     /// A persisted JSON file is not what the broker expects.
     #[error("corrupt config file {path}: {reason}")]
@@ -51,6 +63,29 @@ impl BrokerError {
             context,
             path: path.into(),
             source,
+        }
+    }
+}
+
+/// Where saving a config file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] AtomicWriteError),
+}
+
+impl SaveError {
+    /// The underlying I/O error (its errno tells a full disk from an I/O error).
+    pub fn io(&self) -> &std::io::Error {
+        match self {
+            SaveError::CreateDir { source, .. } => source,
+            SaveError::Write(e) => e.io(),
         }
     }
 }

@@ -4,17 +4,18 @@
 //! unquoted as fastjson writes them; quoted keys are read too).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use apogee_protocol::body::fastjson::{self, int_key_map, Dialect};
 use apogee_protocol::body::DataVersion;
-use parking_lot::{Mutex, RwLock};
+use apogee_store::vfs::{self, VfsRef};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
-use crate::persist;
+use crate::persist::{self, PersistStats, TableWriter};
 
 const TOPIC_GROUP_SEPARATOR: char = '@';
 
@@ -29,11 +30,16 @@ struct OffsetFile {
     data_version: DataVersion,
 }
 
+type OffsetTable = HashMap<String, BTreeMap<i32, i64>>;
+
 struct Inner {
-    /// `topic@group` -> queue id -> next offset to consume.
-    table: RwLock<HashMap<String, BTreeMap<i32, i64>>>,
-    path: PathBuf,
-    persist_mu: Mutex<()>,
+    /// `topic@group` -> queue id -> next offset to consume. Shared with the
+    /// writer, which encodes it.
+    table: Arc<RwLock<OffsetTable>>,
+    /// Commits are frequent: they only set this flag, and the periodic
+    /// [`ConsumerOffsetManager::persist_soon`] hands the change to the writer.
+    changed: AtomicBool,
+    writer: TableWriter,
 }
 
 /// Committed offsets. Cheap to clone (shared state).
@@ -49,31 +55,49 @@ fn key(topic: &str, group: &str) -> String {
 impl ConsumerOffsetManager {
     /// Loads `config/consumerOffset.json` if present.
     pub fn new(config: &BrokerConfig) -> Result<Self> {
+        Self::with_vfs(config, vfs::real())
+    }
+
+    /// [`ConsumerOffsetManager::new`] on the given file system (the store's).
+    pub fn with_vfs(config: &BrokerConfig, vfs: VfsRef) -> Result<Self> {
         let path = persist::config_path(&config.store.store_path_root_dir, "consumerOffset.json");
         let mut table = HashMap::new();
-        if let Some(data) = persist::read_optional(&path)? {
+        if let Some(data) = persist::read_optional(&*vfs, &path)? {
             let f: OffsetFile = fastjson::from_slice(&data).map_err(|e| BrokerError::Corrupt {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
             table = f.offset_table.into_iter().map(|(k, v)| (k, v.0)).collect();
         }
+        let table = Arc::new(RwLock::new(table));
+        let snap = Arc::clone(&table);
+        let writer = TableWriter::start(
+            "consumerOffset.json",
+            path,
+            vfs,
+            Box::new(move || encode(&snap)),
+        )?;
         Ok(ConsumerOffsetManager {
             inner: Arc::new(Inner {
-                table: RwLock::new(table),
-                path,
-                persist_mu: Mutex::new(()),
+                table,
+                changed: AtomicBool::new(false),
+                writer,
             }),
         })
     }
 
     /// Records `offset` as the group's next offset for the queue.
     pub fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
-        let mut t = self.inner.table.write();
-        let prev = t
+        let prev = self
+            .inner
+            .table
+            .write()
             .entry(key(topic, group))
             .or_default()
             .insert(queue_id, offset);
+        // After the change, so that a save started after the flag was
+        // taken always includes it.
+        self.inner.changed.store(true, Ordering::Release);
         if let Some(p) = prev {
             if offset < p {
                 tracing::debug!(
@@ -145,11 +169,13 @@ impl ConsumerOffsetManager {
             k.split_once(TOPIC_GROUP_SEPARATOR)
                 .is_none_or(|(_, g)| g != group)
         });
+        self.inner.changed.store(true, Ordering::Release);
     }
 
     /// Forgets the group's offsets on one topic.
     pub fn remove(&self, group: &str, topic: &str) {
         self.inner.table.write().remove(&key(topic, group));
+        self.inner.changed.store(true, Ordering::Release);
     }
 
     /// Forgets every group's offsets on `topic` (topic deleted).
@@ -158,6 +184,7 @@ impl ConsumerOffsetManager {
             k.split_once(TOPIC_GROUP_SEPARATOR)
                 .is_none_or(|(t, _)| t != topic)
         });
+        self.inner.changed.store(true, Ordering::Release);
     }
 
     /// The whole table keyed `topic@group` (GET_ALL_CONSUMER_OFFSET).
@@ -172,25 +199,42 @@ impl ConsumerOffsetManager {
 
     /// The table in Java's file layout (also the GET_ALL_CONSUMER_OFFSET body).
     pub fn encode(&self) -> Vec<u8> {
-        let file = OffsetFile {
-            offset_table: self
-                .inner
-                .table
-                .read()
-                .iter()
-                .map(|(k, v)| (k.clone(), QueueOffsets(v.clone())))
-                .collect(),
-            data_version: DataVersion::now(),
-        };
-        fastjson::to_vec(&file, Dialect::Fastjson)
+        encode(&self.inner.table)
     }
 
-    /// Writes `consumerOffset.json` now (blocking file I/O).
-    pub fn persist(&self) -> Result<()> {
-        let _g = self.inner.persist_mu.lock();
-        let data = self.encode();
-        persist::write_atomic(&self.inner.path, &data)
+    /// Hands the offsets committed since the last call to the background
+    /// writer (the periodic persist; never blocks on I/O).
+    pub fn persist_soon(&self) {
+        if self.inner.changed.swap(false, Ordering::Acquire) {
+            self.inner.writer.mark_dirty();
+        }
     }
+
+    /// Saves `consumerOffset.json` with every commit made so far and waits
+    /// for it (blocking file I/O).
+    pub fn persist(&self) -> Result<()> {
+        self.inner.changed.store(false, Ordering::Release);
+        self.inner.writer.mark_dirty();
+        self.inner.writer.flush()
+    }
+
+    /// Counters of the background writer of `consumerOffset.json`.
+    pub fn persist_stats(&self) -> PersistStats {
+        self.inner.writer.stats()
+    }
+}
+
+/// The table in Java's file layout. Copied under the lock, encoded after it.
+fn encode(table: &RwLock<OffsetTable>) -> Vec<u8> {
+    let file = OffsetFile {
+        offset_table: table
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), QueueOffsets(v.clone())))
+            .collect(),
+        data_version: DataVersion::now(),
+    };
+    fastjson::to_vec(&file, Dialect::Fastjson)
 }
 
 #[cfg(test)]

@@ -4,17 +4,17 @@
 //! `<storePathRootDir>/config/subscriptionGroup.json` in Java's layout.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use apogee_protocol::body::{DataVersion, SubscriptionGroupConfig, SubscriptionGroupWrapper};
 use apogee_protocol::topic;
-use parking_lot::{Mutex, RwLock};
+use apogee_store::vfs::{self, VfsRef};
+use parking_lot::RwLock;
 
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
-use crate::persist;
+use crate::persist::{self, PersistStats, TableWriter};
 
 struct Table {
     groups: BTreeMap<String, SubscriptionGroupConfig>,
@@ -23,9 +23,9 @@ struct Table {
 }
 
 struct Inner {
-    table: RwLock<Table>,
-    path: PathBuf,
-    persist_mu: Mutex<()>,
+    /// Shared with the writer, which encodes it.
+    table: Arc<RwLock<Table>>,
+    writer: TableWriter,
     auto_create: AtomicBool,
 }
 
@@ -46,6 +46,11 @@ const SYSTEM_GROUPS: &[&str] = &[
 impl SubscriptionGroupManager {
     /// Creates the system groups and loads `config/subscriptionGroup.json`.
     pub fn new(config: &BrokerConfig) -> Result<Self> {
+        Self::with_vfs(config, vfs::real())
+    }
+
+    /// [`SubscriptionGroupManager::new`] on the given file system (the store's).
+    pub fn with_vfs(config: &BrokerConfig, vfs: VfsRef) -> Result<Self> {
         let path =
             persist::config_path(&config.store.store_path_root_dir, "subscriptionGroup.json");
         let mut groups = BTreeMap::new();
@@ -56,7 +61,7 @@ impl SubscriptionGroupManager {
         }
         let mut forbidden = BTreeMap::new();
         let mut version = DataVersion::now();
-        if let Some(data) = persist::read_optional(&path)? {
+        if let Some(data) = persist::read_optional(&*vfs, &path)? {
             let w = SubscriptionGroupWrapper::decode(&data).map_err(|e| BrokerError::Corrupt {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -67,15 +72,25 @@ impl SubscriptionGroupManager {
                 version = w.data_version;
             }
         }
+        let table = Arc::new(RwLock::new(Table {
+            groups,
+            forbidden,
+            version,
+        }));
+        let snap = Arc::clone(&table);
+        let writer = TableWriter::start(
+            "subscriptionGroup.json",
+            path,
+            vfs,
+            Box::new(move || {
+                let w = encode(&snap.read());
+                w.encode()
+            }),
+        )?;
         Ok(SubscriptionGroupManager {
             inner: Arc::new(Inner {
-                table: RwLock::new(Table {
-                    groups,
-                    forbidden,
-                    version,
-                }),
-                path,
-                persist_mu: Mutex::new(()),
+                table,
+                writer,
                 auto_create: AtomicBool::new(config.auto_create_subscription_group),
             }),
         })
@@ -159,44 +174,33 @@ impl SubscriptionGroupManager {
 
     /// The whole table (body of GET_ALL_SUBSCRIPTIONGROUP_CONFIG).
     pub fn wrapper(&self) -> SubscriptionGroupWrapper {
-        let t = self.inner.table.read();
-        SubscriptionGroupWrapper {
-            subscription_group_table: t.groups.clone(),
-            forbidden_table: t.forbidden.clone(),
-            data_version: t.version.clone(),
-        }
+        encode(&self.inner.table.read())
     }
 
-    /// Writes `subscriptionGroup.json` now (blocking file I/O).
+    /// Saves `subscriptionGroup.json` with every change made so far and
+    /// waits for it (blocking file I/O); changes are saved in the
+    /// background anyway.
     pub fn persist(&self) -> Result<()> {
-        persist_inner(&self.inner)
+        self.inner.writer.flush()
+    }
+
+    /// Counters of the background writer of `subscriptionGroup.json`.
+    pub fn persist_stats(&self) -> PersistStats {
+        self.inner.writer.stats()
     }
 
     fn changed(&self) {
-        let inner = Arc::clone(&self.inner);
-        persist::run_blocking(move || {
-            if let Err(e) = persist_inner(&inner) {
-                static PERSIST_FAILED: apogee_throttle::LogThrottle =
-                    apogee_throttle::LogThrottle::new("cannot persist subscription groups");
-                apogee_throttle::throttled_error!(PERSIST_FAILED, (),
-                    error = %e, "cannot persist subscription groups");
-            }
-        });
+        self.inner.writer.mark_dirty();
     }
 }
 
-fn persist_inner(inner: &Inner) -> Result<()> {
-    let _g = inner.persist_mu.lock();
-    let data = {
-        let t = inner.table.read();
-        SubscriptionGroupWrapper {
-            subscription_group_table: t.groups.clone(),
-            forbidden_table: t.forbidden.clone(),
-            data_version: t.version.clone(),
-        }
+/// The table in Java's layout. Cloned under the lock, encoded after it.
+fn encode(t: &Table) -> SubscriptionGroupWrapper {
+    SubscriptionGroupWrapper {
+        subscription_group_table: t.groups.clone(),
+        forbidden_table: t.forbidden.clone(),
+        data_version: t.version.clone(),
     }
-    .encode();
-    persist::write_atomic(&inner.path, &data)
 }
 
 #[cfg(test)]

@@ -4,19 +4,19 @@
 //! in Java's `TopicConfigSerializeWrapper` layout.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use apogee_protocol::body::{DataVersion, TopicConfig, TopicConfigSerializeWrapper};
 use apogee_protocol::flags::PermName;
 use apogee_protocol::topic;
-use parking_lot::{Mutex, RwLock};
+use apogee_store::vfs::{self, VfsRef};
+use parking_lot::RwLock;
 use tokio::sync::Notify;
 
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
-use crate::persist;
+use crate::persist::{self, PersistStats, TableWriter};
 
 /// Java `PopAckConstants.REVIVE_TOPIC` prefix.
 pub const REVIVE_TOPIC_PREFIX: &str = "rmq_sys_REVIVE_LOG_";
@@ -31,10 +31,9 @@ struct Table {
 }
 
 struct Inner {
-    table: RwLock<Table>,
-    path: PathBuf,
-    /// Serializes file writes so an older snapshot never overwrites a newer one.
-    persist_mu: Mutex<()>,
+    /// Shared with the writer, which encodes it.
+    table: Arc<RwLock<Table>>,
+    writer: TableWriter,
     auto_create: AtomicBool,
     register_signal: Arc<Notify>,
 }
@@ -51,13 +50,22 @@ impl TopicConfigManager {
     /// `register_signal` is notified on every change so the broker
     /// re-registers with its NameServers.
     pub fn new(config: &BrokerConfig, register_signal: Arc<Notify>) -> Result<Self> {
+        Self::with_vfs(config, register_signal, vfs::real())
+    }
+
+    /// [`TopicConfigManager::new`] on the given file system (the store's).
+    pub fn with_vfs(
+        config: &BrokerConfig,
+        register_signal: Arc<Notify>,
+        vfs: VfsRef,
+    ) -> Result<Self> {
         let path = persist::config_path(&config.store.store_path_root_dir, "topics.json");
         let mut topics = BTreeMap::new();
         for t in system_topics(config) {
             topics.insert(t.topic_name.clone(), t);
         }
         let mut version = DataVersion::now();
-        if let Some(data) = persist::read_optional(&path)? {
+        if let Some(data) = persist::read_optional(&*vfs, &path)? {
             let w =
                 TopicConfigSerializeWrapper::decode(&data).map_err(|e| BrokerError::Corrupt {
                     path: path.clone(),
@@ -68,11 +76,21 @@ impl TopicConfigManager {
                 version = w.data_version;
             }
         }
+        let table = Arc::new(RwLock::new(Table { topics, version }));
+        let snap = Arc::clone(&table);
+        let writer = TableWriter::start(
+            "topics.json",
+            path,
+            vfs,
+            Box::new(move || {
+                let w = encode(&snap.read());
+                w.encode()
+            }),
+        )?;
         Ok(TopicConfigManager {
             inner: Arc::new(Inner {
-                table: RwLock::new(Table { topics, version }),
-                path,
-                persist_mu: Mutex::new(()),
+                table,
+                writer,
                 auto_create: AtomicBool::new(config.auto_create_topic_enable),
                 register_signal,
             }),
@@ -235,47 +253,39 @@ impl TopicConfigManager {
 
     /// The table and version as registered with NameServers.
     pub fn serialize_wrapper(&self) -> TopicConfigSerializeWrapper {
-        let t = self.inner.table.read();
-        TopicConfigSerializeWrapper {
-            topic_config_table: t.topics.clone(),
-            data_version: t.version.clone(),
-        }
+        encode(&self.inner.table.read())
     }
 
     pub fn data_version(&self) -> DataVersion {
         self.inner.table.read().version.clone()
     }
 
-    /// Writes `topics.json` now (blocking file I/O).
+    /// Saves `topics.json` with every change made so far and waits for it
+    /// (blocking file I/O). Changes are saved in the background anyway; this
+    /// is for shutdown and callers that need the file now.
     pub fn persist(&self) -> Result<()> {
-        persist_inner(&self.inner)
+        self.inner.writer.flush()
+    }
+
+    /// Counters of the background writer of `topics.json`.
+    pub fn persist_stats(&self) -> PersistStats {
+        self.inner.writer.stats()
     }
 
     fn changed(&self) {
-        let inner = Arc::clone(&self.inner);
-        persist::run_blocking(move || {
-            if let Err(e) = persist_inner(&inner) {
-                static PERSIST_FAILED: apogee_throttle::LogThrottle =
-                    apogee_throttle::LogThrottle::new("cannot persist topic config");
-                apogee_throttle::throttled_error!(PERSIST_FAILED, (),
-                    error = %e, "cannot persist topic config");
-            }
-        });
+        // As RocketMQ, the request is answered once the table changed in
+        // memory; the file follows (coalesced with other changes).
+        self.inner.writer.mark_dirty();
         self.inner.register_signal.notify_one();
     }
 }
 
-fn persist_inner(inner: &Inner) -> Result<()> {
-    let _g = inner.persist_mu.lock();
-    let data = {
-        let t = inner.table.read();
-        TopicConfigSerializeWrapper {
-            topic_config_table: t.topics.clone(),
-            data_version: t.version.clone(),
-        }
+/// The table in Java's layout. Cloned under the lock, encoded after it.
+fn encode(t: &Table) -> TopicConfigSerializeWrapper {
+    TopicConfigSerializeWrapper {
+        topic_config_table: t.topics.clone(),
+        data_version: t.version.clone(),
     }
-    .encode();
-    persist::write_atomic(&inner.path, &data)
 }
 
 fn sys_topic(name: impl Into<String>, queues: i32, perm: i32) -> TopicConfig {
