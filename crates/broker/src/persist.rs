@@ -35,9 +35,30 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// old file and no `.tmp`.
 pub(crate) fn save(vfs: &dyn Vfs, path: &Path, data: &[u8]) -> Result<(), SaveError> {
     let dir = vfs::parent_dir(path);
-    vfs.create_dir_all(&dir)
-        .map_err(|source| SaveError::CreateDir { path: dir, source })?;
+    if !vfs.exists(&dir) {
+        create_dir_durable(vfs, &dir)?;
+    }
     vfs::write_atomic(vfs, path, data)?;
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents, syncing each parent so that the
+/// new names (and the file about to be renamed into `dir`) survive a power
+/// loss.
+fn create_dir_durable(vfs: &dyn Vfs, dir: &Path) -> Result<(), SaveError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !vfs.exists(a))
+        .collect();
+    let failed = |path: &Path, source| SaveError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    vfs.create_dir_all(dir).map_err(|e| failed(dir, e))?;
+    for d in missing.iter().rev() {
+        let parent = vfs::parent_dir(d);
+        vfs.sync_dir(&parent).map_err(|e| failed(&parent, e))?;
+    }
     Ok(())
 }
 
