@@ -36,28 +36,29 @@ fn tmp_path(path: &Path) -> PathBuf {
 pub(crate) fn save(vfs: &dyn Vfs, path: &Path, data: &[u8]) -> Result<(), SaveError> {
     let dir = vfs::parent_dir(path);
     if !vfs.exists(&dir) {
-        create_dir_durable(vfs, &dir)?;
+        create_dir_durable(vfs, &dir)
+            .map_err(|(path, source)| SaveError::CreateDir { path, source })?;
     }
     vfs::write_atomic(vfs, path, data)?;
     Ok(())
 }
 
 /// Creates `dir` and its missing parents, syncing each parent so that the
-/// new names (and the file about to be renamed into `dir`) survive a power
-/// loss.
-fn create_dir_durable(vfs: &dyn Vfs, dir: &Path) -> Result<(), SaveError> {
+/// new names (and the files about to be created in `dir`) survive a power
+/// loss. The error names the directory that failed.
+pub(crate) fn create_dir_durable(
+    vfs: &dyn Vfs,
+    dir: &Path,
+) -> Result<(), (PathBuf, std::io::Error)> {
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|a| !a.as_os_str().is_empty() && !vfs.exists(a))
         .collect();
-    let failed = |path: &Path, source| SaveError::CreateDir {
-        path: path.to_path_buf(),
-        source,
-    };
-    vfs.create_dir_all(dir).map_err(|e| failed(dir, e))?;
+    vfs.create_dir_all(dir)
+        .map_err(|e| (dir.to_path_buf(), e))?;
     for d in missing.iter().rev() {
         let parent = vfs::parent_dir(d);
-        vfs.sync_dir(&parent).map_err(|e| failed(&parent, e))?;
+        vfs.sync_dir(&parent).map_err(|e| (parent, e))?;
     }
     Ok(())
 }

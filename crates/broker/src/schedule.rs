@@ -461,7 +461,8 @@ impl ScheduleMessageService {
             return Ok(());
         }
         let dir = store.config().store_path_root_dir.join("timer");
-        let (index, progress) = TimerIndex::open(&dir, self.settings.wheel_shape(), now_ms())?;
+        let (index, progress) =
+            TimerIndex::open_with(store.vfs(), &dir, self.settings.wheel_shape(), now_ms())?;
         let engine = Engine {
             index,
             store,

@@ -595,3 +595,94 @@ fn engine_drops_entries_without_destination() {
     assert_eq!(svc.progress().delivered, 0);
     svc.shutdown();
 }
+
+/// Power cuts between any two operations of the wheel (unsynced bytes torn):
+/// it reopens, and holds exactly the entries its last checkpoint covered.
+#[test]
+fn wheel_survives_power_loss_at_any_point() {
+    use apogee_store::vfs::sim::{CrashMode, SimVfs};
+    let dir = std::path::Path::new("/store/timer");
+    for cut in [0usize, 1, 7, 30, 31, 64, 65, 99, 140, 190] {
+        let disk = SimVfs::new();
+        let mut covered = 0i64;
+        {
+            let (mut idx, _) =
+                TimerIndex::open_with(Arc::new(disk.clone()), dir, shape(16), 0).unwrap();
+            // One op per step: 150 inserts, a checkpoint after every 30.
+            let mut inserted = 0i64;
+            for step in 0..cut {
+                if step % 31 == 30 {
+                    let p = BTreeMap::from([("q@0".to_string(), inserted)]);
+                    idx.checkpoint(&p).unwrap();
+                    covered = inserted;
+                } else {
+                    idx.insert(entry(100 + inserted * 10, inserted)).unwrap();
+                    inserted += 1;
+                }
+            }
+        }
+        let disk = disk
+            .crash(CrashMode {
+                seed: cut as u64,
+                torn_probability: 1.0,
+            })
+            .unwrap();
+        let (mut idx, p) = TimerIndex::open_with(Arc::new(disk), dir, shape(16), 0)
+            .unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        assert_eq!(p.get("q@0").copied().unwrap_or(0), covered, "cut {cut}");
+        let mut got = Vec::new();
+        let mut now = 0;
+        while now <= 5_000 {
+            got.extend(drain(&mut idx, now));
+            now += 50;
+        }
+        assert_eq!(got, (0..covered).collect::<Vec<_>>(), "cut {cut}");
+    }
+}
+
+/// A checkpoint that cannot be written (full disk, I/O error) fails, leaves
+/// no `.tmp`, keeps the previous checkpoint, and succeeds once the fault clears.
+#[test]
+fn wheel_checkpoint_under_enospc_and_eio() {
+    use apogee_store::vfs::fault::{FaultRule, FaultyVfs};
+    use apogee_store::vfs::Op;
+    for (errno, op) in [
+        (28, Op::Create),
+        (28, Op::Write),
+        (5, Op::Fdatasync),
+        (5, Op::Rename),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fvfs = FaultyVfs::new(apogee_store::vfs::real());
+        let (mut idx, _) =
+            TimerIndex::open_with(Arc::new(fvfs.clone()), dir.path(), shape(16), 0).unwrap();
+        idx.insert(entry(100, 1)).unwrap();
+        idx.checkpoint(&BTreeMap::from([("q@0".to_string(), 1)]))
+            .unwrap();
+        idx.insert(entry(200, 2)).unwrap();
+        fvfs.set_rule(Some(FaultRule {
+            op: Some(op),
+            nth: 0,
+            errno,
+            sticky: true,
+        }));
+        let err = idx
+            .checkpoint(&BTreeMap::from([("q@0".to_string(), 2)]))
+            .unwrap_err();
+        match &err {
+            ScheduleError::Io { source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(errno), "{op:?}: {err}")
+            }
+            other => panic!("{op:?}: {other}"),
+        }
+        assert!(!dir.path().join("checkpoint.json.tmp").exists(), "{op:?}");
+        let (_, p) = TimerIndex::open(dir.path(), shape(16), 0).unwrap();
+        assert_eq!(p.get("q@0"), Some(&1), "{op:?}: previous checkpoint kept");
+        fvfs.set_rule(None);
+        idx.checkpoint(&BTreeMap::from([("q@0".to_string(), 2)]))
+            .unwrap();
+        drop(idx);
+        let (_, p) = TimerIndex::open(dir.path(), shape(16), 0).unwrap();
+        assert_eq!(p.get("q@0"), Some(&2), "{op:?}");
+    }
+}

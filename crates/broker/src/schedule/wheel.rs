@@ -28,11 +28,9 @@
 //! index exactly once for every enqueue the checkpoint accounts for.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use apogee_store::vfs::{self, OpenMode, VfsFile, VfsRef};
 use serde::{Deserialize, Serialize};
 
 use super::ScheduleError;
@@ -105,7 +103,7 @@ pub struct TimerCheckpoint {
 
 struct Segment {
     base: u64,
-    file: File,
+    file: Box<dyn VfsFile>,
     path: PathBuf,
     /// Latest slot any entry of this segment was filed in; the segment is
     /// garbage once the cursor has passed it.
@@ -114,9 +112,11 @@ struct Segment {
 
 /// The wheel, the timer log and the checkpoint.
 pub struct TimerIndex {
+    /// The store's file system (tests fail it or cut its power).
+    vfs: VfsRef,
     dir: PathBuf,
     shape: WheelShape,
-    wheel_file: File,
+    wheel_file: Box<dyn VfsFile>,
     wheel_path: PathBuf,
     slots: Vec<Slot>,
     dirty: HashSet<usize>,
@@ -135,6 +135,9 @@ pub struct TimerIndex {
     /// the test that a tick does not scan pending entries).
     touched: u64,
     pending_changes: bool,
+    /// Segment files were created or deleted since the log directory was
+    /// last synced (their names are not durable yet).
+    log_dir_dirty: bool,
 }
 
 impl TimerIndex {
@@ -147,6 +150,16 @@ impl TimerIndex {
         shape: WheelShape,
         now_ms: i64,
     ) -> Result<(Self, BTreeMap<String, i64>)> {
+        Self::open_with(vfs::real(), dir, shape, now_ms)
+    }
+
+    /// [`TimerIndex::open`] on the given file system (the store's).
+    pub fn open_with(
+        vfs: VfsRef,
+        dir: &Path,
+        shape: WheelShape,
+        now_ms: i64,
+    ) -> Result<(Self, BTreeMap<String, i64>)> {
         if shape.precision_ms <= 0 || shape.slots < 2 {
             return Err(ScheduleError::Config(format!(
                 "timer wheel needs precision > 0 and at least 2 slots, got {} ms x {}",
@@ -155,10 +168,18 @@ impl TimerIndex {
         }
         let seg_bytes = (shape.segment_bytes / ENTRY_SIZE).max(16) * ENTRY_SIZE;
         let log_dir = dir.join("log");
-        fs::create_dir_all(&log_dir).map_err(|e| io_err("create timer dir", &log_dir, e))?;
+        if !vfs.exists(&log_dir) {
+            crate::persist::create_dir_durable(&*vfs, &log_dir)
+                .map_err(|(path, e)| io_err("create timer dir", &path, e))?;
+        }
         let cp_path = dir.join("checkpoint.json");
-        let cp: Option<TimerCheckpoint> = match fs::read(&cp_path) {
-            Ok(bytes) => {
+        // Left by a checkpoint that a crash interrupted; never read.
+        let stale = dir.join("checkpoint.json.tmp");
+        if vfs.exists(&stale) {
+            let _ = vfs.remove_file(&stale);
+        }
+        let cp: Option<TimerCheckpoint> = match vfs::read_file(&*vfs, &cp_path) {
+            Ok(Some(bytes)) => {
                 Some(
                     serde_json::from_slice(&bytes).map_err(|e| ScheduleError::Corrupt {
                         path: cp_path.clone(),
@@ -166,11 +187,11 @@ impl TimerIndex {
                     })?,
                 )
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Ok(None) => None,
             Err(e) => return Err(io_err("read timer checkpoint", &cp_path, e)),
         };
         let wheel_path = dir.join("wheel");
-        let (wheel_file, shape_used, slots) = load_wheel(&wheel_path, shape, cp.is_some())?;
+        let (wheel_file, shape_used, slots) = load_wheel(&*vfs, &wheel_path, shape, cp.is_some())?;
         let shape_used = WheelShape {
             segment_bytes: seg_bytes,
             ..shape_used
@@ -180,6 +201,7 @@ impl TimerIndex {
             ..Default::default()
         });
         let mut idx = TimerIndex {
+            vfs,
             dir: dir.to_path_buf(),
             shape: shape_used,
             wheel_file,
@@ -195,6 +217,7 @@ impl TimerIndex {
             durable_cursor_ms: cp.cursor_ms,
             touched: 0,
             pending_changes: false,
+            log_dir_dirty: false,
         };
         idx.load_segments(&log_dir)?;
         let log_end = u64::try_from(cp.log_end).unwrap_or(0);
@@ -363,6 +386,13 @@ impl TimerIndex {
             }
         }
         self.synced_end = self.written_end;
+        if self.log_dir_dirty {
+            let log_dir = self.dir.join("log");
+            self.vfs
+                .sync_dir(&log_dir)
+                .map_err(|e| io_err("sync timer log dir", &log_dir, e))?;
+            self.log_dir_dirty = false;
+        }
         if !self.dirty.is_empty() {
             let mut dirty: Vec<usize> = self.dirty.drain().collect();
             dirty.sort_unstable();
@@ -385,22 +415,12 @@ impl TimerIndex {
             progress: progress.clone(),
         };
         let path = self.dir.join("checkpoint.json");
-        let tmp = self.dir.join("checkpoint.json.tmp");
         let bytes = serde_json::to_vec_pretty(&cp).map_err(|e| ScheduleError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        {
-            let mut f =
-                File::create(&tmp).map_err(|e| io_err("write timer checkpoint", &tmp, e))?;
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_data())
-                .map_err(|e| io_err("write timer checkpoint", &tmp, e))?;
-        }
-        fs::rename(&tmp, &path).map_err(|e| io_err("replace timer checkpoint", &path, e))?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        vfs::write_atomic(&*self.vfs, &path, &bytes)
+            .map_err(|e| io_err("write timer checkpoint", &path, e.into_io()))?;
         self.durable_cursor_ms = self.cursor_ms;
         self.pending_changes = false;
         self.delete_passed_segments();
@@ -471,8 +491,7 @@ impl TimerIndex {
             b.copy_from_slice(src);
         } else {
             let seg = self.segment_for(pos).ok_or_else(|| self.bad_pos(pos))?;
-            seg.file
-                .read_exact_at(&mut b, pos - seg.base)
+            read_exact_at(&*seg.file, &mut b, pos - seg.base)
                 .map_err(|e| io_err("read timer log", &seg.path, e))?;
         }
         decode_entry(&b).ok_or_else(|| ScheduleError::Corrupt {
@@ -499,12 +518,12 @@ impl TimerIndex {
 
     fn create_segment(&mut self, base: u64) -> Result<()> {
         let path = self.dir.join("log").join(format!("{base:020}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        if !self.vfs.exists(&path) {
+            self.log_dir_dirty = true;
+        }
+        let file = self
+            .vfs
+            .open(&path, OpenMode::CreateOrOpen)
             .map_err(|e| io_err("create timer log segment", &path, e))?;
         self.segments.push(Segment {
             base,
@@ -516,15 +535,20 @@ impl TimerIndex {
     }
 
     fn load_segments(&mut self, log_dir: &Path) -> Result<()> {
-        let rd = fs::read_dir(log_dir).map_err(|e| io_err("list timer log", log_dir, e))?;
+        let rd = self
+            .vfs
+            .list_dir(log_dir)
+            .map_err(|e| io_err("list timer log", log_dir, e))?;
         let mut found = Vec::new();
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            let Some(base) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
+        for ent in rd {
+            if ent.is_dir {
+                continue;
+            }
+            let Some(base) = ent.name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
             if !base.is_multiple_of(self.shape.segment_bytes) {
-                tracing::warn!(file = ?ent.path(), "ignoring misaligned timer log segment");
+                tracing::warn!(file = ?log_dir.join(&ent.name), "ignoring misaligned timer log segment");
                 continue;
             }
             found.push(base);
@@ -589,7 +613,8 @@ impl TimerIndex {
         let seg_bytes = self.shape.segment_bytes;
         while let Some(last) = self.segments.last() {
             if last.base > log_end || (last.base == log_end && log_end > 0) {
-                let _ = fs::remove_file(&last.path);
+                let _ = self.vfs.remove_file(&last.path);
+                self.log_dir_dirty = true;
                 self.segments.pop();
             } else {
                 break;
@@ -626,8 +651,7 @@ impl TimerIndex {
             while read < len {
                 let want = ((len - read) as usize).min(buf.len());
                 let chunk = &mut buf[..want];
-                seg.file
-                    .read_exact_at(chunk, read)
+                read_exact_at(&*seg.file, chunk, read)
                     .map_err(|e| io_err("scan timer log", &seg.path, e))?;
                 for ent in chunk.chunks_exact(ENTRY_SIZE as usize) {
                     if let Some((_, slot_ms, _)) = decode_entry(ent) {
@@ -648,7 +672,7 @@ impl TimerIndex {
             if s.max_slot_ms >= self.durable_cursor_ms {
                 break;
             }
-            if let Err(e) = fs::remove_file(&s.path) {
+            if let Err(e) = self.vfs.remove_file(&s.path) {
                 // Retried at every checkpoint.
                 static DELETE_FAILED: apogee_throttle::LogThrottle =
                     apogee_throttle::LogThrottle::new("could not delete timer log segment");
@@ -657,8 +681,17 @@ impl TimerIndex {
                 break;
             }
             self.segments.remove(0);
+            self.log_dir_dirty = true;
         }
     }
+}
+
+/// Fills `buf` from `off`; a short file is an error.
+fn read_exact_at(file: &dyn VfsFile, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    if file.read_at(buf, off)? < buf.len() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 fn floor_to(ms: i64, p: i64) -> i64 {
@@ -707,22 +740,26 @@ fn decode_entry(b: &[u8]) -> Option<(i64, i64, TimerEntry)> {
 /// Loads the wheel file, or creates it with `shape`. Returns the shape in
 /// force (the file's, when it exists).
 fn load_wheel(
+    vfs: &dyn vfs::Vfs,
     path: &Path,
     shape: WheelShape,
     expect_existing: bool,
-) -> Result<(File, WheelShape, Vec<Slot>)> {
-    let exists = path.exists();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+) -> Result<(Box<dyn VfsFile>, WheelShape, Vec<Slot>)> {
+    let exists = vfs.exists(path);
+    let file = vfs
+        .open(path, OpenMode::CreateOrOpen)
         .map_err(|e| io_err("open timer wheel", path, e))?;
     if exists {
-        let mut bytes = Vec::new();
-        (&file)
-            .read_to_end(&mut bytes)
+        let bytes = file
+            .len()
+            .and_then(|len| {
+                let len = usize::try_from(len)
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+                let mut bytes = vec![0u8; len];
+                let n = file.read_at(&mut bytes, 0)?;
+                bytes.truncate(n);
+                Ok(bytes)
+            })
             .map_err(|e| io_err("read timer wheel", path, e))?;
         let corrupt = |reason: String| ScheduleError::Corrupt {
             path: path.to_path_buf(),
