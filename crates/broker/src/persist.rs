@@ -180,7 +180,8 @@ impl TableWriter {
     /// The table changed: the writer saves it soon. Never blocks on I/O.
     pub(crate) fn mark_dirty(&self) {
         self.shared.state.lock().requested += 1;
-        self.shared.cv.notify_one();
+        // All: a `flush` caller may be waiting on the same condvar.
+        self.shared.cv.notify_all();
     }
 
     /// Saves the table as it is now and waits for the file (blocking I/O):
