@@ -118,6 +118,7 @@ fn config_saves_survive_enospc_and_eio() {
             let saved = topics.persist_stats();
             fvfs.set_rule(Some(FaultRule {
                 op: Some(op),
+                path_contains: Some("topics.json"),
                 nth: 0,
                 errno,
                 sticky: true,
@@ -163,6 +164,7 @@ fn config_saves_survive_enospc_and_eio() {
         let what = format!("groups, errno {errno}");
         fvfs.set_rule(Some(FaultRule {
             op: Some(Op::Write),
+            path_contains: Some("subscriptionGroup.json"),
             nth: 0,
             errno,
             sticky: true,

@@ -662,6 +662,7 @@ fn wheel_checkpoint_under_enospc_and_eio() {
         idx.insert(entry(200, 2)).unwrap();
         fvfs.set_rule(Some(FaultRule {
             op: Some(op),
+            path_contains: Some("checkpoint.json"),
             nth: 0,
             errno,
             sticky: true,
