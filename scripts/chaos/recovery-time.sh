@@ -104,9 +104,10 @@ target=$((gib << 30))
 echo "filling $gib GiB with $body-byte messages"
 fill_start=$SECONDS
 produce ""
-# CommitLog segments are named by their first offset: the store holds
-# SIZE_GIB GiB once a segment starting at or past that offset exists.
-until last=$(ls "$data/commitlog" 2>/dev/null | tail -1) && [ -n "$last" ] && [ $((10#$last)) -ge $target ]; do
+# CommitLog segments are named by their first offset, and the next one is
+# made ahead of time: once a segment past SIZE_GIB GiB exists, the one
+# starting at SIZE_GIB GiB is being written, so the store holds that much.
+until last=$(ls "$data/commitlog" 2>/dev/null | grep -E '^[0-9]+$' | tail -1) && [ -n "$last" ] && [ $((10#$last)) -gt $target ]; do
   kill -0 "$producer" 2>/dev/null || { tail "$dir/produce.log" >&2; exit 1; }
   [ $((SECONDS - fill_start)) -lt 3600 ] || { echo "fill took over an hour" >&2; exit 1; }
   sleep 0.2
@@ -116,7 +117,7 @@ kill -KILL "$broker"
 { wait "$broker"; } 2>/dev/null || true
 stop "$producer" TERM
 producer=
-echo "store: $(du -sh --apparent-size "$data" | cut -f1) apparent, $(du -sh "$data" | cut -f1) on disk; $(ls "$data/commitlog" | wc -l) CommitLog segments"
+echo "store: $(du -sh --apparent-size "$data" | cut -f1) apparent, $(du -sh "$data" | cut -f1) on disk; $(ls "$data/commitlog" | grep -cE '^[0-9]+$') CommitLog segments"
 
 echo "| restart | listening | send accepted | serving (send + pull) | store recovery log |"
 echo "|---|---|---|---|---|"
