@@ -447,7 +447,12 @@ fn crash_rounds(flush: &str) {
         let namesrv = broker.namesrv.to_string();
         let (recovery, probe_pos, probe_body) =
             rt.block_on(probe_until_serving(&namesrv, spawned, listening, round));
-        acked.insert(probe_pos, probe_body);
+        if let Some(old) = acked.insert(probe_pos, probe_body) {
+            eprintln!(
+                "round {round}: the probe was acknowledged at {probe_pos:?}, the place of {old}"
+            );
+            lost.insert(old);
+        }
         let mut from: BTreeMap<i32, i64> = BTreeMap::new();
         for (q, o) in round_acked.keys() {
             let e = from.entry(*q).or_insert(*o);
