@@ -18,17 +18,6 @@ use apogee_store::vfs::{self, Op};
 use apogee_store::{GetStatus, MessageStore, MessageStoreConfig, StoreError, StoreHooks};
 use common::*;
 
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
-}
-
 fn segment_count(root: &Path) -> usize {
     std::fs::read_dir(root.join("commitlog"))
         .map(|d| {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apogee_protocol::message::decode_stored;
-use apogee_store::vfs::sim::{CrashMode, SimVfs};
+use apogee_store::vfs::sim::{CrashMode, Rng, SimVfs};
 use apogee_store::{FlushDiskType, MessageStore, PutStatus, StoreHooks};
 use common::*;
 use parking_lot::Mutex;
@@ -30,21 +30,6 @@ const ROOT: &str = "/store";
 const TOPICS: [&str; 2] = ["PowerA", "PowerB"];
 const QUEUES: i32 = 2;
 const WRITERS: u64 = 3;
-
-/// SplitMix64, so a round replays from its seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// (topic, queue, queue offset) → body, for every put that returned.
 type Acked = BTreeMap<(String, i32, i64), String>;

@@ -5,21 +5,10 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apogee_store::{GetStatus, MessageStore, StoreError, StoreHooks};
 use common::*;
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
-}
 
 #[test]
 fn expired_segments_are_deleted_and_queues_follow() {

@@ -130,21 +130,26 @@ fn norm(path: &Path) -> PathBuf {
         .collect()
 }
 
-/// A small deterministic generator (SplitMix64): crash choices replay from the seed.
-struct Rng(u64);
+/// A small deterministic generator (SplitMix64): crash choices replay from
+/// the seed. Public so tests can draw their own seeded choices alike.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    #[allow(clippy::should_implement_trait)] // not an iterator: never ends
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn chance(&mut self, p: f64) -> bool {
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
-    fn below(&mut self, n: u64) -> u64 {
+    /// Uniform-ish in `[0, n)` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {

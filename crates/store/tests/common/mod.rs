@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apogee_protocol::message::{decode_stored, properties, DecodedMessage, MessageToStore};
 use apogee_store::{MessageStore, MessageStoreConfig};
@@ -117,4 +117,16 @@ pub fn read_all(
         off = r.next_begin_offset;
     }
     out
+}
+
+/// Poll `f` every 10 ms until it holds or `timeout` passes; its last answer.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
 }
