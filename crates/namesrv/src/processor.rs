@@ -2,6 +2,7 @@
 //! decoded request into a call on the route tables or the KV config.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ pub struct NamesrvProcessor {
     pub(crate) config: RwLock<NamesrvConfig>,
     /// Channels whose close we already watch (to unregister their brokers).
     watched: Arc<Mutex<HashSet<u64>>>,
+    /// REGISTER_BROKER requests received (full and incremental alike).
+    register_requests: AtomicU64,
 }
 
 /// A failed request: the response code and the remark that says why.
@@ -101,7 +104,13 @@ impl NamesrvProcessor {
             kv,
             config: RwLock::new(config),
             watched: Arc::new(Mutex::new(HashSet::new())),
+            register_requests: AtomicU64::new(0),
         }
+    }
+
+    /// How many REGISTER_BROKER requests arrived since start.
+    pub fn register_requests(&self) -> u64 {
+        self.register_requests.load(Ordering::Relaxed)
     }
 
     pub async fn handle(&self, ctx: &RequestContext, req: &RemotingCommand) -> RemotingCommand {
@@ -197,6 +206,7 @@ impl NamesrvProcessor {
     // ------------------------------------------------------------ brokers
 
     fn register_broker(&self, ctx: &RequestContext, req: &RemotingCommand) -> Reply {
+        self.register_requests.fetch_add(1, Ordering::Relaxed);
         let h: RegisterBrokerRequestHeader = header(req)?;
         let body = req.body.as_deref().unwrap_or_default();
         if h.body_crc32 != 0 {

@@ -75,6 +75,11 @@ impl NameServer {
         &self.state.routes
     }
 
+    /// How many REGISTER_BROKER requests this NameServer received.
+    pub fn register_requests(&self) -> u64 {
+        self.state.register_requests()
+    }
+
     /// Stops accepting, lets in-flight requests finish, persists KV config.
     pub async fn shutdown(self) {
         self.scanner.abort();
