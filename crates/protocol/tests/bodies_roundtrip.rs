@@ -198,8 +198,10 @@ fn register_broker_bare_wrapper_from_old_brokers() {
     assert!(w.topic_config_table["TopicTest"].attributes.is_empty());
 }
 
-/// Builds a compressed body by hand, following Java's encode(true) layout.
-fn java_style_compressed(with_mappings: bool) -> Vec<u8> {
+/// The inflated stream of Java's `RegisterBrokerBody.encode(true)`, by
+/// hand: big-endian int lengths, the DataVersion JSON, the topic count, each
+/// `TopicConfig.encode()` text, the filter-server JSON and (5.x) the mappings.
+fn java_style_raw(with_mappings: bool) -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, data: &[u8]) {
         out.extend_from_slice(&(data.len() as i32).to_be_bytes());
         out.extend_from_slice(data);
@@ -210,16 +212,23 @@ fn java_style_compressed(with_mappings: bool) -> Vec<u8> {
         br#"{"counter":7,"stateVersion":0,"timestamp":1700000000000}"#,
     );
     raw.extend_from_slice(&2i32.to_be_bytes());
-    chunk(&mut raw, b"TopicTest 4 4 6 SINGLE_TAG {}");
+    // Java writes its map's iteration order; ours is sorted by name.
     chunk(
         &mut raw,
         br#"TopicB 8 2 4 MULTI_TAG {"+message.type":"FIFO"}"#,
     );
+    chunk(&mut raw, b"TopicTest 4 4 6 SINGLE_TAG {}");
     chunk(&mut raw, b"[]");
     if with_mappings {
         raw.extend_from_slice(&1i32.to_be_bytes());
         chunk(&mut raw, br#"{"bname":"broker-a","currIdMap":{0:0},"dirty":false,"epoch":1,"scope":"__global__","topic":"TopicB","totalQueues":2}"#);
     }
+    raw
+}
+
+/// Builds a compressed body by hand, following Java's encode(true) layout.
+fn java_style_compressed(with_mappings: bool) -> Vec<u8> {
+    let raw = java_style_raw(with_mappings);
     let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
     enc.write_all(&raw).unwrap();
     enc.finish().unwrap()
@@ -254,6 +263,33 @@ fn register_broker_compressed_form() {
             }
         }
     }
+}
+
+/// The encode side writes exactly Java's layout (what a Java NameServer's
+/// `RegisterBrokerBody.decode(data, true)` reads), for 4.x and 5.x streams.
+#[test]
+fn register_broker_compressed_encode_matches_java_layout() {
+    use std::io::Read;
+    let mut body = RegisterBrokerBody::decode_with(&java_style_compressed(false), true).unwrap();
+    let w = &mut body.topic_config_serialize_wrapper;
+    w.data_version.timestamp = 1_700_000_000_000;
+    let inflate = |data: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::ZlibDecoder::new(data)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    let ours = body.encode_compressed(false).unwrap();
+    assert_eq!(
+        ours[0], 0x78,
+        "a zlib stream, as Java's DeflaterOutputStream writes"
+    );
+    assert_eq!(inflate(&ours), java_style_raw(false));
+    // 5.x: the mapping count follows (0 here: Java writes it even when empty).
+    let mut raw5 = java_style_raw(false);
+    raw5.extend_from_slice(&0i32.to_be_bytes());
+    assert_eq!(inflate(&body.encode_compressed(true).unwrap()), raw5);
 }
 
 #[test]
