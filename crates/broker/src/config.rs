@@ -41,7 +41,6 @@ const IGNORED_KEYS: &[&str] = &[
     "aclEnable",
     "enableControllerMode",
     "slaveReadEnable",
-    "compressedRegister",
     "forceRegister",
 ];
 
@@ -99,6 +98,11 @@ pub struct BrokerConfig {
     pub flush_consumer_offset_interval: Duration,
     /// `registerNameServerPeriod`: re-registration period (30 s).
     pub register_name_server_period: Duration,
+    /// `compressedRegister`: send REGISTER_BROKER bodies zlib-compressed
+    /// (Java's binary layout, header `compressed=true`). Off by default as in
+    /// Java; a full registration too large for a comfortable frame is
+    /// compressed anyway.
+    pub compressed_register: bool,
     /// `registerBrokerTimeoutMills`: timeout of one REGISTER_BROKER call.
     pub register_broker_timeout_mills: Duration,
     /// `channelExpiredTimeout`: drop client channels silent this long (120 s).
@@ -163,6 +167,7 @@ impl Default for BrokerConfig {
             flush_consumer_offset_interval: Duration::from_millis(5000),
             register_name_server_period: Duration::from_millis(30_000),
             register_broker_timeout_mills: Duration::from_millis(6000),
+            compressed_register: false,
             channel_expired_timeout: Duration::from_millis(120_000),
             channel_scan_interval: Duration::from_millis(10_000),
             rebalance_lock_max_live_time: Duration::from_millis(60_000),
@@ -291,6 +296,7 @@ impl BrokerConfig {
                     self.flush_consumer_offset_interval = positive_ms(k, v)?
                 }
                 "registerNameServerPeriod" => self.register_name_server_period = positive_ms(k, v)?,
+                "compressedRegister" => self.compressed_register = parse_bool(k, v)?,
                 "registerBrokerTimeoutMills" => {
                     self.register_broker_timeout_mills = positive_ms(k, v)?
                 }
@@ -477,6 +483,7 @@ impl BrokerConfig {
             "registerNameServerPeriod",
             ms(self.register_name_server_period),
         );
+        put("compressedRegister", self.compressed_register.to_string());
         put(
             "registerBrokerTimeoutMills",
             ms(self.register_broker_timeout_mills),

@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::register::RegisterSignal;
 use apogee_remoting::{Channel, ChannelId};
 use apogee_store::MessageStore;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::Notify;
 
 use crate::client::{ConsumerManager, ProducerManager, RebalanceLockManager};
 use crate::config::BrokerConfig;
@@ -44,7 +44,7 @@ pub struct BrokerContext {
     /// `brokerIP1:port`, advertised to NameServers and in message ids.
     pub broker_addr: String,
     pub started_at: Instant,
-    register_signal: Arc<Notify>,
+    register_signal: Arc<RegisterSignal>,
     watched: Mutex<HashSet<ChannelId>>,
 }
 
@@ -57,7 +57,7 @@ impl BrokerContext {
         store: Arc<MessageStore>,
         store_host: SocketAddr,
     ) -> Result<Arc<Self>> {
-        let register_signal = Arc::new(Notify::new());
+        let register_signal = Arc::new(RegisterSignal::new());
         // The config files go through the store's file system, so they
         // share its fault injection and power-loss simulation in tests.
         let vfs = store.vfs();
@@ -92,15 +92,17 @@ impl BrokerContext {
         }))
     }
 
-    /// Asks for a registration with every NameServer soon (after a topic
-    /// change). Cheap; several requests collapse into one registration.
+    /// Asks for a full registration with every NameServer soon (after a
+    /// change the topic table does not report itself, e.g. the broker
+    /// permission). Topic changes are registered incrementally on their own.
+    /// Cheap; several requests collapse into one registration.
     pub fn request_register(&self) {
-        self.register_signal.notify_one();
+        self.register_signal.full();
     }
 
-    /// Resolves when a registration was requested.
-    pub(crate) async fn register_requested(&self) {
-        self.register_signal.notified().await
+    /// Topic changes and full-registration requests, per NameServer.
+    pub fn register_signal(&self) -> &Arc<RegisterSignal> {
+        &self.register_signal
     }
 
     /// Removes a client channel from the client tables as soon as it

@@ -18,6 +18,7 @@ use crate::context::BrokerContext;
 use crate::error::{BrokerError, Result};
 use crate::namesrv_api::NamesrvApi;
 use crate::processor;
+use crate::register::{Outgoing, RegisterSlot};
 
 /// Request codes refused on the VIP port (Java registers no pull processor there).
 const NOT_ON_VIP: &[i32] = &[request_code::PULL_MESSAGE, request_code::LITE_PULL_MESSAGE];
@@ -107,6 +108,13 @@ impl BrokerController {
             ctx.config.namesrv_addrs(),
             ctx.config.register_broker_timeout_mills,
         ));
+        // Subscribed before the first registration, so no change falls
+        // between it and the tasks that follow.
+        let slots: Vec<(String, Arc<RegisterSlot>)> = namesrv
+            .addrs()
+            .iter()
+            .map(|a| (a.clone(), ctx.register_signal().subscribe()))
+            .collect();
         if namesrv.addrs().is_empty() {
             tracing::warn!("no NameServer address (namesrvAddr / NAMESRV_ADDR): clients cannot find this broker");
         } else {
@@ -119,12 +127,23 @@ impl BrokerController {
         }
 
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = vec![
-            spawn_register_loop(Arc::clone(&ctx), Arc::clone(&namesrv), stop_rx.clone()),
+        let mut tasks: Vec<JoinHandle<()>> = slots
+            .into_iter()
+            .map(|(addr, slot)| {
+                spawn_register_loop(
+                    Arc::clone(&ctx),
+                    Arc::clone(&namesrv),
+                    addr,
+                    slot,
+                    stop_rx.clone(),
+                )
+            })
+            .collect();
+        tasks.extend([
             spawn_offset_persist_loop(Arc::clone(&ctx), stop_rx.clone()),
             spawn_channel_scan_loop(Arc::clone(&ctx), stop_rx.clone()),
             spawn_log_summary_loop(stop_rx),
-        ];
+        ]);
         tracing::info!(
             addr = %local_addr,
             vip = %vip_addr,
@@ -249,23 +268,76 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
+/// First pause after a failed registration; doubles up to [`REGISTER_RETRY_MAX`].
+const REGISTER_RETRY_MIN: Duration = Duration::from_millis(100);
+const REGISTER_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Least time between the starts of two registrations to one NameServer: a
+/// lone change goes at once, a burst is sent in batches at most this often.
+const REGISTER_MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// One NameServer's registrations: the full table every
+/// `registerNameServerPeriod`, and in between, as soon as topics change,
+/// the changed topics in one incremental registration. At most one
+/// registration is in flight, and they start at most every
+/// [`REGISTER_MIN_INTERVAL`]; changes made meanwhile accumulate in `slot`
+/// and go together in the next one. A failed registration is retried with
+/// backoff (100 ms doubling to 5 s), merged with whatever changed since.
 fn spawn_register_loop(
     ctx: Arc<BrokerContext>,
     api: Arc<NamesrvApi>,
+    addr: String,
+    slot: Arc<RegisterSlot>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        if api.addrs().is_empty() {
-            return;
-        }
+        let period = ctx.config.register_name_server_period;
+        let mut next_full = tokio::time::Instant::now() + period;
+        let mut retry = REGISTER_RETRY_MIN;
+        let mut last_start: Option<tokio::time::Instant> = None;
         loop {
-            let period = ctx.config.register_name_server_period;
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                _ = ctx.register_requested() => {}
-                _ = stop.changed() => return,
+            let now = tokio::time::Instant::now();
+            if now < next_full && !slot.has_pending() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_full) => {}
+                    _ = slot.changed() => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
             }
-            api.register_broker_all(&ctx).await;
+            // In a burst, registrations start at most every
+            // REGISTER_MIN_INTERVAL; the changes meanwhile go together.
+            if let Some(at) = last_start.map(|t| t + REGISTER_MIN_INTERVAL) {
+                if now < at {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+            let out = if tokio::time::Instant::now() >= next_full {
+                // The full table covers whatever was pending.
+                let _ = slot.take();
+                Outgoing::Full
+            } else {
+                match ctx.topics.take_registration(&slot) {
+                    Some(out) => out,
+                    None => continue,
+                }
+            };
+            last_start = Some(tokio::time::Instant::now());
+            if matches!(out, Outgoing::Full) {
+                next_full = tokio::time::Instant::now() + period;
+            }
+            let work = out.work();
+            if api.register(&ctx, &addr, out).await {
+                retry = REGISTER_RETRY_MIN;
+                continue;
+            }
+            slot.restore(work);
+            if wait_or_stop(&mut stop, retry).await {
+                return;
+            }
+            retry = (retry * 2).min(REGISTER_RETRY_MAX);
         }
     })
 }

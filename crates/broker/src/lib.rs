@@ -17,6 +17,7 @@ pub mod namesrv_api;
 pub mod offset;
 mod persist;
 pub mod processor;
+pub mod register;
 pub mod schedule;
 pub mod stats;
 pub mod subscription_group;

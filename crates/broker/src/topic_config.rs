@@ -12,11 +12,11 @@ use apogee_protocol::flags::PermName;
 use apogee_protocol::topic;
 use apogee_store::vfs::{self, VfsRef};
 use parking_lot::RwLock;
-use tokio::sync::Notify;
 
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::persist::{self, PersistStats, TableWriter};
+use crate::register::{Outgoing, RegisterSignal, RegisterSlot, RegisterWork};
 
 /// Java `PopAckConstants.REVIVE_TOPIC` prefix.
 pub const REVIVE_TOPIC_PREFIX: &str = "rmq_sys_REVIVE_LOG_";
@@ -35,7 +35,7 @@ struct Inner {
     table: Arc<RwLock<Table>>,
     writer: TableWriter,
     auto_create: AtomicBool,
-    register_signal: Arc<Notify>,
+    register_signal: Arc<RegisterSignal>,
 }
 
 /// The topic table. Cheap to clone (shared state).
@@ -47,16 +47,16 @@ pub struct TopicConfigManager {
 impl TopicConfigManager {
     /// Builds the startup system topics, then loads `config/topics.json`
     /// (persisted entries override the built-in ones, as in Java).
-    /// `register_signal` is notified on every change so the broker
-    /// re-registers with its NameServers.
-    pub fn new(config: &BrokerConfig, register_signal: Arc<Notify>) -> Result<Self> {
+    /// `register_signal` hears of every change so the broker registers the
+    /// changed topics with its NameServers.
+    pub fn new(config: &BrokerConfig, register_signal: Arc<RegisterSignal>) -> Result<Self> {
         Self::with_vfs(config, register_signal, vfs::real())
     }
 
     /// [`TopicConfigManager::new`] on the given file system (the store's).
     pub fn with_vfs(
         config: &BrokerConfig,
-        register_signal: Arc<Notify>,
+        register_signal: Arc<RegisterSignal>,
         vfs: VfsRef,
     ) -> Result<Self> {
         let path = persist::config_path(&config.store.store_path_root_dir, "topics.json");
@@ -121,10 +121,12 @@ impl TopicConfigManager {
     /// Creates or replaces a topic; bumps the data version, persists and
     /// asks for re-registration.
     pub fn update(&self, cfg: TopicConfig) {
+        let name = cfg.topic_name.clone();
         {
             let mut t = self.inner.table.write();
-            t.topics.insert(cfg.topic_name.clone(), cfg);
+            t.topics.insert(name.clone(), cfg);
             t.version.next_version();
+            self.mark_register(Some(&name));
         }
         self.changed();
     }
@@ -136,6 +138,8 @@ impl TopicConfigManager {
             let removed = t.topics.remove(topic).is_some();
             if removed {
                 t.version.next_version();
+                // An incremental registration cannot say "gone".
+                self.mark_register(None);
             }
             removed
         };
@@ -208,6 +212,7 @@ impl TopicConfigManager {
             };
             t.topics.insert(topic.to_string(), cfg.clone());
             t.version.next_version();
+            self.mark_register(Some(topic));
             cfg
         };
         tracing::info!(
@@ -244,6 +249,7 @@ impl TopicConfigManager {
             };
             t.topics.insert(topic.to_string(), cfg.clone());
             t.version.next_version();
+            self.mark_register(Some(topic));
             cfg
         };
         tracing::info!(topic, queues = queue_nums, perm, "system topic created");
@@ -272,11 +278,40 @@ impl TopicConfigManager {
         self.inner.writer.stats()
     }
 
+    /// Takes what `slot` has pending: the full table, or the changed
+    /// topics' configs with the data version. The names are taken under
+    /// the table lock, and every change marks its name under that lock
+    /// before releasing it, so a data version read here never counts a
+    /// change whose topic is missing from the increment (a NameServer
+    /// applies topics only when the data version moved).
+    pub fn take_registration(&self, slot: &RegisterSlot) -> Option<Outgoing> {
+        let t = self.inner.table.read();
+        match slot.take()? {
+            RegisterWork::Full => Some(Outgoing::Full),
+            RegisterWork::Topics(names) => Some(Outgoing::Increment(TopicConfigSerializeWrapper {
+                topic_config_table: names
+                    .into_iter()
+                    .filter_map(|n| t.topics.get(&n).cloned().map(|c| (n, c)))
+                    .collect(),
+                data_version: t.version.clone(),
+            })),
+        }
+    }
+
+    /// Tells the NameServer registration tasks of a change (None: a
+    /// removal). Called with the table's write lock held; see
+    /// [`TopicConfigManager::take_registration`].
+    fn mark_register(&self, topic: Option<&str>) {
+        match topic {
+            Some(t) => self.inner.register_signal.topic_changed(t),
+            None => self.inner.register_signal.full(),
+        }
+    }
+
     fn changed(&self) {
         // As RocketMQ, the request is answered once the table changed in
         // memory; the file follows (coalesced with other changes).
         self.inner.writer.mark_dirty();
-        self.inner.register_signal.notify_one();
     }
 }
 
@@ -367,7 +402,7 @@ mod tests {
     #[test]
     fn startup_topics_present() {
         let dir = tempfile::tempdir().unwrap();
-        let m = TopicConfigManager::new(&cfg(dir.path()), Arc::new(Notify::new())).unwrap();
+        let m = TopicConfigManager::new(&cfg(dir.path()), Arc::new(RegisterSignal::new())).unwrap();
         let tbw = m.get("TBW102").unwrap();
         assert_eq!(tbw.perm, 7);
         assert_eq!(tbw.write_queue_nums, 8);
@@ -383,7 +418,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(dir.path());
         c.auto_create_topic_enable = false;
-        let m = TopicConfigManager::new(&c, Arc::new(Notify::new())).unwrap();
+        let m = TopicConfigManager::new(&c, Arc::new(RegisterSignal::new())).unwrap();
         assert!(m.get("TBW102").is_none());
         assert!(m.create_in_send("T1", "TBW102", 4, 0).is_none());
     }
@@ -391,7 +426,7 @@ mod tests {
     #[test]
     fn create_in_send_inherits_and_bumps_version() {
         let dir = tempfile::tempdir().unwrap();
-        let signal = Arc::new(Notify::new());
+        let signal = Arc::new(RegisterSignal::new());
         let m = TopicConfigManager::new(&cfg(dir.path()), signal).unwrap();
         let v0 = m.data_version();
         let t = m.create_in_send("NewTopic", "TBW102", 16, 0).unwrap();
@@ -411,7 +446,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path());
         {
-            let m = TopicConfigManager::new(&c, Arc::new(Notify::new())).unwrap();
+            let m = TopicConfigManager::new(&c, Arc::new(RegisterSignal::new())).unwrap();
             let mut t = TopicConfig::new("Persisted");
             t.read_queue_nums = 3;
             t.write_queue_nums = 3;
@@ -426,7 +461,7 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("config/topics.json")).unwrap();
         assert!(text.contains("\"topicConfigTable\""), "{text}");
         assert!(text.contains("\"dataVersion\""), "{text}");
-        let m = TopicConfigManager::new(&c, Arc::new(Notify::new())).unwrap();
+        let m = TopicConfigManager::new(&c, Arc::new(RegisterSignal::new())).unwrap();
         let t = m.get("Persisted").unwrap();
         assert_eq!(t.read_queue_nums, 3);
         assert!(t.order);
@@ -444,9 +479,12 @@ mod tests {
         let mut disk = SimVfs::new();
         let mut next = 0usize;
         for round in 0..20u64 {
-            let m =
-                TopicConfigManager::with_vfs(&c, Arc::new(Notify::new()), Arc::new(disk.clone()))
-                    .unwrap();
+            let m = TopicConfigManager::with_vfs(
+                &c,
+                Arc::new(RegisterSignal::new()),
+                Arc::new(disk.clone()),
+            )
+            .unwrap();
             // What survived the previous cut is a prefix of the topics made.
             let have = (0..next)
                 .take_while(|i| m.contains(&format!("P{i:04}")))
@@ -479,8 +517,12 @@ mod tests {
                 .unwrap();
         }
         // A completed save survives a cut right after it.
-        let m = TopicConfigManager::with_vfs(&c, Arc::new(Notify::new()), Arc::new(disk.clone()))
-            .unwrap();
+        let m = TopicConfigManager::with_vfs(
+            &c,
+            Arc::new(RegisterSignal::new()),
+            Arc::new(disk.clone()),
+        )
+        .unwrap();
         m.update(TopicConfig::new("Last"));
         m.persist().unwrap();
         let disk = disk
@@ -489,7 +531,8 @@ mod tests {
                 torn_probability: 1.0,
             })
             .unwrap();
-        let m = TopicConfigManager::with_vfs(&c, Arc::new(Notify::new()), Arc::new(disk)).unwrap();
+        let m = TopicConfigManager::with_vfs(&c, Arc::new(RegisterSignal::new()), Arc::new(disk))
+            .unwrap();
         assert!(m.contains("Last"));
     }
 
@@ -498,7 +541,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("config")).unwrap();
         std::fs::write(dir.path().join("config/topics.json"), b"{not json").unwrap();
-        let err = TopicConfigManager::new(&cfg(dir.path()), Arc::new(Notify::new()))
+        let err = TopicConfigManager::new(&cfg(dir.path()), Arc::new(RegisterSignal::new()))
             .err()
             .unwrap();
         assert!(err.to_string().contains("topics.json"), "{err}");

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apogee_broker::error::BrokerError;
+use apogee_broker::register::RegisterSignal;
 use apogee_broker::subscription_group::SubscriptionGroupManager;
 use apogee_broker::topic_config::TopicConfigManager;
 use apogee_broker::BrokerConfig;
@@ -19,7 +20,6 @@ use apogee_protocol::body::{SubscriptionGroupConfig, TopicConfig};
 use apogee_store::vfs::fault::{FaultRule, FaultyVfs};
 use apogee_store::vfs::{self, Op};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
@@ -83,7 +83,7 @@ fn errno_of(e: &BrokerError) -> Option<i32> {
 
 /// The topics a freshly loaded manager finds on disk (the file as it is).
 fn topics_on_disk(cfg: &BrokerConfig) -> TopicConfigManager {
-    TopicConfigManager::new(cfg, Arc::new(Notify::new())).expect("topics.json readable")
+    TopicConfigManager::new(cfg, Arc::new(RegisterSignal::new())).expect("topics.json readable")
 }
 
 #[test]
@@ -102,9 +102,12 @@ fn config_saves_survive_enospc_and_eio() {
     let mut cfg = BrokerConfig::default();
     cfg.store.store_path_root_dir = dir.path().to_path_buf();
     let fvfs = FaultyVfs::new(vfs::real());
-    let topics =
-        TopicConfigManager::with_vfs(&cfg, Arc::new(Notify::new()), Arc::new(fvfs.clone()))
-            .unwrap();
+    let topics = TopicConfigManager::with_vfs(
+        &cfg,
+        Arc::new(RegisterSignal::new()),
+        Arc::new(fvfs.clone()),
+    )
+    .unwrap();
     let groups = SubscriptionGroupManager::with_vfs(&cfg, Arc::new(fvfs.clone())).unwrap();
     topics.update(topic("Before".into()));
     topics.persist().unwrap();

@@ -221,7 +221,7 @@ fn create_topic_for_send(
         h.default_topic_queue_nums,
         sys_flag,
     ) {
-        ctx.request_register();
+        // The table registers the new topic with the NameServers.
         return Ok(tc);
     }
     if is_retry {
@@ -231,7 +231,6 @@ fn create_topic_for_send(
             PermName::PERM_READ | PermName::PERM_WRITE,
             sys_flag,
         );
-        ctx.request_register();
         return Ok(tc);
     }
     Err(Reject::new(

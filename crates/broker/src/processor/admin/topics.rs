@@ -121,8 +121,8 @@ pub(super) async fn update_and_create_topic(
         created = current.is_none(),
         "topic updated"
     );
+    // Registered with the NameServers incrementally by the table itself.
     ctx.topics.update(cfg);
-    ctx.request_register();
     ok()
 }
 
@@ -147,12 +147,10 @@ pub(super) async fn delete_topic(
             format!("The topic[{}] is conflict with system topic.", h.topic),
         );
     }
+    // A removal asks for a full registration by itself.
     let existed = ctx.topics.delete(&h.topic);
     // Offsets of a deleted topic would resurface if it were re-created.
     ctx.offsets.remove_topic(&h.topic);
-    if existed {
-        ctx.request_register();
-    }
     // Its queues and queue offsets go too (also when the config was already
     // gone, so a failed attempt can be retried), as Java's deleteTopics: a
     // re-created topic starts at offset 0 with no old messages.
