@@ -4,6 +4,7 @@
 pub mod consume;
 pub mod produce;
 pub mod report;
+pub mod scale;
 pub mod store;
 
 use clap::Subcommand;
@@ -31,6 +32,16 @@ pub enum BenchCommand {
                             apogee bench consume --tag TagA --from last\n  \
                             apogee bench consume --count 1000000 --json")]
     Consume(consume::ConsumeArgs),
+    /// Create many topics and subscription groups on one broker, then
+    /// report creation rate, settling time, memory, threads, routability,
+    /// route lookup latency and produce throughput over all the topics.
+    #[command(
+        after_help = "Examples:\n  apogee bench scale -n 127.0.0.1:9876 --broker-pid $(pgrep -f 'apogee standalone')\n  \
+                            apogee bench scale -t 100000 -g 1000 --broker-pid 4242 --json\n  \
+                            apogee bench scale -t 10000 -b 127.0.0.1:10911 --produce-secs 0\n  \
+                            apogee bench scale -t 1000 --route-samples 0 --lookups 20000"
+    )]
+    Scale(scale::ScaleArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -38,5 +49,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(args) => store::run(args),
         BenchCommand::Produce(args) => produce::run(args),
         BenchCommand::Consume(args) => consume::run(args),
+        BenchCommand::Scale(args) => scale::run(args),
     }
 }
