@@ -71,6 +71,12 @@ pub struct ScaleArgs {
     /// Message body size of the produce runs.
     #[arg(short = 's', long, default_value_t = 1024)]
     size: usize,
+    /// Queues of each topic the spread run writes to (default: all). Every
+    /// queue written to gets its own ConsumeQueue file, with its whole size
+    /// reserved on disk (6 MB by default) and mapped: topics x queues files
+    /// must fit the disk and `vm.max_map_count`.
+    #[arg(long)]
+    produce_queues: Option<i32>,
     /// Sends in flight during the produce runs.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
@@ -516,7 +522,11 @@ async fn produce(
         while start.elapsed() < d {
             let seq = next.fetch_add(1, Ordering::Relaxed);
             let topic = &topics[(seq % topics.len() as u64) as usize];
-            let queue = ((seq / topics.len() as u64) % args.queues as u64) as i32;
+            let spread = args
+                .produce_queues
+                .unwrap_or(args.queues)
+                .clamp(1, args.queues);
+            let queue = ((seq / topics.len() as u64) % spread as u64) as i32;
             let header = SendMessageRequestHeader {
                 producer_group: group.clone(),
                 topic: topic.clone(),

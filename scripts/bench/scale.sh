@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue 11 scale run: a fresh `apogee standalone` (release build, defaults)
+# on random loopback ports with its data in DIR/data, then `apogee bench
+# scale` against it with the standalone's pid (CPU, RssAnon, threads).
+#   scale.sh TOPICS GROUPS DIR [extra `bench scale` args]
+# e.g. scripts/bench/scale.sh 100000 1000 /tmp/scale --produce-secs 0
+# SCALE_SET="k=v k=v" adds broker settings (--set), e.g. a small
+# mappedFileSizeConsumeQueue: each queue produced to reserves one whole
+# ConsumeQueue file on disk (6 MB by default) -- mind the free space.
+# Prints the table (or, with --json, the JSON summary) and the load average
+# before and after. The whole run is bounded by SCALE_TIMEOUT seconds (default 1800);
+# the broker is stopped and its data removed on any exit.
+set -euo pipefail
+topics=${1:?topics}
+groups=${2:?groups}
+dir=${3:?work directory}
+shift 3
+here=$(cd "$(dirname "$0")" && pwd)
+apogee=${APOGEE:-$here/../../target/release/apogee}
+if [ -z "${APOGEE:-}" ]; then
+  (cd "$here/../.." && cargo build --release -p apogee -q)
+fi
+mkdir -p "$dir/data"
+ns=$((20000 + RANDOM % 20000))
+"$apogee" standalone --set storePathRootDir="$dir/data" --set brokerIP1=127.0.0.1 \
+  --set bindAddress=127.0.0.1 --set listenPort=$((ns + 1)) --namesrv-port "$ns" \
+  $(for kv in ${SCALE_SET:-}; do printf -- '--set %s ' "$kv"; done) \
+  > "$dir/standalone.log" 2>&1 &
+broker=$!
+trap 'kill $broker 2>/dev/null || true; wait $broker 2>/dev/null || true; rm -rf "$dir/data"' EXIT
+# Wait for the broker to listen (and register) rather than a fixed sleep.
+for _ in $(seq 1 100); do
+  grep -q 'apogee broker listening on' "$dir/standalone.log" && break
+  sleep 0.1
+done
+sleep 1
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+timeout "${SCALE_TIMEOUT:-1800}" "$apogee" bench scale -n 127.0.0.1:$ns -b 127.0.0.1:$((ns + 1)) \
+  --broker-pid $broker -t "$topics" -g "$groups" "$@" | tee "$dir/scale.out"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
