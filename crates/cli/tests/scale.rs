@@ -4,10 +4,10 @@
 //! bounded. The numbers come from `apogee bench scale --json`, so the
 //! benchmark is exercised too.
 //!
-//! Routability: on main a topic change asks for one full re-registration
-//! (requests during a burst collapse into one), so after the burst every
-//! topic must be routable within the settle bound. This test asserts that,
-//! not how fast incremental registration (branch `reg`) would get there.
+//! Routability: the broker sends changed topics to the NameServer
+//! incrementally and at once (compressed when the table is large), so every
+//! topic must be routable within the settle bound after the burst; the bound
+//! is generous, the measured figure is in docs/BENCHMARKS.md.
 
 mod support;
 
@@ -23,7 +23,7 @@ const SETTLE_S: u64 = 50;
 /// margin allows for tokio's blocking pool growing under the burst.
 const MAX_THREADS: u64 = 40;
 /// Measured (debug build, 10,000 topics x 8 queues, 1,000 groups): 15.5 MiB
-/// before, 45 MiB settled; release 105 MiB settled. About 3x margin.
+/// before, 45 MiB settled; release 83-107 MiB settled. About 3x margin.
 const MAX_ANON_MIB: f64 = 320.0;
 
 #[test]
@@ -66,10 +66,8 @@ fn ten_thousand_topics_and_a_thousand_groups() {
         "not every topic routable within {SETTLE_S} s: {r}"
     );
     assert_eq!(r["lookup_failures"], 0, "{r}");
-    for at in ["after"] {
-        let threads = num(&format!("/{at}/threads")).expect("threads read");
-        assert!(threads <= MAX_THREADS as f64, "{threads} threads {at}: {r}");
-        let anon = num(&format!("/{at}/rss_anon_mib")).expect("RssAnon read");
-        assert!(anon <= MAX_ANON_MIB, "RssAnon {anon} MiB {at}: {r}");
-    }
+    let threads = num("/after/threads").expect("threads read");
+    assert!(threads <= MAX_THREADS as f64, "{threads} threads: {r}");
+    let anon = num("/after/rss_anon_mib").expect("RssAnon read");
+    assert!(anon <= MAX_ANON_MIB, "RssAnon {anon} MiB: {r}");
 }
