@@ -71,12 +71,12 @@ pub struct ScaleArgs {
     /// Message body size of the produce runs.
     #[arg(short = 's', long, default_value_t = 1024)]
     size: usize,
-    /// Queues of each topic the spread run writes to (default: all). Every
-    /// queue written to gets its own ConsumeQueue file, with its whole size
-    /// reserved on disk (6 MB by default) and mapped: topics x queues files
-    /// must fit the disk and `vm.max_map_count`.
-    #[arg(long)]
-    produce_queues: Option<i32>,
+    /// Queues of each topic the produce runs write to (at most --queues).
+    /// Every queue written to gets its own ConsumeQueue file, with its whole
+    /// size reserved on disk (6 MB by default), open and mapped: topics x
+    /// these queues must fit the disk, `ulimit -n` and `vm.max_map_count`.
+    #[arg(long, default_value_t = 1)]
+    produce_queues: i32,
     /// Sends in flight during the produce runs.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
@@ -397,6 +397,7 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
         "produce_one_topic": one.as_ref().map(ProduceResult::json),
         "produce_all_topics": many.as_ref().map(ProduceResult::json),
         "produce_ratio": ratio.map(round3),
+        "produce_queues": args.produce_queues.clamp(1, args.queues),
     });
     if args.json {
         println!("{summary}");
@@ -522,10 +523,7 @@ async fn produce(
         while start.elapsed() < d {
             let seq = next.fetch_add(1, Ordering::Relaxed);
             let topic = &topics[(seq % topics.len() as u64) as usize];
-            let spread = args
-                .produce_queues
-                .unwrap_or(args.queues)
-                .clamp(1, args.queues);
+            let spread = args.produce_queues.clamp(1, args.queues);
             let queue = ((seq / topics.len() as u64) % spread as u64) as i32;
             let header = SendMessageRequestHeader {
                 producer_group: group.clone(),
