@@ -5,8 +5,8 @@
 
 mod ba_common;
 
-use std::io;
-use std::sync::Arc;
+use ba_common::Capture;
+
 use std::time::Duration;
 
 use apogee_protocol::body::TopicConfig;
@@ -14,30 +14,6 @@ use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::header::send::SendMessageRequestHeader;
 use apogee_protocol::RemotingCommand;
 use bytes::Bytes;
-use parking_lot::Mutex;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 fn refusal_lines(cap: &Capture) -> Vec<String> {
     cap.lines()

@@ -6,7 +6,8 @@
 //! clears, the retry (or the next change) saves the latest state. One test
 //! in this binary: it installs the process-wide subscriber.
 
-use std::io;
+mod ba_common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,34 +20,10 @@ use apogee_broker::BrokerConfig;
 use apogee_protocol::body::{SubscriptionGroupConfig, TopicConfig};
 use apogee_store::vfs::fault::{FaultRule, FaultyVfs};
 use apogee_store::vfs::{self, Op};
-use parking_lot::Mutex;
+use ba_common::Capture;
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self, level: &str, what: &str, file: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock())
-            .lines()
-            .filter(|l| l.contains(level) && l.contains(what) && l.contains(file))
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 fn topic(name: String) -> TopicConfig {
     TopicConfig {
@@ -189,18 +166,18 @@ fn config_saves_survive_enospc_and_eio() {
     // One error line per file for all those failed saves, naming the file
     // and the cause; one line each time saving works again.
     for file in ["topics.json", "subscriptionGroup.json"] {
-        let errors = cap.lines("ERROR", "cannot save config file", file);
+        let errors = cap.matching(&["ERROR", "cannot save config file", file]);
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert!(errors[0].contains("No space left on device"), "{errors:?}");
     }
     assert_eq!(
-        cap.lines("INFO", "config file saved again", "topics.json")
+        cap.matching(&["INFO", "config file saved again", "topics.json"])
             .len(),
         8
     );
     // The summary line counts the suppressed failures.
     apogee_throttle::flush_all();
-    let errors = cap.lines("ERROR", "cannot save config file", "topics.json");
+    let errors = cap.matching(&["ERROR", "cannot save config file", "topics.json"]);
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(errors[1].contains("repeated"), "{errors:#?}");
 }
