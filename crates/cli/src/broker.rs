@@ -76,8 +76,40 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Raise the soft limit on open files to the hard limit. The store keeps one
+/// file open per ConsumeQueue segment, so the common default of 1,024 stalls
+/// dispatch after about a thousand queues; the hard limit is what the
+/// operator granted (the Go runtime does the same at start).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        tracing::info!(open_files = lim.rlim_cur, "open files limit");
+        return;
+    }
+    let from = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the struct we own; raising the soft limit up
+    // to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::info!(from, to = lim.rlim_cur, "raised the open files limit");
+    } else {
+        tracing::warn!(
+            open_files = from,
+            "cannot raise the open files limit; each ConsumeQueue segment keeps a file open"
+        );
+    }
+}
+
 /// Starts the broker and prints where it listens and what it advertises.
 pub async fn start_broker(config: BrokerConfig) -> anyhow::Result<BrokerController> {
+    raise_open_files_limit();
     println!(
         "apogee broker data folder {}",
         config.store.store_path_root_dir.display()
