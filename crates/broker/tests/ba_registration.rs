@@ -6,34 +6,10 @@ mod ba_common;
 
 use std::time::Duration;
 
-use apogee_protocol::body::{TopicConfig, TopicRouteData};
-use apogee_protocol::code::{request_code, response_code};
-use apogee_protocol::header::GetRouteInfoRequestHeader;
-use apogee_protocol::RemotingCommand;
+use apogee_protocol::body::TopicConfig;
+use apogee_protocol::code::response_code;
 use apogee_remoting::{ClientConfig, RemotingClient};
 use ba_common::*;
-
-async fn route(client: &RemotingClient, namesrv: &str, topic: &str) -> Option<TopicRouteData> {
-    let h = GetRouteInfoRequestHeader {
-        topic: topic.into(),
-        ..Default::default()
-    };
-    let cmd = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC).with_header(&h);
-    let resp = client
-        .invoke(namesrv, cmd, TIMEOUT)
-        .await
-        .expect("route call");
-    if resp.code != response_code::SUCCESS {
-        assert_eq!(
-            resp.code,
-            response_code::TOPIC_NOT_EXIST,
-            "{:?}",
-            resp.remark
-        );
-        return None;
-    }
-    Some(TopicRouteData::decode(resp.body.as_deref().unwrap_or_default()).expect("route body"))
-}
 
 async fn wait_route(client: &RemotingClient, namesrv: &str, topic: &str, present: bool) -> bool {
     for _ in 0..250 {

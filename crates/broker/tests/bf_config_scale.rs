@@ -7,23 +7,8 @@ mod ba_common;
 use std::time::{Duration, Instant};
 
 use apogee_protocol::body::TopicConfigSerializeWrapper;
-use apogee_protocol::code::{request_code, response_code};
-use apogee_protocol::header::CreateTopicRequestHeader;
-use apogee_protocol::RemotingCommand;
-
-fn create(topic: String) -> RemotingCommand {
-    RemotingCommand::request(request_code::UPDATE_AND_CREATE_TOPIC).with_header(
-        &CreateTopicRequestHeader {
-            topic,
-            default_topic: "TBW102".into(),
-            read_queue_nums: 4,
-            write_queue_nums: 4,
-            perm: 6,
-            topic_filter_type: "SINGLE_TAG".into(),
-            ..Default::default()
-        },
-    )
-}
+use apogee_protocol::code::response_code;
+use ba_common::create_topic;
 
 /// Process CPU time (user + system) from /proc.
 fn cpu_time() -> Duration {
@@ -55,7 +40,7 @@ async fn create_many(n: usize) -> u64 {
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     for i in 0..n {
-        let resp = b.call(create(format!("ScaleTopic-{i:05}"))).await;
+        let resp = b.call(create_topic(format!("ScaleTopic-{i:05}"))).await;
         assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
     }
     let answered = t0.elapsed();

@@ -8,9 +8,7 @@ mod ba_common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apogee_protocol::code::{request_code, response_code};
-use apogee_protocol::header::{CreateTopicRequestHeader, GetRouteInfoRequestHeader};
-use apogee_protocol::RemotingCommand;
+use apogee_protocol::code::response_code;
 use apogee_remoting::{ClientConfig, RemotingClient};
 use ba_common::*;
 use futures::stream::{self, StreamExt};
@@ -28,45 +26,14 @@ const PROBE_EVERY: usize = 250;
 const MAX_PROBE_LAG: Duration = Duration::from_secs(1);
 const MAX_ALL_ROUTABLE: Duration = Duration::from_secs(3);
 
-fn create(topic: String) -> RemotingCommand {
-    RemotingCommand::request(request_code::UPDATE_AND_CREATE_TOPIC).with_header(
-        &CreateTopicRequestHeader {
-            topic,
-            default_topic: "TBW102".into(),
-            read_queue_nums: 4,
-            write_queue_nums: 4,
-            perm: 6,
-            topic_filter_type: "SINGLE_TAG".into(),
-            ..Default::default()
-        },
-    )
-}
-
 fn name(i: usize) -> String {
     format!("RegScale-{i:05}")
-}
-
-async fn routable(client: &RemotingClient, namesrv: &str, topic: &str) -> bool {
-    let h = GetRouteInfoRequestHeader {
-        topic: topic.into(),
-        ..Default::default()
-    };
-    let cmd = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC).with_header(&h);
-    let resp = client
-        .invoke(namesrv, cmd, TIMEOUT)
-        .await
-        .expect("route call");
-    match resp.code {
-        response_code::SUCCESS => true,
-        response_code::TOPIC_NOT_EXIST => false,
-        other => panic!("route of {topic}: code {other} {:?}", resp.remark),
-    }
 }
 
 /// Polls until `topic` is routable; returns how long that took.
 async fn wait_routable(client: &RemotingClient, namesrv: &str, topic: &str) -> Duration {
     let t0 = Instant::now();
-    while !routable(client, namesrv, topic).await {
+    while route(client, namesrv, topic).await.is_none() {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "{topic} never routable"
@@ -99,7 +66,7 @@ async fn a_burst_of_creations_is_registered_incrementally_and_at_once() {
             let lookups = Arc::clone(&lookups);
             let ns_addr = ns_addr.clone();
             async move {
-                let resp = broker.call(create(name(i))).await;
+                let resp = broker.call(create_topic(name(i))).await;
                 assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
                 if i % PROBE_EVERY != 0 {
                     return None;
@@ -136,7 +103,11 @@ async fn a_burst_of_creations_is_registered_incrementally_and_at_once() {
     // And every one answers GET_ROUTEINFO_BY_TOPIC.
     let t2 = Instant::now();
     for i in 0..TOPICS {
-        assert!(routable(&lookups, &ns_addr, &name(i)).await, "{}", name(i));
+        assert!(
+            route(&lookups, &ns_addr, &name(i)).await.is_some(),
+            "{}",
+            name(i)
+        );
     }
     let lookups_took = t2.elapsed();
     let mut lags = Vec::new();

@@ -213,3 +213,50 @@ impl Capture {
             .collect()
     }
 }
+
+/// UPDATE_AND_CREATE_TOPIC for `topic` with 4 read / 4 write queues.
+pub fn create_topic(topic: String) -> RemotingCommand {
+    RemotingCommand::request(request_code::UPDATE_AND_CREATE_TOPIC).with_header(
+        &apogee_protocol::header::CreateTopicRequestHeader {
+            topic,
+            default_topic: "TBW102".into(),
+            read_queue_nums: 4,
+            write_queue_nums: 4,
+            perm: 6,
+            topic_filter_type: "SINGLE_TAG".into(),
+            ..Default::default()
+        },
+    )
+}
+
+/// The NameServer's route for `topic`; None when it answers TOPIC_NOT_EXIST
+/// (any other answer fails the test).
+pub async fn route(
+    client: &RemotingClient,
+    namesrv: &str,
+    topic: &str,
+) -> Option<apogee_protocol::body::TopicRouteData> {
+    use apogee_protocol::code::response_code;
+    let h = apogee_protocol::header::GetRouteInfoRequestHeader {
+        topic: topic.into(),
+        ..Default::default()
+    };
+    let cmd = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC).with_header(&h);
+    let resp = client
+        .invoke(namesrv, cmd, TIMEOUT)
+        .await
+        .expect("route call");
+    if resp.code != response_code::SUCCESS {
+        assert_eq!(
+            resp.code,
+            response_code::TOPIC_NOT_EXIST,
+            "route of {topic}: {:?}",
+            resp.remark
+        );
+        return None;
+    }
+    Some(
+        apogee_protocol::body::TopicRouteData::decode(resp.body.as_deref().unwrap_or_default())
+            .expect("route body"),
+    )
+}
