@@ -106,6 +106,18 @@ impl Drop for Tmpfs {
 }
 
 /// Disk usage read from an atomic the test sets (percent).
+/// Small 8 KiB segments, nothing expired (fileReservedTime 72 h) and
+/// RocketMQ's default ratios: 75 % max used, 85 % clean forcibly, 90 % refuse.
+fn pressure_config(dir: &Path) -> MessageStoreConfig {
+    let mut cfg = small_config(dir);
+    cfg.mapped_file_size_commit_log = 8 * 1024;
+    cfg.file_reserved_time = 72;
+    cfg.disk_max_used_space_ratio = 75;
+    cfg.disk_space_clean_forcibly_ratio = 85;
+    cfg.disk_space_warning_level_ratio = 90;
+    cfg
+}
+
 fn settable_probe(v: &Arc<AtomicU64>) -> StoreHooks {
     let v = v.clone();
     StoreHooks {
@@ -121,11 +133,7 @@ fn settable_probe(v: &Arc<AtomicU64>) -> StoreHooks {
 #[test]
 fn forced_deletion_above_clean_forcibly_ratio() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = small_config(dir.path());
-    cfg.mapped_file_size_commit_log = 8 * 1024;
-    cfg.file_reserved_time = 72; // nothing is expired
-    cfg.disk_max_used_space_ratio = 75;
-    cfg.disk_space_clean_forcibly_ratio = 85;
+    let mut cfg = pressure_config(dir.path()); // nothing is expired
     cfg.disk_space_warning_level_ratio = 100;
     // Rounds only when the test asks.
     cfg.clean_resource_interval = 3_600_000;
@@ -202,12 +210,7 @@ fn forced_deletion_above_clean_forcibly_ratio() {
 #[test]
 fn refused_writes_resume_without_an_operator() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = small_config(dir.path());
-    cfg.mapped_file_size_commit_log = 8 * 1024;
-    cfg.file_reserved_time = 72;
-    cfg.disk_max_used_space_ratio = 75;
-    cfg.disk_space_clean_forcibly_ratio = 85;
-    cfg.disk_space_warning_level_ratio = 90;
+    let mut cfg = pressure_config(dir.path());
     cfg.clean_resource_interval = 3_600_000; // only pressure triggers rounds
     cfg.disk_check_interval = 20;
     // A reader holds the first segment: its deletion waits this long, so the
@@ -274,11 +277,7 @@ fn refused_writes_resume_without_an_operator() {
 #[test]
 fn undispatched_segment_deleted_when_dispatch_is_stalled_on_a_full_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = small_config(dir.path());
-    cfg.mapped_file_size_commit_log = 8 * 1024;
-    cfg.file_reserved_time = 72;
-    cfg.disk_max_used_space_ratio = 75;
-    cfg.disk_space_clean_forcibly_ratio = 85;
+    let mut cfg = pressure_config(dir.path());
     cfg.disk_space_warning_level_ratio = 100;
     cfg.clean_resource_interval = 3_600_000;
     cfg.disk_check_interval = 3_600_000;
@@ -590,12 +589,7 @@ fn real_full_disk_heals_by_itself() {
 #[test]
 fn enospc_is_survived_and_heals_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = small_config(dir.path());
-    cfg.mapped_file_size_commit_log = 8 * 1024;
-    cfg.file_reserved_time = 72;
-    cfg.disk_max_used_space_ratio = 75;
-    cfg.disk_space_clean_forcibly_ratio = 85;
-    cfg.disk_space_warning_level_ratio = 90;
+    let mut cfg = pressure_config(dir.path());
     cfg.disk_check_interval = 20;
     let faulty = FaultyVfs::new(vfs::real());
     let used = Arc::new(AtomicU64::new(50));
