@@ -723,6 +723,7 @@ async fn topic_create_get_list_and_delete() {
         .store_path_root_dir
         .join("consumequeue")
         .join("AdmT");
+    b.ctx.store.flush_consume_queues().unwrap();
     assert!(cq_dir.is_dir());
     b.ctx.offsets.commit("G", "AdmT", 0, 5);
     let del = DeleteTopicRequestHeader {

@@ -40,6 +40,14 @@ pub struct MessageStoreConfig {
     pub flush_commit_log_least_pages: u64,
     /// How often ConsumeQueues and index files are flushed and the checkpoint written (ms).
     pub flush_interval_consume_queue: u64,
+    /// A ConsumeQueue's new entries are written to its file once they fill
+    /// this many 4 KiB pages, or at the thorough interval (0: every flush).
+    pub flush_consume_queue_least_pages: u64,
+    /// Every ConsumeQueue's new entries are written at least this often (ms).
+    pub flush_consume_queue_thorough_interval: u64,
+    /// New ConsumeQueue entries held in memory before the dispatcher waits
+    /// for the ConsumeQueue flusher (bytes; not a RocketMQ key).
+    pub max_unwritten_consume_queue_bytes: u64,
     /// SYNC_FLUSH: how long a writer waits for its flush before FLUSH_DISK_TIMEOUT (ms).
     pub sync_flush_timeout: u64,
     /// Largest accepted message (and client batch), in encoded bytes.
@@ -84,6 +92,9 @@ impl Default for MessageStoreConfig {
             flush_interval_commit_log: 500,
             flush_commit_log_least_pages: 4,
             flush_interval_consume_queue: 1000,
+            flush_consume_queue_least_pages: 2,
+            flush_consume_queue_thorough_interval: 60_000,
+            max_unwritten_consume_queue_bytes: 256 << 20,
             sync_flush_timeout: 5000,
             max_message_size: 4 * 1024 * 1024,
             file_reserved_time: 72,

@@ -2,19 +2,37 @@
 //! entries (offset i64, size i32, tags code i64) in segment files under
 //! `consumequeue/<topic>/<queueId>/`. Written only by the dispatcher; read by
 //! pulls. Entry *n* lives at byte *n*×20 of the queue's logical space.
+//!
+//! A broker may hold hundreds of thousands of queues, so a queue costs no
+//! file, descriptor, mapping or buffer until it is written, and a few hundred
+//! bytes once idle. New entries go to an in-memory tail that readers see at
+//! once; the ConsumeQueue flusher ([`crate::store`]) writes tails into the
+//! segment files with `pwrite` and makes them durable, then drops them.
+//! Files are opened per operation and never kept open or mapped, so neither
+//! the open-files limit nor `vm.max_map_count` caps the number of queues,
+//! and segment files are sparse (no block is reserved ahead: a full disk
+//! fails a `pwrite` with an error, it cannot fault a store into a mapping).
+//! Until its tail is durable a queue holds the checkpoint's dispatch point
+//! back, so after a crash recovery rebuilds the tail from the CommitLog.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::{Mutex, RwLock};
+
 use crate::config::CQ_ENTRY_SIZE;
-use crate::error::Result;
-use crate::mapped_file::MappedFile;
-use crate::mapped_file_queue::MappedFileQueue;
-use crate::vfs::VfsRef;
+use crate::error::{Result, StoreError};
+use crate::mapped_file::segment_name;
+use crate::vfs::{OpenMode, VfsFile, VfsRef};
 
 /// Size field of a filler entry (pads a queue that does not start at 0).
 pub const FILLER_SIZE: i32 = i32::MAX;
+
+const ENTRY: usize = CQ_ENTRY_SIZE as usize;
+
+/// Entries copied out per read step (bounds the stack buffer of readers).
+const READ_CHUNK: usize = 256;
 
 /// One ConsumeQueue entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +49,8 @@ impl CqEntry {
     fn is_empty(&self) -> bool {
         self.phys_offset == 0 && self.size == 0 && self.tags_code == 0
     }
-    fn encode(&self) -> [u8; 20] {
-        let mut b = [0u8; 20];
+    fn encode(&self) -> [u8; ENTRY] {
+        let mut b = [0u8; ENTRY];
         b[..8].copy_from_slice(&self.phys_offset.to_be_bytes());
         b[8..12].copy_from_slice(&self.size.to_be_bytes());
         b[12..].copy_from_slice(&self.tags_code.to_be_bytes());
@@ -52,72 +70,193 @@ impl CqEntry {
     };
 }
 
+/// State every queue of one store shares with the ConsumeQueue flusher.
+#[derive(Default)]
+pub(crate) struct CqShared {
+    /// Queues with a tail (or file bytes) not yet durable; each is listed
+    /// once (see `Tail::listed`).
+    pub(crate) dirty: Mutex<Vec<Arc<ConsumeQueue>>>,
+    /// Bytes held in all tails.
+    pub(crate) tail_bytes: AtomicU64,
+    /// Entries were written straight into files (re-dispatch over existing
+    /// entries, truncation): the next flush must sync the whole file system.
+    pub(crate) files_unsynced: AtomicBool,
+}
+
+/// Entries `[start, start + bytes.len()/20)`: published to readers, not yet
+/// durable in the segment files.
+struct Tail {
+    start: i64,
+    bytes: Vec<u8>,
+    /// CommitLog offset and store time of the first real entry (for the
+    /// checkpoint: recovery must re-dispatch from there).
+    first_phys: i64,
+    first_ts: i64,
+    /// When the tail became non-empty (ms).
+    since_ms: i64,
+    /// The queue is on `CqShared::dirty`.
+    listed: bool,
+}
+
+/// What the flusher needs after writing one tail.
+pub(crate) struct TailWrite {
+    /// Entries below this are in the files (written, not yet synced).
+    pub(crate) upto: i64,
+    /// Segment files written.
+    pub(crate) files: Vec<PathBuf>,
+    /// A file or directory was created.
+    pub(crate) created: bool,
+}
+
 pub struct ConsumeQueue {
     topic: String,
     queue_id: i32,
-    mfq: MappedFileQueue,
+    vfs: VfsRef,
+    dir: PathBuf,
+    file_size: u64,
+    shared: Arc<CqShared>,
+    /// Segment files on disk: bases `[first, end)` in steps of `file_size`.
+    files: Mutex<(u64, u64)>,
+    tail: Mutex<Tail>,
+    /// Shared by file I/O; taken exclusively to retire the queue, so no
+    /// I/O of a deleted queue reaches files a new queue of the same name
+    /// may own.
+    io: RwLock<()>,
+    deleted: AtomicBool,
     /// Next logical offset (entries below it are published).
     max_logic: AtomicI64,
     /// First logical offset whose message is still in the CommitLog.
     min_logic: AtomicI64,
 }
 
+impl std::fmt::Debug for ConsumeQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumeQueue")
+            .field("topic", &self.topic)
+            .field("queue_id", &self.queue_id)
+            .field("min", &self.min_offset())
+            .field("max", &self.max_offset())
+            .finish()
+    }
+}
+
+/// Read up to `buf.len()` bytes at `off`; bytes past the end of a short
+/// file read as zeros (an empty entry).
+fn read_full(file: &dyn VfsFile, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], off + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
 impl ConsumeQueue {
-    /// Open (or create the directory of) one queue and find its end.
-    pub fn load(
+    /// Find the queue's files in `dir` (which need not exist) and its end.
+    pub(crate) fn load(
         vfs: &VfsRef,
         dir: &Path,
         topic: &str,
         queue_id: i32,
         file_size: u64,
+        shared: Arc<CqShared>,
     ) -> Result<ConsumeQueue> {
-        let mfq = MappedFileQueue::load(vfs, dir, file_size)?;
-        // An empty last file after a non-empty one (crash right after it was
-        // created) carries no entries: drop it so the end is found below.
-        while mfq.len() > 1 {
-            match mfq.last() {
-                Some(l)
-                    if l.read(0, CQ_ENTRY_SIZE)
-                        .and_then(CqEntry::decode)
-                        .is_some_and(|e| e.is_empty()) =>
-                {
-                    mfq.drop_from(l.base())
+        let mut bases = Vec::new();
+        if vfs.exists(dir) {
+            let rd = vfs
+                .list_dir(dir)
+                .map_err(|e| StoreError::io("list directory", dir, e))?;
+            for entry in rd {
+                let Some(name) = entry.name.to_str() else {
+                    continue;
+                };
+                if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+                    if let Ok(base) = name.parse::<u64>() {
+                        bases.push(base);
+                    }
                 }
-                _ => break,
             }
         }
-        let files = mfq.snapshot();
-        let mut max_logic = 0i64;
-        if let Some(last) = files.last() {
-            for f in &files {
-                f.set_wrote(f.size());
-                f.set_flushed(f.size());
+        bases.sort_unstable();
+        for (i, base) in bases.iter().enumerate() {
+            if !base.is_multiple_of(file_size) {
+                return Err(StoreError::Corrupt {
+                    path: dir.join(segment_name(*base)),
+                    reason: format!("segment name is not a multiple of the file size {file_size}"),
+                });
             }
+            if i > 0 && bases[i - 1] + file_size != *base {
+                return Err(StoreError::Corrupt {
+                    path: dir.join(segment_name(*base)),
+                    reason: format!("gap in segments after {}", segment_name(bases[i - 1])),
+                });
+            }
+        }
+        let first = bases.first().copied().unwrap_or(0);
+        let end = bases.last().map_or(0, |b| b + file_size);
+        let cq = ConsumeQueue {
+            topic: topic.to_owned(),
+            queue_id,
+            vfs: vfs.clone(),
+            dir: dir.to_path_buf(),
+            file_size,
+            shared,
+            files: Mutex::new((first, end)),
+            tail: Mutex::new(Tail {
+                start: 0,
+                bytes: Vec::new(),
+                first_phys: 0,
+                first_ts: 0,
+                since_ms: 0,
+                listed: false,
+            }),
+            io: RwLock::new(()),
+            deleted: AtomicBool::new(false),
+            max_logic: AtomicI64::new(0),
+            min_logic: AtomicI64::new((first / CQ_ENTRY_SIZE) as i64),
+        };
+        // An empty last file after a non-empty one (a crash right after it
+        // was created) carries no entries: drop it so the end is found below.
+        loop {
+            let (first, end) = cq.span();
+            if end <= first + file_size {
+                break;
+            }
+            let last = end - file_size;
+            match cq.read_file_entry(last) {
+                Ok(e) if e.is_empty() => cq.remove_last_file()?,
+                Ok(_) => break,
+                Err(e) => return Err(StoreError::io("read segment", cq.seg_path(last), e)),
+            }
+        }
+        let (first, end) = cq.span();
+        let mut max_logic = (first / CQ_ENTRY_SIZE) as i64;
+        if end > first {
+            let last = end - file_size;
             // Entries are written in order: binary-search the first empty one.
-            let n = last.size() / CQ_ENTRY_SIZE;
-            let (mut lo, mut hi) = (0u64, n);
+            let (mut lo, mut hi) = (0u64, file_size / CQ_ENTRY_SIZE);
+            let file = vfs
+                .open(&cq.seg_path(last), OpenMode::Existing)
+                .map_err(|e| StoreError::io("open segment", cq.seg_path(last), e))?;
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                let e = last
-                    .read(mid * CQ_ENTRY_SIZE, CQ_ENTRY_SIZE)
-                    .and_then(CqEntry::decode);
-                if e.is_some_and(|e| !e.is_empty()) {
+                let mut b = [0u8; ENTRY];
+                read_full(&*file, &mut b, mid * CQ_ENTRY_SIZE)
+                    .map_err(|e| StoreError::io("read segment", cq.seg_path(last), e))?;
+                if CqEntry::decode(&b).is_some_and(|e| !e.is_empty()) {
                     lo = mid + 1;
                 } else {
                     hi = mid;
                 }
             }
-            last.set_wrote(lo * CQ_ENTRY_SIZE);
-            last.set_flushed(lo * CQ_ENTRY_SIZE);
-            max_logic = ((last.base() + lo * CQ_ENTRY_SIZE) / CQ_ENTRY_SIZE) as i64;
+            max_logic = ((last + lo * CQ_ENTRY_SIZE) / CQ_ENTRY_SIZE) as i64;
         }
-        let cq = ConsumeQueue {
-            topic: topic.to_owned(),
-            queue_id,
-            min_logic: AtomicI64::new((mfq.min_offset() / CQ_ENTRY_SIZE) as i64),
-            mfq,
-            max_logic: AtomicI64::new(max_logic),
-        };
+        cq.max_logic.store(max_logic, Ordering::Release);
+        cq.tail.lock().start = max_logic;
         cq.skip_fillers();
         Ok(cq)
     }
@@ -135,8 +274,26 @@ impl ConsumeQueue {
     pub fn min_offset(&self) -> i64 {
         self.min_logic.load(Ordering::Acquire)
     }
-    pub fn segments(&self) -> &MappedFileQueue {
-        &self.mfq
+    /// Number of segment files on disk.
+    pub fn file_count(&self) -> u64 {
+        let (first, end) = self.span();
+        (end - first) / self.file_size
+    }
+    /// Bytes of entries held in memory, not yet durable in the files.
+    pub fn tail_len(&self) -> usize {
+        self.tail.lock().bytes.len()
+    }
+
+    fn span(&self) -> (u64, u64) {
+        *self.files.lock()
+    }
+
+    fn seg_path(&self, base: u64) -> PathBuf {
+        self.dir.join(segment_name(base))
+    }
+
+    fn seg_base(&self, byte_pos: u64) -> u64 {
+        byte_pos / self.file_size * self.file_size
     }
 
     fn skip_fillers(&self) {
@@ -150,77 +307,235 @@ impl ConsumeQueue {
         self.min_logic.store(m, Ordering::Release);
     }
 
-    fn segment_for(&self, byte_pos: u64) -> Result<Arc<MappedFile>> {
-        if let Some(f) = self.mfq.find(byte_pos) {
-            return Ok(f);
-        }
-        let size = self.mfq.file_size();
-        let base = byte_pos / size * size;
-        loop {
-            let next = match self.mfq.last() {
-                Some(l) => l.base() + size,
-                None => base,
-            };
-            let f = self.mfq.create(next)?;
-            if f.base() == base {
-                return Ok(f);
-            }
-            f.set_wrote(f.size());
-        }
+    /// First entry of the segment file at `base`.
+    fn read_file_entry(&self, base: u64) -> std::io::Result<CqEntry> {
+        let file = self.vfs.open(&self.seg_path(base), OpenMode::Existing)?;
+        let mut b = [0u8; ENTRY];
+        read_full(&*file, &mut b, 0)?;
+        Ok(CqEntry::decode(&b).unwrap_or(CqEntry {
+            phys_offset: 0,
+            size: 0,
+            tags_code: 0,
+        }))
     }
 
-    fn write_entry(&self, logic: i64, e: &CqEntry) -> Result<()> {
-        let pos = logic as u64 * CQ_ENTRY_SIZE;
-        let f = self.segment_for(pos)?;
-        let local = pos - f.base();
-        f.write_at(local, &e.encode())?;
-        if local < f.flushed() {
-            // Rewriting below the flushed mark (re-dispatch after recovery).
-            f.mark_dirty_from(local);
+    fn remove_last_file(&self) -> Result<()> {
+        let mut span = self.files.lock();
+        if span.1 <= span.0 {
+            return Ok(());
         }
-        if f.wrote() < local + CQ_ENTRY_SIZE {
-            f.set_wrote(local + CQ_ENTRY_SIZE);
+        let path = self.seg_path(span.1 - self.file_size);
+        match self.vfs.remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("delete segment", &path, e)),
         }
+        span.1 -= self.file_size;
+        if span.1 == span.0 {
+            *span = (0, 0);
+        }
+        self.shared.files_unsynced.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Make sure segment files exist up to and including the one at `base`
+    /// (files are contiguous; the first one starts where the entries do).
+    /// Returns true if it created one.
+    fn ensure_file(&self, base: u64) -> Result<bool> {
+        let mut span = self.files.lock();
+        if span.1 > span.0 && base >= span.0 && base < span.1 {
+            return Ok(false);
+        }
+        if span.1 > span.0 && base < span.0 {
+            return Err(StoreError::Corrupt {
+                path: self.seg_path(base),
+                reason: format!("write below the first segment {}", segment_name(span.0)),
+            });
+        }
+        if span.1 == span.0 {
+            // Not synced here: a flush that created anything syncs the
+            // whole file system (one call for any number of new queues).
+            self.vfs
+                .create_dir_all(&self.dir)
+                .map_err(|e| StoreError::io("create directory", &self.dir, e))?;
+            *span = (base, base);
+        }
+        while span.1 <= base {
+            let path = self.seg_path(span.1);
+            let f = self
+                .vfs
+                .open(&path, OpenMode::CreateNew)
+                .map_err(|e| StoreError::io("create segment", &path, e))?;
+            // Sparse: blocks are allocated as entries are written.
+            f.set_len(self.file_size)
+                .map_err(|e| StoreError::io("size segment", &path, e))?;
+            span.1 += self.file_size;
+        }
+        Ok(true)
+    }
+
+    /// `pwrite` `bytes` (whole entries) at logical offset `logic`, creating
+    /// segment files as needed. Returns the files written and whether any
+    /// was created.
+    fn write_files(&self, logic: i64, bytes: &[u8], out: &mut Vec<PathBuf>) -> Result<bool> {
+        let _io = self.io.read();
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let mut created = false;
+        let mut pos = logic as u64 * CQ_ENTRY_SIZE;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let base = self.seg_base(pos);
+            let local = pos - base;
+            let n = ((self.file_size - local) as usize).min(rest.len());
+            created |= self.ensure_file(base)?;
+            let path = self.seg_path(base);
+            let f = self
+                .vfs
+                .open(&path, OpenMode::Existing)
+                .map_err(|e| StoreError::io("open segment", &path, e))?;
+            f.write_all_at(&rest[..n], local)
+                .map_err(|e| StoreError::io("write segment", &path, e))?;
+            if !out.contains(&path) {
+                out.push(path);
+            }
+            rest = &rest[n..];
+            pos += n as u64;
+        }
+        Ok(created)
     }
 
     /// Record the message with queue offset `logic`. Re-dispatch after a
     /// crash overwrites an existing entry with the same value; a gap is
-    /// padded with filler entries.
-    pub fn put(&self, logic: i64, phys_offset: i64, size: i32, tags_code: i64) -> Result<()> {
+    /// padded with filler entries. `store_ts` is the message's store time.
+    pub fn put(
+        self: &Arc<Self>,
+        logic: i64,
+        phys_offset: i64,
+        size: i32,
+        tags_code: i64,
+        store_ts: i64,
+    ) -> Result<()> {
         if logic < 0 {
             return Ok(());
         }
-        let max = self.max_offset();
         let entry = CqEntry {
             phys_offset,
             size,
             tags_code,
-        };
-        if logic < max {
-            return self.write_entry(logic, &entry);
         }
+        .encode();
+        let max = self.max_offset();
+        let mut t = self.tail.lock();
+        if logic < max {
+            if logic >= t.start {
+                let at = (logic - t.start) as usize * ENTRY;
+                if let Some(slot) = t.bytes.get_mut(at..at + ENTRY) {
+                    slot.copy_from_slice(&entry);
+                }
+                return Ok(());
+            }
+            drop(t);
+            // Below the tail: already in a file (re-dispatch after recovery).
+            let mut files = Vec::new();
+            self.write_files(logic, &entry, &mut files)?;
+            self.shared.files_unsynced.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let was_empty = t.bytes.is_empty();
+        let mut start = max;
         if logic > max {
-            let file_size = self.mfq.file_size();
-            let start = if self.mfq.is_empty() {
+            let (first, end) = self.span();
+            if end == first && was_empty {
                 // A new queue that starts late: pad only its first file.
-                let first = (logic as u64 * CQ_ENTRY_SIZE) / file_size * file_size;
-                (first / CQ_ENTRY_SIZE) as i64
+                let first_file = self.seg_base(logic as u64 * CQ_ENTRY_SIZE);
+                start = (first_file / CQ_ENTRY_SIZE) as i64;
+                t.start = start;
+                self.min_logic.store(logic, Ordering::Release);
             } else {
                 tracing::warn!(topic = %self.topic, queue = self.queue_id, from = max, to = logic,
                     "gap in consume queue, padding with filler entries");
-                max
-            };
-            if self.mfq.is_empty() {
-                self.min_logic.store(logic, Ordering::Release);
+                if self.min_offset() >= max {
+                    // No live entry before the gap: the queue starts here,
+                    // never at a filler.
+                    self.min_logic.store(logic, Ordering::Release);
+                }
             }
-            for l in start..logic {
-                self.write_entry(l, &CqEntry::FILLER)?;
+            let filler = CqEntry::FILLER.encode();
+            for _ in start..logic {
+                t.bytes.extend_from_slice(&filler);
             }
         }
-        self.write_entry(logic, &entry)?;
+        t.bytes.extend_from_slice(&entry);
+        let added = (logic + 1 - start) as u64 * CQ_ENTRY_SIZE;
+        if was_empty {
+            t.first_phys = phys_offset;
+            t.first_ts = store_ts;
+            t.since_ms = crate::commit_log::now_ms();
+        }
+        let list = !t.listed;
+        t.listed = true;
         self.max_logic.store(logic + 1, Ordering::Release);
+        drop(t);
+        self.shared.tail_bytes.fetch_add(added, Ordering::Relaxed);
+        if list {
+            self.shared.dirty.lock().push(self.clone());
+        }
         Ok(())
+    }
+
+    /// Copy published entries from `from` on (at most `out.len() / 20`) into
+    /// `out`; returns how many, or None if the file holding `from` is gone.
+    fn copy_entries(&self, from: i64, out: &mut [u8]) -> Option<usize> {
+        let max = self.max_offset();
+        if from < 0 || from >= max {
+            return Some(0);
+        }
+        let want = ((max - from) as usize).min(out.len() / ENTRY);
+        let tail_start = {
+            let t = self.tail.lock();
+            if from >= t.start {
+                let at = (from - t.start) as usize * ENTRY;
+                let have = t.bytes.len().saturating_sub(at) / ENTRY;
+                let n = want.min(have);
+                out[..n * ENTRY].copy_from_slice(&t.bytes[at..at + n * ENTRY]);
+                return Some(n);
+            }
+            t.start
+        };
+        if self.deleted.load(Ordering::Acquire) {
+            return None;
+        }
+        let pos = from as u64 * CQ_ENTRY_SIZE;
+        let base = self.seg_base(pos);
+        let (first, end) = self.span();
+        if base < first || base >= end {
+            return None;
+        }
+        let in_seg = ((base + self.file_size - pos) / CQ_ENTRY_SIZE) as usize;
+        let n = want.min(in_seg).min((tail_start - from) as usize);
+        let _io = self.io.read();
+        if self.deleted.load(Ordering::Acquire) {
+            return None;
+        }
+        let path = self.seg_path(base);
+        let read = self
+            .vfs
+            .open(&path, OpenMode::Existing)
+            .and_then(|f| read_full(&*f, &mut out[..n * ENTRY], pos - base));
+        match read {
+            Ok(()) => Some(n),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    static READ_FAILED: apogee_throttle::LogThrottle =
+                        apogee_throttle::LogThrottle::new("ConsumeQueue read failed");
+                    apogee_throttle::throttled_warn!(READ_FAILED, (), path = %path.display(),
+                        error = %e, "cannot read a ConsumeQueue segment");
+                }
+                None
+            }
+        }
     }
 
     /// The published entry at `logic`.
@@ -228,10 +543,11 @@ impl ConsumeQueue {
         if logic < 0 || logic >= self.max_offset() {
             return None;
         }
-        let pos = logic as u64 * CQ_ENTRY_SIZE;
-        let f = self.mfq.find(pos)?;
-        f.read(pos - f.base(), CQ_ENTRY_SIZE)
-            .and_then(CqEntry::decode)
+        let mut b = [0u8; ENTRY];
+        match self.copy_entries(logic, &mut b)? {
+            0 => None,
+            _ => CqEntry::decode(&b),
+        }
     }
 
     /// Visit published entries from `from` on, at most `limit`, until `f`
@@ -243,17 +559,18 @@ impl ConsumeQueue {
         limit: usize,
         mut f: impl FnMut(i64, CqEntry) -> bool,
     ) -> Option<usize> {
-        let max = self.max_offset();
+        let mut buf = [0u8; READ_CHUNK * ENTRY];
         let mut logic = from;
         let mut visited = 0usize;
-        while logic < max && visited < limit {
-            let pos = logic as u64 * CQ_ENTRY_SIZE;
-            let seg = self.mfq.find(pos)?;
-            let local = pos - seg.base();
-            let in_seg = ((seg.size() - local) / CQ_ENTRY_SIZE) as i64;
-            let n = in_seg.min(max - logic).min((limit - visited) as i64);
-            let bytes = seg.read(local, n as u64 * CQ_ENTRY_SIZE)?;
-            for chunk in bytes.chunks_exact(CQ_ENTRY_SIZE as usize) {
+        while visited < limit {
+            let room = (limit - visited).min(READ_CHUNK) * ENTRY;
+            let n = match self.copy_entries(logic, &mut buf[..room]) {
+                Some(0) => break,
+                Some(n) => n,
+                None if visited == 0 => return None,
+                None => break,
+            };
+            for chunk in buf[..n * ENTRY].chunks_exact(ENTRY) {
                 let e = CqEntry::decode(chunk)?;
                 visited += 1;
                 if !f(logic, e) {
@@ -267,7 +584,7 @@ impl ConsumeQueue {
 
     /// Logical offset of the segment after the one holding `logic`.
     pub fn next_segment_start(&self, logic: i64) -> i64 {
-        let size = self.mfq.file_size();
+        let size = self.file_size;
         let pos = logic.max(0) as u64 * CQ_ENTRY_SIZE;
         ((pos / size + 1) * size / CQ_ENTRY_SIZE) as i64
     }
@@ -300,11 +617,18 @@ impl ConsumeQueue {
             }
             // Unpublish first, then clear the bytes.
             self.max_logic.store(max - 1, Ordering::Release);
-            let pos = (max - 1) as u64 * CQ_ENTRY_SIZE;
-            if let Some(f) = self.mfq.find(pos) {
-                f.write_at(pos - f.base(), &[0u8; 20])?;
-                f.set_wrote(pos - f.base());
-                f.mark_dirty_from(pos - f.base());
+            let mut t = self.tail.lock();
+            if max > t.start {
+                let keep = (max - 1 - t.start) as usize * ENTRY;
+                let cut = t.bytes.len().saturating_sub(keep) as u64;
+                t.bytes.truncate(keep);
+                self.shared.tail_bytes.fetch_sub(cut, Ordering::Relaxed);
+            } else {
+                t.start = max - 1;
+                drop(t);
+                let mut files = Vec::new();
+                self.write_files(max - 1, &[0u8; ENTRY], &mut files)?;
+                self.shared.files_unsynced.store(true, Ordering::Release);
             }
             max -= 1;
             removed += 1;
@@ -314,11 +638,12 @@ impl ConsumeQueue {
         }
         // A last file left empty would make the next load find the end
         // in the wrong file: remove it.
-        while self.mfq.len() > 1 {
-            match self.mfq.last() {
-                Some(l) if l.base() >= max as u64 * CQ_ENTRY_SIZE => self.mfq.drop_from(l.base()),
-                _ => break,
+        loop {
+            let (first, end) = self.span();
+            if end <= first + self.file_size || end - self.file_size < max as u64 * CQ_ENTRY_SIZE {
+                break;
             }
+            self.remove_last_file()?;
         }
         Ok(removed)
     }
@@ -327,6 +652,11 @@ impl ConsumeQueue {
     /// CommitLog (entries are sorted by CommitLog offset).
     pub fn correct_min_offset(&self, commitlog_min: u64) {
         let (mut lo, mut hi) = (self.min_offset(), self.max_offset());
+        // Most calls find the first entry still stored: one read.
+        match self.entry(lo) {
+            Some(e) if !e.is_filler() && (e.phys_offset as u64) >= commitlog_min => return,
+            _ => {}
+        }
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.entry(mid) {
@@ -340,10 +670,14 @@ impl ConsumeQueue {
     /// Delete segments whose every entry points below `commitlog_min`; the
     /// last segment is always kept. Returns the number deleted.
     pub fn delete_expired(&self, commitlog_min: u64) -> usize {
-        let files = self.mfq.snapshot();
         let mut n = 0;
-        for f in files.iter().take(files.len().saturating_sub(1)) {
-            let last_logic = ((f.base() + f.size()) / CQ_ENTRY_SIZE) as i64 - 1;
+        loop {
+            let (first, end) = self.span();
+            // Only whole files with a successor: the last one always stays.
+            if end < first + 2 * self.file_size {
+                break;
+            }
+            let last_logic = ((first + self.file_size) / CQ_ENTRY_SIZE) as i64 - 1;
             let below = match self.entry(last_logic) {
                 Some(e) => {
                     e.is_filler() || ((e.phys_offset + i64::from(e.size)) as u64) <= commitlog_min
@@ -353,24 +687,117 @@ impl ConsumeQueue {
             if !below {
                 break;
             }
-            f.destroy_now();
-            n += 1;
-        }
-        if n > 0 {
-            let first_remaining = files.get(n).map(|f| (f.base() / CQ_ENTRY_SIZE) as i64);
-            if let Some(m) = first_remaining {
-                self.min_logic.fetch_max(m, Ordering::AcqRel);
+            let path = self.seg_path(first);
+            match self.vfs.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete segment");
+                    break;
+                }
             }
-            self.mfq.remove_first(n);
+            tracing::info!(path = %path.display(), "deleted segment");
+            {
+                let mut span = self.files.lock();
+                if span.0 == first {
+                    span.0 += self.file_size;
+                }
+            }
+            self.min_logic.fetch_max(
+                ((first + self.file_size) / CQ_ENTRY_SIZE) as i64,
+                Ordering::AcqRel,
+            );
+            n += 1;
         }
         self.correct_min_offset(commitlog_min);
         n
     }
 
-    pub fn flush(&self) -> Result<()> {
-        for f in self.mfq.snapshot() {
-            f.flush(f.wrote())?;
-        }
-        Ok(())
+    /// The queue left the store (its topic was deleted and its folder moved
+    /// away): no later write or read touches its old paths.
+    pub(crate) fn retire(&self) {
+        let _io = self.io.write();
+        self.deleted.store(true, Ordering::Release);
+        let mut t = self.tail.lock();
+        let n = t.bytes.len() as u64;
+        t.bytes = Vec::new();
+        self.shared.tail_bytes.fetch_sub(n, Ordering::Relaxed);
     }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Whether the tail is due for writing: `force`, at least `least_bytes`,
+    /// or older than `max_age_ms`. Also the checkpoint bound of a tail that
+    /// stays: CommitLog offset and store time of its first entry.
+    pub(crate) fn tail_state(&self, now_ms: i64, least_bytes: usize, max_age_ms: i64) -> TailState {
+        let t = self.tail.lock();
+        if t.bytes.is_empty() {
+            return TailState::Empty;
+        }
+        if t.bytes.len() >= least_bytes || now_ms.saturating_sub(t.since_ms) >= max_age_ms {
+            TailState::Due
+        } else {
+            TailState::Kept {
+                first_phys: t.first_phys,
+                first_ts: t.first_ts,
+            }
+        }
+    }
+
+    /// Write the tail into the segment files (not synced; the tail stays in
+    /// memory until [`ConsumeQueue::tail_written`]).
+    pub(crate) fn write_tail(&self) -> Result<TailWrite> {
+        let (start, bytes) = {
+            let t = self.tail.lock();
+            (t.start, t.bytes.clone())
+        };
+        let mut files = Vec::new();
+        let created = self.write_files(start, &bytes, &mut files)?;
+        Ok(TailWrite {
+            upto: start + (bytes.len() / ENTRY) as i64,
+            files,
+            created,
+        })
+    }
+
+    /// Entries below `upto` are durable in the files: drop them from the
+    /// tail. Returns true if the tail still holds entries (the queue stays
+    /// listed), with the checkpoint bound of what is left.
+    pub(crate) fn tail_written(&self, upto: i64) -> Option<(i64, i64)> {
+        let mut t = self.tail.lock();
+        if upto > t.start {
+            let n = (((upto - t.start) as usize) * ENTRY).min(t.bytes.len());
+            t.bytes.drain(..n);
+            t.start = upto;
+            self.shared
+                .tail_bytes
+                .fetch_sub(n as u64, Ordering::Relaxed);
+            if !t.bytes.is_empty() {
+                // Written after the copy: their own store time is unknown
+                // here, but they are newer than the dispatch point the
+                // flusher checkpoints (see `Inner::flush_logics`).
+                if let Some(e) = t.bytes.get(..ENTRY).and_then(CqEntry::decode) {
+                    t.first_phys = e.phys_offset;
+                }
+                t.since_ms = crate::commit_log::now_ms();
+            }
+        }
+        if t.bytes.is_empty() {
+            // Give the memory back: an idle queue holds no buffer.
+            t.bytes = Vec::new();
+            t.listed = false;
+            None
+        } else {
+            Some((t.first_phys, t.first_ts))
+        }
+    }
+}
+
+/// See [`ConsumeQueue::tail_state`].
+pub(crate) enum TailState {
+    Empty,
+    Due,
+    Kept { first_phys: i64, first_ts: i64 },
 }

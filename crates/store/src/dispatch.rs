@@ -310,7 +310,13 @@ fn dispatch_at(
     if dispatchable {
         let tags_code = text(wanted.tags).map_or(0, |t| tags::tags_hash_code(&t));
         let cq = cache.queue(inner, info.topic, info.queue_id)?;
-        cq.put(info.queue_offset, pos as i64, total as i32, tags_code)?;
+        cq.put(
+            info.queue_offset,
+            pos as i64,
+            total as i32,
+            tags_code,
+            info.store_timestamp,
+        )?;
         build_index(inner, &cq, &wanted, pos, info.store_timestamp)?;
         if let Some(l) = listener {
             l.arriving(
@@ -395,7 +401,16 @@ pub(crate) fn dispatch_available(
         }
         inner.dispatched.store(pos, Ordering::Release);
     };
+    let limit = inner.cfg.max_unwritten_consume_queue_bytes;
     let r = loop {
+        let backlog = inner.cq_shared.tail_bytes.load(Ordering::Relaxed);
+        if backlog > limit {
+            inner.wake_cq_flusher();
+            break Err(StoreError::ConsumeQueueBacklog {
+                bytes: backlog,
+                limit,
+            });
+        }
         match dispatch_at(inner, cache, pos, listener.as_deref(), &mut last_ts) {
             Err(e) => break Err(e),
             Ok(Step::End) => break Ok(()),

@@ -51,6 +51,10 @@ pub enum StoreError {
     /// Configuration is invalid.
     #[error("invalid store config: {0}")]
     Config(String),
+    /// New ConsumeQueue entries wait in memory for a flusher that cannot
+    /// write them (dispatch pauses until it can).
+    #[error("{bytes} bytes of ConsumeQueue entries are not yet written (limit {limit}); the ConsumeQueue flusher is behind or failing")]
+    ConsumeQueueBacklog { bytes: u64, limit: u64 },
     /// Encoding a message failed in the protocol layer.
     #[error("message encoding failed: {0}")]
     Encode(String),

@@ -24,7 +24,7 @@ use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::cleanup::{self, DiskUsageProbe, StatvfsProbe};
 use crate::commit_log::CommitLog;
 use crate::config::{FlushDiskType, MessageStoreConfig};
-use crate::consume_queue::ConsumeQueue;
+use crate::consume_queue::{ConsumeQueue, CqShared, TailState};
 use crate::dispatch::{self, MessageArrivingListener};
 use crate::error::{Result, StoreError};
 use crate::flush::{self, FlushWait, FlushWaiters, WaitSlot};
@@ -237,6 +237,8 @@ pub(crate) struct Inner {
     /// Bumped whenever queues leave `cqs` (topic deletion): the dispatcher
     /// drops its cached queues when it changes.
     pub(crate) cq_generation: AtomicU64,
+    /// ConsumeQueue tails waiting for the flusher (see `consume_queue`).
+    pub(crate) cq_shared: Arc<CqShared>,
     pub(crate) index: Option<IndexService>,
     pub(crate) waiters: FlushWaiters,
     /// CommitLog offset up to which ConsumeQueue/index entries exist.
@@ -273,6 +275,7 @@ pub(crate) struct Inner {
     flusher_thread: OnceLock<Thread>,
     dispatcher_thread: OnceLock<Thread>,
     service_thread: OnceLock<Thread>,
+    cq_flusher_thread: OnceLock<Thread>,
     checkpoint: CheckpointFile,
     checkpoint_mu: Mutex<()>,
 }
@@ -292,6 +295,12 @@ impl Inner {
         self.out_of_space.store(true, Ordering::Release);
         self.clean_soon.store(true, Ordering::Release);
         if let Some(t) = self.service_thread.get() {
+            t.unpark();
+        }
+    }
+
+    pub(crate) fn wake_cq_flusher(&self) {
+        if let Some(t) = self.cq_flusher_thread.get() {
             t.unpark();
         }
     }
@@ -378,6 +387,7 @@ impl Inner {
             topic,
             queue_id,
             self.cfg.mapped_file_size_consume_queue,
+            self.cq_shared.clone(),
         )?);
         t.entry(topic.to_owned())
             .or_default()
@@ -393,13 +403,130 @@ impl Inner {
             .collect()
     }
 
-    /// Flush ConsumeQueues and index, then write the checkpoint.
+    /// Flush ConsumeQueues and index, then write the checkpoint. Writes
+    /// only the tails that are due (see `consume_queue`); the checkpoint's
+    /// dispatch point stays below every tail left in memory.
     pub(crate) fn flush_logics_and_checkpoint(&self) -> Result<()> {
+        self.flush_logics(false)
+    }
+
+    /// Like [`Inner::flush_logics_and_checkpoint`], writing every tail
+    /// (shutdown, topic deletion, tests).
+    pub(crate) fn flush_logics_all(&self) -> Result<()> {
+        self.flush_logics(true)
+    }
+
+    fn flush_logics(&self, force: bool) -> Result<()> {
+        /// More files than this written in one flush: one syncfs instead of
+        /// one fdatasync each.
+        const SYNC_EACH_MAX: usize = 32;
         let _g = self.checkpoint_mu.lock();
+        // Read before the dirty list: every entry below `dispatched` is
+        // either in a listed tail or already durable in its file.
         let dispatched = self.dispatched.load(Ordering::Acquire);
-        let logics_ts = self.dispatched_store_ts.load(Ordering::Acquire);
-        for cq in self.all_cqs() {
-            cq.flush()?;
+        let mut logics_ts = self.dispatched_store_ts.load(Ordering::Acquire);
+        let listed = std::mem::take(&mut *self.cq_shared.dirty.lock());
+        // Over half the memory budget: write everything now.
+        let force = force
+            || self.cq_shared.tail_bytes.load(Ordering::Relaxed)
+                > self.cfg.max_unwritten_consume_queue_bytes / 2;
+        let now = crate::commit_log::now_ms();
+        let least = if force {
+            0
+        } else {
+            (self.cfg.flush_consume_queue_least_pages as usize).saturating_mul(4096)
+        };
+        let max_age = if force {
+            0
+        } else {
+            self.cfg
+                .flush_consume_queue_thorough_interval
+                .min(i64::MAX as u64) as i64
+        };
+        let mut keep = Vec::new();
+        let mut written = Vec::new();
+        let mut files = Vec::new();
+        let mut created = false;
+        let mut safe = dispatched;
+        let mut failed = None;
+        for cq in listed {
+            if cq.is_retired() {
+                continue;
+            }
+            if failed.is_some() {
+                keep.push(cq);
+                continue;
+            }
+            match cq.tail_state(now, least.max(1), max_age) {
+                TailState::Empty => {
+                    if cq.tail_written(i64::MIN).is_some() {
+                        keep.push(cq);
+                    }
+                }
+                TailState::Kept {
+                    first_phys,
+                    first_ts,
+                } => {
+                    safe = safe.min(first_phys.max(0) as u64);
+                    logics_ts = logics_ts.min(first_ts);
+                    keep.push(cq);
+                }
+                TailState::Due => match cq.write_tail() {
+                    Ok(w) => {
+                        created |= w.created;
+                        for f in w.files {
+                            if files.len() <= SYNC_EACH_MAX && !files.contains(&f) {
+                                files.push(f);
+                            }
+                        }
+                        written.push((cq, w.upto));
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        keep.push(cq);
+                    }
+                },
+            }
+        }
+        let rewrites = self.cq_shared.files_unsynced.swap(false, Ordering::AcqRel);
+        let synced = match failed {
+            Some(e) => Err(e),
+            None if written.is_empty() && !rewrites => Ok(()),
+            None if created || rewrites || files.len() > SYNC_EACH_MAX => {
+                let root = self.cfg.consumequeue_dir();
+                self.vfs
+                    .sync_fs(&root)
+                    .map_err(|e| StoreError::io("sync file system", &root, e))
+            }
+            None => files.iter().try_for_each(|p| {
+                self.vfs
+                    .open(p, vfs::OpenMode::Existing)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| StoreError::io("flush segment", p, e))
+            }),
+        };
+        if let Err(e) = synced {
+            // Nothing written counts: the tails stay and are written again
+            // (re-dirtying pages a failed writeback may have marked clean).
+            if rewrites {
+                self.cq_shared.files_unsynced.store(true, Ordering::Release);
+            }
+            let mut d = self.cq_shared.dirty.lock();
+            d.extend(keep);
+            d.extend(written.into_iter().map(|(cq, _)| cq));
+            return Err(e);
+        }
+        for (cq, upto) in written {
+            if let Some((first_phys, first_ts)) = cq.tail_written(upto) {
+                // Entries added while writing were dispatched after
+                // `dispatched` was read, so they do not lower `safe`; kept
+                // anyway for the next round.
+                let _ = (first_phys, first_ts);
+                keep.push(cq);
+            }
+        }
+        if !keep.is_empty() {
+            self.cq_shared.dirty.lock().extend(keep);
         }
         if let Some(index) = &self.index {
             index.flush()?;
@@ -408,9 +535,9 @@ impl Inner {
         self.checkpoint.write(&Checkpoint {
             physic_msg_timestamp: self.commit_log.flushed_store_ts(),
             logics_msg_timestamp: logics_ts,
-            index_msg_timestamp: logics_ts,
+            index_msg_timestamp: self.dispatched_store_ts.load(Ordering::Acquire),
             commitlog_flushed_offset: cl_flushed,
-            dispatched_flushed_offset: dispatched,
+            dispatched_flushed_offset: safe,
         })
     }
 }
@@ -511,6 +638,7 @@ impl MessageStore {
             commit_log,
             cqs: RwLock::new(HashMap::new()),
             cq_generation: AtomicU64::new(0),
+            cq_shared: Arc::default(),
             index,
             waiters: FlushWaiters::default(),
             dispatched: AtomicU64::new(0),
@@ -538,6 +666,7 @@ impl MessageStore {
             flusher_thread: OnceLock::new(),
             dispatcher_thread: OnceLock::new(),
             service_thread: OnceLock::new(),
+            cq_flusher_thread: OnceLock::new(),
             checkpoint,
             checkpoint_mu: Mutex::new(()),
             cfg: config,
@@ -550,7 +679,7 @@ impl MessageStore {
         let boot = vfs.boot_id().unwrap_or_default();
         vfs::write_atomic(&*vfs, &abort_path, boot.as_bytes())
             .map_err(|e| StoreError::io("create abort file", &abort_path, e.into_io()))?;
-        inner.flush_logics_and_checkpoint()?;
+        inner.flush_logics_all()?;
         cleanup::check_disk(&inner);
         if inner.cfg.flush_disk_type == FlushDiskType::SyncFlush {
             inner.commit_log.prepare_current()?;
@@ -566,7 +695,7 @@ impl MessageStore {
         store.spawn("apogee-dispatch", dispatch::run_dispatcher, |i| {
             &i.dispatcher_thread
         })?;
-        store.spawn("apogee-flush-cq", run_cq_flusher, |_| &UNUSED)?;
+        store.spawn("apogee-flush-cq", run_cq_flusher, |i| &i.cq_flusher_thread)?;
         store.spawn("apogee-store-svc", cleanup::run_service, |i| {
             &i.service_thread
         })?;
@@ -792,6 +921,14 @@ impl MessageStore {
         FlushWait::new(Some(self.register_flush(offset)))
     }
 
+    /// Write every ConsumeQueue entry held in memory to its file, make it
+    /// durable and write the checkpoint (the flusher otherwise does this for
+    /// a queue once its new entries fill `flushConsumeQueueLeastPages` or at
+    /// the thorough interval).
+    pub fn flush_consume_queues(&self) -> Result<()> {
+        self.inner.flush_logics_all()
+    }
+
     /// Block until everything below `offset` is dispatched to ConsumeQueues
     /// and the index; false on timeout.
     pub fn wait_dispatched(&self, offset: u64, timeout: Duration) -> bool {
@@ -877,7 +1014,7 @@ impl MessageStore {
             // queue (flusher, retention, a reader) touches the paths a new
             // queue may use.
             for cq in &removed {
-                cq.segments().drop_from(0);
+                cq.retire();
             }
             (removed.len(), trash)
         });
@@ -897,7 +1034,7 @@ impl MessageStore {
         tracing::info!(?topics, queues = removed, "topics deleted from the store");
         // Persist a dispatch point past the deleted topics' records, so
         // recovery does not re-dispatch them into resurrected queues.
-        i.flush_logics_and_checkpoint()?;
+        i.flush_logics_all()?;
         Ok(removed)
     }
 
@@ -1272,7 +1409,7 @@ impl MessageStore {
         let r = (|| -> Result<()> {
             i.commit_log.flush()?;
             dispatch::dispatch_available(i, &mut Default::default(), true)?;
-            i.flush_logics_and_checkpoint()?;
+            i.flush_logics_all()?;
             Ok(())
         })();
         i.waiters.complete_upto(i.commit_log.flushed_offset());
@@ -1312,6 +1449,9 @@ fn run_cq_flusher(inner: Arc<Inner>) {
             break;
         }
         if let Err(e) = inner.flush_logics_and_checkpoint() {
+            if e.is_out_of_space() {
+                inner.note_out_of_space();
+            }
             static CQ_FLUSH_FAILED: apogee_throttle::LogThrottle =
                 apogee_throttle::LogThrottle::new("ConsumeQueue flush / checkpoint failed");
             apogee_throttle::throttled_error!(CQ_FLUSH_FAILED, (), error = %e,

@@ -46,6 +46,7 @@ fn delete_removes_queues_files_and_offsets_and_the_topic_starts_over() {
             put(&store, "Other", 0, &body_of(i));
         }
         wait_all_dispatched(&store);
+        store.flush_consume_queues().unwrap();
         assert!(cq_dir.join("T").join("0").is_dir());
         let cl_max = store.commit_log_max_offset();
 

@@ -60,6 +60,7 @@ fn expired_segments_are_deleted_and_queues_follow() {
     assert_eq!(msgs.len(), 200 - first_kept);
     assert_eq!(msgs[0].physical_offset, results[first_kept].phys_offset);
     // ConsumeQueue files (100 entries each) and index files followed.
+    store.flush_consume_queues().unwrap();
     let cq_files = dir
         .path()
         .join("consumequeue/Ret/0")

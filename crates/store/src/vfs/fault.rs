@@ -36,8 +36,8 @@ pub struct Call {
 
 #[derive(Default)]
 struct Plan {
-    rule: Mutex<Option<FaultRule>>,
-    counted: AtomicU64,
+    /// Armed rules, each with its own count of matching calls.
+    rules: Mutex<Vec<(FaultRule, u64)>>,
     failures: AtomicU64,
     trace: Mutex<Option<Vec<Call>>>,
 }
@@ -53,7 +53,7 @@ impl std::fmt::Debug for FaultyVfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultyVfs")
             .field("inner", &self.inner)
-            .field("rule", &*self.plan.rule.lock())
+            .field("rules", &*self.plan.rules.lock())
             .finish()
     }
 }
@@ -68,9 +68,13 @@ impl FaultyVfs {
 
     /// Arm a rule (counting restarts from zero), or disarm with None.
     pub fn set_rule(&self, rule: Option<FaultRule>) {
-        let mut r = self.plan.rule.lock();
-        self.plan.counted.store(0, Ordering::SeqCst);
-        *r = rule;
+        self.set_rules(rule.into_iter().collect());
+    }
+
+    /// Arm several rules at once (a call fails if any rule says so; each
+    /// counts its own matching calls from zero).
+    pub fn set_rules(&self, rules: Vec<FaultRule>) {
+        *self.plan.rules.lock() = rules.into_iter().map(|r| (r, 0)).collect();
     }
 
     /// How many calls have failed because of a rule.
@@ -95,21 +99,26 @@ impl FaultyVfs {
                 path: path.to_path_buf(),
             });
         }
-        let rule = *self.plan.rule.lock();
-        let Some(rule) = rule else { return Ok(()) };
-        if rule.op.is_some_and(|o| o != op) {
-            return Ok(());
+        let mut rules = self.plan.rules.lock();
+        let mut fail = None;
+        for (rule, counted) in rules.iter_mut() {
+            if rule.op.is_some_and(|o| o != op)
+                || rule
+                    .path_contains
+                    .is_some_and(|p| !path.to_string_lossy().contains(p))
+            {
+                continue;
+            }
+            let n = *counted;
+            *counted += 1;
+            if fail.is_none() && (n == rule.nth || (rule.sticky && n > rule.nth)) {
+                fail = Some(rule.errno);
+            }
         }
-        if rule
-            .path_contains
-            .is_some_and(|p| !path.to_string_lossy().contains(p))
-        {
-            return Ok(());
-        }
-        let n = self.plan.counted.fetch_add(1, Ordering::SeqCst);
-        if n == rule.nth || (rule.sticky && n > rule.nth) {
+        drop(rules);
+        if let Some(errno) = fail {
             self.plan.failures.fetch_add(1, Ordering::SeqCst);
-            return Err(io::Error::from_raw_os_error(rule.errno));
+            return Err(io::Error::from_raw_os_error(errno));
         }
         Ok(())
     }
@@ -211,6 +220,10 @@ impl Vfs for FaultyVfs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.check(Op::SyncDir, path)?;
         self.inner.sync_dir(path)
+    }
+    fn sync_fs(&self, path: &Path) -> io::Result<()> {
+        self.check(Op::SyncFs, path)?;
+        self.inner.sync_fs(path)
     }
     fn lock(&self, path: &Path) -> io::Result<LockGuard> {
         self.check(Op::Lock, path)?;

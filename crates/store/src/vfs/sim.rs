@@ -534,6 +534,20 @@ impl Vfs for SimVfs {
         Ok(())
     }
 
+    fn sync_fs(&self, _path: &Path) -> io::Result<()> {
+        let mut s = self.check()?;
+        // Every name and every file's bytes become durable, as after syncfs.
+        let State { live, durable, .. } = &mut *s;
+        *durable = live.clone();
+        for e in live.values() {
+            if let Entry::File(node) = e {
+                let contents = node.cache_contents()?;
+                *node.durable.lock() = contents;
+            }
+        }
+        Ok(())
+    }
+
     fn lock(&self, path: &Path) -> io::Result<LockGuard> {
         let path = norm(path);
         let mut s = self.check()?;
