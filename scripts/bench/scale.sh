@@ -4,9 +4,7 @@
 # scale` against it with the standalone's pid (CPU, RssAnon, threads).
 #   scale.sh TOPICS GROUPS DIR [extra `bench scale` args]
 # e.g. scripts/bench/scale.sh 100000 1000 /tmp/scale --produce-secs 0
-# SCALE_SET="k=v k=v" adds broker settings (--set), e.g. a small
-# mappedFileSizeConsumeQueue: each queue produced to reserves one whole
-# ConsumeQueue file on disk (6 MB by default) -- mind the free space.
+# SCALE_SET="k=v k=v" adds broker settings (--set).
 # Prints the table (or, with --json, the JSON summary) and the load average
 # before and after. The whole run is bounded by SCALE_TIMEOUT seconds (default 1800);
 # the broker is stopped and its data removed on any exit.

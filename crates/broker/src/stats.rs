@@ -9,9 +9,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-/// Seconds of history kept for TPS (the longest window reported).
-const WINDOW_SECS: usize = 600;
-
 /// Default bound on puts in flight (appending or waiting for a flush) before
 /// sends are answered SYSTEM_BUSY.
 pub const DEFAULT_MAX_INFLIGHT_PUTS: usize = 10_000;
@@ -34,47 +31,58 @@ impl Tps {
     }
 }
 
-/// Per-second buckets over the last [`WINDOW_SECS`] seconds.
-struct Window {
-    /// (second index since start, count) per slot; the slot is `second % N`.
-    slots: Vec<(u64, u64)>,
+/// Counts in `N` buckets of `step` seconds each, a ring: bucket `i` holds
+/// second `i*step ..` and sits in slot `i % N`. Inline (no heap): a broker
+/// keeps one per topic and per group@topic, for 100,000s of them.
+struct Window<const N: usize> {
+    step: u64,
+    /// (bucket index, count); `u64::MAX` marks an unused slot.
+    slots: [(u64, u64); N],
 }
 
-impl Window {
-    fn new() -> Self {
+impl<const N: usize> Window<N> {
+    fn new(step: u64) -> Self {
         Window {
-            slots: vec![(u64::MAX, 0); WINDOW_SECS],
+            step: step.max(1),
+            slots: [(u64::MAX, 0); N],
         }
     }
 
     fn add(&mut self, sec: u64, n: u64) {
-        let slot = &mut self.slots[(sec % WINDOW_SECS as u64) as usize];
-        if slot.0 != sec {
-            *slot = (sec, 0);
+        let bucket = sec / self.step;
+        let slot = &mut self.slots[(bucket % N as u64) as usize];
+        if slot.0 != bucket {
+            *slot = (bucket, 0);
         }
         slot.1 += n;
     }
 
-    /// Average per second over the `secs` complete seconds before `now_sec`
-    /// (the current, partial second is left out so the rate does not dip).
-    fn rate(&self, now_sec: u64, secs: u64, elapsed_secs: u64) -> f64 {
-        let span = secs.min(elapsed_secs.max(1));
-        let lo = now_sec.saturating_sub(span);
+    /// Average per second over the complete buckets of the last `secs`
+    /// seconds before the bucket holding `now_sec` (the current, partial
+    /// bucket is left out so the rate does not dip).
+    fn rate(&self, now_sec: u64, secs: u64) -> f64 {
+        let cur = now_sec / self.step;
+        let n = (secs / self.step).clamp(1, N as u64 - 1).min(cur);
+        if n == 0 {
+            return 0.0;
+        }
+        let lo = cur - n;
         let sum: u64 = self
             .slots
             .iter()
-            .filter(|(s, _)| *s != u64::MAX && *s >= lo && *s < now_sec)
+            .filter(|(b, _)| *b != u64::MAX && *b >= lo && *b < cur)
             .map(|(_, c)| *c)
             .sum();
-        sum as f64 / span as f64
+        sum as f64 / (n * self.step) as f64
     }
 }
 
-/// A counter pair with a TPS window.
+/// A counter pair with TPS windows: 1 s buckets for the 10 s rate, 6 s for
+/// the minute, 60 s for the 10 minutes (about 0.6 KiB in all).
 struct Meter {
     msgs: AtomicU64,
     bytes: AtomicU64,
-    window: Mutex<Window>,
+    windows: Mutex<(Window<11>, Window<11>, Window<11>)>,
 }
 
 impl Meter {
@@ -82,22 +90,25 @@ impl Meter {
         Meter {
             msgs: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            window: Mutex::new(Window::new()),
+            windows: Mutex::new((Window::new(1), Window::new(6), Window::new(60))),
         }
     }
 
     fn add(&self, sec: u64, msgs: u64, bytes: u64) {
         self.msgs.fetch_add(msgs, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.window.lock().add(sec, msgs);
+        let mut w = self.windows.lock();
+        w.0.add(sec, msgs);
+        w.1.add(sec, msgs);
+        w.2.add(sec, msgs);
     }
 
-    fn tps(&self, now_sec: u64, elapsed: u64) -> Tps {
-        let w = self.window.lock();
+    fn tps(&self, now_sec: u64) -> Tps {
+        let w = self.windows.lock();
         Tps {
-            tps_10s: w.rate(now_sec, 10, elapsed),
-            tps_1m: w.rate(now_sec, 60, elapsed),
-            tps_10m: w.rate(now_sec, 600, elapsed),
+            tps_10s: w.0.rate(now_sec, 10),
+            tps_1m: w.1.rate(now_sec, 60),
+            tps_10m: w.2.rate(now_sec, 600),
         }
     }
 }
@@ -204,12 +215,12 @@ impl BrokerStats {
 
     /// Put TPS over 10 s / 1 min / 10 min.
     pub fn put_tps(&self) -> Tps {
-        self.put.tps(self.now_sec(), self.now_sec())
+        self.put.tps(self.now_sec())
     }
 
     /// Get (delivered) TPS over 10 s / 1 min / 10 min.
     pub fn get_tps(&self) -> Tps {
-        self.get.tps(self.now_sec(), self.now_sec())
+        self.get.tps(self.now_sec())
     }
 
     /// Put TPS of one topic.
@@ -218,7 +229,7 @@ impl BrokerStats {
         self.topic_put
             .read()
             .get(topic)
-            .map(|m| m.tps(now, now))
+            .map(|m| m.tps(now))
             .unwrap_or_default()
     }
 
@@ -229,7 +240,7 @@ impl BrokerStats {
             .read()
             .get(group)
             .and_then(|t| t.get(topic))
-            .map(|m| m.tps(now, now))
+            .map(|m| m.tps(now))
             .unwrap_or_default()
     }
 
@@ -455,18 +466,26 @@ mod tests {
 
     #[test]
     fn window_rates_skip_the_current_second() {
-        let mut w = Window::new();
+        let mut w = Window::<11>::new(1);
         for sec in 0..20 {
             w.add(sec, 10);
         }
         // Seconds 10..19 complete before second 20: 10 per second.
-        assert!((w.rate(20, 10, 20) - 10.0).abs() < 1e-9);
+        assert!((w.rate(20, 10) - 10.0).abs() < 1e-9);
         // A burst in the current second does not count yet.
         w.add(20, 1000);
-        assert!((w.rate(20, 10, 20) - 10.0).abs() < 1e-9);
+        assert!((w.rate(20, 10) - 10.0).abs() < 1e-9);
         // Old slots are overwritten once the ring wraps.
-        w.add(20 + WINDOW_SECS as u64, 5);
-        assert!(w.rate(20 + WINDOW_SECS as u64 + 1, 10, 10_000) < 1.0);
+        w.add(20 + 11, 5);
+        assert!(w.rate(20 + 12, 10) < 1.0);
+        // Coarser buckets: 60 per 6 s is 10 per second over the minute.
+        let mut m = Window::<11>::new(6);
+        for sec in 0..66 {
+            m.add(sec, 10);
+        }
+        assert!((m.rate(66, 60) - 10.0).abs() < 1e-9);
+        // Only what has elapsed counts at the start.
+        assert!((m.rate(13, 60) - 10.0).abs() < 1e-9);
         assert_eq!(
             Tps {
                 tps_10s: 1.0,

@@ -55,6 +55,9 @@ const BATCH_BYTES: usize = 256 * 1024;
 const BATCH_FRAMES: usize = 256;
 /// Initial (and regrown) size of a connection's read buffer.
 const READ_BUFFER: usize = 64 * 1024;
+/// What a connection reads into until its peer shows that it pipelines:
+/// thousands of clients that only heartbeat must not hold 64 KiB each.
+const FIRST_READ_BUFFER: usize = 4 * 1024;
 /// Upper bound on buffers handed to one `write_vectored` call.
 const MAX_IOV: usize = 64;
 /// How long a closing connection may spend flushing what is still queued.
@@ -342,8 +345,12 @@ pub(crate) fn spawn_connection(stream: TcpStream, rt: &Arc<Runtime>) -> std::io:
 async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
     // A peer that batches its writes sends tens of KiB at once; a larger
     // read buffer takes them in one read instead of several.
-    let mut frames =
-        FramedRead::with_capacity(rd, FrameCodec::new(rt.opts.max_frame_size), READ_BUFFER);
+    let mut frames = FramedRead::with_capacity(
+        rd,
+        FrameCodec::new(rt.opts.max_frame_size),
+        FIRST_READ_BUFFER,
+    );
+    let mut grown = false;
     let idle = rt.opts.idle_timeout;
     // Without an idle timeout the timer is simply never polled.
     let timer = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(3600)));
@@ -378,6 +385,16 @@ async fn read_loop(channel: Channel, rd: OwnedReadHalf, rt: Arc<Runtime>) {
                 }
                 Some(Ok(cmd)) => {
                     channel.touch();
+                    if !grown && !frames.read_buffer().is_empty() {
+                        // More arrived with this frame: the peer pipelines.
+                        // A fresh buffer (not a reserve) so that later
+                        // reallocations keep the larger size.
+                        let buf = frames.read_buffer_mut();
+                        let mut bigger = BytesMut::with_capacity(READ_BUFFER.max(buf.len()));
+                        bigger.extend_from_slice(buf);
+                        *buf = bigger;
+                        grown = true;
+                    }
                     dispatch(&channel, cmd, &rt, &in_flight);
                 }
                 Some(Err(CodecError::Protocol(e))) => {

@@ -2,7 +2,8 @@
 //! groups on one broker, then measures what that costs: creation rate, how
 //! long the broker stays busy afterwards, its memory and threads, how long
 //! until the NameServer routes every topic, route lookup latency, and
-//! produce throughput spread over all the topics against one topic.
+//! produce throughput spread over all the topics against one topic, and
+//! the broker's CPU with thousands of clients connected and heartbeating.
 //!
 //! The broker's CPU, memory and threads are read from `/proc/<pid>` when
 //! `--broker-pid` is given (same machine only).
@@ -72,9 +73,6 @@ pub struct ScaleArgs {
     #[arg(short = 's', long, default_value_t = 1024)]
     size: usize,
     /// Queues of each topic the produce runs write to (at most --queues).
-    /// Every queue written to gets its own ConsumeQueue file, with its whole
-    /// size reserved on disk (6 MB by default), open and mapped: topics x
-    /// these queues must fit the disk, `ulimit -n` and `vm.max_map_count`.
     #[arg(long, default_value_t = 1)]
     produce_queues: i32,
     /// Sends in flight during the produce runs.
@@ -90,6 +88,25 @@ pub struct ScaleArgs {
     /// Timeout of every request, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// Client connections opened after the produce runs, each heartbeating
+    /// (HEART_BEAT) every --heartbeat-secs with its phase spread over the
+    /// interval; 0 skips the clients phase.
+    #[arg(long, default_value_t = 0)]
+    pub clients: usize,
+    /// Of those, how many heartbeat as push consumers (the rest as
+    /// producers), each subscribed to one of the created topics.
+    #[arg(long, default_value_t = 2_000)]
+    pub consumers: usize,
+    /// Consumer groups the consumers are spread over.
+    #[arg(long, default_value_t = 200)]
+    pub consumer_groups: usize,
+    /// Heartbeat interval of every client (RocketMQ's default is 30 s).
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_secs: u64,
+    /// Seconds over which the broker's CPU is measured with every client
+    /// connected and heartbeating.
+    #[arg(long, default_value_t = 60)]
+    pub clients_secs: u64,
     /// Print the summary as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -358,6 +375,11 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
         (None, None)
     };
     let after_produce = ProcSample::read(pid);
+    let clients = if args.clients > 0 {
+        Some(clients_phase(&broker, &args, pid).await?)
+    } else {
+        None
+    };
     admin.shutdown().await;
 
     let create_rate = args.topics as f64 / topics_took.as_secs_f64().max(1e-9);
@@ -398,6 +420,7 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
         "produce_all_topics": many.as_ref().map(ProduceResult::json),
         "produce_ratio": ratio.map(round3),
         "produce_queues": args.produce_queues.clamp(1, args.queues),
+        "clients": clients,
     });
     if args.json {
         println!("{summary}");
@@ -610,6 +633,13 @@ fn print_table(s: &Value) {
         ("produce 1 topic msg/s", v("/produce_one_topic/tps")),
         ("produce all topics msg/s", v("/produce_all_topics/tps")),
         ("produce all / one", v("/produce_ratio")),
+        ("clients connected", v("/clients/connected")),
+        ("clients registered in s", v("/clients/register_s")),
+        ("heartbeats sent", v("/clients/heartbeats")),
+        ("heartbeat failures", v("/clients/heartbeat_failures")),
+        ("CPU % of a core, clients", v("/clients/broker_cpu_pct")),
+        ("anon MiB with clients", v("/clients/steady/rss_anon_mib")),
+        ("threads with clients", v("/clients/steady/threads")),
     ];
     for (k, val) in rows {
         println!("  {k:<30} {val}");
@@ -625,4 +655,154 @@ fn print_table(s: &Value) {
             println!("  {k}: {e}");
         }
     }
+}
+
+/// Opens `--clients` connections; the first `--consumers` heartbeat as push
+/// consumers of `--consumer-groups` groups (one created topic each), the
+/// others as producers. After one heartbeat from every client (timed), each
+/// heartbeats every `--heartbeat-secs` at its own phase, and the broker's
+/// CPU is read over `--clients-secs`.
+async fn clients_phase(broker: &str, args: &ScaleArgs, pid: Option<u32>) -> anyhow::Result<Value> {
+    use apogee_protocol::body::{
+        ConsumeFromWhere, ConsumeType, ConsumerData, HeartbeatData, MessageModel, ProducerData,
+        SubscriptionData,
+    };
+    use apogee_remoting::client::{ClientConfig, RemotingClient};
+
+    let groups = args.consumer_groups.max(1);
+    let body_of = |i: usize| -> Bytes {
+        let client_id = format!("127.0.0.1@scale-{i}");
+        let data = if i < args.consumers {
+            let g = i % groups;
+            HeartbeatData {
+                client_id,
+                consumer_data_set: vec![ConsumerData {
+                    group_name: format!("{}-cgroup-{g:05}", args.prefix),
+                    consume_type: ConsumeType::ConsumePassively,
+                    message_model: MessageModel::Clustering,
+                    consume_from_where: ConsumeFromWhere::ConsumeFromLastOffset,
+                    subscription_data_set: vec![SubscriptionData {
+                        topic: topic_name(&args.prefix, g % args.topics.max(1)),
+                        sub_string: "*".into(),
+                        sub_version: 1,
+                        ..Default::default()
+                    }],
+                    unit_mode: false,
+                }],
+                ..Default::default()
+            }
+        } else {
+            HeartbeatData {
+                client_id,
+                producer_data_set: vec![ProducerData {
+                    group_name: format!("{}-pgroup-{:05}", args.prefix, i % groups),
+                }],
+                ..Default::default()
+            }
+        };
+        Bytes::from(data.encode())
+    };
+    let config = ClientConfig {
+        // Heartbeats are the only traffic: the link must not idle out.
+        idle_timeout: None,
+        ..ClientConfig::default()
+    };
+    let before = ProcSample::read(pid);
+    let t0 = Instant::now();
+    let failures = Failures::default();
+    let clients: Vec<(RemotingClient, Bytes)> = stream::iter(0..args.clients)
+        .map(|i| {
+            let client = RemotingClient::new(config.clone());
+            let body = body_of(i);
+            async move {
+                let cmd =
+                    RemotingCommand::request(request_code::HEART_BEAT).with_body(body.clone());
+                let r = client
+                    .invoke(broker, cmd, Duration::from_millis(args.timeout_ms))
+                    .await;
+                (client, body, r)
+            }
+        })
+        .buffer_unordered(args.window)
+        .filter_map(|(client, body, r)| {
+            let ok = match r {
+                Ok(resp) if resp.code == response_code::SUCCESS => true,
+                Ok(resp) => {
+                    failures.add(format!(
+                        "HEART_BEAT answered {}: {:?}",
+                        resp.code, resp.remark
+                    ));
+                    false
+                }
+                Err(e) => {
+                    failures.add(e);
+                    false
+                }
+            };
+            async move { ok.then_some((client, body)) }
+        })
+        .collect()
+        .await;
+    let registered_in = t0.elapsed();
+    let connected = clients.len();
+    let registered = ProcSample::read(pid);
+
+    // Steady state: every client heartbeats once per interval, phases spread.
+    let interval = Duration::from_secs(args.heartbeat_secs.max(1));
+    let window = Duration::from_secs(args.clients_secs.max(1));
+    let hb_failures = AtomicU64::new(0);
+    let sent = AtomicU64::new(0);
+    let c0 = pid.and_then(cpu_time);
+    let t1 = Instant::now();
+    let n = clients.len().max(1) as u32;
+    stream::iter(clients.iter().enumerate())
+        .for_each_concurrent(None, |(i, (client, body))| {
+            let (hb_failures, sent) = (&hb_failures, &sent);
+            async move {
+                let mut next = t1 + interval * (i as u32) / n;
+                while next < t1 + window {
+                    tokio::time::sleep_until(next.into()).await;
+                    let cmd =
+                        RemotingCommand::request(request_code::HEART_BEAT).with_body(body.clone());
+                    match client
+                        .invoke(broker, cmd, Duration::from_millis(args.timeout_ms))
+                        .await
+                    {
+                        Ok(r) if r.code == response_code::SUCCESS => {}
+                        _ => {
+                            hb_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    next += interval;
+                }
+            }
+        })
+        .await;
+    let took = t1.elapsed();
+    let cpu_pct = match (c0, pid.and_then(cpu_time)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / took.as_secs_f64() * 100.0),
+        _ => None,
+    };
+    let steady = ProcSample::read(pid);
+    for (c, _) in &clients {
+        c.close().await;
+    }
+    Ok(json!({
+        "clients": args.clients,
+        "connected": connected,
+        "consumers": args.consumers.min(args.clients),
+        "consumer_groups": groups,
+        "register_s": round3(registered_in.as_secs_f64()),
+        "register_failures": failures.count.load(Ordering::Relaxed),
+        "first_error": failures.first.lock().clone(),
+        "heartbeat_secs": interval.as_secs(),
+        "window_s": round3(took.as_secs_f64()),
+        "heartbeats": sent.load(Ordering::Relaxed),
+        "heartbeat_failures": hb_failures.load(Ordering::Relaxed),
+        "broker_cpu_pct": cpu_pct.map(round3),
+        "before": before.json(),
+        "registered": registered.json(),
+        "steady": steady.json(),
+    }))
 }
