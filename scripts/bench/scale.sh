@@ -19,7 +19,8 @@ if [ -z "${APOGEE:-}" ]; then
   (cd "$here/../.." && cargo build --release -p apogee -q)
 fi
 mkdir -p "$dir/data"
-ns=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768+), where outgoing connections take ports.
+ns=$((12000 + RANDOM % 18000))
 "$apogee" standalone --set storePathRootDir="$dir/data" --set brokerIP1=127.0.0.1 \
   --set bindAddress=127.0.0.1 --set listenPort=$((ns + 1)) --namesrv-port "$ns" \
   $(for kv in ${SCALE_SET:-}; do printf -- '--set %s ' "$kv"; done) \

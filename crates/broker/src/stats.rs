@@ -113,6 +113,9 @@ impl Meter {
     }
 }
 
+/// Keyed by topic or group on every put and get: foldhash, not SipHash.
+type FastMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Totals of one topic or one group@topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -125,8 +128,8 @@ pub struct BrokerStats {
     started: Instant,
     put: Meter,
     get: Meter,
-    topic_put: RwLock<HashMap<String, Meter>>,
-    group_get: RwLock<HashMap<String, HashMap<String, Meter>>>,
+    topic_put: RwLock<FastMap<Meter>>,
+    group_get: RwLock<FastMap<FastMap<Meter>>>,
     inflight_puts: AtomicUsize,
     max_inflight_puts: AtomicUsize,
     busy_append_millis: AtomicU64,
@@ -158,8 +161,8 @@ impl BrokerStats {
             started: Instant::now(),
             put: Meter::new(),
             get: Meter::new(),
-            topic_put: RwLock::new(HashMap::new()),
-            group_get: RwLock::new(HashMap::new()),
+            topic_put: RwLock::new(FastMap::default()),
+            group_get: RwLock::new(FastMap::default()),
             inflight_puts: AtomicUsize::new(0),
             max_inflight_puts: AtomicUsize::new(DEFAULT_MAX_INFLIGHT_PUTS),
             busy_append_millis: AtomicU64::new(DEFAULT_BUSY_APPEND_MILLIS),

@@ -3,7 +3,7 @@
 //! from `TBW102`, and persistence to `<storePathRootDir>/config/topics.json`
 //! in Java's `TopicConfigSerializeWrapper` layout.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,8 +25,12 @@ pub const TIMER_TOPIC: &str = "rmq_sys_wheel_timer";
 /// Queues of `SCHEDULE_TOPIC_XXXX` (one per delay level, at least 18 as Java).
 pub const SCHEDULE_TOPIC_QUEUE_NUM: i32 = 18;
 
+/// Looked up on every send and pull: hashed with foldhash, not SipHash,
+/// and shared (`Arc`) so a lookup copies nothing.
+type TopicMap = HashMap<String, Arc<TopicConfig>, foldhash::fast::RandomState>;
+
 struct Table {
-    topics: BTreeMap<String, TopicConfig>,
+    topics: TopicMap,
     version: DataVersion,
 }
 
@@ -60,9 +64,9 @@ impl TopicConfigManager {
         vfs: VfsRef,
     ) -> Result<Self> {
         let path = persist::config_path(&config.store.store_path_root_dir, "topics.json");
-        let mut topics = BTreeMap::new();
+        let mut topics = TopicMap::default();
         for t in system_topics(config) {
-            topics.insert(t.topic_name.clone(), t);
+            topics.insert(t.topic_name.clone(), Arc::new(t));
         }
         let mut version = DataVersion::now();
         if let Some(data) = persist::read_optional(&*vfs, &path)? {
@@ -71,7 +75,11 @@ impl TopicConfigManager {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-            topics.extend(w.topic_config_table);
+            topics.extend(
+                w.topic_config_table
+                    .into_iter()
+                    .map(|(k, v)| (k, Arc::new(v))),
+            );
             if w.data_version.timestamp > 0 {
                 version = w.data_version;
             }
@@ -98,6 +106,17 @@ impl TopicConfigManager {
     }
 
     pub fn get(&self, topic: &str) -> Option<TopicConfig> {
+        self.inner
+            .table
+            .read()
+            .topics
+            .get(topic)
+            .map(|c| TopicConfig::clone(c))
+    }
+
+    /// Like [`TopicConfigManager::get`] without copying the config (the
+    /// send and pull paths).
+    pub fn get_shared(&self, topic: &str) -> Option<Arc<TopicConfig>> {
         self.inner.table.read().topics.get(topic).cloned()
     }
 
@@ -105,12 +124,25 @@ impl TopicConfigManager {
         self.inner.table.read().topics.contains_key(topic)
     }
 
+    /// Every topic, ordered by name.
     pub fn all(&self) -> Vec<TopicConfig> {
-        self.inner.table.read().topics.values().cloned().collect()
+        let mut v: Vec<TopicConfig> = self
+            .inner
+            .table
+            .read()
+            .topics
+            .values()
+            .map(|c| TopicConfig::clone(c))
+            .collect();
+        v.sort_unstable_by(|a, b| a.topic_name.cmp(&b.topic_name));
+        v
     }
 
+    /// Every topic name, ordered.
     pub fn topic_names(&self) -> Vec<String> {
-        self.inner.table.read().topics.keys().cloned().collect()
+        let mut v: Vec<String> = self.inner.table.read().topics.keys().cloned().collect();
+        v.sort_unstable();
+        v
     }
 
     /// Follows `autoCreateTopicEnable` changes made at runtime (UPDATE_BROKER_CONFIG).
@@ -124,7 +156,7 @@ impl TopicConfigManager {
         let name = cfg.topic_name.clone();
         {
             let mut t = self.inner.table.write();
-            t.topics.insert(name.clone(), cfg);
+            t.topics.insert(name.clone(), Arc::new(cfg));
             t.version.next_version();
             self.mark_register(Some(&name));
         }
@@ -164,7 +196,7 @@ impl TopicConfigManager {
         let created = {
             let mut t = self.inner.table.write();
             if let Some(existing) = t.topics.get(topic) {
-                return Some(existing.clone());
+                return Some(TopicConfig::clone(existing));
             }
             let Some(def) = t.topics.get(default_topic) else {
                 // Per send to an unknown topic.
@@ -210,7 +242,7 @@ impl TopicConfigManager {
                 topic_sys_flag,
                 ..TopicConfig::default()
             };
-            t.topics.insert(topic.to_string(), cfg.clone());
+            t.topics.insert(topic.to_string(), Arc::new(cfg.clone()));
             t.version.next_version();
             self.mark_register(Some(topic));
             cfg
@@ -237,7 +269,7 @@ impl TopicConfigManager {
         let created = {
             let mut t = self.inner.table.write();
             if let Some(existing) = t.topics.get(topic) {
-                return existing.clone();
+                return TopicConfig::clone(existing);
             }
             let cfg = TopicConfig {
                 topic_name: topic.to_string(),
@@ -247,7 +279,7 @@ impl TopicConfigManager {
                 topic_sys_flag: sys_flag,
                 ..TopicConfig::default()
             };
-            t.topics.insert(topic.to_string(), cfg.clone());
+            t.topics.insert(topic.to_string(), Arc::new(cfg.clone()));
             t.version.next_version();
             self.mark_register(Some(topic));
             cfg
@@ -291,7 +323,10 @@ impl TopicConfigManager {
             RegisterWork::Topics(names) => Some(Outgoing::Increment(TopicConfigSerializeWrapper {
                 topic_config_table: names
                     .into_iter()
-                    .filter_map(|n| t.topics.get(&n).cloned().map(|c| (n, c)))
+                    .filter_map(|n| {
+                        let c = TopicConfig::clone(t.topics.get(&n)?);
+                        Some((n, c))
+                    })
                     .collect(),
                 data_version: t.version.clone(),
             })),
@@ -318,7 +353,11 @@ impl TopicConfigManager {
 /// The table in Java's layout. Cloned under the lock, encoded after it.
 fn encode(t: &Table) -> TopicConfigSerializeWrapper {
     TopicConfigSerializeWrapper {
-        topic_config_table: t.topics.clone(),
+        topic_config_table: t
+            .topics
+            .iter()
+            .map(|(k, v)| (k.clone(), TopicConfig::clone(v)))
+            .collect(),
         data_version: t.version.clone(),
     }
 }

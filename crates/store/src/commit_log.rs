@@ -17,6 +17,10 @@ use crate::mapped_file::MappedFile;
 use crate::mapped_file_queue::MappedFileQueue;
 use crate::vfs::VfsRef;
 
+/// Next queue offset of every (topic, queue), looked up under the append
+/// lock for every message: foldhash, not SipHash.
+pub(crate) type QueueOffsets = HashMap<String, HashMap<i32, i64>, foldhash::fast::RandomState>;
+
 /// Bytes always left free at a segment's end for the BLANK marker.
 pub const END_FILE_MIN_BLANK_LENGTH: u64 = 8;
 
@@ -43,7 +47,7 @@ impl AppendResult {
 struct AppendState {
     current: Option<Arc<MappedFile>>,
     /// Next queue offset of every (topic, queue).
-    queue_offsets: HashMap<String, HashMap<i32, i64>>,
+    queue_offsets: QueueOffsets,
 }
 
 pub struct CommitLog {
@@ -73,7 +77,7 @@ impl CommitLog {
             mfq,
             append: Mutex::new(AppendState {
                 current: None,
-                queue_offsets: HashMap::new(),
+                queue_offsets: QueueOffsets::default(),
             }),
             max_offset: AtomicU64::new(end),
             flushed: AtomicU64::new(end),
@@ -113,12 +117,7 @@ impl CommitLog {
 
     /// Called by recovery once the valid end is known: truncate everything
     /// past `end`, set positions, and install the queue-offset table.
-    pub fn set_recovered(
-        &self,
-        end: u64,
-        queue_offsets: HashMap<String, HashMap<i32, i64>>,
-        last_ts: i64,
-    ) -> Result<()> {
+    pub fn set_recovered(&self, end: u64, queue_offsets: QueueOffsets, last_ts: i64) -> Result<()> {
         self.mfq
             .drop_from(end.div_ceil(self.segment_size()) * self.segment_size());
         let files = self.mfq.snapshot();
@@ -166,17 +165,14 @@ impl CommitLog {
     }
 
     /// Install the queue-offset table (after recovery).
-    pub fn set_queue_offsets(&self, table: HashMap<String, HashMap<i32, i64>>) {
+    pub fn set_queue_offsets(&self, table: QueueOffsets) {
         self.append.lock().queue_offsets = table;
     }
 
     /// Run `f` with appends blocked, giving it the queue-offset table (topic
     /// deletion removes entries and must see no append meanwhile). `f` must
     /// be short: every put waits for it.
-    pub(crate) fn with_append_lock<R>(
-        &self,
-        f: impl FnOnce(&mut HashMap<String, HashMap<i32, i64>>) -> R,
-    ) -> R {
+    pub(crate) fn with_append_lock<R>(&self, f: impl FnOnce(&mut QueueOffsets) -> R) -> R {
         f(&mut self.append.lock().queue_offsets)
     }
 

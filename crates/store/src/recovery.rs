@@ -4,7 +4,6 @@
 //! past the new end, and re-dispatch what the CommitLog has beyond them.
 //! Work is proportional to the tail after the checkpoint, not the store.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -199,7 +198,7 @@ pub(crate) fn recover(
     if let ScanEnd::Invalid(reason) = &why {
         tracing::warn!(offset = end, reason = %reason, "truncating CommitLog at the first invalid record");
     }
-    cl.set_recovered(end, HashMap::new(), last_ts)?;
+    cl.set_recovered(end, Default::default(), last_ts)?;
 
     // ConsumeQueues and index: drop entries past the new end.
     let mut cq_removed = 0usize;
@@ -226,7 +225,7 @@ pub(crate) fn recover(
     );
 
     // Queue offsets for the append path come from the ConsumeQueues.
-    let mut table: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+    let mut table = crate::commit_log::QueueOffsets::default();
     let cl_min = cl.min_offset();
     for cq in inner.all_cqs() {
         cq.correct_min_offset(cl_min);

@@ -226,7 +226,9 @@ pub struct StoreHooks {
     pub vfs: Option<VfsRef>,
 }
 
-type CqTable = HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>;
+/// Looked up by the dispatcher for every message whose queue is not in its
+/// small cache: foldhash, not SipHash.
+type CqTable = HashMap<String, HashMap<i32, Arc<ConsumeQueue>>, foldhash::fast::RandomState>;
 
 /// State shared with the background threads.
 pub(crate) struct Inner {
@@ -636,7 +638,7 @@ impl MessageStore {
         let inner = Arc::new(Inner {
             vfs: vfs.clone(),
             commit_log,
-            cqs: RwLock::new(HashMap::new()),
+            cqs: RwLock::new(CqTable::default()),
             cq_generation: AtomicU64::new(0),
             cq_shared: Arc::default(),
             index,

@@ -146,7 +146,7 @@ pub fn msg_check(
     ctx: &BrokerContext,
     h: &SendMessageRequestHeader,
     peer: SocketAddr,
-) -> Result<TopicConfig, Reject> {
+) -> Result<Arc<TopicConfig>, Reject> {
     let broker_perm = ctx.runtime_config.read().broker_permission;
     if !PermName::is_writeable(broker_perm) {
         return Err(Reject::new(
@@ -158,9 +158,9 @@ pub fn msg_check(
         ));
     }
     check_topic_name(&h.topic)?;
-    let topic_config = match ctx.topics.get(&h.topic) {
+    let topic_config = match ctx.topics.get_shared(&h.topic) {
         Some(tc) => tc,
-        None => create_topic_for_send(ctx, h, peer)?,
+        None => Arc::new(create_topic_for_send(ctx, h, peer)?),
     };
     if !PermName::is_writeable(topic_config.perm) {
         return Err(Reject::new(
