@@ -678,6 +678,11 @@ impl ConsumeQueue {
                 break;
             }
             let last_logic = ((first + self.file_size) / CQ_ENTRY_SIZE) as i64 - 1;
+            if last_logic >= self.tail.lock().start {
+                // Part of it still waits in memory: the flusher will write
+                // there, so the file stays until it has.
+                break;
+            }
             let below = match self.entry(last_logic) {
                 Some(e) => {
                     e.is_filler() || ((e.phys_offset + i64::from(e.size)) as u64) <= commitlog_min
