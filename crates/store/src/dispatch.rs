@@ -439,6 +439,29 @@ pub(crate) fn dispatch_available(
     r.map(|()| progressed || skipped)
 }
 
+/// Dispatch everything published on the calling thread (recovery,
+/// shutdown), writing ConsumeQueue tails out whenever they fill their
+/// memory budget instead of failing.
+pub(crate) fn dispatch_all_here(inner: &Inner, notify: bool) -> Result<bool> {
+    let mut cache = DispatchCache::default();
+    let mut any = false;
+    loop {
+        match dispatch_available(inner, &mut cache, notify) {
+            Ok(p) => return Ok(any || p),
+            Err(StoreError::ConsumeQueueBacklog { .. }) => {
+                any = true;
+                inner.flush_logics_all()?;
+                let bytes = inner.cq_shared.tail_bytes.load(Ordering::Relaxed);
+                let limit = inner.cfg.max_unwritten_consume_queue_bytes;
+                if bytes > limit {
+                    return Err(StoreError::ConsumeQueueBacklog { bytes, limit });
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The dispatcher thread body.
 pub(crate) fn run_dispatcher(inner: Arc<Inner>) {
     let mut cache = DispatchCache::default();

@@ -218,7 +218,7 @@ pub(crate) fn recover(
     // already there).
     let from = redispatch_from.min(end);
     inner.dispatched.store(from, Ordering::Release);
-    dispatch::dispatch_available(inner, &mut Default::default(), false)?;
+    dispatch::dispatch_all_here(inner, false)?;
     inner.dispatched.store(
         end.max(inner.dispatched.load(Ordering::Acquire)),
         Ordering::Release,

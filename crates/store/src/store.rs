@@ -1410,7 +1410,7 @@ impl MessageStore {
         }
         let r = (|| -> Result<()> {
             i.commit_log.flush()?;
-            dispatch::dispatch_available(i, &mut Default::default(), true)?;
+            dispatch::dispatch_all_here(i, true)?;
             i.flush_logics_all()?;
             Ok(())
         })();
