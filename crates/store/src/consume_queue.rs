@@ -34,6 +34,10 @@ const ENTRY: usize = CQ_ENTRY_SIZE as usize;
 /// Entries copied out per read step (bounds the stack buffer of readers).
 const READ_CHUNK: usize = 256;
 
+/// Entries read at once from the start of a file when a queue is loaded:
+/// most queues end within them.
+const LOAD_BLOCK: usize = 204;
+
 /// One ConsumeQueue entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CqEntry {
@@ -96,6 +100,11 @@ struct Tail {
     since_ms: i64,
     /// The queue is on `CqShared::dirty`.
     listed: bool,
+    /// The last published entry and the one at the min offset, with their
+    /// logical offsets, when known: recovery and retention look at them for
+    /// every queue, and reading them from the files costs an open each.
+    last: Option<(i64, CqEntry)>,
+    at_min: Option<(i64, CqEntry)>,
 }
 
 /// What the flusher needs after writing one tail.
@@ -157,6 +166,8 @@ fn read_full(file: &dyn VfsFile, buf: &mut [u8], off: u64) -> std::io::Result<()
 
 impl ConsumeQueue {
     /// Find the queue's files in `dir` (which need not exist) and its end.
+    /// A broker may load 100,000s of queues at start: this costs a directory
+    /// listing and one open and read of the last file for most of them.
     pub(crate) fn load(
         vfs: &VfsRef,
         dir: &Path,
@@ -166,20 +177,21 @@ impl ConsumeQueue {
         shared: Arc<CqShared>,
     ) -> Result<ConsumeQueue> {
         let mut bases = Vec::new();
-        if vfs.exists(dir) {
-            let rd = vfs
-                .list_dir(dir)
-                .map_err(|e| StoreError::io("list directory", dir, e))?;
-            for entry in rd {
-                let Some(name) = entry.name.to_str() else {
-                    continue;
-                };
-                if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(base) = name.parse::<u64>() {
-                        bases.push(base);
+        match vfs.list_dir(dir) {
+            Ok(rd) => {
+                for entry in rd {
+                    let Some(name) = entry.name.to_str() else {
+                        continue;
+                    };
+                    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+                        if let Ok(base) = name.parse::<u64>() {
+                            bases.push(base);
+                        }
                     }
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("list directory", dir, e)),
         }
         bases.sort_unstable();
         for (i, base) in bases.iter().enumerate() {
@@ -213,51 +225,106 @@ impl ConsumeQueue {
                 first_ts: 0,
                 since_ms: 0,
                 listed: false,
+                last: None,
+                at_min: None,
             }),
             io: RwLock::new(()),
             deleted: AtomicBool::new(false),
             max_logic: AtomicI64::new(0),
             min_logic: AtomicI64::new((first / CQ_ENTRY_SIZE) as i64),
         };
-        // An empty last file after a non-empty one (a crash right after it
-        // was created) carries no entries: drop it so the end is found below.
+        let file_entries = (file_size / CQ_ENTRY_SIZE) as usize;
+        let mut block = [0u8; LOAD_BLOCK * ENTRY];
+        let mut max_logic = (first / CQ_ENTRY_SIZE) as i64;
+        let mut last_entry = None;
+        // The first block of the last file when that file is also the first.
+        let mut first_block: Option<usize> = None;
         loop {
             let (first, end) = cq.span();
-            if end <= first + file_size {
+            if end <= first {
                 break;
             }
             let last = end - file_size;
-            match cq.read_file_entry(last) {
-                Ok(e) if e.is_empty() => cq.remove_last_file()?,
-                Ok(_) => break,
-                Err(e) => return Err(StoreError::io("read segment", cq.seg_path(last), e)),
-            }
-        }
-        let (first, end) = cq.span();
-        let mut max_logic = (first / CQ_ENTRY_SIZE) as i64;
-        if end > first {
-            let last = end - file_size;
-            // Entries are written in order: binary-search the first empty one.
-            let (mut lo, mut hi) = (0u64, file_size / CQ_ENTRY_SIZE);
+            let path = cq.seg_path(last);
             let file = vfs
-                .open(&cq.seg_path(last), OpenMode::Existing)
-                .map_err(|e| StoreError::io("open segment", cq.seg_path(last), e))?;
-            while lo < hi {
-                let mid = lo + (hi - lo) / 2;
-                let mut b = [0u8; ENTRY];
-                read_full(&*file, &mut b, mid * CQ_ENTRY_SIZE)
-                    .map_err(|e| StoreError::io("read segment", cq.seg_path(last), e))?;
-                if CqEntry::decode(&b).is_some_and(|e| !e.is_empty()) {
-                    lo = mid + 1;
-                } else {
-                    hi = mid;
-                }
+                .open(&path, OpenMode::Existing)
+                .map_err(|e| StoreError::io("open segment", &path, e))?;
+            let in_block = file_entries.min(LOAD_BLOCK);
+            read_full(&*file, &mut block[..in_block * ENTRY], 0)
+                .map_err(|e| StoreError::io("read segment", &path, e))?;
+            let at = |b: &[u8], i: usize| CqEntry::decode(&b[i * ENTRY..(i + 1) * ENTRY]);
+            // An empty last file after a non-empty one (a crash right after
+            // it was created) carries no entries: drop it and look again.
+            if end > first + file_size && at(&block, 0).is_none_or(|e| e.is_empty()) {
+                drop(file);
+                cq.remove_last_file()?;
+                continue;
             }
-            max_logic = ((last + lo * CQ_ENTRY_SIZE) / CQ_ENTRY_SIZE) as i64;
+            // Entries are written in order: the first empty one ends them.
+            let n = match (0..in_block).find(|i| at(&block, *i).is_none_or(|e| e.is_empty())) {
+                Some(n) => n,
+                None => {
+                    let (mut lo, mut hi) = (in_block as u64, file_entries as u64);
+                    while lo < hi {
+                        let mid = lo + (hi - lo) / 2;
+                        let mut b = [0u8; ENTRY];
+                        read_full(&*file, &mut b, mid * CQ_ENTRY_SIZE)
+                            .map_err(|e| StoreError::io("read segment", &path, e))?;
+                        if CqEntry::decode(&b).is_some_and(|e| !e.is_empty()) {
+                            lo = mid + 1;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    lo as usize
+                }
+            };
+            if n > 0 {
+                let mut b = [0u8; ENTRY];
+                if n <= in_block {
+                    b.copy_from_slice(&block[(n - 1) * ENTRY..n * ENTRY]);
+                } else {
+                    read_full(&*file, &mut b, (n as u64 - 1) * CQ_ENTRY_SIZE)
+                        .map_err(|e| StoreError::io("read segment", &path, e))?;
+                }
+                last_entry =
+                    CqEntry::decode(&b).map(|e| ((last / CQ_ENTRY_SIZE) as i64 + n as i64 - 1, e));
+            }
+            if last == first {
+                first_block = Some(n.min(in_block));
+            }
+            max_logic = ((last + n as u64 * CQ_ENTRY_SIZE) / CQ_ENTRY_SIZE) as i64;
+            break;
         }
         cq.max_logic.store(max_logic, Ordering::Release);
-        cq.tail.lock().start = max_logic;
-        cq.skip_fillers();
+        {
+            let mut t = cq.tail.lock();
+            t.start = max_logic;
+            t.last = last_entry;
+        }
+        match first_block {
+            // One file: skip fillers within the block already read.
+            Some(valid) => {
+                let base = cq.min_offset();
+                let mut i = 0;
+                while i < valid
+                    && CqEntry::decode(&block[i * ENTRY..(i + 1) * ENTRY])
+                        .is_some_and(|e| e.is_filler())
+                {
+                    i += 1;
+                }
+                if i == valid && valid == LOAD_BLOCK {
+                    cq.skip_fillers();
+                } else {
+                    cq.min_logic.store(base + i as i64, Ordering::Release);
+                    if i < valid {
+                        let e = CqEntry::decode(&block[i * ENTRY..(i + 1) * ENTRY]);
+                        cq.tail.lock().at_min = e.map(|e| (base + i as i64, e));
+                    }
+                }
+            }
+            None => cq.skip_fillers(),
+        }
         Ok(cq)
     }
 
@@ -305,18 +372,6 @@ impl ConsumeQueue {
             }
         }
         self.min_logic.store(m, Ordering::Release);
-    }
-
-    /// First entry of the segment file at `base`.
-    fn read_file_entry(&self, base: u64) -> std::io::Result<CqEntry> {
-        let file = self.vfs.open(&self.seg_path(base), OpenMode::Existing)?;
-        let mut b = [0u8; ENTRY];
-        read_full(&*file, &mut b, 0)?;
-        Ok(CqEntry::decode(&b).unwrap_or(CqEntry {
-            phys_offset: 0,
-            size: 0,
-            tags_code: 0,
-        }))
     }
 
     fn remove_last_file(&self) -> Result<()> {
@@ -429,6 +484,17 @@ impl ConsumeQueue {
         let max = self.max_offset();
         let mut t = self.tail.lock();
         if logic < max {
+            let decoded = CqEntry {
+                phys_offset,
+                size,
+                tags_code,
+            };
+            let t_ref = &mut *t;
+            for (l, e) in [&mut t_ref.last, &mut t_ref.at_min].into_iter().flatten() {
+                if *l == logic {
+                    *e = decoded;
+                }
+            }
             if logic >= t.start {
                 let at = (logic - t.start) as usize * ENTRY;
                 if let Some(slot) = t.bytes.get_mut(at..at + ENTRY) {
@@ -468,6 +534,14 @@ impl ConsumeQueue {
             }
         }
         t.bytes.extend_from_slice(&entry);
+        t.last = Some((
+            logic,
+            CqEntry {
+                phys_offset,
+                size,
+                tags_code,
+            },
+        ));
         let added = (logic + 1 - start) as u64 * CQ_ENTRY_SIZE;
         if was_empty {
             t.first_phys = phys_offset;
@@ -538,6 +612,23 @@ impl ConsumeQueue {
         }
     }
 
+    /// The entry at `logic`, from the cached edges when it is one of them
+    /// (no file opened).
+    fn edge_or_entry(&self, logic: i64) -> Option<CqEntry> {
+        if logic < 0 || logic >= self.max_offset() {
+            return None;
+        }
+        {
+            let t = self.tail.lock();
+            for (l, e) in [t.last, t.at_min].into_iter().flatten() {
+                if l == logic {
+                    return Some(e);
+                }
+            }
+        }
+        self.entry(logic)
+    }
+
     /// The published entry at `logic`.
     pub fn entry(&self, logic: i64) -> Option<CqEntry> {
         if logic < 0 || logic >= self.max_offset() {
@@ -595,7 +686,7 @@ impl ConsumeQueue {
         if max == 0 {
             return 0;
         }
-        match self.entry(max - 1) {
+        match self.edge_or_entry(max - 1) {
             Some(e) if !e.is_filler() => (e.phys_offset + i64::from(e.size)) as u64,
             _ => 0,
         }
@@ -607,7 +698,9 @@ impl ConsumeQueue {
         let mut removed = 0;
         let mut max = self.max_offset();
         while max > self.min_offset() {
-            let Some(e) = self.entry(max - 1) else { break };
+            let Some(e) = self.edge_or_entry(max - 1) else {
+                break;
+            };
             // After a power loss the tail may hold empty or half-written
             // entries between real ones: only a whole entry pointing inside
             // the CommitLog ends the cut.
@@ -618,6 +711,8 @@ impl ConsumeQueue {
             // Unpublish first, then clear the bytes.
             self.max_logic.store(max - 1, Ordering::Release);
             let mut t = self.tail.lock();
+            t.last = None;
+            t.at_min = None;
             if max > t.start {
                 let keep = (max - 1 - t.start) as usize * ENTRY;
                 let cut = t.bytes.len().saturating_sub(keep) as u64;
@@ -652,8 +747,8 @@ impl ConsumeQueue {
     /// CommitLog (entries are sorted by CommitLog offset).
     pub fn correct_min_offset(&self, commitlog_min: u64) {
         let (mut lo, mut hi) = (self.min_offset(), self.max_offset());
-        // Most calls find the first entry still stored: one read.
-        match self.entry(lo) {
+        // Most calls find the first entry still stored: one read, or none.
+        match self.edge_or_entry(lo) {
             Some(e) if !e.is_filler() && (e.phys_offset as u64) >= commitlog_min => return,
             _ => {}
         }
@@ -664,7 +759,10 @@ impl ConsumeQueue {
                 _ => hi = mid,
             }
         }
-        self.min_logic.fetch_max(lo, Ordering::AcqRel);
+        let min = self.min_logic.fetch_max(lo, Ordering::AcqRel).max(lo);
+        if let Some(e) = self.entry(min) {
+            self.tail.lock().at_min = Some((min, e));
+        }
     }
 
     /// Delete segments whose every entry points below `commitlog_min`; the

@@ -10,6 +10,7 @@ use std::time::Instant;
 use apogee_protocol::message::stored;
 
 use crate::checkpoint::Checkpoint;
+use crate::consume_queue::ConsumeQueue;
 use crate::dispatch;
 use crate::error::{Result, StoreError};
 use crate::store::Inner;
@@ -125,6 +126,7 @@ fn load_consume_queues(inner: &Inner) -> Result<()> {
         .vfs
         .list_dir(&root)
         .map_err(|e| StoreError::io("list directory", &root, e))?;
+    let mut queues = Vec::new();
     for t in topics {
         let Some(topic) = t.name.to_str().map(str::to_owned) else {
             continue;
@@ -133,15 +135,49 @@ fn load_consume_queues(inner: &Inner) -> Result<()> {
             continue;
         }
         let dir = root.join(&topic);
-        let queues = inner
+        let listed = inner
             .vfs
             .list_dir(&dir)
             .map_err(|e| StoreError::io("list directory", &dir, e))?;
-        for q in queues {
-            let Some(qid) = q.name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            inner.find_or_create_cq(&topic, qid)?;
+        for q in listed {
+            if let Some(qid) = q.name.to_str().and_then(|s| s.parse::<i32>().ok()) {
+                queues.push((topic.clone(), qid));
+            }
+        }
+    }
+    // Loading is a few syscalls per queue, and a broker may have 100,000s:
+    // spread it over a few threads (outside the table's lock).
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4)
+        .min(queues.len().div_ceil(1000).max(1));
+    let chunk = queues.len().div_ceil(threads).max(1);
+    let loaded: Vec<Result<Vec<ConsumeQueue>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = queues
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(topic, qid)| inner.load_cq(topic, *qid))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(StoreError::Corrupt {
+                        path: root.clone(),
+                        reason: "a ConsumeQueue loader thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    for part in loaded {
+        for cq in part? {
+            inner.insert_cq(cq);
         }
     }
     Ok(())

@@ -365,6 +365,32 @@ impl Inner {
         self.cqs.read().get(topic)?.get(&queue_id).cloned()
     }
 
+    /// Load one queue from its folder (not yet in the table).
+    pub(crate) fn load_cq(&self, topic: &str, queue_id: i32) -> Result<ConsumeQueue> {
+        let dir = self
+            .cfg
+            .consumequeue_dir()
+            .join(topic)
+            .join(queue_id.to_string());
+        ConsumeQueue::load(
+            &self.vfs,
+            &dir,
+            topic,
+            queue_id,
+            self.cfg.mapped_file_size_consume_queue,
+            self.cq_shared.clone(),
+        )
+    }
+
+    /// Put a loaded queue in the table (recovery).
+    pub(crate) fn insert_cq(&self, cq: ConsumeQueue) {
+        self.cqs
+            .write()
+            .entry(cq.topic().to_owned())
+            .or_default()
+            .insert(cq.queue_id(), Arc::new(cq));
+    }
+
     pub(crate) fn find_or_create_cq(
         &self,
         topic: &str,
