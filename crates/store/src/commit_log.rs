@@ -212,7 +212,21 @@ impl CommitLog {
             });
         }
         check_records(buf, count)?;
-        let mut st = self.append.lock();
+        let mut guard = self.append.lock();
+        let st = &mut *guard;
+        // One lookup of the queue's slot (under the lock, where a miss in a
+        // table of 100,000s of queues costs every other appender too). A
+        // new slot starts at 0, so creating it before a failed write changes
+        // nothing.
+        let slot = if dispatchable {
+            let q = match st.queue_offsets.get_mut(topic) {
+                Some(q) => q,
+                None => st.queue_offsets.entry(topic.to_owned()).or_default(),
+            };
+            Some(q.entry(queue_id).or_insert(0))
+        } else {
+            None
+        };
         let mut seg = match &st.current {
             Some(s) => s.clone(),
             None => {
@@ -245,15 +259,7 @@ impl CommitLog {
         let ts = now_ms().max(self.last_store_ts.load(Ordering::Relaxed));
         // Taken only once the bytes are written: a failed write must not
         // leave a hole in the queue.
-        let queue_offset = if dispatchable {
-            st.queue_offsets
-                .get(topic)
-                .and_then(|q| q.get(&queue_id))
-                .copied()
-                .unwrap_or(0)
-        } else {
-            0
-        };
+        let queue_offset = slot.as_deref().copied().unwrap_or(0);
         // Patch every record: physical offset, queue offset, store timestamp.
         // The layout was validated before taking the lock, so this cannot fail
         // half-way.
@@ -269,17 +275,13 @@ impl CommitLog {
             i += 1;
         }
         seg.write_at(pos, buf)?;
-        if dispatchable {
-            let q = match st.queue_offsets.get_mut(topic) {
-                Some(q) => q,
-                None => st.queue_offsets.entry(topic.to_owned()).or_default(),
-            };
-            q.insert(queue_id, queue_offset + count as i64);
+        if let Some(slot) = slot {
+            *slot = queue_offset + count as i64;
         }
         seg.set_wrote(pos + total);
         self.last_store_ts.store(ts, Ordering::Relaxed);
         self.max_offset.store(phys + total, Ordering::Release);
-        drop(st);
+        drop(guard);
         Ok(AppendResult {
             phys_offset: phys,
             wrote_bytes: buf.len(),
