@@ -844,6 +844,66 @@ mod tests {
     }
 
     #[test]
+    fn ha_keys_apply_export_and_check_the_role() {
+        let mut c = BrokerConfig::default();
+        let unknown = c
+            .apply(&props(&[
+                ("brokerRole", "slave"),
+                ("brokerId", "2"),
+                ("listenPort", "20911"),
+                ("haMasterAddress", "10.0.0.1:10912"),
+                ("haSendHeartbeatInterval", "1000"),
+                ("haTransferBatchSize", "65536"),
+                ("haMaxGapNotInSync", "1048576"),
+                ("haHousekeepingInterval", "9000"),
+                ("syncFlushTimeout", "700"),
+            ]))
+            .unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert!(!c.is_master());
+        assert_eq!(c.effective_ha_listen_port(), 20912, "listenPort + 1");
+        assert_eq!(c.ha_master_address.as_deref(), Some("10.0.0.1:10912"));
+        assert_eq!(c.ha_send_heartbeat_interval, Duration::from_millis(1000));
+        assert_eq!(c.ha_transfer_batch_size, 65536);
+        assert_eq!(c.ha_max_gap_not_in_sync, 1 << 20);
+        assert_eq!(c.ha_housekeeping_interval, Duration::from_millis(9000));
+        assert_eq!(c.store.sync_flush_timeout, 700);
+        c.check_role().unwrap();
+        let p = c.to_properties();
+        assert_eq!(p["haListenPort"], "20912");
+        assert_eq!(p["haMasterAddress"], "10.0.0.1:10912");
+        let mut back = BrokerConfig::default();
+        back.apply(&p).unwrap();
+        assert_eq!(back.to_properties(), p);
+
+        c.apply(&props(&[("haListenPort", "30000")])).unwrap();
+        assert_eq!(c.effective_ha_listen_port(), 30000);
+        // A slave needs an id of 1 or more; a master is always 0.
+        let mut bad = BrokerConfig::default();
+        bad.apply(&props(&[("brokerRole", "SLAVE")])).unwrap();
+        let err = bad.check_role().unwrap_err();
+        assert!(err.to_string().contains("brokerId"), "{err}");
+        let mut m = BrokerConfig::default();
+        m.apply(&props(&[("brokerRole", "SYNC_MASTER"), ("brokerId", "3")]))
+            .unwrap();
+        m.check_role().unwrap();
+        assert_eq!(m.broker_id, 0);
+        assert!(m.is_sync_master());
+        for (k, v) in [
+            ("haMasterAddress", "nohost"),
+            ("haTransferBatchSize", "0"),
+            ("haTransferBatchSize", "8388608"),
+            ("haListenPort", "70000"),
+            ("haSendHeartbeatInterval", "0"),
+        ] {
+            let err = BrokerConfig::default()
+                .apply(&props(&[(k, v)]))
+                .unwrap_err();
+            assert!(err.to_string().contains(k), "{err} should name {k}");
+        }
+    }
+
+    #[test]
     fn properties_round_trip() {
         let mut c = BrokerConfig::default();
         c.apply(&props(&[("brokerName", "zz"), ("deleteWhen", "01;13")]))

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use apogee_client::{AdminClient, Message, MessageQueue, Producer, SendStatus};
 use apogee_protocol::body::TopicConfig;
-use apogee_protocol::code::request_code;
+use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::flags::PullSysFlag;
 use apogee_protocol::header::PullMessageRequestHeader;
+use apogee_protocol::RemotingCommand;
+use apogee_remoting::{ClientConfig, RemotingClient};
 
 const TOPIC: &str = "HaTopic";
 const BROKER_NAME: &str = "broker-ha";
@@ -203,14 +205,6 @@ async fn sync_master_kill_9_loses_no_acknowledged_message() {
     let master_flags = ["brokerRole=SYNC_MASTER", "brokerId=0"];
     let mut master = spawn_broker(&ns, master_dir.path(), master_port, &master_flags);
     let master_addr = master.addr.to_string();
-    let slave = spawn_broker(
-        &ns,
-        slave_dir.path(),
-        0,
-        &["brokerRole=SLAVE", "brokerId=1"],
-    );
-    let slave_addr = slave.addr.to_string();
-
     let admin = AdminClient::builder()
         .namesrv_addr(ns.clone())
         .build()
@@ -227,6 +221,48 @@ async fn sync_master_kill_9_loses_no_acknowledged_message() {
         )
         .await
         .expect("create topic");
+
+    let routed = wait_for(Duration::from_secs(20), || async {
+        admin
+            .topic_route(TOPIC)
+            .await
+            .is_ok_and(|r| r.queue_datas.iter().any(|q| q.write_queue_nums == QUEUES))
+    })
+    .await;
+    assert!(routed, "the NameServer never routed the topic");
+
+    // No slave yet: the message is stored, but the answer says no slave has it.
+    let producer = new_producer(&ns, "ha-producer").await;
+    let lonely = producer
+        .send(Message::new(TOPIC, "no-slave-yet"))
+        .await
+        .expect("send without a slave");
+    assert_eq!(lonely.status, SendStatus::SlaveNotAvailable);
+
+    let slave = spawn_broker(
+        &ns,
+        slave_dir.path(),
+        0,
+        &["brokerRole=SLAVE", "brokerId=1"],
+    );
+    let slave_addr = slave.addr.to_string();
+    // A slave refuses sends (Java's rejectRequest on a slave: SYSTEM_BUSY).
+    let raw = RemotingClient::new(ClientConfig::default());
+    let refused = raw
+        .invoke(
+            &slave_addr,
+            RemotingCommand::request(request_code::SEND_MESSAGE_V2),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("slave answers");
+    assert_eq!(
+        refused.code,
+        response_code::SYSTEM_BUSY,
+        "{:?}",
+        refused.remark
+    );
+    raw.close().await;
 
     // The slave copies topic configs from its master every few seconds:
     // wait until it knows the topic (its data comes with every send).
@@ -249,7 +285,6 @@ async fn sync_master_kill_9_loses_no_acknowledged_message() {
         "the slave never copied the topic config from its master"
     );
 
-    let producer = new_producer(&ns, "ha-producer").await;
     // The first sends wait for the slave's link (SLAVE_NOT_AVAILABLE before).
     let warm = wait_for(Duration::from_secs(30), || async {
         matches!(

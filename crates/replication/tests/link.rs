@@ -366,3 +366,65 @@ fn frame_header_constants_match_apache() {
     assert_eq!(TRANSFER_HEADER_SIZE, 12);
     assert_eq!(codec::REPORT_SIZE, 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_slave_times_out_and_a_lagging_one_is_not_available() {
+    let md = tempfile::tempdir().unwrap();
+    let master = open(md.path());
+    for i in 0..5 {
+        master.put_message(&msg("T", 0, i)).unwrap();
+    }
+    let cfg = HaConfig {
+        // 2 KB: the five messages put the master further ahead than that.
+        max_gap_not_in_sync: 2048,
+        ..ha_config()
+    };
+    let server = HaServer::start(Arc::clone(&master), cfg).unwrap();
+    // A "slave" that reports offset 1 (so the transfer starts) and then
+    // reads without ever acknowledging.
+    let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    s.write_all(&codec::encode_report(1)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || server.slaves().len() == 1));
+    let end = master.commit_log_max_offset() as u64;
+    assert!(end > 2048);
+    // Acked 1, end far beyond the allowed gap: not available, at once.
+    let t = Instant::now();
+    assert_eq!(
+        server.wait_replicated(end, Duration::from_secs(5)).await,
+        SyncOutcome::SlaveNotAvailable
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Within the gap but never acknowledged: a timeout.
+    s.write_all(&codec::encode_report(end - 100)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || server.acked_offset()
+        == end - 100));
+    let t = Instant::now();
+    assert_eq!(
+        server
+            .wait_replicated(end, Duration::from_millis(300))
+            .await,
+        SyncOutcome::Timeout
+    );
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // A report beyond the master's end does not acknowledge more than it has.
+    s.write_all(&codec::encode_report(end + 10_000)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || server.acked_offset() == end));
+    assert_eq!(
+        server
+            .wait_replicated(end, Duration::from_millis(300))
+            .await,
+        SyncOutcome::Replicated
+    );
+    drop(s);
+    assert!(wait_until(Duration::from_secs(5), || server
+        .slaves()
+        .is_empty()));
+    assert_eq!(
+        server
+            .wait_replicated(end, Duration::from_millis(100))
+            .await,
+        SyncOutcome::SlaveNotAvailable,
+        "no slave connected"
+    );
+    server.shutdown();
+}

@@ -118,18 +118,19 @@ async fn send_inner(
     peer: SocketAddr,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, Reject> {
-    let header = decode_send_header(req).map_err(|e| {
-        Reject::new(
-            response_code::SYSTEM_ERROR,
-            format!("cannot decode the send request header: {e}"),
-        )
-    })?;
+    // Java refuses before looking at the request (`rejectRequest`).
     if !ctx.config.is_master() {
         return Err(Reject::new(
             response_code::SYSTEM_BUSY,
             "[REJECTREQUEST]system busy, this broker is a slave and does not accept messages",
         ));
     }
+    let header = decode_send_header(req).map_err(|e| {
+        Reject::new(
+            response_code::SYSTEM_ERROR,
+            format!("cannot decode the send request header: {e}"),
+        )
+    })?;
     let topic_config = msg_check(ctx, &header, peer)?;
     let body = req.body.clone().unwrap_or_default();
     let is_batch = header.batch.unwrap_or(false) || req.code == request_code::SEND_BATCH_MESSAGE;
