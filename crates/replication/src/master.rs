@@ -108,6 +108,10 @@ pub struct HaServer {
     acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Longest sleep of an idle slave link before it looks for new data (as
+/// Apache's transfer service, which waits 100 ms).
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
 static ACCEPT_FAILED: LogThrottle = LogThrottle::new("HA accept failed");
 static SLAVE_LINK_CLOSED: LogThrottle = LogThrottle::new("HA slave link closed");
 
@@ -415,7 +419,9 @@ fn write_frames(shared: &Shared, conn: &Conn, mut stream: TcpStream) -> String {
             last_write = Instant::now();
             continue;
         }
-        shared.wait_data(next, cfg.heartbeat_interval - idle);
+        // Woken by the broker after its puts; appends it does not see
+        // (e.g. scheduled deliveries) are found within IDLE_POLL.
+        shared.wait_data(next, (cfg.heartbeat_interval - idle).min(IDLE_POLL));
     }
 }
 
