@@ -6,7 +6,8 @@
 //! (GET_ALL_CONSUMER_OFFSET), and takes them: topics and groups as the
 //! master has them (added, changed, removed), offsets entry by entry. So
 //! when the master is gone, consumers pulling from the slave find their
-//! topics, groups and committed offsets.
+//! topics, groups and committed offsets. A slave that does not know its
+//! master yet also asks for a registration each round: the answer names it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::context::BrokerContext;
 
-/// How often a slave copies its master's metadata.
+/// How often a slave copies its master's metadata (and, while it does not
+/// know its master yet, registers again to learn it).
 pub const SLAVE_SYNC_INTERVAL: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -57,6 +59,16 @@ pub fn spawn(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<bool>) -> JoinHa
     tokio::spawn(async move {
         let client = RemotingClient::new(ClientConfig::default());
         loop {
+            // Until a registration has named the master (a slave started
+            // before its master), register again every round instead of
+            // every registerNameServerPeriod.
+            let knows_master = ctx
+                .ha_client
+                .get()
+                .is_none_or(|c| c.master_addr().is_some());
+            if !knows_master {
+                ctx.request_register();
+            }
             let master = ctx.master_addr.read().clone();
             if let Some(master) = master {
                 for (what, r) in [

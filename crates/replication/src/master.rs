@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use apogee_store::MessageStore;
 use apogee_throttle::{throttled_warn, LogThrottle};
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use crate::codec::{self, REPORT_SIZE};
 use crate::HaConfig;
@@ -60,12 +60,21 @@ impl Conn {
     }
 }
 
+#[derive(Default)]
+struct Waiters {
+    next_ticket: u64,
+    by_end: std::collections::BTreeMap<(u64, u64), oneshot::Sender<()>>,
+}
+
 struct Shared {
     store: Arc<MessageStore>,
     cfg: HaConfig,
     stop: AtomicBool,
     /// Highest offset a slave acknowledged (Apache's push2SlaveMaxOffset).
-    acked: watch::Sender<u64>,
+    acked: AtomicU64,
+    /// Sends waiting for an acknowledgement, by (end offset, ticket): an
+    /// acknowledgement completes exactly the ones it covers.
+    waiters: Mutex<Waiters>,
     conns: Mutex<Vec<Arc<Conn>>>,
     data_mu: Mutex<()>,
     data_cv: Condvar,
@@ -73,6 +82,21 @@ struct Shared {
 }
 
 impl Shared {
+    /// Raises the acknowledged offset and completes the sends it covers.
+    fn acknowledge(&self, offset: u64) {
+        if self.acked.fetch_max(offset, Ordering::SeqCst) >= offset {
+            return;
+        }
+        let done = {
+            let mut w = self.waiters.lock();
+            let rest = w.by_end.split_off(&(offset + 1, 0));
+            std::mem::replace(&mut w.by_end, rest)
+        };
+        for tx in done.into_values() {
+            let _ = tx.send(());
+        }
+    }
+
     fn connection_count(&self) -> usize {
         self.conns.lock().len()
     }
@@ -120,12 +144,12 @@ impl HaServer {
     pub fn start(store: Arc<MessageStore>, cfg: HaConfig) -> io::Result<HaServer> {
         let listener = TcpListener::bind(cfg.listen_addr)?;
         let local_addr = listener.local_addr()?;
-        let (acked, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             store,
             cfg,
             stop: AtomicBool::new(false),
-            acked,
+            acked: AtomicU64::new(0),
+            waiters: Mutex::new(Waiters::default()),
             conns: Mutex::new(Vec::new()),
             data_mu: Mutex::new(()),
             data_cv: Condvar::new(),
@@ -154,7 +178,7 @@ impl HaServer {
 
     /// Highest CommitLog offset a slave has acknowledged.
     pub fn acked_offset(&self) -> u64 {
-        *self.shared.acked.borrow()
+        self.shared.acked.load(Ordering::SeqCst)
     }
 
     /// Apache's `isSlaveOK`: a slave is connected and the acknowledged
@@ -173,13 +197,26 @@ impl HaServer {
         if self.acked_offset() >= end {
             return SyncOutcome::Replicated;
         }
-        let mut rx = self.shared.acked.subscribe();
+        let (tx, rx) = oneshot::channel();
+        let key = {
+            let mut w = self.shared.waiters.lock();
+            w.next_ticket += 1;
+            let key = (end, w.next_ticket);
+            w.by_end.insert(key, tx);
+            key
+        };
+        // An acknowledgement may have come before the ticket was filed.
+        if self.acked_offset() >= end {
+            self.shared.waiters.lock().by_end.remove(&key);
+            return SyncOutcome::Replicated;
+        }
         self.wake();
-        let acked =
-            tokio::time::timeout(timeout, async { rx.wait_for(|a| *a >= end).await.is_ok() }).await;
-        match acked {
-            Ok(true) => SyncOutcome::Replicated,
-            _ => SyncOutcome::Timeout,
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => SyncOutcome::Replicated,
+            _ => {
+                self.shared.waiters.lock().by_end.remove(&key);
+                SyncOutcome::Timeout
+            }
         }
     }
 
@@ -352,14 +389,7 @@ fn read_reports(shared: &Shared, conn: &Conn, mut stream: TcpStream) -> String {
         // not acknowledge sends it has not seen.
         let master_end = shared.store.commit_log_max_offset() as u64;
         let counted = offset.min(master_end);
-        shared.acked.send_if_modified(|a| {
-            if counted > *a {
-                *a = counted;
-                true
-            } else {
-                false
-            }
-        });
+        shared.acknowledge(counted);
     }
 }
 
