@@ -136,6 +136,10 @@ pub struct HaServer {
 /// Apache's transfer service, which waits 100 ms).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// How long a slave link that just sent everything waits for more before
+/// it goes idle (and needs a wake-up per put).
+const LINGER: Duration = Duration::from_micros(200);
+
 static ACCEPT_FAILED: LogThrottle = LogThrottle::new("HA accept failed");
 static SLAVE_LINK_CLOSED: LogThrottle = LogThrottle::new("HA slave link closed");
 
@@ -426,6 +430,7 @@ fn write_frames(shared: &Shared, conn: &Conn, mut stream: TcpStream) -> String {
     conn.next_transfer.store(next, Ordering::Release);
     let batch = cfg.transfer_batch_size.clamp(1, codec::MAX_FRAME_BODY);
     let mut last_write = Instant::now();
+    let mut lingered = false;
     loop {
         if conn.closed.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
             return "closed".into();
@@ -438,8 +443,18 @@ fn write_frames(shared: &Shared, conn: &Conn, mut stream: TcpStream) -> String {
             next += data.len() as u64;
             conn.next_transfer.store(next, Ordering::Release);
             last_write = Instant::now();
+            lingered = false;
             continue;
         }
+        if !lingered {
+            // Under load more bytes arrive within moments: look again once
+            // before going idle, so that many puts share one frame and one
+            // wake-up instead of each waking this thread.
+            lingered = true;
+            std::thread::sleep(LINGER);
+            continue;
+        }
+        lingered = false;
         let idle = last_write.elapsed();
         if idle >= cfg.heartbeat_interval {
             let header = codec::encode_header(next, 0);
