@@ -50,6 +50,8 @@ struct Conn {
     ack: AtomicI64,
     next_transfer: AtomicU64,
     closed: AtomicBool,
+    /// Last reported state, so that crossing the gap is logged once.
+    in_sync: AtomicBool,
 }
 
 impl Conn {
@@ -310,6 +312,7 @@ fn start_conn(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::
         ack: AtomicI64::new(-1),
         next_transfer: AtomicU64::new(0),
         closed: AtomicBool::new(false),
+        in_sync: AtomicBool::new(true),
     });
     let reader_stream = stream.try_clone()?;
     shared.conns.lock().push(Arc::clone(&conn));
@@ -394,6 +397,16 @@ fn read_reports(shared: &Shared, conn: &Conn, mut stream: TcpStream) -> String {
         let master_end = shared.store.commit_log_max_offset() as u64;
         let counted = offset.min(master_end);
         shared.acknowledge(counted);
+        let behind = master_end.saturating_sub(offset);
+        let in_sync = behind < shared.cfg.max_gap_not_in_sync;
+        if in_sync != conn.in_sync.swap(in_sync, Ordering::AcqRel) {
+            if in_sync {
+                tracing::info!(slave = %conn.peer, behind, "HA server: slave back in sync");
+            } else {
+                tracing::warn!(slave = %conn.peer, behind, max_gap = shared.cfg.max_gap_not_in_sync,
+                    "HA server: slave out of sync (more than haMaxGapNotInSync behind)");
+            }
+        }
     }
 }
 
