@@ -303,6 +303,40 @@ async fn sync_master_kill_9_loses_no_acknowledged_message() {
     assert_eq!(other, 0, "every send with a live slave is SEND_OK");
     assert_eq!(acked.len(), n);
 
+    // Both sides report the link (GET_BROKER_HA_STATUS, mqadmin haStatus).
+    let status = wait_for(Duration::from_secs(10), || async {
+        let Ok(m) = admin.ha_status(&master_addr).await else {
+            return false;
+        };
+        let conns = m["haConnectionInfo"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        m["master"] == true
+            && conns.len() == 1
+            && conns[0]["inSync"] == true
+            && conns[0]["slaveAckOffset"] == m["masterCommitLogMaxOffset"]
+    })
+    .await;
+    assert!(status, "the master's HA status shows its slave in sync");
+    let s = admin.ha_status(&slave_addr).await.expect("slave HA status");
+    assert_eq!(s["master"], false);
+    assert_eq!(
+        s["haClientRuntimeInfo"]["masterAddr"].as_str(),
+        Some(format!("127.0.0.1:{}", master_port + 1).as_str())
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_apogee"))
+        .args(["admin", "-n", &ns, "haStatus", "-b", &master_addr, "--json"])
+        .output()
+        .expect("apogee admin haStatus");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("haStatus JSON");
+    assert_eq!(v[&master_addr]["inSyncSlaveNums"], 1, "{v}");
+
     // kill -9 the master: what it acknowledged must be on the slave.
     master.child.kill().expect("kill -9 the master");
     let _ = master.child.wait();

@@ -40,6 +40,55 @@ pub struct SlaveInfo {
     pub next_transfer: u64,
     /// Within `haMaxGapNotInSync` of the master's end.
     pub in_sync: bool,
+    /// CommitLog bytes sent to it in the last whole second.
+    pub bytes_last_second: u64,
+}
+
+/// Bytes per second on one link, counted by its only writer.
+#[derive(Default)]
+pub(crate) struct Rate {
+    second: AtomicU64,
+    this_second: AtomicU64,
+    last_second: AtomicU64,
+}
+
+impl Rate {
+    fn now_s() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    /// Writer side.
+    pub(crate) fn add(&self, n: u64) {
+        let now = Self::now_s();
+        let cur = self.second.load(Ordering::Relaxed);
+        if now != cur {
+            let last = if now == cur + 1 {
+                self.this_second.load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            self.last_second.store(last, Ordering::Relaxed);
+            self.this_second.store(0, Ordering::Relaxed);
+            self.second.store(now, Ordering::Relaxed);
+        }
+        self.this_second.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes in the last whole second.
+    pub(crate) fn per_second(&self) -> u64 {
+        let now = Self::now_s();
+        let cur = self.second.load(Ordering::Relaxed);
+        if now == cur {
+            self.last_second.load(Ordering::Relaxed)
+        } else if now == cur + 1 {
+            self.this_second.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
 }
 
 struct Conn {
@@ -52,6 +101,7 @@ struct Conn {
     closed: AtomicBool,
     /// Last reported state, so that crossing the gap is logged once.
     in_sync: AtomicBool,
+    rate: Rate,
 }
 
 impl Conn {
@@ -241,6 +291,7 @@ impl HaServer {
                     ack_offset: ack,
                     next_transfer: c.next_transfer.load(Ordering::Acquire),
                     in_sync: ack >= 0 && master_end.saturating_sub(ack as u64) < gap,
+                    bytes_last_second: c.rate.per_second(),
                 }
             })
             .collect()
@@ -313,6 +364,7 @@ fn start_conn(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::
         next_transfer: AtomicU64::new(0),
         closed: AtomicBool::new(false),
         in_sync: AtomicBool::new(true),
+        rate: Rate::default(),
     });
     let reader_stream = stream.try_clone()?;
     shared.conns.lock().push(Arc::clone(&conn));
@@ -454,6 +506,7 @@ fn write_frames(shared: &Shared, conn: &Conn, mut stream: TcpStream) -> String {
                 return format!("write failed: {e}");
             }
             next += data.len() as u64;
+            conn.rate.add(data.len() as u64);
             conn.next_transfer.store(next, Ordering::Release);
             last_write = Instant::now();
             lingered = false;

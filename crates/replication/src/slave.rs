@@ -77,6 +77,10 @@ struct Shared {
     stream: Mutex<Option<TcpStream>>,
     connected: AtomicBool,
     reported: AtomicU64,
+    /// Wall-clock ms of the last read from / write to the master (0 = never).
+    last_read_ms: AtomicU64,
+    last_write_ms: AtomicU64,
+    rate: crate::master::Rate,
 }
 
 impl Shared {
@@ -120,6 +124,9 @@ impl HaClient {
             stream: Mutex::new(None),
             connected: AtomicBool::new(false),
             reported: AtomicU64::new(0),
+            last_read_ms: AtomicU64::new(0),
+            last_write_ms: AtomicU64::new(0),
+            rate: crate::master::Rate::default(),
         });
         let sh = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -164,6 +171,21 @@ impl HaClient {
     /// Last offset reported to the master.
     pub fn reported_offset(&self) -> u64 {
         self.shared.reported.load(Ordering::Acquire)
+    }
+
+    /// Wall-clock ms of the last bytes read from the master (0 = never).
+    pub fn last_read_ms(&self) -> u64 {
+        self.shared.last_read_ms.load(Ordering::Acquire)
+    }
+
+    /// Wall-clock ms of the last report written to the master (0 = never).
+    pub fn last_write_ms(&self) -> u64 {
+        self.shared.last_write_ms.load(Ordering::Acquire)
+    }
+
+    /// Bytes received from the master in the last whole second.
+    pub fn bytes_last_second(&self) -> u64 {
+        self.shared.rate.per_second()
     }
 
     /// Closes the link and joins the thread.
@@ -312,6 +334,8 @@ impl Link {
                 Err(e) => return Err(e.into()),
             };
             last_read = Instant::now();
+            shared.last_read_ms.store(now_ms(), Ordering::Release);
+            shared.rate.add(n as u64);
             match &mut body {
                 None => {
                     header_got += n;
@@ -389,5 +413,13 @@ fn resolve(addr: &str) -> Result<SocketAddr, LinkError> {
 fn report(shared: &Shared, stream: &mut TcpStream, offset: u64) -> Result<(), LinkError> {
     stream.write_all(&codec::encode_report(offset))?;
     shared.reported.store(offset, Ordering::Release);
+    shared.last_write_ms.store(now_ms(), Ordering::Release);
     Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
