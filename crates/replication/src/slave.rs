@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use apogee_store::{MessageStore, ReplicaAppendError};
-use apogee_throttle::{throttled_error, throttled_warn, LogThrottle};
+use apogee_throttle::{throttled_error, throttled_info, throttled_warn, LogThrottle};
 use bytes::{Buf, BytesMut};
 use parking_lot::{Condvar, Mutex};
 
@@ -34,6 +34,11 @@ pub enum LinkError {
     },
     #[error("the master closed the connection")]
     Closed,
+    #[error(
+        "the peer closed the connection before sending anything: is {0} a master's \
+         haListenPort (listenPort + 1), not its listenPort or another service?"
+    )]
+    NotAMaster(String),
     #[error("nothing from the master for {0:?} (haHousekeepingInterval)")]
     Silent(Duration),
     #[error("link I/O failed: {0}")]
@@ -56,6 +61,7 @@ impl LinkError {
             LinkError::Resolve { .. } => "resolve",
             LinkError::Connect { .. } => "connect",
             LinkError::Closed => "closed",
+            LinkError::NotAMaster(_) => "not-a-master",
             LinkError::Silent(_) => "silent",
             LinkError::Io(_) => "io",
             LinkError::Frame(_) => "frame",
@@ -81,6 +87,7 @@ struct Shared {
     last_read_ms: AtomicU64,
     last_write_ms: AtomicU64,
     rate: crate::master::Rate,
+    last_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -104,6 +111,7 @@ pub struct HaClient {
 }
 
 static LINK_FAILED: LogThrottle = LogThrottle::new("HA link to the master failed");
+static CONNECTED: LogThrottle = LogThrottle::new("HA client connected");
 
 impl HaClient {
     /// Starts the client; with no master address it waits for one
@@ -127,6 +135,7 @@ impl HaClient {
             last_read_ms: AtomicU64::new(0),
             last_write_ms: AtomicU64::new(0),
             rate: crate::master::Rate::default(),
+            last_error: Mutex::new(None),
         });
         let sh = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -183,6 +192,11 @@ impl HaClient {
         self.shared.last_write_ms.load(Ordering::Acquire)
     }
 
+    /// Why the last link ended (None once a link is up again).
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().clone()
+    }
+
     /// Bytes received from the master in the last whole second.
     pub fn bytes_last_second(&self) -> u64 {
         self.shared.rate.per_second()
@@ -220,6 +234,9 @@ fn run(shared: Arc<Shared>) {
         *shared.stream.lock() = None;
         if shared.stop.load(Ordering::Acquire) {
             break;
+        }
+        if let Err(e) = &result {
+            *shared.last_error.lock() = Some(e.to_string());
         }
         match result {
             Ok(()) => {}
@@ -283,6 +300,15 @@ impl Link {
         let mut last_report = Instant::now();
         let mut last_read = Instant::now();
         shared.connected.store(true, Ordering::Release);
+        *shared.last_error.lock() = None;
+        throttled_info!(
+            CONNECTED,
+            (),
+            master = addr,
+            offset = raw_pos,
+            "HA client: connected to the master"
+        );
+        let mut got_any = false;
         tracing::info!(
             master = addr,
             offset = raw_pos,
@@ -319,6 +345,7 @@ impl Link {
                 }
             };
             let n = match read {
+                Ok(0) if !got_any => return Err(LinkError::NotAMaster(addr.to_owned())),
                 Ok(0) => return Err(LinkError::Closed),
                 Ok(n) => n,
                 Err(e)
@@ -331,9 +358,19 @@ impl Link {
                 {
                     continue
                 }
+                Err(e)
+                    if !got_any
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                        ) =>
+                {
+                    return Err(LinkError::NotAMaster(addr.to_owned()))
+                }
                 Err(e) => return Err(e.into()),
             };
             last_read = Instant::now();
+            got_any = true;
             shared.last_read_ms.store(now_ms(), Ordering::Release);
             shared.rate.add(n as u64);
             match &mut body {

@@ -428,3 +428,36 @@ async fn a_silent_slave_times_out_and_a_lagging_one_is_not_available() {
     );
     server.shutdown();
 }
+
+#[test]
+fn a_peer_that_hangs_up_at_once_is_named_as_probably_not_a_master() {
+    let sd = tempfile::tempdir().unwrap();
+    let slave = open(sd.path());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    // Accepts and hangs up at once, for as long as the test runs.
+    let hangs_up = std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Acquire) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    drop(s);
+                    n += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        n
+    });
+    let client = HaClient::start(Arc::clone(&slave), ha_config(), Some(addr.to_string())).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || client
+        .last_error()
+        .is_some_and(|e| e.contains("haListenPort"))));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert!(hangs_up.join().unwrap() >= 1);
+    assert_eq!(slave.commit_log_max_offset(), 0);
+    client.shutdown();
+}
