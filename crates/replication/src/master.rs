@@ -486,6 +486,12 @@ fn write_frames(shared: &Shared, conn: &Conn, mut stream: TcpStream) -> String {
     } else {
         request
     };
+    let master_min = store.commit_log_min_offset() as u64;
+    if next < master_min {
+        tracing::error!(slave = %conn.peer, slave_offset = next, master_min,
+            "HA server: the slave needs CommitLog data this master has already deleted \
+             (fileReservedTime); it cannot catch up: rebuild it from an empty store");
+    }
     if next > master_end {
         tracing::warn!(slave = %conn.peer, slave_offset = next, master_end,
             "HA server: the slave is ahead of this master (it holds data this master does not); \

@@ -461,3 +461,45 @@ fn a_peer_that_hangs_up_at_once_is_named_as_probably_not_a_master() {
     assert_eq!(slave.commit_log_max_offset(), 0);
     client.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_slave_resumes_from_its_own_end() {
+    let (md, sd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = open(md.path());
+    let server = HaServer::start(Arc::clone(&master), ha_config()).unwrap();
+    let addr = server.local_addr().to_string();
+    let slave = open(sd.path());
+    let client = HaClient::start(Arc::clone(&slave), ha_config(), Some(addr.clone())).unwrap();
+    for i in 0..100 {
+        master.put_message(&msg("T", (i % 3) as i32, i)).unwrap();
+        server.wake();
+    }
+    let end = master.commit_log_max_offset();
+    assert!(wait_until(Duration::from_secs(10), || slave
+        .commit_log_max_offset()
+        == end));
+    client.shutdown();
+    drop(client);
+    slave.shutdown().unwrap();
+    drop(slave);
+    // Meanwhile the master goes on.
+    for i in 100..200 {
+        master.put_message(&msg("T", (i % 3) as i32, i)).unwrap();
+    }
+    let slave = open(sd.path());
+    assert_eq!(
+        slave.commit_log_max_offset(),
+        end,
+        "the slave kept its data"
+    );
+    let client = HaClient::start(Arc::clone(&slave), ha_config(), Some(addr)).unwrap();
+    let end = master.commit_log_max_offset();
+    assert!(wait_until(Duration::from_secs(10), || slave
+        .commit_log_max_offset()
+        == end));
+    for q in 0..3 {
+        assert_eq!(queue(&master, "T", q), queue(&slave, "T", q), "queue {q}");
+    }
+    client.shutdown();
+    server.shutdown();
+}
