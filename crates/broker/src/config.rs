@@ -39,7 +39,6 @@ const IGNORED_KEYS: &[&str] = &[
     "rocketmqHome",
     "aclEnable",
     "enableControllerMode",
-    "slaveReadEnable",
     "forceRegister",
 ];
 
@@ -131,6 +130,12 @@ pub struct BrokerConfig {
     pub use_server_side_reset_offset: bool,
     /// `rejectTransactionMessage`.
     pub reject_transaction_message: bool,
+    /// `slaveReadEnable`: a master answers a consumer pulling old data (more
+    /// than `accessMessageInMemoryMaxRatio` of RAM behind the CommitLog
+    /// end) with `suggestWhichBrokerId` = the group's
+    /// `whichBrokerWhenConsumeSlowly` (a slave), else the group's `brokerId`;
+    /// off, every pull suggests the master (0).
+    pub slave_read_enable: bool,
     /// `haListenPort`: where a master accepts slaves (listenPort + 1 when
     /// unset; ephemeral when listenPort is 0).
     pub ha_listen_port: Option<u16>,
@@ -197,6 +202,7 @@ impl Default for BrokerConfig {
             enable_property_filter: false,
             use_server_side_reset_offset: false,
             reject_transaction_message: false,
+            slave_read_enable: false,
             ha_listen_port: None,
             ha_master_address: None,
             ha_send_heartbeat_interval: Duration::from_millis(5000),
@@ -281,6 +287,7 @@ impl BrokerConfig {
                     self.broker_role = role;
                 }
                 "haListenPort" => self.ha_listen_port = Some(parse(k, v)?),
+                "slaveReadEnable" => self.slave_read_enable = parse_bool(k, v)?,
                 "haMasterAddress" => {
                     if !v.is_empty()
                         && v.rsplit_once(':')
@@ -544,6 +551,7 @@ impl BrokerConfig {
         put("namesrvAddr", self.namesrv_addr.clone().unwrap_or_default());
         put("brokerRole", self.broker_role.clone());
         put("haListenPort", self.effective_ha_listen_port().to_string());
+        put("slaveReadEnable", self.slave_read_enable.to_string());
         put(
             "haMasterAddress",
             self.ha_master_address.clone().unwrap_or_default(),
