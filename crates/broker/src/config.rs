@@ -21,7 +21,6 @@ pub const DEFAULT_MESSAGE_DELAY_LEVEL: &str =
 /// silently (logged at debug) so existing broker.conf files load cleanly.
 const IGNORED_KEYS: &[&str] = &[
     "brokerIP2",
-    "haListenPort",
     "storePathConsumeQueue",
     "storePathIndex",
     "storeCheckpoint",
@@ -40,7 +39,6 @@ const IGNORED_KEYS: &[&str] = &[
     "rocketmqHome",
     "aclEnable",
     "enableControllerMode",
-    "slaveReadEnable",
     "forceRegister",
 ];
 
@@ -132,6 +130,29 @@ pub struct BrokerConfig {
     pub use_server_side_reset_offset: bool,
     /// `rejectTransactionMessage`.
     pub reject_transaction_message: bool,
+    /// `slaveReadEnable`: a master answers a consumer pulling old data (more
+    /// than `accessMessageInMemoryMaxRatio` of RAM behind the CommitLog
+    /// end) with `suggestWhichBrokerId` = the group's
+    /// `whichBrokerWhenConsumeSlowly` (a slave), else the group's `brokerId`;
+    /// off, every pull suggests the master (0).
+    pub slave_read_enable: bool,
+    /// `haListenPort`: where a master accepts slaves (listenPort + 1 when
+    /// unset; ephemeral when listenPort is 0).
+    pub ha_listen_port: Option<u16>,
+    /// `haMasterAddress`: a slave's fixed master HA address (`host:port`);
+    /// unset, it follows the `haServerAddr` its NameServer registration
+    /// returns.
+    pub ha_master_address: Option<String>,
+    /// `haSendHeartbeatInterval`: a slave reports its offset at least this
+    /// often; a master sends an empty frame after this long idle (5 s).
+    pub ha_send_heartbeat_interval: Duration,
+    /// `haTransferBatchSize`: most CommitLog bytes per HA frame (32 KiB).
+    pub ha_transfer_batch_size: usize,
+    /// `haMaxGapNotInSync`: a slave further behind is out of sync and a
+    /// SYNC_MASTER answers SLAVE_NOT_AVAILABLE (256 MiB).
+    pub ha_max_gap_not_in_sync: u64,
+    /// `haHousekeepingInterval`: an HA link silent this long is closed (20 s).
+    pub ha_housekeeping_interval: Duration,
     /// Store settings (`storePathRootDir`, `flushDiskType`, `maxMessageSize`, ...).
     pub store: MessageStoreConfig,
 }
@@ -181,6 +202,13 @@ impl Default for BrokerConfig {
             enable_property_filter: false,
             use_server_side_reset_offset: false,
             reject_transaction_message: false,
+            slave_read_enable: false,
+            ha_listen_port: None,
+            ha_master_address: None,
+            ha_send_heartbeat_interval: Duration::from_millis(5000),
+            ha_transfer_batch_size: 32 * 1024,
+            ha_max_gap_not_in_sync: 256 * 1024 * 1024,
+            ha_housekeeping_interval: Duration::from_millis(20_000),
             store: MessageStoreConfig::default(),
         }
     }
@@ -258,6 +286,36 @@ impl BrokerConfig {
                     }
                     self.broker_role = role;
                 }
+                "haListenPort" => self.ha_listen_port = Some(parse(k, v)?),
+                "slaveReadEnable" => self.slave_read_enable = parse_bool(k, v)?,
+                "haMasterAddress" => {
+                    if !v.is_empty()
+                        && v.rsplit_once(':')
+                            .and_then(|(_, p)| p.parse::<u16>().ok())
+                            .is_none()
+                    {
+                        return Err(BrokerError::config(
+                            k,
+                            format!("'{v}' is not host:port (the master's HA address, e.g. 10.0.0.1:10912)"),
+                        ));
+                    }
+                    self.ha_master_address = (!v.is_empty()).then(|| v.to_string());
+                }
+                "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval = positive_ms(k, v)?,
+                "haTransferBatchSize" => {
+                    let n: usize = positive(k, parse(k, v)?)?;
+                    if n > 4 * 1024 * 1024 {
+                        return Err(BrokerError::config(
+                            k,
+                            format!("{n} exceeds 4194304: slaves (Apache's too) read frames into a 4 MiB buffer"),
+                        ));
+                    }
+                    self.ha_transfer_batch_size = n;
+                }
+                "haMaxGapNotInSync" | "haSlaveFallbehindMax" => {
+                    self.ha_max_gap_not_in_sync = positive(k, parse(k, v)?)?
+                }
+                "haHousekeepingInterval" => self.ha_housekeeping_interval = positive_ms(k, v)?,
                 "brokerPermission" => {
                     let p: i32 = parse(k, v)?;
                     if !(0..=15).contains(&p) {
@@ -436,6 +494,46 @@ impl BrokerConfig {
         self.broker_role != "SLAVE"
     }
 
+    /// True for a SYNC_MASTER (sends wait for a slave).
+    pub fn is_sync_master(&self) -> bool {
+        self.broker_role == "SYNC_MASTER"
+    }
+
+    /// The HA port: `haListenPort`, else listenPort + 1 (0, ephemeral,
+    /// when listenPort is 0).
+    pub fn effective_ha_listen_port(&self) -> u16 {
+        match (self.ha_listen_port, self.listen_port) {
+            (Some(p), _) => p,
+            (None, 0) => 0,
+            (None, p) => p.saturating_add(1),
+        }
+    }
+
+    /// Checks the role against brokerId as Apache's `BrokerStartup` does: a
+    /// slave needs brokerId >= 1; a master is always brokerId 0 (a
+    /// different value is replaced, with a warning).
+    pub fn check_role(&mut self) -> Result<()> {
+        if self.is_master() {
+            if self.broker_id != 0 {
+                tracing::warn!(
+                    broker_id = self.broker_id,
+                    role = %self.broker_role,
+                    "a master is brokerId 0; using 0"
+                );
+                self.broker_id = 0;
+            }
+        } else if self.broker_id <= 0 {
+            return Err(BrokerError::config(
+                "brokerId",
+                format!(
+                    "{} is not a slave's id: with brokerRole=SLAVE, brokerId must be 1 or more",
+                    self.broker_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The effective configuration as `key=value` pairs (for `-p` and
     /// GET_BROKER_CONFIG).
     pub fn to_properties(&self) -> BTreeMap<String, String> {
@@ -452,6 +550,22 @@ impl BrokerConfig {
         put("brokerIP1", self.broker_ip1.clone());
         put("namesrvAddr", self.namesrv_addr.clone().unwrap_or_default());
         put("brokerRole", self.broker_role.clone());
+        put("haListenPort", self.effective_ha_listen_port().to_string());
+        put("slaveReadEnable", self.slave_read_enable.to_string());
+        put(
+            "haMasterAddress",
+            self.ha_master_address.clone().unwrap_or_default(),
+        );
+        put(
+            "haSendHeartbeatInterval",
+            ms(self.ha_send_heartbeat_interval),
+        );
+        put(
+            "haTransferBatchSize",
+            self.ha_transfer_batch_size.to_string(),
+        );
+        put("haMaxGapNotInSync", self.ha_max_gap_not_in_sync.to_string());
+        put("haHousekeepingInterval", ms(self.ha_housekeeping_interval));
         put("brokerPermission", self.broker_permission.to_string());
         put(
             "autoCreateTopicEnable",
@@ -729,6 +843,66 @@ mod tests {
             ("brokerIP1", "not-an-ip"),
             ("diskMaxUsedSpaceRatio", "120"),
             ("channelExpiredTimeout", "0"),
+        ] {
+            let err = BrokerConfig::default()
+                .apply(&props(&[(k, v)]))
+                .unwrap_err();
+            assert!(err.to_string().contains(k), "{err} should name {k}");
+        }
+    }
+
+    #[test]
+    fn ha_keys_apply_export_and_check_the_role() {
+        let mut c = BrokerConfig::default();
+        let unknown = c
+            .apply(&props(&[
+                ("brokerRole", "slave"),
+                ("brokerId", "2"),
+                ("listenPort", "20911"),
+                ("haMasterAddress", "10.0.0.1:10912"),
+                ("haSendHeartbeatInterval", "1000"),
+                ("haTransferBatchSize", "65536"),
+                ("haMaxGapNotInSync", "1048576"),
+                ("haHousekeepingInterval", "9000"),
+                ("syncFlushTimeout", "700"),
+            ]))
+            .unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert!(!c.is_master());
+        assert_eq!(c.effective_ha_listen_port(), 20912, "listenPort + 1");
+        assert_eq!(c.ha_master_address.as_deref(), Some("10.0.0.1:10912"));
+        assert_eq!(c.ha_send_heartbeat_interval, Duration::from_millis(1000));
+        assert_eq!(c.ha_transfer_batch_size, 65536);
+        assert_eq!(c.ha_max_gap_not_in_sync, 1 << 20);
+        assert_eq!(c.ha_housekeeping_interval, Duration::from_millis(9000));
+        assert_eq!(c.store.sync_flush_timeout, 700);
+        c.check_role().unwrap();
+        let p = c.to_properties();
+        assert_eq!(p["haListenPort"], "20912");
+        assert_eq!(p["haMasterAddress"], "10.0.0.1:10912");
+        let mut back = BrokerConfig::default();
+        back.apply(&p).unwrap();
+        assert_eq!(back.to_properties(), p);
+
+        c.apply(&props(&[("haListenPort", "30000")])).unwrap();
+        assert_eq!(c.effective_ha_listen_port(), 30000);
+        // A slave needs an id of 1 or more; a master is always 0.
+        let mut bad = BrokerConfig::default();
+        bad.apply(&props(&[("brokerRole", "SLAVE")])).unwrap();
+        let err = bad.check_role().unwrap_err();
+        assert!(err.to_string().contains("brokerId"), "{err}");
+        let mut m = BrokerConfig::default();
+        m.apply(&props(&[("brokerRole", "SYNC_MASTER"), ("brokerId", "3")]))
+            .unwrap();
+        m.check_role().unwrap();
+        assert_eq!(m.broker_id, 0);
+        assert!(m.is_sync_master());
+        for (k, v) in [
+            ("haMasterAddress", "nohost"),
+            ("haTransferBatchSize", "0"),
+            ("haTransferBatchSize", "8388608"),
+            ("haListenPort", "70000"),
+            ("haSendHeartbeatInterval", "0"),
         ] {
             let err = BrokerConfig::default()
                 .apply(&props(&[(k, v)]))

@@ -5,8 +5,10 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use apogee_replication::{HaClient, HaServer};
 
 use crate::register::RegisterSignal;
 use apogee_remoting::{Channel, ChannelId};
@@ -44,6 +46,12 @@ pub struct BrokerContext {
     /// `brokerIP1:port`, advertised to NameServers and in message ids.
     pub broker_addr: String,
     pub started_at: Instant,
+    /// The HA server (masters), set once at start.
+    pub ha_server: OnceLock<Arc<HaServer>>,
+    /// The HA client (slaves), set once at start.
+    pub ha_client: OnceLock<Arc<HaClient>>,
+    /// A slave's master (its remoting address), from NameServer registration.
+    pub master_addr: RwLock<Option<String>>,
     register_signal: Arc<RegisterSignal>,
     watched: Mutex<HashSet<ChannelId>>,
 }
@@ -87,6 +95,9 @@ impl BrokerContext {
             stats,
             store_host,
             started_at: Instant::now(),
+            ha_server: OnceLock::new(),
+            ha_client: OnceLock::new(),
+            master_addr: RwLock::new(None),
             register_signal,
             watched: Mutex::new(HashSet::new()),
         }))
@@ -121,6 +132,30 @@ impl BrokerContext {
                 ctx.producers.on_channel_closed(ch.id());
             }
         });
+    }
+
+    /// The HA server, on a master that runs one.
+    pub fn ha_server(&self) -> Option<&Arc<HaServer>> {
+        self.ha_server.get()
+    }
+
+    /// Tells the HA server that the CommitLog grew (no-op without one).
+    pub fn wake_replication(&self) {
+        if let Some(ha) = self.ha_server.get() {
+            ha.wake();
+        }
+    }
+
+    /// `ip:port` of this broker's HA service, as registered with NameServers.
+    pub fn ha_server_addr(&self) -> String {
+        let port = match self.ha_server.get() {
+            Some(s) => s.local_addr().port(),
+            None => match self.config.effective_ha_listen_port() {
+                0 => self.store_host.port().saturating_add(1),
+                p => p,
+            },
+        };
+        format!("{}:{port}", self.store_host.ip())
     }
 
     /// The broker's name (`brokerName`).

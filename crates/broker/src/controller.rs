@@ -9,6 +9,7 @@ use std::time::Duration;
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RemotingServer, ServerConfig};
+use apogee_replication::{HaClient, HaConfig, HaServer};
 use apogee_store::MessageStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -64,6 +65,16 @@ impl BrokerController {
             }
         };
 
+        config.check_role()?;
+        let ha_cfg = HaConfig {
+            listen_addr: SocketAddr::new(bind_ip, config.effective_ha_listen_port()),
+            heartbeat_interval: config.ha_send_heartbeat_interval,
+            transfer_batch_size: config.ha_transfer_batch_size,
+            max_gap_not_in_sync: config.ha_max_gap_not_in_sync,
+            housekeeping_interval: config.ha_housekeeping_interval,
+            ..HaConfig::default()
+        };
+
         let store_cfg = config.store.clone();
         let store = tokio::task::spawn_blocking(move || MessageStore::open(store_cfg))
             .await
@@ -97,12 +108,21 @@ impl BrokerController {
                 return Err(e);
             }
         };
+        if let Err(e) = start_replication(&ctx, ha_cfg) {
+            server.shutdown().await;
+            let _ = store.shutdown();
+            return Err(e);
+        }
         register_processors(&registry, &ctx, vip_addr.port());
         // The listener refers to the hold service only, so the store does not
         // keep the context alive.
         store.set_message_arriving_listener(ctx.pull_hold.listener());
         ctx.pull_hold.start(&ctx.store);
-        ctx.schedule.start(&ctx);
+        // Delayed delivery writes to the store: masters only (a slave's
+        // CommitLog is the master's copy).
+        if ctx.config.is_master() {
+            ctx.schedule.start(&ctx);
+        }
 
         let namesrv = Arc::new(NamesrvApi::new(
             ctx.config.namesrv_addrs(),
@@ -142,8 +162,11 @@ impl BrokerController {
         tasks.extend([
             spawn_offset_persist_loop(Arc::clone(&ctx), stop_rx.clone()),
             spawn_channel_scan_loop(Arc::clone(&ctx), stop_rx.clone()),
-            spawn_log_summary_loop(stop_rx),
+            spawn_log_summary_loop(stop_rx.clone()),
         ]);
+        if !ctx.config.is_master() {
+            tasks.push(crate::slave_sync::spawn(Arc::clone(&ctx), stop_rx));
+        }
         tracing::info!(
             addr = %local_addr,
             vip = %vip_addr,
@@ -212,6 +235,13 @@ impl BrokerController {
             if let Err(e) = ctx.groups.persist() {
                 tracing::error!(error = %e, "cannot persist subscription groups");
             }
+            // Links first: they read or write the store.
+            if let Some(ha) = ctx.ha_server.get() {
+                ha.shutdown();
+            }
+            if let Some(ha) = ctx.ha_client.get() {
+                ha.shutdown();
+            }
             if let Err(e) = ctx.store.shutdown() {
                 tracing::error!(error = %e, "store shutdown failed");
             }
@@ -225,6 +255,29 @@ impl BrokerController {
         apogee_throttle::flush_all();
         tracing::info!("broker stopped");
     }
+}
+
+/// Starts the HA server (masters) or the HA client (slaves).
+fn start_replication(ctx: &Arc<BrokerContext>, cfg: HaConfig) -> Result<()> {
+    if ctx.config.is_master() {
+        let addr = cfg.listen_addr;
+        let server = HaServer::start(Arc::clone(&ctx.store), cfg).map_err(|e| {
+            BrokerError::config(
+                "haListenPort",
+                format!("cannot listen for slaves on {addr}: {e}"),
+            )
+        })?;
+        let _ = ctx.ha_server.set(Arc::new(server));
+    } else {
+        let master = ctx.config.ha_master_address.clone();
+        if master.is_none() {
+            tracing::info!("slave: the master's HA address comes from the NameServer registration");
+        }
+        let client = HaClient::start(Arc::clone(&ctx.store), cfg, master)
+            .map_err(|e| BrokerError::Start(format!("cannot start the HA client: {e}")))?;
+        let _ = ctx.ha_client.set(Arc::new(client));
+    }
+    Ok(())
 }
 
 fn register_processors(registry: &Arc<ProcessorRegistry>, ctx: &Arc<BrokerContext>, vip_port: u16) {

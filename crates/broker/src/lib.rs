@@ -19,6 +19,7 @@ mod persist;
 pub mod processor;
 pub mod register;
 pub mod schedule;
+pub mod slave_sync;
 pub mod stats;
 pub mod subscription_group;
 pub mod topic_config;

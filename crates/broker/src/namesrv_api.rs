@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use apogee_protocol::body::{RegisterBrokerBody, TopicConfigSerializeWrapper};
 use apogee_protocol::code::{request_code, response_code};
-use apogee_protocol::header::{RegisterBrokerRequestHeader, UnRegisterBrokerRequestHeader};
+use apogee_protocol::header::{
+    RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnRegisterBrokerRequestHeader,
+};
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{ClientConfig, RemotingClient};
 use futures::future::join_all;
@@ -100,13 +102,11 @@ impl NamesrvApi {
         };
         let enc = encode_registration(wrapper, ctx.config.compressed_register);
         let crc = (crc32fast::hash(&enc.body) & 0x7FFF_FFFF) as i32;
-        let ip = ctx.store_host.ip();
         let header = RegisterBrokerRequestHeader {
             broker_name: ctx.config.broker_name.clone(),
             broker_addr: ctx.broker_addr.clone(),
             cluster_name: ctx.config.broker_cluster_name.clone(),
-            // No HA service; Java advertises brokerIP2:haListenPort (listenPort + 1).
-            ha_server_addr: format!("{ip}:{}", ctx.store_host.port().saturating_add(1)),
+            ha_server_addr: ctx.ha_server_addr(),
             broker_id: ctx.config.broker_id,
             heartbeat_timeout_millis: None,
             enable_acting_master: Some(false),
@@ -136,7 +136,7 @@ impl NamesrvApi {
         }
     }
 
-    async fn send(&self, addr: &str, req: RemotingCommand) -> bool {
+    async fn send(&self, ctx: &BrokerContext, addr: &str, req: RemotingCommand) -> bool {
         static REFUSED: apogee_throttle::LogThrottle =
             apogee_throttle::LogThrottle::new("NameServer refused registration");
         static UNREACHABLE: apogee_throttle::LogThrottle =
@@ -144,6 +144,7 @@ impl NamesrvApi {
         match self.client.invoke(addr, req, self.timeout).await {
             Ok(resp) if resp.code == response_code::SUCCESS => {
                 tracing::debug!(namesrv = %addr, "registered with NameServer");
+                Self::follow_master(ctx, &resp);
                 true
             }
             Ok(resp) => {
@@ -157,10 +158,34 @@ impl NamesrvApi {
         }
     }
 
+    /// A slave learns its master from the registration answer (Java's
+    /// `BrokerController.registerBrokerAll`): the master's remoting address,
+    /// and its HA address unless `haMasterAddress` fixes it.
+    fn follow_master(ctx: &BrokerContext, resp: &RemotingCommand) {
+        let Some(client) = ctx.ha_client.get() else {
+            return;
+        };
+        let Ok(h) = resp.decode_header::<RegisterBrokerResponseHeader>() else {
+            return;
+        };
+        if let Some(master) = h.master_addr.filter(|a| !a.is_empty()) {
+            let mut cur = ctx.master_addr.write();
+            if cur.as_deref() != Some(master.as_str()) {
+                tracing::info!(master = %master, "master address learned from the NameServer");
+                *cur = Some(master);
+            }
+        }
+        if ctx.config.ha_master_address.is_none() {
+            if let Some(ha) = h.ha_server_addr.filter(|a| !a.is_empty()) {
+                client.set_master_addr(&ha);
+            }
+        }
+    }
+
     /// Sends `out` to one NameServer; true when it accepted.
     pub async fn register(&self, ctx: &Arc<BrokerContext>, addr: &str, out: Outgoing) -> bool {
         match Self::register_request(ctx, out).await {
-            Some(req) => self.send(addr, req).await,
+            Some(req) => self.send(ctx, addr, req).await,
             None => false,
         }
     }
@@ -174,7 +199,10 @@ impl NamesrvApi {
         let Some(req) = Self::register_request(ctx, Outgoing::Full).await else {
             return 0;
         };
-        let calls = self.addrs.iter().map(|addr| self.send(addr, req.clone()));
+        let calls = self
+            .addrs
+            .iter()
+            .map(|addr| self.send(ctx, addr, req.clone()));
         join_all(calls).await.into_iter().filter(|ok| *ok).count()
     }
 

@@ -197,6 +197,29 @@ impl ConsumerOffsetManager {
             .collect()
     }
 
+    /// A slave takes its master's table (a GET_ALL_CONSUMER_OFFSET body):
+    /// every `topic@group` entry there replaces this one's (Java's
+    /// `SlaveSynchronize.syncConsumerOffset`, a `putAll`). Returns the
+    /// number of entries taken.
+    pub fn merge_from_master(&self, body: &[u8]) -> std::result::Result<usize, String> {
+        let f: OffsetFile = fastjson::from_slice(body).map_err(|e| e.to_string())?;
+        let n = f.offset_table.len();
+        let mut changed = false;
+        {
+            let mut t = self.inner.table.write();
+            for (k, v) in f.offset_table {
+                if t.get(&k) != Some(&v.0) {
+                    t.insert(k, v.0);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.inner.changed.store(true, Ordering::Release);
+        }
+        Ok(n)
+    }
+
     /// The table in Java's file layout (also the GET_ALL_CONSUMER_OFFSET body).
     pub fn encode(&self) -> Vec<u8> {
         encode(&self.inner.table)

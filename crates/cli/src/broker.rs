@@ -123,6 +123,9 @@ pub async fn start_broker(config: BrokerConfig) -> anyhow::Result<BrokerControll
         ctx.config.broker_name, ctx.config.broker_cluster_name, ctx.broker_addr
     );
     println!("apogee broker VIP port on {}", broker.vip_addr());
+    if let Some(ha) = ctx.ha_server() {
+        println!("apogee broker HA port on {}", ha.local_addr());
+    }
     println!("apogee broker listening on {}", broker.local_addr());
     Ok(broker)
 }

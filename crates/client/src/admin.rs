@@ -553,6 +553,24 @@ impl AdminClient {
         Ok(KVTable::decode(body_or_empty(&resp))?.table)
     }
 
+    /// GET_BROKER_HA_STATUS: the broker's replication state (Java's
+    /// `HARuntimeInfo` JSON: `master`, `masterCommitLogMaxOffset`,
+    /// `inSyncSlaveNums`, `haConnectionInfo`, `haClientRuntimeInfo`).
+    pub async fn ha_status(&self, broker_addr: &str) -> Result<serde_json::Value> {
+        let resp = self
+            .instance
+            .invoke_ok(
+                broker_addr,
+                ClientInstance::request(request_code::GET_BROKER_HA_STATUS),
+            )
+            .await?;
+        serde_json::from_slice(body_or_empty(&resp)).map_err(|e| {
+            ClientError::InvalidArgument(format!(
+                "the HA status from {broker_addr} is not JSON: {e}"
+            ))
+        })
+    }
+
     /// GET_BROKER_CONFIG (the properties text, parsed).
     pub async fn broker_config(&self, broker_addr: &str) -> Result<BTreeMap<String, String>> {
         let resp = self

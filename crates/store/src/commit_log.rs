@@ -326,6 +326,85 @@ impl CommitLog {
         )
     }
 
+    /// Zero-copy view of the published bytes from `phys` to the end of its
+    /// segment's data, at most `max` of them (a replication batch). None when
+    /// nothing is published at `phys` yet (or its segment is gone).
+    pub fn read_from(&self, phys: u64, max: usize) -> Option<Bytes> {
+        let seg = self.mfq.find(phys)?;
+        let local = phys - seg.base();
+        let end = seg.base() + seg.wrote();
+        let avail = end.checked_sub(phys).filter(|a| *a > 0)?;
+        let size = avail.min(max as u64) as usize;
+        Some(
+            seg.shared_bytes()
+                .slice(local as usize..local as usize + size),
+        )
+    }
+
+    /// Append bytes copied from a master at exactly `offset`, which must be
+    /// the end of this log (or, in an empty log, the start of a segment).
+    /// The caller has checked that `data` holds whole records within one
+    /// segment; record fields are kept as the master wrote them. With
+    /// `fill_segment`, `data` ends with the header of a BLANK filler and the
+    /// log moves on to the segment's end. `last_ts` is the store time of the
+    /// last record. Returns the new end of the log.
+    pub fn append_replicated(
+        &self,
+        offset: u64,
+        data: &[u8],
+        fill_segment: bool,
+        last_ts: i64,
+    ) -> Result<u64> {
+        let seg_size = self.segment_size();
+        let base = offset / seg_size * seg_size;
+        let local = offset - base;
+        if data.is_empty() || local + data.len() as u64 > seg_size {
+            return Err(StoreError::IllegalMessage(format!(
+                "{} replicated bytes at {offset} do not fit in one segment",
+                data.len()
+            )));
+        }
+        let mut st = self.append.lock();
+        let end = self.max_offset();
+        let empty = self.mfq.is_empty();
+        if offset != end && !(empty && local == 0) {
+            return Err(StoreError::IllegalMessage(format!(
+                "replicated bytes start at {offset}, the CommitLog ends at {end}"
+            )));
+        }
+        let seg = match &st.current {
+            Some(s) if s.base() == base => s.clone(),
+            _ => {
+                let s = match self.mfq.last() {
+                    Some(l) if l.base() == base => l,
+                    _ => self.mfq.create(base)?,
+                };
+                st.current = Some(s.clone());
+                s
+            }
+        };
+        seg.write_at(local, data)?;
+        // A BLANK filler: the rest of the segment is zeros already (segments
+        // are created zero-filled), so only its header is written.
+        let wrote = if fill_segment {
+            seg_size
+        } else {
+            local + data.len() as u64
+        };
+        let new_end = base + wrote;
+        seg.set_wrote(wrote);
+        if last_ts > 0 {
+            self.last_store_ts.store(last_ts, Ordering::Relaxed);
+        }
+        if empty {
+            // A new replica starting at the master's current segment.
+            self.flushed.store(offset, Ordering::Release);
+        }
+        self.max_offset.store(new_end, Ordering::Release);
+        drop(st);
+        Ok(new_end)
+    }
+
     /// The published record at `phys`, length taken from its TOTALSIZE.
     pub fn read_record(&self, phys: u64) -> Option<Bytes> {
         let seg = self.mfq.find(phys)?;

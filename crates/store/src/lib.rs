@@ -17,6 +17,7 @@ pub mod index;
 pub mod mapped_file;
 pub mod mapped_file_queue;
 mod recovery;
+pub mod replica;
 pub mod store;
 pub mod vfs;
 mod warm;
@@ -26,6 +27,7 @@ pub use config::{FlushDiskType, MessageStoreConfig};
 pub use dispatch::MessageArrivingListener;
 pub use error::{Result, StoreError};
 pub use flush::FlushWait;
+pub use replica::{ReplicaAppend, ReplicaAppendError};
 pub use store::{
     GetResult, GetStatus, MessageFilter, MessageStore, PendingPut, PutResult, PutStatus,
     QueryResult, StoreHooks,

@@ -756,7 +756,12 @@ impl MessageStore {
         self.inner.vfs.clone()
     }
 
-    fn check_writable(&self) -> Result<()> {
+    /// The shared state, for the store's other modules (replica).
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
         let i = &self.inner;
         if i.shut_down.load(Ordering::Acquire) {
             return Err(StoreError::ShutDown);

@@ -8,6 +8,7 @@ mod attributes;
 mod broker_config;
 mod forward;
 mod groups;
+mod ha;
 mod offsets;
 mod runtime_info;
 mod stats;
@@ -125,6 +126,12 @@ pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
         ctx,
         rc::GET_TOPIC_STATS_INFO,
         |c, _, r| async move { stats::get_topic_stats_info(&c, &r).await },
+    );
+    reg(
+        registry,
+        ctx,
+        rc::GET_BROKER_HA_STATUS,
+        |c, _, _| async move { ha::get_broker_ha_status(&c) },
     );
     reg(
         registry,

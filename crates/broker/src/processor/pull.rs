@@ -14,6 +14,7 @@ use apogee_protocol::body::{MessageModel, SubscriptionGroupConfig, TopicConfig};
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::flags::{PermName, PullSysFlag};
 use apogee_protocol::header::pull::{PullMessageRequestHeader, PullMessageResponseHeader};
+use apogee_protocol::message::stored;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, Channel, ProcessorRegistry, RequestContext};
 use apogee_store::{GetResult, GetStatus};
@@ -323,6 +324,9 @@ fn pull_once(
         .min(rc.max_transfer_bytes_on_message_in_memory.max(1));
     let hold_requested =
         Duration::from_millis(u64::try_from(h.suspend_timeout_millis).unwrap_or(0));
+    let slave_read = rc
+        .slave_read_enable
+        .then_some(rc.access_message_in_memory_max_ratio);
     drop(rc);
     let is_master = ctx.config.is_master();
 
@@ -368,8 +372,26 @@ fn pull_once(
         }
     }
 
+    let suggest = match slave_read {
+        Some(ratio) => {
+            let behind = r
+                .messages
+                .last()
+                .and_then(|m| m.get(stored::PHYSICAL_OFFSET_POS..stored::PHYSICAL_OFFSET_POS + 8))
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes)
+                .map(|phys| {
+                    ctx.store
+                        .commit_log_max_offset()
+                        .saturating_sub(phys)
+                        .max(0) as u64
+                });
+            suggest_which_broker_id(behind, memory_bytes(ratio), &gc)
+        }
+        None => MASTER_ID,
+    };
     let header = PullMessageResponseHeader {
-        suggest_which_broker_id: MASTER_ID,
+        suggest_which_broker_id: suggest,
         next_begin_offset: next,
         min_offset: r.min_offset,
         max_offset: r.max_offset,
@@ -391,6 +413,37 @@ fn pull_once(
     Outcome::Respond(resp)
 }
 
+/// Java's choice with `slaveReadEnable`: a consumer reading data more than
+/// `memory` bytes behind the CommitLog end (no longer likely in the page
+/// cache) is sent to the group's `whichBrokerWhenConsumeSlowly`, others to
+/// the group's `brokerId`.
+pub fn suggest_which_broker_id(
+    behind: Option<u64>,
+    memory: u64,
+    group: &SubscriptionGroupConfig,
+) -> i64 {
+    match behind {
+        Some(b) if b > memory => group.which_broker_when_consume_slowly,
+        _ => group.broker_id,
+    }
+}
+
+/// `accessMessageInMemoryMaxRatio` percent of the machine's RAM (Java's
+/// `TOTAL_PHYSICAL_MEMORY_SIZE * ratio / 100`); unbounded when unknown.
+fn memory_bytes(ratio: u32) -> u64 {
+    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let total = TOTAL.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    match total {
+        Some(t) => t / 100 * u64::from(ratio),
+        None => u64::MAX,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +458,19 @@ mod tests {
             max_offset: 10,
             buffer_total_size: 0,
         }
+    }
+
+    #[test]
+    fn slave_read_suggests_a_slave_to_consumers_far_behind() {
+        let g = SubscriptionGroupConfig {
+            which_broker_when_consume_slowly: 1,
+            broker_id: 0,
+            ..Default::default()
+        };
+        assert_eq!(suggest_which_broker_id(Some(2_000), 1_000, &g), 1);
+        assert_eq!(suggest_which_broker_id(Some(1_000), 1_000, &g), 0);
+        assert_eq!(suggest_which_broker_id(None, 1_000, &g), 0);
+        assert!(memory_bytes(40) > 0);
     }
 
     #[test]

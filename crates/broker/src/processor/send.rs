@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use apogee_protocol::body::{TopicConfig, TopicFilterType};
 use apogee_protocol::code::{request_code, response_code};
@@ -24,6 +24,7 @@ use apogee_protocol::message::{keys, sysflag, MessageToStore, UniqIdGenerator};
 use apogee_protocol::topic;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
+use apogee_replication::SyncOutcome;
 use apogee_store::{PutResult, PutStatus, StoreError};
 use apogee_throttle::{throttled_warn, LogThrottle};
 use bytes::Bytes;
@@ -117,18 +118,19 @@ async fn send_inner(
     peer: SocketAddr,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, Reject> {
-    let header = decode_send_header(req).map_err(|e| {
-        Reject::new(
-            response_code::SYSTEM_ERROR,
-            format!("cannot decode the send request header: {e}"),
-        )
-    })?;
+    // Java refuses before looking at the request (`rejectRequest`).
     if !ctx.config.is_master() {
         return Err(Reject::new(
             response_code::SYSTEM_BUSY,
             "[REJECTREQUEST]system busy, this broker is a slave and does not accept messages",
         ));
     }
+    let header = decode_send_header(req).map_err(|e| {
+        Reject::new(
+            response_code::SYSTEM_ERROR,
+            format!("cannot decode the send request header: {e}"),
+        )
+    })?;
     let topic_config = msg_check(ctx, &header, peer)?;
     let body = req.body.clone().unwrap_or_default();
     let is_batch = header.batch.unwrap_or(false) || req.code == request_code::SEND_BATCH_MESSAGE;
@@ -465,8 +467,8 @@ async fn send_single(
     ctx.schedule
         .try_transform(&mut msg)
         .map_err(|e| Reject::new(e.response_code(), e.to_string()))?;
-    let r = store_or_reject(ctx, StoreInput::One(msg)).await?;
-    Ok(success_response(&r, r.msg_id(), queue_id, Some(uniq)))
+    let (r, ha) = store_or_reject(ctx, StoreInput::One(msg)).await?;
+    Ok(success_response(&r, ha, r.msg_id(), queue_id, Some(uniq)))
 }
 
 async fn send_batch(
@@ -551,25 +553,43 @@ async fn send_batch(
         .as_deref()
         .and_then(|p| properties::get(p, keys::UNIQ_KEY))
         .map(str::to_owned);
-    let r = store_or_reject(ctx, StoreInput::Batch(msgs)).await?;
-    Ok(success_response(&r, r.msg_ids(), queue_id, uniq))
+    let (r, ha) = store_or_reject(ctx, StoreInput::Batch(msgs)).await?;
+    Ok(success_response(&r, ha, r.msg_ids(), queue_id, uniq))
 }
 
 fn success_response(
     r: &PutResult,
+    ha: Option<SyncOutcome>,
     msg_id: String,
     queue_id: i32,
     transaction_id: Option<String>,
 ) -> RemotingCommand {
-    let code = match r.status {
-        PutStatus::Ok => response_code::SUCCESS,
-        PutStatus::FlushDiskTimeout => response_code::FLUSH_DISK_TIMEOUT,
-    };
-    let remark = match r.status {
-        PutStatus::Ok => None,
-        PutStatus::FlushDiskTimeout => Some(
-            "the message is stored but the disk flush did not finish within syncFlushTimeout"
-                .to_owned(),
+    // As Java's handleHA after handleDiskFlush: a replication failure is
+    // the answer even when the flush succeeded.
+    let (code, remark) = match (ha, r.status) {
+        (Some(SyncOutcome::SlaveNotAvailable), _) => (
+            response_code::SLAVE_NOT_AVAILABLE,
+            Some(
+                "the message is stored on the master, but no slave is connected or in sync \
+                 (haMaxGapNotInSync)"
+                    .to_owned(),
+            ),
+        ),
+        (Some(SyncOutcome::Timeout), _) => (
+            response_code::FLUSH_SLAVE_TIMEOUT,
+            Some(
+                "the message is stored on the master, but no slave acknowledged it within \
+                 syncFlushTimeout"
+                    .to_owned(),
+            ),
+        ),
+        (_, PutStatus::Ok) => (response_code::SUCCESS, None),
+        (_, PutStatus::FlushDiskTimeout) => (
+            response_code::FLUSH_DISK_TIMEOUT,
+            Some(
+                "the message is stored but the disk flush did not finish within syncFlushTimeout"
+                    .to_owned(),
+            ),
         ),
     };
     let h = SendMessageResponseHeader {
@@ -587,12 +607,36 @@ enum StoreInput {
     Batch(Vec<MessageToStore>),
 }
 
-async fn store_or_reject(ctx: &BrokerContext, input: StoreInput) -> Result<PutResult, Reject> {
+/// Whether the producer waits for the message to be stored (property
+/// `WAIT`, true unless "false"; Java `isWaitStoreMsgOK`).
+fn waits_for_store(m: &MessageToStore) -> bool {
+    properties::get(&m.properties, keys::WAIT_STORE_MSG_OK) != Some("false")
+}
+
+/// Stores a client send; on a SYNC_MASTER, then waits (up to
+/// syncFlushTimeout) for a slave to acknowledge it, as Java's `handleHA`.
+async fn store_or_reject(
+    ctx: &BrokerContext,
+    input: StoreInput,
+) -> Result<(PutResult, Option<SyncOutcome>), Reject> {
+    let wait_slave = ctx.config.is_sync_master()
+        && match &input {
+            StoreInput::One(m) => waits_for_store(m),
+            StoreInput::Batch(ms) => ms.iter().all(waits_for_store),
+        };
     let res = match input {
         StoreInput::One(msg) => put_one(ctx, msg).await,
         StoreInput::Batch(msgs) => store_messages(ctx, msgs).await,
     };
-    res.map_err(|e| store_error_reject(ctx, &e))
+    let r = res.map_err(|e| store_error_reject(ctx, &e))?;
+    let ha = match ctx.ha_server() {
+        Some(ha) if wait_slave => {
+            let timeout = Duration::from_millis(ctx.config.store.sync_flush_timeout);
+            Some(ha.wait_replicated(r.end_offset(), timeout).await)
+        }
+        _ => None,
+    };
+    Ok((r, ha))
 }
 
 /// The response for a failed put (Java `handlePutMessageResult`).
@@ -647,6 +691,7 @@ async fn put_one(ctx: &BrokerContext, msg: MessageToStore) -> Result<PutResult, 
         let _append = ctx.stats.begin_append();
         ctx.store.put_message_async(&msg)?
     };
+    ctx.wake_replication();
     let r = pending.await;
     ctx.stats.record_put_latency(start.elapsed());
     ctx.stats
@@ -668,6 +713,7 @@ pub async fn store_messages(
         let _append = ctx.stats.begin_append();
         ctx.store.put_messages_async(&msgs)?
     };
+    ctx.wake_replication();
     let r = pending.await;
     ctx.stats.record_put_latency(start.elapsed());
     if let Some(first) = msgs.first() {

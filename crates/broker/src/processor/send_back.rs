@@ -81,6 +81,15 @@ type Refusal = (i32, String);
 
 /// Handles one send-back request.
 pub async fn send_back(ctx: &BrokerContext, req: &RemotingCommand) -> Result<(), Refusal> {
+    // Java's SendMessageProcessor (which serves send-backs) refuses every
+    // request on a slave (`rejectRequest`); the client retries on the master.
+    if !ctx.config.is_master() {
+        return Err((
+            response_code::SYSTEM_BUSY,
+            "[REJECTREQUEST]system busy, this broker is a slave and does not accept messages"
+                .to_owned(),
+        ));
+    }
     let h: ConsumerSendMsgBackRequestHeader = req.decode_header().map_err(|e| {
         (
             response_code::SYSTEM_ERROR,

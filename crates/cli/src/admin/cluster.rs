@@ -159,6 +159,73 @@ pub async fn broker_status(ctx: &Ctx, args: BrokerTarget) -> anyhow::Result<()> 
     Ok(())
 }
 
+pub async fn ha_status(ctx: &Ctx, args: BrokerTarget) -> anyhow::Result<()> {
+    let addrs = ctx.targets(&args.broker, &args.cluster).await?;
+    let mut all = serde_json::Map::new();
+    for addr in &addrs {
+        let v = ctx
+            .admin
+            .ha_status(addr)
+            .await
+            .with_context(|| format!("cannot get the HA status of broker {addr}"))?;
+        all.insert(addr.clone(), v);
+    }
+    if ctx.json {
+        print_json(&serde_json::Value::Object(all));
+        return Ok(());
+    }
+    for (addr, v) in &all {
+        let master = v["master"].as_bool().unwrap_or(false);
+        println!(
+            "== {addr} ({}) CommitLog end {}",
+            if master { "master" } else { "slave" },
+            v["masterCommitLogMaxOffset"]
+        );
+        if master {
+            let conns = v["haConnectionInfo"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            println!(
+                "  slaves {} (in sync {})",
+                conns.len(),
+                v["inSyncSlaveNums"]
+            );
+            for c in conns {
+                println!(
+                    "  {:<22} acked {:<14} behind {:<12} in sync {:<5} {} B/s",
+                    c["addr"].as_str().unwrap_or("?"),
+                    c["slaveAckOffset"],
+                    c["diff"],
+                    c["inSync"],
+                    c["transferredByteInSecond"]
+                );
+            }
+        } else {
+            let c = &v["haClientRuntimeInfo"];
+            println!(
+                "  master HA {}  last read {} ms ago  {} B/s",
+                c["masterAddr"].as_str().unwrap_or("?"),
+                ago_ms(c["lastReadTimestamp"].as_u64()),
+                c["transferredByteInSecond"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since a wall-clock ms timestamp ("never" for 0 / absent).
+fn ago_ms(ts: Option<u64>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    match ts {
+        Some(t) if t > 0 => now.saturating_sub(t).to_string(),
+        _ => "never".into(),
+    }
+}
+
 pub async fn get_broker_config(ctx: &Ctx, args: BrokerTarget) -> anyhow::Result<()> {
     let addrs = ctx.targets(&args.broker, &args.cluster).await?;
     let mut all = BTreeMap::new();

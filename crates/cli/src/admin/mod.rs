@@ -148,6 +148,15 @@ pub enum AdminCommand {
                       apogee admin brokerStatus -c DefaultCluster --json"
     )]
     BrokerStatus(cluster::BrokerTarget),
+    /// Show a broker's replication state: on a master each slave's
+    /// acknowledged offset and whether it is in sync, on a slave its link.
+    #[command(
+        name = "haStatus",
+        visible_alias = "ha-status",
+        after_help = "Examples:\n  apogee admin haStatus -b 127.0.0.1:10911\n  \
+                      apogee admin haStatus -c DefaultCluster --json"
+    )]
+    HaStatus(cluster::BrokerTarget),
     /// Look a message up by id: an offset message id or a client unique id (needs -t).
     #[command(
         name = "queryMsgById",
@@ -283,6 +292,7 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
     match command {
         ClusterList(a) => cluster::cluster_list(ctx, a).await,
         BrokerStatus(a) => cluster::broker_status(ctx, a).await,
+        HaStatus(a) => cluster::ha_status(ctx, a).await,
         GetBrokerConfig(a) => cluster::get_broker_config(ctx, a).await,
         UpdateBrokerConfig(a) => cluster::update_broker_config(ctx, a).await,
         TopicList(a) => topic::topic_list(ctx, a).await,

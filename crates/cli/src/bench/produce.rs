@@ -161,6 +161,22 @@ enum Payload {
     Batch(Vec<Message>),
 }
 
+/// Only SEND_OK counts as sent: a SYNC_MASTER's FLUSH_SLAVE_TIMEOUT or
+/// SLAVE_NOT_AVAILABLE (or FLUSH_DISK_TIMEOUT) is a failure here.
+fn acknowledged<R: AsRef<[apogee_client::SendResult]>>(
+    r: apogee_client::Result<R>,
+) -> Result<(), String> {
+    let r = r.map_err(|e| e.to_string())?;
+    match r
+        .as_ref()
+        .iter()
+        .find(|r| r.status != apogee_client::SendStatus::SendOk)
+    {
+        Some(r) => Err(format!("not acknowledged: {:?}", r.status)),
+        None => Ok(()),
+    }
+}
+
 /// One timed request; a single concrete future type so that sync and async
 /// senders share it.
 fn timed_send(
@@ -172,14 +188,16 @@ fn timed_send(
     async move {
         let start = Instant::now();
         let (n, result) = match payload {
-            Payload::One(m) if oneway => (1, producer.send_oneway(m).await.map(|_| ())),
-            Payload::One(m) => (1, producer.send(m).await.map(|_| ())),
+            Payload::One(m) if oneway => {
+                (1, producer.send_oneway(m).await.map_err(|e| e.to_string()))
+            }
+            Payload::One(m) => (1, acknowledged(producer.send(m).await.map(|r| [r]))),
             Payload::Batch(ms) => {
                 let n = ms.len() as u64;
-                (n, producer.send_batch(ms).await.map(|_| ()))
+                (n, acknowledged(producer.send_batch(ms).await))
             }
         };
-        (n, start.elapsed(), result.map_err(|e| e.to_string()))
+        (n, start.elapsed(), result)
     }
 }
 

@@ -70,7 +70,7 @@ fn read_listen_addr(child: &mut Child, prefix: &'static str) -> SocketAddr {
 
 /// Reads the process's stdout until a line starting with each prefix has
 /// appeared (in any order); returns the addresses in `prefixes` order.
-fn read_listen_addrs(child: &mut Child, prefixes: &[&'static str]) -> Vec<SocketAddr> {
+pub fn read_listen_addrs(child: &mut Child, prefixes: &[&'static str]) -> Vec<SocketAddr> {
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     let wanted: Vec<&'static str> = prefixes.to_vec();

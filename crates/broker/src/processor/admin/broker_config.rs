@@ -31,6 +31,7 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "maxTransferCountOnMessageInMemory",
     "accessMessageInMemoryMaxRatio",
     "enablePropertyFilter",
+    "slaveReadEnable",
 ];
 
 /// Counts accepted updates (the `counter` of the config version header).
