@@ -244,10 +244,15 @@ func TestDelayLevel(t *testing.T) {
 
 func TestRetryLater(t *testing.T) {
 	topic := createTopic(t, unique("go-retry"))
+	group := unique("CID_go_retry")
+	// The Go client reads routes before its first heartbeat, which is what
+	// makes a broker create the group's retry topic: without this its next
+	// route refresh (30 s) would come first.
+	createTopic(t, "%RETRY%"+group)
 	p := newProducer(t)
 	var mu sync.Mutex
 	var attempts []int32
-	pushConsumer(t, unique("CID_go_retry"), topic, "*", false,
+	pushConsumer(t, group, topic, "*", false,
 		func(ctx context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -265,7 +270,7 @@ func TestRetryLater(t *testing.T) {
 			return consumer.ConsumeSuccess, nil
 		}, consumer.WithConsumeMessageBatchMaxSize(1))
 	sendSync(t, p, primitive.NewMessage(topic, []byte("once")))
-	eventually(t, 40*time.Second, "a redelivery", func() bool {
+	eventually(t, 60*time.Second, "a redelivery", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(attempts) >= 2

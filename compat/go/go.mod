@@ -1,6 +1,6 @@
 module github.com/apogee/compat-go
 
-go 1.26.8
+go 1.22
 
 require github.com/apache/rocketmq-client-go/v2 v2.1.2
 
