@@ -10,7 +10,6 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import java.lang.reflect.Method;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
-import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 import java.util.concurrent.ConcurrentHashMap;
@@ -28,24 +27,10 @@ import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
 /** Delayed delivery, query by key and id, body sizes. */
-class DelayQueryBodyTest {
-    static DefaultMQProducer producer;
-
-    @BeforeAll
-    static void start() throws Exception {
-        producer = Support.producer();
-    }
-
-    @AfterAll
-    static void stop() {
-        producer.shutdown();
-    }
-
+class DelayQueryBodyTest extends WithProducer {
     /** Consumes {@code topic} from the start; records arrival time (ms) per body. */
     static DefaultMQPushConsumer arrivals(String topic, Map<String, Long> at, Map<String, MessageExt> msgs)
         throws Exception {

@@ -13,30 +13,15 @@ import java.util.List;
 import java.util.Set;
 
 import org.apache.rocketmq.client.consumer.DefaultLitePullConsumer;
-import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
 import org.apache.rocketmq.common.message.MessageQueue;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
 /** DefaultLitePullConsumer: subscribe, assign, seek, commit. */
-class LitePullTest {
-    static DefaultMQProducer producer;
-
-    @BeforeAll
-    static void start() throws Exception {
-        producer = Support.producer();
-    }
-
-    @AfterAll
-    static void stop() {
-        producer.shutdown();
-    }
-
+class LitePullTest extends WithProducer {
     /** Sends {@code n} messages to queue {@code queue} of {@code topic}. */
     static void sendToQueue(String topic, int queue, int n) throws Exception {
         MessageQueue mq = new MessageQueue(topic, producer.fetchPublishMessageQueues(topic).iterator().next()

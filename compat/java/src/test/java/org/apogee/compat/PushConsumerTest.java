@@ -11,29 +11,14 @@ import java.util.Set;
 import java.util.concurrent.TimeUnit;
 
 import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
-import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
 /** Push consumers: clustering, broadcasting, rebalance, tag filters, resuming a group. */
-class PushConsumerTest {
-    static DefaultMQProducer producer;
-
-    @BeforeAll
-    static void start() throws Exception {
-        producer = Support.producer();
-    }
-
-    @AfterAll
-    static void stop() {
-        producer.shutdown();
-    }
-
+class PushConsumerTest extends WithProducer {
     static Set<String> send(String topic, String prefix, int n, String tag) throws Exception {
         Set<String> bodies = new HashSet<>();
         for (int i = 0; i < n; i++) {

@@ -13,29 +13,14 @@ import org.apache.rocketmq.client.QueryResult;
 import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
 import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyStatus;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
-import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.common.MixAll;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
 /** RECONSUME_LATER: redelivery through the retry topic, then %DLQ%group. */
-class RetryTest {
-    static DefaultMQProducer producer;
-
-    @BeforeAll
-    static void start() throws Exception {
-        producer = Support.producer();
-    }
-
-    @AfterAll
-    static void stop() {
-        producer.shutdown();
-    }
-
+class RetryTest extends WithProducer {
     @Test
     void failedOnceThenConsumed() throws Exception {
         String topic = Support.createTopic(producer, Support.unique("retry1"), 2);

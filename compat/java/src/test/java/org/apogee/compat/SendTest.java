@@ -15,34 +15,18 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 
 import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
-import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyStatus;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerOrderly;
 import org.apache.rocketmq.client.consumer.listener.ConsumeOrderlyStatus;
-import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.client.producer.SendCallback;
 import org.apache.rocketmq.client.producer.SendResult;
 import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
 /** Sync, async, oneway, batch and ordered sends, each consumed back. */
-class SendTest {
-    static DefaultMQProducer producer;
-
-    @BeforeAll
-    static void start() throws Exception {
-        producer = Support.producer();
-    }
-
-    @AfterAll
-    static void stop() {
-        producer.shutdown();
-    }
-
+class SendTest extends WithProducer {
     private static Message msg(String topic, String body) {
         return new Message(topic, "TagA", body, body.getBytes(StandardCharsets.UTF_8));
     }
@@ -205,9 +189,5 @@ class SendTest {
             assertEquals(next[o], i, "order " + o + " in sequence: " + seen);
             next[o]++;
         }
-    }
-
-    static ConsumeConcurrentlyStatus ok() {
-        return ConsumeConcurrentlyStatus.CONSUME_SUCCESS;
     }
 }
