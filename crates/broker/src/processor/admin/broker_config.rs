@@ -44,6 +44,20 @@ pub fn apply_update(
     current: &BrokerConfig,
     props: &BTreeMap<String, String>,
 ) -> Result<BrokerConfig, (i32, String)> {
+    // A value asking for an unsupported feature is named as such, not as
+    // an unknown key.
+    if let Some((k, v, u)) = props
+        .iter()
+        .find_map(|(k, v)| crate::config::unsupported_value(k, v).map(|u| (k, v.trim(), u)))
+    {
+        return Err((
+            response_code::INVALID_PARAMETER,
+            format!(
+                "broker config {k}={v} is not supported yet: apogee has no {}",
+                u.feature
+            ),
+        ));
+    }
     let known = current.to_properties();
     let unknown: Vec<&str> = props
         .keys()
@@ -285,5 +299,11 @@ mod tests {
         let (c, r) = apply_update(&cur, &props(&[("autoCreateTopicEnable", "maybe")])).unwrap_err();
         assert_eq!(c, response_code::INVALID_PARAMETER);
         assert!(r.contains("autoCreateTopicEnable"), "{r}");
+        let (c, r) = apply_update(&cur, &props(&[("aclEnable", "true")])).unwrap_err();
+        assert_eq!(c, response_code::INVALID_PARAMETER);
+        assert!(
+            r.contains("aclEnable=true") && r.contains("not supported yet"),
+            "{r}"
+        );
     }
 }
