@@ -123,6 +123,8 @@ fn unhonoured_keys_are_warned_about_by_default_and_safe_values_are_quiet() {
         "--set",
         "sendMessageThreadPoolNums=16",
         "--set",
+        "waitTimeMillsInSendQueue=500",
+        "--set",
         "aclEnable=false",
         "--set",
         "brokerRole=ASYNC_MASTER",
@@ -135,6 +137,12 @@ fn unhonoured_keys_are_warned_about_by_default_and_safe_values_are_quiet() {
         warned
             .iter()
             .any(|l| l.contains("sendMessageThreadPoolNums") && l.contains("not honoured")),
+        "{stderr}"
+    );
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("waitTimeMillsInSendQueue") && l.contains("not honoured")),
         "{stderr}"
     );
     assert!(
