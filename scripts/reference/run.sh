@@ -99,6 +99,7 @@ stop() {
 suites() {
   local results=() log="$REF_DIR/suite.log" rc
   : >"$log"
+  rm -f "$REF_DIR/apache-4.log" "$REF_DIR/apache-5.log" "$REF_DIR/mqadmin.log" "$REF_DIR/go.log"
   for profile in apache-4 apache-5 mqadmin; do
     rc=0
     mvn -B -ntp -f "$ROOT/compat/java/pom.xml" -P"$profile" -Dcompat.namesrv="$NS_ADDR" test 2>&1 | tee -a "$log" "$REF_DIR/$profile.log" || rc=$?
