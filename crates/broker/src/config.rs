@@ -17,8 +17,9 @@ use crate::error::{BrokerError, Result};
 pub const DEFAULT_MESSAGE_DELAY_LEVEL: &str =
     "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h";
 
-/// Keys Java brokers accept that have no effect here; they are accepted
-/// silently (logged at debug) so existing broker.conf files load cleanly.
+/// Keys Java brokers accept that have no effect here. They are accepted so
+/// existing broker.conf files load, and each one given is warned about at
+/// the default log level: a setting that is silently ignored misleads.
 const IGNORED_KEYS: &[&str] = &[
     "brokerIP2",
     "storePathConsumeQueue",
@@ -34,13 +35,75 @@ const IGNORED_KEYS: &[&str] = &[
     "useReentrantLockWhenPutMessage",
     "transientStorePoolEnable",
     "warmMapedFileEnable",
-    "enableDLegerCommitLog",
     "fetchNamesrvAddrByAddressServer",
     "rocketmqHome",
-    "aclEnable",
-    "enableControllerMode",
     "forceRegister",
 ];
+
+/// Keys Apogee parses, validates and reports (GET_BROKER_CONFIG) but does
+/// not act on yet; each one given is warned about like [`IGNORED_KEYS`].
+/// Remove a key when it is honoured.
+const PARSED_NOT_HONOURED_KEYS: &[&str] = &[
+    "osPageCacheBusyTimeOutMills",
+    "waitTimeMillsInSendQueue",
+    "filterSupportRetry",
+    "useServerSideResetOffset",
+    "rejectTransactionMessage",
+];
+
+/// A config value asking for a feature Apogee does not have yet, where
+/// running without it would be unsafe (clients believing they are
+/// authenticated or encrypted, a replica acting as a master, a log meant
+/// to be replicated that is not). The start stops with
+/// [`BrokerError::Unsupported`].
+#[derive(Debug, Clone, Copy)]
+pub struct UnsupportedValue {
+    /// The broker.conf key.
+    pub key: &'static str,
+    /// The values refused (compared ignoring ASCII case); any other value
+    /// of the key is what Apogee does anyway and is accepted.
+    pub values: &'static [&'static str],
+    /// What the value asks for, for the error message.
+    pub feature: &'static str,
+}
+
+/// The refusal list, in one place: remove a row (or a value) when the
+/// feature is honoured.
+pub const UNSUPPORTED_VALUES: &[UnsupportedValue] = &[
+    UnsupportedValue {
+        key: "aclEnable",
+        values: &["true"],
+        feature: "ACL (access control lists)",
+    },
+    UnsupportedValue {
+        key: "authenticationEnabled",
+        values: &["true"],
+        feature: "client authentication",
+    },
+    UnsupportedValue {
+        key: "enableControllerMode",
+        values: &["true"],
+        feature: "controller mode (automatic master election)",
+    },
+    UnsupportedValue {
+        key: "enableDLegerCommitLog",
+        values: &["true"],
+        feature: "DLedger (Raft) CommitLog",
+    },
+    UnsupportedValue {
+        key: "tlsEnable",
+        values: &["true"],
+        feature: "TLS",
+    },
+];
+
+/// The row of [`UNSUPPORTED_VALUES`] refusing `key=value`, if any.
+pub fn unsupported_value(key: &str, value: &str) -> Option<&'static UnsupportedValue> {
+    let value = value.trim();
+    UNSUPPORTED_VALUES
+        .iter()
+        .find(|u| u.key == key && u.values.iter().any(|v| v.eq_ignore_ascii_case(value)))
+}
 
 /// The broker's configuration. Field names follow Java's `BrokerConfig`,
 /// `NettyServerConfig` and `MessageStoreConfig` so existing files work.
@@ -112,9 +175,10 @@ pub struct BrokerConfig {
     pub rebalance_lock_max_live_time: Duration,
     /// `serverChannelMaxIdleTimeSeconds`: idle connections are closed (120 s).
     pub server_channel_max_idle_time: Duration,
-    /// `osPageCacheBusyTimeOutMills`: a put waiting longer means "busy" (1 s).
+    /// `osPageCacheBusyTimeOutMills` (1 s): not honoured yet (the busy
+    /// threshold is fixed at 1 s); see `PARSED_NOT_HONOURED_KEYS`.
     pub os_page_cache_busy_timeout_mills: Duration,
-    /// `waitTimeMillsInSendQueue`: a send queued longer is answered SYSTEM_BUSY.
+    /// `waitTimeMillsInSendQueue`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
     pub wait_time_mills_in_send_queue: Duration,
     /// `maxTransferBytesOnMessageInMemory`: pull response byte limit (256 KiB).
     pub max_transfer_bytes_on_message_in_memory: usize,
@@ -122,13 +186,13 @@ pub struct BrokerConfig {
     pub max_transfer_count_on_message_in_memory: usize,
     /// `accessMessageInMemoryMaxRatio`: percent of RAM treated as page cache.
     pub access_message_in_memory_max_ratio: u32,
-    /// `filterSupportRetry`: apply subscription filters to retry topics.
+    /// `filterSupportRetry`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
     pub filter_support_retry: bool,
     /// `enablePropertyFilter`: accept SQL92 subscriptions.
     pub enable_property_filter: bool,
-    /// `useServerSideResetOffset`: resets handled by the broker, not pushed.
+    /// `useServerSideResetOffset`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
     pub use_server_side_reset_offset: bool,
-    /// `rejectTransactionMessage`.
+    /// `rejectTransactionMessage`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
     pub reject_transaction_message: bool,
     /// `slaveReadEnable`: a master answers a consumer pulling old data (more
     /// than `accessMessageInMemoryMaxRatio` of RAM behind the CommitLog
@@ -248,6 +312,16 @@ impl BrokerConfig {
         for (key, value) in props {
             let v = value.trim();
             let k = key.as_str();
+            if let Some(u) = unsupported_value(k, v) {
+                return Err(BrokerError::Unsupported {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                    feature: u.feature,
+                });
+            }
+            if PARSED_NOT_HONOURED_KEYS.contains(&k) {
+                warn_not_honoured(k, v);
+            }
             match k {
                 "brokerClusterName" => self.broker_cluster_name = non_empty(k, v)?,
                 "brokerName" => self.broker_name = non_empty(k, v)?,
@@ -457,9 +531,15 @@ impl BrokerConfig {
                 "maxFilterMessageCount" => {
                     self.store.max_filter_message_count = positive(k, parse(k, v)?)?
                 }
-                _ if IGNORED_KEYS.contains(&k) => {
-                    tracing::debug!("broker config key '{k}' has no effect in apogee; ignored")
+                // Their other values are what Apogee does anyway.
+                "aclEnable"
+                | "authenticationEnabled"
+                | "enableControllerMode"
+                | "enableDLegerCommitLog"
+                | "tlsEnable" => {
+                    parse_bool(k, v)?;
                 }
+                _ if IGNORED_KEYS.contains(&k) => warn_not_honoured(k, v),
                 _ => unknown.push(key.clone()),
             }
         }
@@ -722,6 +802,13 @@ impl BrokerConfig {
     }
 }
 
+fn warn_not_honoured(key: &str, value: &str) {
+    tracing::warn!(
+        "broker config key '{key}' is accepted but not honoured by apogee yet; \
+         its value '{value}' has no effect"
+    )
+}
+
 fn non_empty(key: &str, v: &str) -> Result<String> {
     if v.is_empty() {
         return Err(BrokerError::config(key, "must not be empty"));
@@ -849,6 +936,69 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(k), "{err} should name {k}");
         }
+    }
+
+    /// Asserts `key=value` stops the configuration with an error that names
+    /// the key and says it is not supported yet.
+    fn assert_refused(key: &str, value: &str) {
+        let err = BrokerConfig::default()
+            .apply(&props(&[("brokerName", "b1"), (key, value)]))
+            .unwrap_err();
+        assert!(
+            matches!(&err, BrokerError::Unsupported { key: k, .. } if k == key),
+            "{key}={value}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(key), "{text} should name {key}");
+        assert!(text.contains("not supported yet"), "{text}");
+    }
+
+    #[test]
+    fn acl_enable_true_is_refused() {
+        assert_refused("aclEnable", "true");
+        assert_refused("aclEnable", " TRUE ");
+    }
+
+    #[test]
+    fn authentication_enabled_true_is_refused() {
+        assert_refused("authenticationEnabled", "true");
+    }
+
+    #[test]
+    fn enable_controller_mode_true_is_refused() {
+        assert_refused("enableControllerMode", "true");
+    }
+
+    #[test]
+    fn enable_dleger_commit_log_true_is_refused() {
+        assert_refused("enableDLegerCommitLog", "true");
+    }
+
+    #[test]
+    fn tls_enable_true_is_refused() {
+        assert_refused("tlsEnable", "true");
+    }
+
+    #[test]
+    fn safe_values_of_unsupported_keys_are_accepted() {
+        let mut c = BrokerConfig::default();
+        let unknown = c
+            .apply(&props(&[
+                ("aclEnable", "false"),
+                ("authenticationEnabled", "false"),
+                ("brokerRole", "ASYNC_MASTER"),
+                ("enableControllerMode", "false"),
+                ("enableDLegerCommitLog", "false"),
+                ("tlsEnable", "false"),
+            ]))
+            .unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert!(c.is_master());
+        // A value that is no boolean is still a bad value, not "unsupported".
+        let err = BrokerConfig::default()
+            .apply(&props(&[("tlsEnable", "yes")]))
+            .unwrap_err();
+        assert!(matches!(err, BrokerError::Config { .. }), "{err:?}");
     }
 
     #[test]

@@ -12,6 +12,17 @@ pub enum BrokerError {
     /// A configuration key has a value the broker cannot use.
     #[error("invalid broker config {key}: {reason}")]
     Config { key: String, reason: String },
+    /// A configuration value asks for a feature Apogee does not have yet,
+    /// and running without it would be unsafe.
+    #[error(
+        "broker config {key}={value} is not supported yet: apogee has no {feature}; \
+         remove the key or set it to its default"
+    )]
+    Unsupported {
+        key: String,
+        value: String,
+        feature: &'static str,
+    },
     /// The message store failed.
     #[error(transparent)]
     Store(#[from] apogee_store::StoreError),

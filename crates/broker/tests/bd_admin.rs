@@ -779,6 +779,37 @@ async fn topic_create_get_list_and_delete() {
 }
 
 #[tokio::test]
+async fn clean_unused_topic_drops_only_queues_missing_from_the_topic_table() {
+    let b = Broker::start().await;
+    for t in ["KeptT", "OrphanT"] {
+        let resp = b
+            .call_h(
+                request_code::UPDATE_AND_CREATE_TOPIC,
+                &create_topic(t, 2, 6),
+            )
+            .await;
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+        b.send(t, 0, "k", &uniq(if t == "KeptT" { 1 } else { 2 }), "m")
+            .await;
+        b.wait_queue(t, 0, 1).await;
+    }
+    // The table forgets OrphanT (as after restoring an old topics.json);
+    // its queues stay in the store until the cleanup.
+    assert!(b.ctx.topics.delete("OrphanT"));
+    assert!(b.ctx.store.topics().contains(&"OrphanT".to_string()));
+    let resp = b
+        .call(RemotingCommand::request(request_code::CLEAN_UNUSED_TOPIC))
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let left = b.ctx.store.topics();
+    assert!(!left.contains(&"OrphanT".to_string()), "{left:?}");
+    assert!(left.contains(&"KeptT".to_string()), "{left:?}");
+    assert_eq!(b.ctx.store.max_offset("KeptT", 0), 1);
+    assert_eq!(b.ctx.store.max_offset("OrphanT", 0), 0);
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn subscription_group_create_get_list_and_delete() {
     let b = Broker::start().await;
     let cfg = SubscriptionGroupConfig {

@@ -137,6 +137,8 @@ const COMMANDS: &[(&str, &str)] = &[
     ("consumeMessage", "consume-message"),
     ("getBrokerConfig", "get-broker-config"),
     ("updateBrokerConfig", "update-broker-config"),
+    ("cleanUnusedTopic", "clean-unused-topic"),
+    ("cleanExpiredCQ", "clean-expired-cq"),
 ];
 
 #[test]
@@ -673,6 +675,12 @@ fn groups_and_brokers_end_to_end() {
         v[&broker_addr]["maxTransferCountOnMessageInMemory"], "48",
         "{v}"
     );
+    // The manual cleanups answer OK per broker.
+    for cmd in ["cleanUnusedTopic", "cleanExpiredCQ"] {
+        let v = admin(&ns, &[cmd, "-c", "DefaultCluster", "--json"]).json();
+        assert_eq!(v["brokers"][0]["broker_addr"], broker_addr.as_str(), "{v}");
+        assert_eq!(v["brokers"][0]["ok"], true, "{cmd}: {v}");
+    }
     let r = admin(&ns, &["get-broker-config", "-b", &broker_addr]);
     assert!(
         r.ok()

@@ -596,6 +596,20 @@ impl AdminClient {
         self.instance.invoke_ok(broker_addr, cmd).await.map(|_| ())
     }
 
+    /// CLEAN_UNUSED_TOPIC: the broker drops the queues of topics its topic
+    /// table no longer has.
+    pub async fn clean_unused_topic(&self, broker_addr: &str) -> Result<()> {
+        let cmd = ClientInstance::request(request_code::CLEAN_UNUSED_TOPIC);
+        self.instance.invoke_ok(broker_addr, cmd).await.map(|_| ())
+    }
+
+    /// CLEAN_EXPIRED_CONSUMEQUEUE: the broker trims ConsumeQueue files that
+    /// point only below the CommitLog's first offset.
+    pub async fn clean_expired_consume_queue(&self, broker_addr: &str) -> Result<()> {
+        let cmd = ClientInstance::request(request_code::CLEAN_EXPIRED_CONSUMEQUEUE);
+        self.instance.invoke_ok(broker_addr, cmd).await.map(|_| ())
+    }
+
     /// WIPE_WRITE_PERM_OF_BROKER on every NameServer; per NameServer the
     /// number of topics changed.
     pub async fn wipe_write_perm(&self, broker_name: &str) -> Result<Vec<(String, i32)>> {

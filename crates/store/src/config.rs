@@ -50,7 +50,8 @@ pub struct MessageStoreConfig {
     pub max_unwritten_consume_queue_bytes: u64,
     /// SYNC_FLUSH: how long a writer waits for its flush before FLUSH_DISK_TIMEOUT (ms).
     pub sync_flush_timeout: u64,
-    /// Largest accepted message (and client batch), in encoded bytes.
+    /// Largest accepted message body, in bytes (`maxMessageSize`); the stored
+    /// record around it may add up to 64 KiB, as in Apache RocketMQ.
     pub max_message_size: usize,
     /// CommitLog segments older than this many hours are deleted.
     pub file_reserved_time: u64,

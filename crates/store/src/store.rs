@@ -573,6 +573,10 @@ impl Inner {
 /// Folder (under the store root) where the ConsumeQueue folders of deleted
 /// topics wait to be removed; outside `consumequeue/` so that recovery never
 /// loads them.
+/// Bytes a stored record may add to a body of `maxMessageSize` (Apache's
+/// encoder reserves the same 64 KiB).
+const RECORD_OVERHEAD_ALLOWANCE: usize = 64 * 1024;
+
 const DELETED_CQ_DIR: &str = "consumequeue.deleted";
 /// How long topic deletion waits for dispatch to catch up, before and while
 /// appends are blocked.
@@ -792,7 +796,7 @@ impl MessageStore {
                 first.queue_id
             )));
         }
-        let mut total = 0usize;
+        let max = self.inner.cfg.max_message_size;
         for m in msgs {
             if m.topic != first.topic || m.queue_id != first.queue_id {
                 return Err(StoreError::IllegalMessage(
@@ -804,11 +808,23 @@ impl MessageStore {
                     "a batch cannot mix transaction types".into(),
                 ));
             }
-            total += stored_size(m);
-        }
-        let max = self.inner.cfg.max_message_size;
-        if total > max {
-            return Err(StoreError::MessageTooLarge { size: total, max });
+            // As Apache's encoder: `maxMessageSize` bounds each body; the
+            // record around it (topic, properties, fixed fields) may add up
+            // to 64 KiB. A client batch's wire size is bounded by the broker.
+            if m.body.len() > max {
+                return Err(StoreError::MessageTooLarge {
+                    size: m.body.len(),
+                    max,
+                });
+            }
+            let size = stored_size(m);
+            let max_record = max.saturating_add(RECORD_OVERHEAD_ALLOWANCE);
+            if size > max_record {
+                return Err(StoreError::MessageTooLarge {
+                    size,
+                    max: max_record,
+                });
+            }
         }
         let dispatchable = sysflag::is_dispatchable(first.sys_flag);
         let sync = self.inner.cfg.flush_disk_type == FlushDiskType::SyncFlush;

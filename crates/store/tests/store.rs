@@ -247,6 +247,39 @@ fn oversized_message_is_refused_with_a_clear_error() {
 }
 
 #[test]
+fn body_of_exactly_max_message_size_is_stored_with_its_record() {
+    // Apache bounds the body by maxMessageSize and lets the record around it
+    // (topic, properties, fixed fields) add up to 64 KiB.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_message_size = 1000;
+    let store = open(cfg);
+    assert!(store
+        .put_message(&msg(
+            "Big",
+            0,
+            &[7u8; 1000],
+            Some("TagA"),
+            Some("k1 k2"),
+            None
+        ))
+        .is_ok());
+    let err = store
+        .put_message(&msg("Big", 0, &[7u8; 1001], None, None, None))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::MessageTooLarge {
+                size: 1001,
+                max: 1000
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn offset_by_time_and_earliest_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(small_config(dir.path()));

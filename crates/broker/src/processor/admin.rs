@@ -277,4 +277,10 @@ pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
         rc::CLEAN_EXPIRED_CONSUMEQUEUE,
         |c, rx, _| async move { broker_config::clean_expired_consume_queue(&c, &rx).await },
     );
+    reg(
+        registry,
+        ctx,
+        rc::CLEAN_UNUSED_TOPIC,
+        |c, rx, _| async move { broker_config::clean_unused_topic(&c, &rx).await },
+    );
 }

@@ -241,6 +241,31 @@ pub async fn get_broker_config(ctx: &Ctx, args: BrokerTarget) -> anyhow::Result<
     Ok(())
 }
 
+/// A manual store cleanup on a broker or on every master of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub enum Cleanup {
+    /// CLEAN_UNUSED_TOPIC (mqadmin cleanUnusedTopic).
+    UnusedTopics,
+    /// CLEAN_EXPIRED_CONSUMEQUEUE (mqadmin cleanExpiredCQ).
+    ExpiredConsumeQueues,
+}
+
+pub async fn cleanup(ctx: &Ctx, args: BrokerTarget, what: Cleanup) -> anyhow::Result<()> {
+    let mut outcomes = Vec::new();
+    for addr in ctx.targets(&args.broker, &args.cluster).await? {
+        let r = match what {
+            Cleanup::UnusedTopics => ctx.admin.clean_unused_topic(&addr).await,
+            Cleanup::ExpiredConsumeQueues => ctx.admin.clean_expired_consume_queue(&addr).await,
+        };
+        outcomes.push((addr, r.map_err(|e| e.to_string())));
+    }
+    let action = match what {
+        Cleanup::UnusedTopics => "clean unused topics",
+        Cleanup::ExpiredConsumeQueues => "clean expired ConsumeQueue files",
+    };
+    report_outcomes(ctx, action, outcomes, json!({}))
+}
+
 /// One key/value map per broker: JSON `{addr: {k: v}}` or aligned lines
 /// (under a `== addr ==` heading when there are several brokers).
 fn print_per_broker(ctx: &Ctx, all: BTreeMap<String, BTreeMap<String, String>>) {

@@ -226,6 +226,22 @@ pub enum AdminCommand {
                       apogee admin updateBrokerConfig -c DefaultCluster -k maxMessageSize -v 8388608"
     )]
     UpdateBrokerConfig(cluster::UpdateBrokerConfigArgs),
+    /// Drop the queues of topics a broker's topic table no longer has.
+    #[command(
+        name = "cleanUnusedTopic",
+        visible_alias = "clean-unused-topic",
+        after_help = "Examples:\n  apogee admin cleanUnusedTopic -b 127.0.0.1:10911\n  \
+                      apogee admin cleanUnusedTopic -c DefaultCluster"
+    )]
+    CleanUnusedTopic(cluster::BrokerTarget),
+    /// Trim ConsumeQueue files that point only at deleted CommitLog segments.
+    #[command(
+        name = "cleanExpiredCQ",
+        visible_alias = "clean-expired-cq",
+        after_help = "Examples:\n  apogee admin cleanExpiredCQ -b 127.0.0.1:10911\n  \
+                      apogee admin cleanExpiredCQ -c DefaultCluster"
+    )]
+    CleanExpiredCq(cluster::BrokerTarget),
 }
 
 /// What every command gets.
@@ -295,6 +311,8 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
         HaStatus(a) => cluster::ha_status(ctx, a).await,
         GetBrokerConfig(a) => cluster::get_broker_config(ctx, a).await,
         UpdateBrokerConfig(a) => cluster::update_broker_config(ctx, a).await,
+        CleanUnusedTopic(a) => cluster::cleanup(ctx, a, cluster::Cleanup::UnusedTopics).await,
+        CleanExpiredCq(a) => cluster::cleanup(ctx, a, cluster::Cleanup::ExpiredConsumeQueues).await,
         TopicList(a) => topic::topic_list(ctx, a).await,
         TopicRoute(a) => topic::topic_route(ctx, a).await,
         TopicStatus(a) => topic::topic_status(ctx, a).await,

@@ -550,6 +550,26 @@ pub mod lenient {
         i32::try_from(n).map_err(|_| D::Error::custom(format!("int out of range: {n}")))
     }
 
+    /// A set of ints whose items may be numbers or numeric strings (the Go
+    /// client writes `codeSet` as `["2598919"]`; fastjson converts them).
+    pub fn i32_set<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<std::collections::BTreeSet<i32>, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(Default::default()),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| {
+                    let n = number_from_value::<D::Error>(v, "an int")?;
+                    i32::try_from(n).map_err(|_| D::Error::custom(format!("int out of range: {n}")))
+                })
+                .collect(),
+            other => Err(D::Error::custom(format!(
+                "expected an array of ints, got {other}"
+            ))),
+        }
+    }
+
     pub fn f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
         match Value::deserialize(d)? {
             Value::Null => Ok(0.0),

@@ -93,6 +93,8 @@ pub struct SubscriptionData {
     pub topic: String,
     pub sub_string: String,
     pub tags_set: BTreeSet<String>,
+    /// Tag hash codes; numbers or numeric strings (the Go client's form).
+    #[serde(deserialize_with = "lenient::i32_set")]
     pub code_set: BTreeSet<i32>,
     /// Client timestamp (ms); numbers and numeric strings are accepted.
     #[serde(deserialize_with = "lenient::i64")]
@@ -177,6 +179,24 @@ mod tests {
         // "TagA".hashCode() in Java is 2598919; "" is 0.
         assert_eq!(java_string_hash("TagA"), 2598919);
         assert_eq!(java_string_hash(""), 0);
+    }
+
+    #[test]
+    fn go_client_code_set_of_strings_is_read() {
+        // rocketmq-client-go writes the tag hash codes as JSON strings.
+        let json = br#"{"classFilterMode":false,"topic":"T","subString":"TagA || TagB",
+            "tagsSet":["TagA","TagB"],"codeSet":["2598919","2598920"],
+            "subVersion":1700000000000,"expressionType":"TAG"}"#;
+        let sd: SubscriptionData = crate::body::fastjson::from_slice(json).unwrap();
+        assert_eq!(
+            sd.code_set.into_iter().collect::<Vec<_>>(),
+            [2598919, 2598920]
+        );
+        let java = br#"{"topic":"T","subString":"TagA","tagsSet":["TagA"],"codeSet":[2598919]}"#;
+        let sd: SubscriptionData = crate::body::fastjson::from_slice(java).unwrap();
+        assert_eq!(sd.code_set.into_iter().collect::<Vec<_>>(), [2598919]);
+        let bad = br#"{"topic":"T","codeSet":["TagA"]}"#;
+        assert!(crate::body::fastjson::from_slice::<SubscriptionData>(bad).is_err());
     }
 
     #[test]

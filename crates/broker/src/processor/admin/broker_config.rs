@@ -45,6 +45,20 @@ pub fn apply_update(
     current: &BrokerConfig,
     props: &BTreeMap<String, String>,
 ) -> Result<BrokerConfig, (i32, String)> {
+    // A value asking for an unsupported feature is named as such, not as
+    // an unknown key.
+    if let Some((k, v, u)) = props
+        .iter()
+        .find_map(|(k, v)| crate::config::unsupported_value(k, v).map(|u| (k, v.trim(), u)))
+    {
+        return Err((
+            response_code::INVALID_PARAMETER,
+            format!(
+                "broker config {k}={v} is not supported yet: apogee has no {}",
+                u.feature
+            ),
+        ));
+    }
     let known = current.to_properties();
     let unknown: Vec<&str> = props
         .keys()
@@ -171,6 +185,62 @@ pub(super) async fn clean_expired_consume_queue(
     ok()
 }
 
+/// Whether CLEAN_UNUSED_TOPIC may drop the queues of `topic`, a topic the
+/// store has queues for: only when the topic table no longer has it and it is
+/// neither a system topic nor a light message queue (as Java's
+/// `cleanUnusedTopic`).
+pub fn is_unused_topic(topic: &str, in_topic_table: bool) -> bool {
+    !in_topic_table
+        && !apogee_protocol::topic::is_system_topic(topic)
+        && !topic.starts_with(LMQ_PREFIX)
+}
+
+/// Light message queue topics (`%LMQ%...`) are never in the topic table.
+const LMQ_PREFIX: &str = "%LMQ%";
+
+/// CLEAN_UNUSED_TOPIC (316): drops the queues (and queue offsets) of topics
+/// the store still holds but the topic table no longer has, e.g. left by a
+/// topic config file restored from a backup.
+pub(super) async fn clean_unused_topic(
+    ctx: &Arc<BrokerContext>,
+    rctx: &RequestContext,
+) -> RemotingCommand {
+    tracing::warn!(caller = %rctx.peer_addr(), "cleanup of unused topics requested");
+    let unused: Vec<String> = ctx
+        .store
+        .topics()
+        .into_iter()
+        .filter(|t| is_unused_topic(t, ctx.topics.contains(t)))
+        .collect();
+    if unused.is_empty() {
+        return ok();
+    }
+    let store = Arc::clone(&ctx.store);
+    let names = unused.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        store.delete_topics(&refs)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(n)) => {
+            tracing::warn!(topics = ?unused, queues = n, "queues of unused topics deleted");
+            ok()
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "deleting the queues of unused topics failed");
+            fail(
+                response_code::SYSTEM_ERROR,
+                format!("deleting the queues of unused topics failed: {e}"),
+            )
+        }
+        Err(e) => fail(
+            response_code::SYSTEM_ERROR,
+            format!("deleting the queues of unused topics failed: {e}"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +250,15 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn only_topics_missing_from_the_table_are_unused() {
+        assert!(is_unused_topic("OldTopic", false));
+        assert!(!is_unused_topic("OldTopic", true));
+        assert!(!is_unused_topic("SCHEDULE_TOPIC_XXXX", false));
+        assert!(!is_unused_topic("rmq_sys_wheel_timer", false));
+        assert!(!is_unused_topic("%LMQ%123", false));
     }
 
     #[test]
@@ -221,5 +300,11 @@ mod tests {
         let (c, r) = apply_update(&cur, &props(&[("autoCreateTopicEnable", "maybe")])).unwrap_err();
         assert_eq!(c, response_code::INVALID_PARAMETER);
         assert!(r.contains("autoCreateTopicEnable"), "{r}");
+        let (c, r) = apply_update(&cur, &props(&[("aclEnable", "true")])).unwrap_err();
+        assert_eq!(c, response_code::INVALID_PARAMETER);
+        assert!(
+            r.contains("aclEnable=true") && r.contains("not supported yet"),
+            "{r}"
+        );
     }
 }
