@@ -39,7 +39,16 @@ fn ten_thousand_topics_and_a_thousand_groups() {
         // No produce run: every queue written to gets its own ConsumeQueue
         // file with 6 MB of disk reserved (the default size), so sending
         // over 10,000 topics x 8 queues would want ~480 GB.
-        .args(["--lookups", "500", "--produce-secs", "0"])
+        .args(["--lookups", "500", "--produce-secs", "2"])
+        .args([
+            "--clients",
+            "500",
+            "--consumers",
+            "200",
+            "--consumer-groups",
+            "20",
+        ])
+        .args(["--heartbeat-secs", "2", "--clients-secs", "4"])
         // A debug build idles at a few % of a core (flush and timer
         // ticks); the threshold only has to tell busy from settled.
         .args(["--idle-cpu-pct", "15"])
@@ -70,4 +79,38 @@ fn ten_thousand_topics_and_a_thousand_groups() {
     assert!(threads <= MAX_THREADS as f64, "{threads} threads: {r}");
     let anon = num("/after/rss_anon_mib").expect("RssAnon read");
     assert!(anon <= MAX_ANON_MIB, "RssAnon {anon} MiB: {r}");
+    // Sends spread round-robin over every topic (one queue each): each
+    // queue written costs no file, descriptor or mapping of its own.
+    assert_eq!(
+        r.pointer("/produce_all_topics/failed"),
+        Some(&Value::from(0)),
+        "{r}"
+    );
+    let spread = num("/produce_all_topics/sent").expect("spread sends");
+    assert!(
+        spread >= TOPICS as f64,
+        "only {spread} sends over {TOPICS} topics: {r}"
+    );
+    let anon = num("/after_produce/rss_anon_mib").expect("RssAnon read");
+    assert!(
+        anon <= MAX_ANON_MIB,
+        "RssAnon {anon} MiB after producing: {r}"
+    );
+    // Clients connected and heartbeating, every heartbeat answered.
+    assert_eq!(
+        r.pointer("/clients/connected"),
+        Some(&Value::from(500)),
+        "{r}"
+    );
+    assert_eq!(
+        r.pointer("/clients/heartbeat_failures"),
+        Some(&Value::from(0)),
+        "{r}"
+    );
+    assert!(num("/clients/heartbeats").unwrap_or(0.0) >= 500.0, "{r}");
+    let threads = num("/clients/steady/threads").expect("threads read");
+    assert!(
+        threads <= MAX_THREADS as f64,
+        "{threads} threads with clients: {r}"
+    );
 }
