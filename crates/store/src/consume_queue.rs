@@ -510,6 +510,10 @@ impl ConsumeQueue {
             return Ok(());
         }
         let was_empty = t.bytes.is_empty();
+        if t.bytes.capacity() == 0 {
+            // Room for a few entries: a cold queue then never reallocates.
+            t.bytes.reserve(8 * ENTRY);
+        }
         let mut start = max;
         if logic > max {
             let (first, end) = self.span();
