@@ -96,7 +96,8 @@ pub struct ClientInstance {
     namesrv: Vec<String>,
     namesrv_index: AtomicUsize,
     /// topic → last route seen (snapshot replaced wholesale on change).
-    routes: ArcSwap<HashMap<String, Arc<TopicRouteData>>>,
+    /// Sharded: adding one topic's route must not copy every other one.
+    routes: dashmap::DashMap<String, Arc<TopicRouteData>>,
     /// brokerName → (brokerId → address), merged from every route.
     brokers: ArcSwap<HashMap<String, BTreeMap<i64, String>>>,
     route_update: parking_lot::Mutex<()>,
@@ -141,7 +142,7 @@ impl ClientInstance {
             remoting,
             namesrv,
             namesrv_index: AtomicUsize::new(start),
-            routes: ArcSwap::from_pointee(HashMap::new()),
+            routes: dashmap::DashMap::new(),
             brokers: ArcSwap::from_pointee(HashMap::new()),
             route_update: parking_lot::Mutex::new(()),
         }))
@@ -270,13 +271,13 @@ impl ClientInstance {
     /// Caches a route fetched elsewhere.
     pub fn store_route(&self, topic: &str, route: TopicRouteData) -> (Arc<TopicRouteData>, bool) {
         let _guard = self.route_update.lock();
-        let old = self.routes.load();
-        let changed = old.get(topic).is_none_or(|r| !same_route(r, &route));
+        let changed = self
+            .routes
+            .get(topic)
+            .is_none_or(|r| !same_route(r.value(), &route));
         let route = Arc::new(route);
         if changed {
-            let mut map = HashMap::clone(&old);
-            map.insert(topic.to_string(), Arc::clone(&route));
-            self.routes.store(Arc::new(map));
+            self.routes.insert(topic.to_string(), Arc::clone(&route));
         }
         let brokers = self.brokers.load();
         let mut merged: Option<HashMap<String, BTreeMap<i64, String>>> = None;
@@ -295,12 +296,12 @@ impl ClientInstance {
 
     /// The cached route of `topic`.
     pub fn cached_route(&self, topic: &str) -> Option<Arc<TopicRouteData>> {
-        self.routes.load().get(topic).cloned()
+        self.routes.get(topic).map(|r| Arc::clone(r.value()))
     }
 
     /// Topics with a cached route.
     pub fn cached_topics(&self) -> Vec<String> {
-        self.routes.load().keys().cloned().collect()
+        self.routes.iter().map(|r| r.key().clone()).collect()
     }
 
     /// The master address of a broker name from the cache.

@@ -8,7 +8,6 @@
 //! lock) and builds each request frame once; a retry only rewrites the
 //! queue id and broker name fields.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use apogee_protocol::message::{batch, keys, properties, sysflag, BatchMessage, U
 use apogee_protocol::topic;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::ProcessorRegistry;
-use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
@@ -442,7 +440,9 @@ struct Prepared {
 pub(crate) struct ProducerInner {
     pub(crate) instance: Arc<ClientInstance>,
     pub(crate) config: ProducerConfig,
-    publish: ArcSwap<HashMap<String, Arc<TopicPublishInfo>>>,
+    /// Per topic, sharded: a producer of 100,000 topics must not copy a
+    /// whole table to add one.
+    publish: dashmap::DashMap<String, Arc<TopicPublishInfo>>,
     publish_update: tokio::sync::Mutex<()>,
     fault: FaultStrategy,
     state: AtomicU8,
@@ -454,7 +454,7 @@ impl ProducerInner {
             fault: FaultStrategy::new(config.send_latency_fault_enable),
             instance,
             config,
-            publish: ArcSwap::from_pointee(HashMap::new()),
+            publish: dashmap::DashMap::new(),
             publish_update: tokio::sync::Mutex::new(()),
             state: AtomicU8::new(CREATED),
         })
@@ -487,7 +487,7 @@ impl ProducerInner {
     }
 
     async fn refresh_all_routes(&self) {
-        let topics: Vec<String> = self.publish.load().keys().cloned().collect();
+        let topics: Vec<String> = self.publish.iter().map(|e| e.key().clone()).collect();
         for t in topics {
             if let Err(e) = self.refresh_publish(&t, false).await {
                 tracing::debug!(topic = %t, error = %e, "route refresh failed");
@@ -495,19 +495,20 @@ impl ProducerInner {
         }
     }
 
+    fn publish_cached(&self, topic: &str) -> Option<Arc<TopicPublishInfo>> {
+        let info = self.publish.get(topic).map(|e| Arc::clone(e.value()))?;
+        info.ok().then_some(info)
+    }
+
     /// The publish list of `topic` from the snapshot, fetched on first use.
     pub(crate) async fn publish_info(&self, topic: &str) -> Result<Arc<TopicPublishInfo>> {
-        if let Some(info) = self.publish.load().get(topic) {
-            if info.ok() {
-                return Ok(Arc::clone(info));
-            }
+        if let Some(info) = self.publish_cached(topic) {
+            return Ok(info);
         }
         let _g = self.publish_update.lock().await;
         // Another sender may have fetched it while we waited.
-        if let Some(info) = self.publish.load().get(topic) {
-            if info.ok() {
-                return Ok(Arc::clone(info));
-            }
+        if let Some(info) = self.publish_cached(topic) {
+            return Ok(info);
         }
         self.refresh_publish(topic, true).await
     }
@@ -543,18 +544,13 @@ impl ProducerInner {
 
     fn install_route(&self, topic: &str, route: TopicRouteData) -> Result<Arc<TopicPublishInfo>> {
         let (route, changed) = self.instance.store_route(topic, route);
-        let current = self.publish.load();
         if !changed {
-            if let Some(info) = current.get(topic) {
-                if info.ok() {
-                    return Ok(Arc::clone(info));
-                }
+            if let Some(info) = self.publish_cached(topic) {
+                return Ok(info);
             }
         }
         let info = Arc::new(TopicPublishInfo::from_route(topic, route));
-        let mut map = HashMap::clone(&current);
-        map.insert(topic.to_string(), Arc::clone(&info));
-        self.publish.store(Arc::new(map));
+        self.publish.insert(topic.to_string(), Arc::clone(&info));
         if info.ok() {
             Ok(info)
         } else {
