@@ -1,5 +1,7 @@
 //! Body compression (reference 6.6): the compression type carried in
-//! sysFlag bits and zlib helpers with a hard cap on inflated size.
+//! sysFlag bits, and zlib, LZ4 (frame format, as Java's `LZ4FrameOutputStream`
+//! writes) and Zstandard (a zstd frame, as `ZstdOutputStream` writes) with a
+//! hard cap on the inflated size.
 
 use std::io::{Read, Write};
 
@@ -63,12 +65,17 @@ pub fn compress_zlib(data: &[u8], level: u32) -> Vec<u8> {
 /// Inflates a zlib stream, refusing output larger than `max_len` bytes and
 /// never allocating more than that.
 pub fn decompress_zlib(data: &[u8], max_len: usize) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(max_len));
+    read_capped(ZlibDecoder::new(data), data.len(), max_len, "zlib")
+}
+
+/// Reads a decoder to its end, refusing more than `max_len` bytes.
+fn read_capped(decoder: impl Read, in_len: usize, max_len: usize, what: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(in_len.saturating_mul(4).min(max_len));
     let limit = (max_len as u64).saturating_add(1);
-    let n = ZlibDecoder::new(data)
+    let n = decoder
         .take(limit)
         .read_to_end(&mut out)
-        .map_err(|e| ProtocolError::InvalidBody(format!("bad zlib body: {e}")))?;
+        .map_err(|e| ProtocolError::InvalidBody(format!("bad {what} body: {e}")))?;
     if n > max_len {
         return Err(ProtocolError::InvalidBody(format!(
             "decompressed body exceeds {max_len} bytes"
@@ -77,14 +84,45 @@ pub fn decompress_zlib(data: &[u8], max_len: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Inflates a body compressed with `kind`. Only zlib is supported; LZ4 and
-/// ZSTD bodies are reported as errors (the broker never needs to inflate).
+/// An LZ4 frame of `data`.
+pub fn compress_lz4(data: &[u8]) -> Vec<u8> {
+    let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(data.len() / 2 + 32));
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// A Zstandard frame of `data` at `level`.
+pub fn compress_zstd(data: &[u8], level: i32) -> Vec<u8> {
+    zstd::stream::encode_all(data, level).unwrap_or_default()
+}
+
+/// Compresses `data` with `kind` (`level` applies to zlib and zstd, as in
+/// Java where LZ4 has none).
+pub fn compress(kind: CompressionType, data: &[u8], level: u32) -> Vec<u8> {
+    match kind {
+        CompressionType::Zlib => compress_zlib(data, level),
+        CompressionType::Lz4 => compress_lz4(data),
+        CompressionType::Zstd => compress_zstd(data, level.min(22) as i32),
+    }
+}
+
+/// Inflates a body compressed with `kind`, refusing output larger than
+/// `max_len` bytes.
 pub fn decompress(kind: CompressionType, data: &[u8], max_len: usize) -> Result<Vec<u8>> {
     match kind {
         CompressionType::Zlib => decompress_zlib(data, max_len),
-        other => Err(ProtocolError::InvalidBody(format!(
-            "unsupported body compression {other:?}"
-        ))),
+        CompressionType::Lz4 => read_capped(
+            lz4_flex::frame::FrameDecoder::new(data),
+            data.len(),
+            max_len,
+            "LZ4",
+        ),
+        CompressionType::Zstd => {
+            let dec = zstd::stream::read::Decoder::new(data)
+                .map_err(|e| ProtocolError::InvalidBody(format!("bad zstd body: {e}")))?;
+            read_capped(dec, data.len(), max_len, "zstd")
+        }
     }
 }
 
@@ -124,5 +162,32 @@ mod tests {
         assert!(decompress_zlib(&z, 99_999).is_err());
         assert!(decompress_zlib(b"not zlib", 1000).is_err());
         assert!(decompress(CompressionType::Lz4, &z, 1000).is_err());
+        assert!(decompress(CompressionType::Zstd, &z, 1000).is_err());
+    }
+
+    #[test]
+    fn lz4_and_zstd_round_trip_with_the_cap() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for kind in [CompressionType::Lz4, CompressionType::Zstd] {
+            let c = compress(kind, &data, DEFAULT_LEVEL);
+            assert!(c.len() < data.len() / 4, "{kind:?}: {}", c.len());
+            assert_eq!(decompress(kind, &c, data.len()).unwrap(), data, "{kind:?}");
+            assert!(
+                decompress(kind, &c, data.len() - 1).is_err(),
+                "{kind:?} cap"
+            );
+            // Truncated and garbage input: an error, never a panic.
+            assert!(
+                decompress(kind, &c[..c.len() / 2], data.len()).is_err(),
+                "{kind:?}"
+            );
+            assert!(
+                decompress(kind, b"garbage bytes", 1000).is_err(),
+                "{kind:?}"
+            );
+        }
+        // Frame magic numbers, as Java's streams write them.
+        assert_eq!(&compress_lz4(b"x")[..4], &[0x04, 0x22, 0x4d, 0x18]);
+        assert_eq!(&compress_zstd(b"x", 3)[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
     }
 }

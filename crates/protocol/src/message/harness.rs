@@ -136,6 +136,12 @@ pub fn message_decoder(data: &[u8]) -> MessageOutcome {
     let _ = id::decode_offset_msg_id(&text);
     let _ = id::decode_uniq_key(&text);
     let _ = tags::TagFilter::parse(&text).matches_code(0);
-    let _ = compress::decompress_zlib(data, FUZZ_MAX_INFLATE);
+    for kind in [
+        compress::CompressionType::Zlib,
+        compress::CompressionType::Lz4,
+        compress::CompressionType::Zstd,
+    ] {
+        let _ = compress::decompress(kind, data, FUZZ_MAX_INFLATE);
+    }
     out
 }
