@@ -145,6 +145,9 @@ pub struct BrokerConfig {
     pub msg_trace_topic_name: String,
     /// `longPollingEnable`: hold empty pulls until data arrives.
     pub long_polling_enable: bool,
+    /// `storeReplyMessageEnable`: a reply (SEND_REPLY_MESSAGE) is stored in
+    /// its topic as well as pushed to the requester (true).
+    pub store_reply_message_enable: bool,
     /// `shortPollingTimeMills`: hold time when long polling is off (1 s).
     pub short_polling_time_mills: Duration,
     /// `messageDelayLevel`: the delay levels, e.g. `1s 5s 10s 30s 1m ... 2h`.
@@ -244,6 +247,7 @@ impl Default for BrokerConfig {
             trace_topic_enable: false,
             msg_trace_topic_name: apogee_protocol::topic::RMQ_SYS_TRACE_TOPIC.into(),
             long_polling_enable: true,
+            store_reply_message_enable: true,
             short_polling_time_mills: Duration::from_millis(1000),
             message_delay_level: DEFAULT_MESSAGE_DELAY_LEVEL.into(),
             timer_wheel_enable: true,
@@ -416,6 +420,7 @@ impl BrokerConfig {
                 "traceTopicEnable" => self.trace_topic_enable = parse_bool(k, v)?,
                 "msgTraceTopicName" => self.msg_trace_topic_name = non_empty(k, v)?,
                 "longPollingEnable" => self.long_polling_enable = parse_bool(k, v)?,
+                "storeReplyMessageEnable" => self.store_reply_message_enable = parse_bool(k, v)?,
                 "shortPollingTimeMills" => self.short_polling_time_mills = millis(k, v)?,
                 "messageDelayLevel" => {
                     parse_delay_levels(v).map_err(|reason| BrokerError::config(k, reason))?;
@@ -664,6 +669,10 @@ impl BrokerConfig {
         put("traceTopicEnable", self.trace_topic_enable.to_string());
         put("msgTraceTopicName", self.msg_trace_topic_name.clone());
         put("longPollingEnable", self.long_polling_enable.to_string());
+        put(
+            "storeReplyMessageEnable",
+            self.store_reply_message_enable.to_string(),
+        );
         put("shortPollingTimeMills", ms(self.short_polling_time_mills));
         put("messageDelayLevel", self.message_delay_level.clone());
         put("timerWheelEnable", self.timer_wheel_enable.to_string());

@@ -133,6 +133,12 @@ async fn send_inner(
     })?;
     let topic_config = msg_check(ctx, &header, peer)?;
     let body = req.body.clone().unwrap_or_default();
+    if matches!(
+        req.code,
+        request_code::SEND_REPLY_MESSAGE | request_code::SEND_REPLY_MESSAGE_V2
+    ) {
+        return super::reply::send_reply(ctx, peer, &header, &topic_config, body).await;
+    }
     let is_batch = header.batch.unwrap_or(false) || req.code == request_code::SEND_BATCH_MESSAGE;
     if is_batch {
         send_batch(ctx, peer, &header, &topic_config, body).await
@@ -246,7 +252,7 @@ fn create_topic_for_send(
 
 /// Chooses the queue: the requested one, or a random writable one when the
 /// request says "any" (negative).
-fn choose_queue(requested: i32, tc: &TopicConfig) -> i32 {
+pub(super) fn choose_queue(requested: i32, tc: &TopicConfig) -> i32 {
     if requested >= 0 {
         requested
     } else {
@@ -266,7 +272,7 @@ pub struct Destination {
 
 /// Sends to `%RETRY%<group>` whose reconsume count exceeds the group's (or
 /// the header's) maximum go to `%DLQ%<group>` instead.
-fn retry_or_dlq(
+pub(super) fn retry_or_dlq(
     ctx: &BrokerContext,
     h: &SendMessageRequestHeader,
     queue_id: i32,
@@ -353,7 +359,11 @@ pub fn enrich_properties(props: &str, cluster: &str, to_dlq: bool) -> (String, S
     (out, uniq)
 }
 
-fn check_sizes(ctx: &BrokerContext, body_len: usize, props_len: usize) -> Result<(), Reject> {
+pub(super) fn check_sizes(
+    ctx: &BrokerContext,
+    body_len: usize,
+    props_len: usize,
+) -> Result<(), Reject> {
     let max = ctx.config.store.max_message_size;
     if props_len > MAX_PROPERTIES_LEN {
         return Err(Reject::new(
@@ -557,7 +567,7 @@ async fn send_batch(
     Ok(success_response(&r, ha, r.msg_ids(), queue_id, uniq))
 }
 
-fn success_response(
+pub(super) fn success_response(
     r: &PutResult,
     ha: Option<SyncOutcome>,
     msg_id: String,
@@ -602,7 +612,7 @@ fn success_response(
     RemotingCommand::response(code, remark).with_header(&h)
 }
 
-enum StoreInput {
+pub(super) enum StoreInput {
     One(MessageToStore),
     Batch(Vec<MessageToStore>),
 }
@@ -615,7 +625,7 @@ fn waits_for_store(m: &MessageToStore) -> bool {
 
 /// Stores a client send; on a SYNC_MASTER, then waits (up to
 /// syncFlushTimeout) for a slave to acknowledge it, as Java's `handleHA`.
-async fn store_or_reject(
+pub(super) async fn store_or_reject(
     ctx: &BrokerContext,
     input: StoreInput,
 ) -> Result<(PutResult, Option<SyncOutcome>), Reject> {
