@@ -72,6 +72,7 @@ func startApogee() (func(), error) {
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "APOGEE_LOG=warn")
 	cmd.Stderr = os.Stderr
+	dieWithParent(cmd)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
