@@ -65,9 +65,13 @@ pub fn decode(s: &str) -> HashMap<String, String> {
     map
 }
 
-/// Appends one pair to `dst` in wire form.
+/// Appends one pair to `dst` in wire form. A `dst` whose last pair lacks
+/// its separator (Java clients strip the trailing one) gets it first.
 pub fn append(dst: &mut String, name: &str, value: &str) {
-    dst.reserve(name.len() + value.len() + 2);
+    dst.reserve(name.len() + value.len() + 3);
+    if !dst.is_empty() && !dst.ends_with(PROPERTY_SEPARATOR) {
+        dst.push(PROPERTY_SEPARATOR);
+    }
     dst.push_str(name);
     dst.push(NAME_VALUE_SEPARATOR);
     dst.push_str(value);
@@ -152,6 +156,19 @@ pub fn check_len_bytes(len: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_after_a_stripped_trailing_separator() {
+        // Java's messageProperties2String drops the last separator.
+        let mut s = String::from("CORRELATION_ID\u{1}c-1");
+        append(&mut s, "PUSH_REPLY_TIME", "5");
+        assert_eq!(get(&s, "CORRELATION_ID"), Some("c-1"));
+        assert_eq!(get(&s, "PUSH_REPLY_TIME"), Some("5"));
+        let mut e = String::new();
+        append(&mut e, "A", "1");
+        append(&mut e, "B", "2");
+        assert_eq!(e, "A\u{1}1\u{2}B\u{1}2\u{2}");
+    }
 
     #[test]
     fn parses_like_java() {
