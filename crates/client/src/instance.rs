@@ -335,6 +335,23 @@ impl ClientInstance {
             .ok_or_else(|| ClientError::BrokerNotFound(broker_name.to_string()))
     }
 
+    /// Where a consumer reads and commits for `broker_name`: the master,
+    /// else (its route refreshed once) any address of the broker set, as
+    /// Java's `findBrokerAddressInSubscribe(name, MASTER_ID, false)`; so
+    /// consumers go on from a slave while the master is down.
+    pub async fn subscribe_addr_or_refresh(
+        &self,
+        broker_name: &str,
+        topic: &str,
+    ) -> Result<String> {
+        if let Some(a) = self.master_addr(broker_name) {
+            return Ok(a);
+        }
+        self.update_route(topic).await?;
+        self.broker_addr(broker_name, MASTER_ID)
+            .ok_or_else(|| ClientError::BrokerNotFound(broker_name.to_string()))
+    }
+
     /// The broker name serving `addr`, if a cached route mentions it.
     pub fn broker_name_of_addr(&self, addr: &str) -> Option<String> {
         self.brokers

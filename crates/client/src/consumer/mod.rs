@@ -308,7 +308,7 @@ pub(crate) async fn compute_pull_from_where(
         }
     }
     let addr = instance
-        .master_addr_or_refresh(&mq.broker_name, &mq.topic)
+        .subscribe_addr_or_refresh(&mq.broker_name, &mq.topic)
         .await?;
     let is_retry = topic::is_retry_topic(&mq.topic);
     match config.consume_from_where {

@@ -116,7 +116,7 @@ impl RemoteOffsetStore {
     async fn read_store(&self, mq: &MessageQueue) -> Result<Option<i64>> {
         let addr = self
             .instance
-            .master_addr_or_refresh(&mq.broker_name, &mq.topic)
+            .subscribe_addr_or_refresh(&mq.broker_name, &mq.topic)
             .await?;
         let found = self
             .instance
@@ -131,7 +131,7 @@ impl RemoteOffsetStore {
     async fn push(&self, mq: &MessageQueue, offset: i64, oneway: bool) -> Result<()> {
         let addr = self
             .instance
-            .master_addr_or_refresh(&mq.broker_name, &mq.topic)
+            .subscribe_addr_or_refresh(&mq.broker_name, &mq.topic)
             .await?;
         self.instance
             .update_consumer_offset(&addr, &self.group, mq, offset, oneway)
