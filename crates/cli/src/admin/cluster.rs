@@ -176,10 +176,15 @@ pub async fn ha_status(ctx: &Ctx, args: BrokerTarget) -> anyhow::Result<()> {
     }
     for (addr, v) in &all {
         let master = v["master"].as_bool().unwrap_or(false);
+        // Java fills masterCommitLogMaxOffset on masters only.
+        let end = if master {
+            &v["masterCommitLogMaxOffset"]
+        } else {
+            &v["haClientRuntimeInfo"]["maxOffset"]
+        };
         println!(
-            "== {addr} ({}) CommitLog end {}",
+            "== {addr} ({}) CommitLog end {end}",
             if master { "master" } else { "slave" },
-            v["masterCommitLogMaxOffset"]
         );
         if master {
             let conns = v["haConnectionInfo"]
