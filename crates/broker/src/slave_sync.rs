@@ -53,11 +53,13 @@ pub enum SyncError {
 }
 
 static SYNC_FAILED: LogThrottle = LogThrottle::new("slave metadata sync failed");
+static NO_MASTER: LogThrottle = LogThrottle::new("slave without a master");
 
 /// Starts the periodic copy (slaves only).
 pub fn spawn(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let client = RemotingClient::new(ClientConfig::default());
+        let mut waited = 0u64;
         loop {
             // Until a registration has named the master (a slave started
             // before its master), register again every round instead of
@@ -68,6 +70,15 @@ pub fn spawn(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<bool>) -> JoinHa
                 .is_none_or(|c| c.master_addr().is_some());
             if !knows_master {
                 ctx.request_register();
+                waited += 1;
+                if waited % 10 == 3 {
+                    throttled_warn!(NO_MASTER, (), broker = %ctx.config.broker_name,
+                        cluster = %ctx.config.broker_cluster_name, waited_s = waited * SLAVE_SYNC_INTERVAL.as_secs(),
+                        "slave: no master of this brokerName is registered with the NameServers \
+                         (is the master up, with the same brokerName and cluster?); still waiting");
+                }
+            } else {
+                waited = 0;
             }
             let master = ctx.master_addr.read().clone();
             if let Some(master) = master {
