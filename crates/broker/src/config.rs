@@ -21,7 +21,6 @@ pub const DEFAULT_MESSAGE_DELAY_LEVEL: &str =
 /// existing broker.conf files load, and each one given is warned about at
 /// the default log level: a setting that is silently ignored misleads.
 const IGNORED_KEYS: &[&str] = &[
-    "brokerIP2",
     "storePathConsumeQueue",
     "storePathIndex",
     "storeCheckpoint",
@@ -123,6 +122,9 @@ pub struct BrokerConfig {
     /// `brokerIP1`: the address advertised to NameServers and written into
     /// stored messages. Defaults to the first non-loopback IPv4 address.
     pub broker_ip1: String,
+    /// `brokerIP2`: the address advertised for the HA port (`haServerAddr`);
+    /// brokerIP1 when unset.
+    pub broker_ip2: Option<String>,
     /// `namesrvAddr`: `host:port;host:port`; env `NAMESRV_ADDR` by default.
     pub namesrv_addr: Option<String>,
     /// `brokerRole`: ASYNC_MASTER, SYNC_MASTER or SLAVE.
@@ -236,6 +238,7 @@ impl Default for BrokerConfig {
             listen_port: 10911,
             bind_address: "0.0.0.0".into(),
             broker_ip1: detect_broker_ip().to_string(),
+            broker_ip2: None,
             namesrv_addr,
             broker_role: "ASYNC_MASTER".into(),
             broker_permission: PermName::PERM_READ | PermName::PERM_WRITE,
@@ -338,6 +341,12 @@ impl BrokerConfig {
                 "brokerIP1" => {
                     parse::<IpAddr>(k, v)?;
                     self.broker_ip1 = v.to_string()
+                }
+                "brokerIP2" => {
+                    if !v.is_empty() {
+                        parse::<IpAddr>(k, v)?;
+                    }
+                    self.broker_ip2 = (!v.is_empty()).then(|| v.to_string());
                 }
                 "namesrvAddr" => {
                     self.namesrv_addr = (!v.is_empty()).then(|| v.to_string());
@@ -633,6 +642,12 @@ impl BrokerConfig {
         put("listenPort", self.listen_port.to_string());
         put("bindAddress", self.bind_address.clone());
         put("brokerIP1", self.broker_ip1.clone());
+        put(
+            "brokerIP2",
+            self.broker_ip2
+                .clone()
+                .unwrap_or_else(|| self.broker_ip1.clone()),
+        );
         put("namesrvAddr", self.namesrv_addr.clone().unwrap_or_default());
         put("brokerRole", self.broker_role.clone());
         put("haListenPort", self.effective_ha_listen_port().to_string());
@@ -1043,7 +1058,12 @@ mod tests {
         back.apply(&p).unwrap();
         assert_eq!(back.to_properties(), p);
 
-        c.apply(&props(&[("haListenPort", "30000")])).unwrap();
+        c.apply(&props(&[
+            ("haListenPort", "30000"),
+            ("brokerIP2", "10.1.1.1"),
+        ]))
+        .unwrap();
+        assert_eq!(c.broker_ip2.as_deref(), Some("10.1.1.1"));
         assert_eq!(c.effective_ha_listen_port(), 30000);
         // A slave needs an id of 1 or more; a master is always 0.
         let mut bad = BrokerConfig::default();
@@ -1062,6 +1082,7 @@ mod tests {
             ("haTransferBatchSize", "8388608"),
             ("haListenPort", "70000"),
             ("haSendHeartbeatInterval", "0"),
+            ("brokerIP2", "not-an-ip"),
         ] {
             let err = BrokerConfig::default()
                 .apply(&props(&[(k, v)]))

@@ -146,7 +146,8 @@ impl BrokerContext {
         }
     }
 
-    /// `ip:port` of this broker's HA service, as registered with NameServers.
+    /// `brokerIP2:port` (else brokerIP1) of this broker's HA service, as
+    /// registered with NameServers (`haServerAddr`).
     pub fn ha_server_addr(&self) -> String {
         let port = match self.ha_server.get() {
             Some(s) => s.local_addr().port(),
@@ -155,7 +156,10 @@ impl BrokerContext {
                 p => p,
             },
         };
-        format!("{}:{port}", self.store_host.ip())
+        match &self.config.broker_ip2 {
+            Some(ip) => format!("{ip}:{port}"),
+            None => format!("{}:{port}", self.store_host.ip()),
+        }
     }
 
     /// The broker's name (`brokerName`).
