@@ -262,6 +262,21 @@ async fn sync_master_kill_9_loses_no_acknowledged_message() {
         "{:?}",
         refused.remark
     );
+    // So are consumer send-backs (retries would fork the slave's CommitLog).
+    let refused = raw
+        .invoke(
+            &slave_addr,
+            RemotingCommand::request(request_code::CONSUMER_SEND_MSG_BACK),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("slave answers");
+    assert_eq!(
+        refused.code,
+        response_code::SYSTEM_BUSY,
+        "{:?}",
+        refused.remark
+    );
     raw.close().await;
 
     // The slave copies topic configs from its master every few seconds:
