@@ -246,37 +246,29 @@ async fn sync_master_kill_9_loses_no_acknowledged_message() {
         &["brokerRole=SLAVE", "brokerId=1"],
     );
     let slave_addr = slave.addr.to_string();
-    // A slave refuses sends (Java's rejectRequest on a slave: SYSTEM_BUSY).
+    // A slave refuses sends and consumer send-backs before reading them
+    // (Java's rejectRequest on a slave: SYSTEM_BUSY); either would fork its
+    // CommitLog from the master's.
     let raw = RemotingClient::new(ClientConfig::default());
-    let refused = raw
-        .invoke(
-            &slave_addr,
-            RemotingCommand::request(request_code::SEND_MESSAGE_V2),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("slave answers");
-    assert_eq!(
-        refused.code,
-        response_code::SYSTEM_BUSY,
-        "{:?}",
-        refused.remark
-    );
-    // So are consumer send-backs (retries would fork the slave's CommitLog).
-    let refused = raw
-        .invoke(
-            &slave_addr,
-            RemotingCommand::request(request_code::CONSUMER_SEND_MSG_BACK),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("slave answers");
-    assert_eq!(
-        refused.code,
-        response_code::SYSTEM_BUSY,
-        "{:?}",
-        refused.remark
-    );
+    for code in [
+        request_code::SEND_MESSAGE_V2,
+        request_code::CONSUMER_SEND_MSG_BACK,
+    ] {
+        let refused = raw
+            .invoke(
+                &slave_addr,
+                RemotingCommand::request(code),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("slave answers");
+        assert_eq!(
+            refused.code,
+            response_code::SYSTEM_BUSY,
+            "code {code}: {:?}",
+            refused.remark
+        );
+    }
     raw.close().await;
 
     // The slave copies topic configs from its master every few seconds:
