@@ -43,9 +43,13 @@ run_one() {
       > "$dir/slave.log" 2>&1 &
     pids+=($!)
   fi
-  sleep 2
-  "$apogee" admin -n 127.0.0.1:$ns updateTopic -c DefaultCluster -t BenchHA -r 8 -w 8 > /dev/null
-  sleep 2
+  # The master registers a moment after it starts; the slave learns it then.
+  for _ in $(seq 1 60); do
+    "$apogee" admin -n 127.0.0.1:$ns updateTopic -c DefaultCluster -t BenchHA -r 8 -w 8 \
+      > /dev/null 2>&1 && break
+    sleep 0.5
+  done
+  sleep 4
   local out
   out=$("$apogee" bench produce -n 127.0.0.1:$ns -t BenchHA -s 1024 -w 64 --mode async \
     --duration "$secs" --json "$@" 2>"$dir/bench.err" | tail -1) || true
