@@ -503,3 +503,73 @@ async fn a_restarted_slave_resumes_from_its_own_end() {
     client.shutdown();
     server.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_the_slave_holds_the_link_until_space_returns() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (md, sd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = open(md.path());
+    // Within the first segment: an empty replica starts at the master's last one.
+    for i in 0..10 {
+        master.put_message(&msg("T", 0, i)).unwrap();
+    }
+    // The slave's disk is 95% used, above diskSpaceWarningLevelRatio (90).
+    let used = Arc::new(AtomicU64::new(95));
+    let probe_used = Arc::clone(&used);
+    let mut cfg = config(sd.path());
+    cfg.disk_space_warning_level_ratio = 90;
+    cfg.disk_space_clean_forcibly_ratio = 99;
+    cfg.disk_max_used_space_ratio = 99;
+    cfg.disk_check_interval = 3_600_000;
+    cfg.clean_resource_interval = 3_600_000;
+    let hooks = apogee_store::StoreHooks {
+        disk_probe: Some(Arc::new(move |_: &Path| {
+            Some(probe_used.load(Ordering::SeqCst) as f64)
+        })),
+        ..Default::default()
+    };
+    let slave = Arc::new(MessageStore::open_with(cfg, hooks).unwrap());
+    slave.check_disk_now();
+    assert!(slave.is_disk_full());
+    let server = HaServer::start(Arc::clone(&master), ha_config()).unwrap();
+    let client = HaClient::start(
+        Arc::clone(&slave),
+        ha_config(),
+        Some(server.local_addr().to_string()),
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || client
+            .last_error()
+            .is_some_and(|e| e.contains("disk full"))),
+        "{:?}",
+        client.last_error()
+    );
+    assert_eq!(
+        slave.commit_log_max_offset(),
+        0,
+        "nothing written on a full disk"
+    );
+    // Its link keeps failing and reconnecting: no acknowledgement either way.
+    let outcome = server
+        .wait_replicated(
+            master.commit_log_max_offset() as u64,
+            Duration::from_millis(200),
+        )
+        .await;
+    assert_ne!(
+        outcome,
+        SyncOutcome::Replicated,
+        "a slave that cannot store does not acknowledge"
+    );
+    // Space comes back: the retried link catches up.
+    used.store(50, Ordering::SeqCst);
+    slave.check_disk_now();
+    let end = master.commit_log_max_offset();
+    assert!(wait_until(Duration::from_secs(10), || slave
+        .commit_log_max_offset()
+        == end));
+    assert_eq!(queue(&slave, "T", 0), queue(&master, "T", 0));
+    client.shutdown();
+    server.shutdown();
+}
