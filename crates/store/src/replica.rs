@@ -104,7 +104,17 @@ impl MessageStore {
             if scan.len == 0 && !scan.blank {
                 break;
             }
-            new_end = cl.append_replicated(pos, &chunk[..scan.len], scan.blank, scan.last_ts)?;
+            new_end = match cl.append_replicated(pos, &chunk[..scan.len], scan.blank, scan.last_ts)
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    if self.commit_log_is_empty() {
+                        // Still empty: the next master may start elsewhere.
+                        inner.dispatched.store(0, Ordering::Release);
+                    }
+                    return Err(e.into());
+                }
+            };
             taken += scan.len;
             pos += scan.len as u64;
             if scan.blank {
