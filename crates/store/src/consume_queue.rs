@@ -481,8 +481,19 @@ impl ConsumeQueue {
             tags_code,
         }
         .encode();
-        let max = self.max_offset();
+        let mut max = self.max_offset();
         let mut t = self.tail.lock();
+        if logic < max && logic < t.start && t.bytes.is_empty() {
+            // Re-dispatch after a crash (recovery runs alone): rather than
+            // one file write per entry already in the files, take the queue
+            // back to `logic` and let the entries come again into the tail;
+            // the files keep their bytes until the tail is written over them.
+            self.max_logic.store(logic, Ordering::Release);
+            t.start = logic;
+            t.last = None;
+            t.at_min = None;
+            max = logic;
+        }
         if logic < max {
             let decoded = CqEntry {
                 phys_offset,
