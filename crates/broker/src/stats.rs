@@ -78,11 +78,25 @@ impl<const N: usize> Window<N> {
 }
 
 /// A counter pair with TPS windows: 1 s buckets for the 10 s rate, 6 s for
-/// the minute, 60 s for the 10 minutes (about 0.6 KiB in all).
+/// the minute, 60 s for the 10 minutes (about 0.6 KiB in all). A message
+/// only bumps the counters (one cache line); the windows take the counts
+/// of a second when the next second's first message (or a reader) comes,
+/// so that 100,000 topics sent to round-robin do not each touch ten lines
+/// and a lock per message.
 struct Meter {
     msgs: AtomicU64,
     bytes: AtomicU64,
-    windows: Mutex<(Window<11>, Window<11>, Window<11>)>,
+    /// The second the counts not yet in the windows belong to.
+    pending_sec: AtomicU64,
+    windows: Mutex<Windows>,
+}
+
+struct Windows {
+    w1: Window<11>,
+    w6: Window<11>,
+    w60: Window<11>,
+    /// `msgs` already put into the windows.
+    folded: u64,
 }
 
 impl Meter {
@@ -90,25 +104,47 @@ impl Meter {
         Meter {
             msgs: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            windows: Mutex::new((Window::new(1), Window::new(6), Window::new(60))),
+            pending_sec: AtomicU64::new(0),
+            windows: Mutex::new(Windows {
+                w1: Window::new(1),
+                w6: Window::new(6),
+                w60: Window::new(60),
+                folded: 0,
+            }),
         }
     }
 
     fn add(&self, sec: u64, msgs: u64, bytes: u64) {
+        if self.pending_sec.load(Ordering::Relaxed) != sec {
+            self.fold(sec);
+        }
         self.msgs.fetch_add(msgs, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Puts the counts since the last fold into the second they belong to;
+    /// later counts belong to `sec`.
+    fn fold(&self, sec: u64) {
         let mut w = self.windows.lock();
-        w.0.add(sec, msgs);
-        w.1.add(sec, msgs);
-        w.2.add(sec, msgs);
+        let total = self.msgs.load(Ordering::Relaxed);
+        let delta = total.saturating_sub(w.folded);
+        if delta > 0 {
+            let at = self.pending_sec.load(Ordering::Relaxed);
+            w.w1.add(at, delta);
+            w.w6.add(at, delta);
+            w.w60.add(at, delta);
+            w.folded = total;
+        }
+        self.pending_sec.store(sec, Ordering::Relaxed);
     }
 
     fn tps(&self, now_sec: u64) -> Tps {
+        self.fold(now_sec);
         let w = self.windows.lock();
         Tps {
-            tps_10s: w.0.rate(now_sec, 10),
-            tps_1m: w.1.rate(now_sec, 60),
-            tps_10m: w.2.rate(now_sec, 600),
+            tps_10s: w.w1.rate(now_sec, 10),
+            tps_1m: w.w6.rate(now_sec, 60),
+            tps_10m: w.w60.rate(now_sec, 600),
         }
     }
 }
@@ -465,6 +501,23 @@ mod tests {
             }
         );
         assert_eq!(s.total_get().msgs, 2);
+    }
+
+    #[test]
+    fn meter_folds_each_second_when_the_next_one_starts() {
+        let m = Meter::new();
+        for sec in 0..20 {
+            m.add(sec, 10, 100);
+        }
+        // Seconds 10..19: 10 per second; the counts of 19 were folded by the read.
+        assert!((m.tps(20).tps_10s - 10.0).abs() < 1e-9);
+        // A topic sent to once a minute: each message lands in its own second.
+        let sparse = Meter::new();
+        sparse.add(5, 6, 60);
+        sparse.add(65, 6, 60);
+        let t = sparse.tps(70);
+        assert!((t.tps_1m - 0.1).abs() < 1e-9, "{t:?}");
+        assert_eq!(sparse.msgs.load(Ordering::Relaxed), 12);
     }
 
     #[test]

@@ -265,10 +265,7 @@ pub(crate) fn recover(
     let cl_min = cl.min_offset();
     for cq in inner.all_cqs() {
         cq.correct_min_offset(cl_min);
-        table
-            .entry(cq.topic().to_owned())
-            .or_default()
-            .insert(cq.queue_id(), cq.max_offset());
+        table.set(cq.topic(), cq.queue_id(), cq.max_offset());
     }
     cl.set_queue_offsets(table);
     tracing::info!(

@@ -1028,7 +1028,7 @@ impl MessageStore {
             {
                 let mut table = i.cqs.write();
                 for t in &topics {
-                    offsets.remove(*t);
+                    offsets.remove_topic(t);
                     if let Some(queues) = table.remove(*t) {
                         removed.extend(queues.into_values());
                     }
