@@ -126,6 +126,10 @@ impl Meter {
     /// later counts belong to `sec`.
     fn fold(&self, sec: u64) {
         let mut w = self.windows.lock();
+        self.fold_locked(&mut w, sec);
+    }
+
+    fn fold_locked(&self, w: &mut Windows, sec: u64) {
         let total = self.msgs.load(Ordering::Relaxed);
         let delta = total.saturating_sub(w.folded);
         if delta > 0 {
@@ -139,8 +143,8 @@ impl Meter {
     }
 
     fn tps(&self, now_sec: u64) -> Tps {
-        self.fold(now_sec);
-        let w = self.windows.lock();
+        let mut w = self.windows.lock();
+        self.fold_locked(&mut w, now_sec);
         Tps {
             tps_10s: w.w1.rate(now_sec, 10),
             tps_1m: w.w6.rate(now_sec, 60),

@@ -882,8 +882,8 @@ impl ConsumeQueue {
 
     /// Entries below `upto` are durable in the files: drop them from the
     /// tail. Returns true if the tail still holds entries (the queue stays
-    /// listed), with the checkpoint bound of what is left.
-    pub(crate) fn tail_written(&self, upto: i64) -> Option<(i64, i64)> {
+    /// listed).
+    pub(crate) fn tail_written(&self, upto: i64) -> bool {
         let mut t = self.tail.lock();
         if upto > t.start {
             let n = (((upto - t.start) as usize) * ENTRY).min(t.bytes.len());
@@ -906,9 +906,9 @@ impl ConsumeQueue {
             // Give the memory back: an idle queue holds no buffer.
             t.bytes = Vec::new();
             t.listed = false;
-            None
+            false
         } else {
-            Some((t.first_phys, t.first_ts))
+            true
         }
     }
 }

@@ -487,7 +487,7 @@ impl Inner {
             }
             match cq.tail_state(now, least.max(1), max_age) {
                 TailState::Empty => {
-                    if cq.tail_written(i64::MIN).is_some() {
+                    if cq.tail_written(i64::MIN) {
                         keep.push(cq);
                     }
                 }
@@ -545,11 +545,9 @@ impl Inner {
             return Err(e);
         }
         for (cq, upto) in written {
-            if let Some((first_phys, first_ts)) = cq.tail_written(upto) {
-                // Entries added while writing were dispatched after
-                // `dispatched` was read, so they do not lower `safe`; kept
-                // anyway for the next round.
-                let _ = (first_phys, first_ts);
+            // Entries added while writing were dispatched after `dispatched`
+            // was read, so they do not lower `safe`; kept for the next round.
+            if cq.tail_written(upto) {
                 keep.push(cq);
             }
         }

@@ -32,12 +32,6 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 static REPLY_NOT_PUSHED: LogThrottle = LogThrottle::new("reply not pushed to its requester");
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Handles one reply; the header was checked by `msg_check`.
 pub(super) async fn send_reply(
     ctx: &BrokerContext,
@@ -116,7 +110,7 @@ async fn push(
     properties::append(
         &mut pushed_props,
         keys::PUSH_REPLY_TIME,
-        &now_ms().to_string(),
+        &apogee_store::commit_log::now_ms().to_string(),
     );
     let header = ReplyMessageRequestHeader {
         producer_group: h.producer_group.clone(),
@@ -132,7 +126,7 @@ async fn push(
         unit_mode: h.unit_mode.unwrap_or(false),
         born_host: peer.to_string(),
         store_host: ctx.store_host.to_string(),
-        store_timestamp: now_ms(),
+        store_timestamp: apogee_store::commit_log::now_ms(),
         ..Default::default()
     };
     let cmd = RemotingCommand::request(request_code::PUSH_REPLY_MESSAGE_TO_CLIENT)
