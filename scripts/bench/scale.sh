@@ -4,7 +4,9 @@
 # scale` against it with the standalone's pid (CPU, RssAnon, threads).
 #   scale.sh TOPICS GROUPS DIR [extra `bench scale` args]
 # e.g. scripts/bench/scale.sh 100000 1000 /tmp/scale --produce-secs 0
-# SCALE_SET="k=v k=v" adds broker settings (--set).
+# SCALE_SET="k=v k=v" adds broker settings (--set). APOGEE picks the binary
+# (default: a release build of this checkout); APOGEE_BENCH the one that runs
+# the bench client, so two broker builds can be compared with one client.
 # Prints the table (or, with --json, the JSON summary) and the load average
 # before and after. The whole run is bounded by SCALE_TIMEOUT seconds (default 1800);
 # the broker is stopped and its data removed on any exit.
@@ -37,7 +39,7 @@ trap 'kill $broker 2>/dev/null || true; wait $broker 2>/dev/null || true; rm -rf
 start_broker "$dir/standalone.log"
 sleep 1
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-timeout "${SCALE_TIMEOUT:-1800}" "$apogee" bench scale -n 127.0.0.1:$ns -b 127.0.0.1:$((ns + 1)) \
+timeout "${SCALE_TIMEOUT:-1800}" "${APOGEE_BENCH:-$apogee}" bench scale -n 127.0.0.1:$ns -b 127.0.0.1:$((ns + 1)) \
   --broker-pid $broker -t "$topics" -g "$groups" "$@" | tee "$dir/scale.out"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Restart (SCALE_RESTART=0 skips): stop the broker gracefully, start it on

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -153,6 +154,18 @@ impl Meter {
     }
 }
 
+/// A topic's put meter, shared with [`BrokerStats`]'s table.
+#[derive(Clone)]
+pub struct TopicMeter(Arc<Meter>);
+
+impl std::fmt::Debug for TopicMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicMeter")
+            .field("msgs", &self.0.msgs.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
 /// Keyed by topic or group on every put and get: foldhash, not SipHash.
 type FastMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
@@ -168,7 +181,7 @@ pub struct BrokerStats {
     started: Instant,
     put: Meter,
     get: Meter,
-    topic_put: RwLock<FastMap<Meter>>,
+    topic_put: RwLock<FastMap<Arc<Meter>>>,
     group_get: RwLock<FastMap<FastMap<Meter>>>,
     inflight_puts: AtomicUsize,
     max_inflight_puts: AtomicUsize,
@@ -224,18 +237,32 @@ impl BrokerStats {
 
     /// Records `msgs` messages of `bytes` stored into `topic`.
     pub fn put(&self, topic: &str, msgs: u64, bytes: u64) {
+        let m = self.topic_meter(topic);
+        self.put_to(&m, msgs, bytes);
+    }
+
+    /// The put meter of `topic`, created on first use. The send path keeps
+    /// it beside the topic's config (`TopicEntry`), so that a message to
+    /// one of 100,000 topics does not look its topic up twice.
+    pub fn topic_meter(&self, topic: &str) -> TopicMeter {
+        if let Some(m) = self.topic_put.read().get(topic) {
+            return TopicMeter(m.clone());
+        }
+        TopicMeter(
+            self.topic_put
+                .write()
+                .entry(topic.to_owned())
+                .or_insert_with(|| Arc::new(Meter::new()))
+                .clone(),
+        )
+    }
+
+    /// [`BrokerStats::put`] with the topic's meter already at hand.
+    pub fn put_to(&self, meter: &TopicMeter, msgs: u64, bytes: u64) {
         self.roll_day();
         let sec = self.now_sec();
         self.put.add(sec, msgs, bytes);
-        if let Some(m) = self.topic_put.read().get(topic) {
-            m.add(sec, msgs, bytes);
-            return;
-        }
-        self.topic_put
-            .write()
-            .entry(topic.to_owned())
-            .or_insert_with(Meter::new)
-            .add(sec, msgs, bytes);
+        meter.0.add(sec, msgs, bytes);
     }
 
     /// Records `msgs` messages of `bytes` delivered to `group` from `topic`.

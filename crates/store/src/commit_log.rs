@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use apogee_protocol::message::stored::{self, patch_stored, BLANK_MAGIC_CODE};
 use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
 
 use crate::error::{Result, StoreError};
@@ -19,15 +20,28 @@ use crate::vfs::VfsRef;
 /// Next queue offset of every (topic, queue), looked up under the append
 /// lock for every message: one flat table (not a table per topic, which
 /// costs a second cache miss per message over 100,000s of topics), hashed
-/// with foldhash and searched by borrowed `(&str, i32)` keys.
+/// with foldhash and searched by borrowed `(&str, i32)` keys. Each queue
+/// also gets a number, never reused by this log, that the append hands to
+/// the dispatcher ([`DispatchHint`]) so it can find the queue's
+/// ConsumeQueue without a table lookup of its own.
 #[derive(Default)]
 pub(crate) struct QueueOffsets {
-    map: hashbrown::HashMap<QueueKey, i64, foldhash::fast::RandomState>,
+    map: hashbrown::HashMap<QueueKey, QueueSlot, foldhash::fast::RandomState>,
 }
+
+struct QueueSlot {
+    next: i64,
+    /// [`NO_QUEUE_NUMBER`] until the append path first uses the slot.
+    number: u32,
+}
+
+/// A queue without a number (slots made by recovery, numbers run out).
+pub(crate) const NO_QUEUE_NUMBER: u32 = u32::MAX;
 
 #[derive(PartialEq, Eq)]
 struct QueueKey {
-    topic: Box<str>,
+    /// Inline up to 24 bytes: comparing a key then reads no other line.
+    topic: compact_str::CompactString,
     queue: i32,
 }
 
@@ -40,7 +54,7 @@ impl std::hash::Hash for QueueKey {
 impl From<&QueueRef<'_>> for QueueKey {
     fn from(r: &QueueRef<'_>) -> QueueKey {
         QueueKey {
-            topic: r.0.into(),
+            topic: compact_str::CompactString::from(r.0),
             queue: r.1,
         }
     }
@@ -59,16 +73,21 @@ impl hashbrown::Equivalent<QueueKey> for QueueRef<'_> {
 impl QueueOffsets {
     /// The next offset of (topic, queue), if it has one.
     pub(crate) fn get(&self, topic: &str, queue: i32) -> Option<i64> {
-        self.map.get(&QueueRef(topic, queue)).copied()
+        self.map.get(&QueueRef(topic, queue)).map(|s| s.next)
     }
 
     /// The slot of (topic, queue), created at 0 (the key is built only then).
-    pub(crate) fn slot(&mut self, topic: &str, queue: i32) -> &mut i64 {
-        self.map.entry_ref(&QueueRef(topic, queue)).or_insert(0)
+    fn slot(&mut self, topic: &str, queue: i32) -> &mut QueueSlot {
+        self.map
+            .entry_ref(&QueueRef(topic, queue))
+            .or_insert(QueueSlot {
+                next: 0,
+                number: NO_QUEUE_NUMBER,
+            })
     }
 
     pub(crate) fn set(&mut self, topic: &str, queue: i32, next: i64) {
-        *self.slot(topic, queue) = next;
+        self.slot(topic, queue).next = next;
     }
 
     /// Forget every queue of `topic`.
@@ -76,6 +95,20 @@ impl QueueOffsets {
         self.map.retain(|k, _| &*k.topic != topic);
     }
 }
+
+/// Told by the append path to the dispatcher: the records in `[start, end)`
+/// of the log belong to the queue numbered `number`. Only a hint: the
+/// dispatcher checks the queue it finds against each record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DispatchHint {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) number: u32,
+}
+
+/// Hints kept for the dispatcher; when it lags further behind, appends stop
+/// leaving hints and it looks the queues up itself.
+const DISPATCH_HINTS: usize = 16 * 1024;
 
 /// Bytes always left free at a segment's end for the BLANK marker.
 pub const END_FILE_MIN_BLANK_LENGTH: u64 = 8;
@@ -104,6 +137,8 @@ struct AppendState {
     current: Option<Arc<MappedFile>>,
     /// Next queue offset of every (topic, queue).
     queue_offsets: QueueOffsets,
+    /// The number the next queue gets (see [`QueueOffsets`]).
+    next_queue_number: u32,
 }
 
 pub struct CommitLog {
@@ -116,6 +151,8 @@ pub struct CommitLog {
     last_store_ts: AtomicI64,
     flushed_store_ts: AtomicI64,
     flush_count: AtomicU64,
+    /// Filled under the append lock (so in log order), emptied by the dispatcher.
+    hints: ArrayQueue<DispatchHint>,
 }
 
 pub fn now_ms() -> i64 {
@@ -134,13 +171,20 @@ impl CommitLog {
             append: Mutex::new(AppendState {
                 current: None,
                 queue_offsets: QueueOffsets::default(),
+                next_queue_number: 0,
             }),
             max_offset: AtomicU64::new(end),
             flushed: AtomicU64::new(end),
             last_store_ts: AtomicI64::new(0),
             flushed_store_ts: AtomicI64::new(0),
             flush_count: AtomicU64::new(0),
+            hints: ArrayQueue::new(DISPATCH_HINTS),
         })
+    }
+
+    /// The oldest hint not yet taken by the dispatcher.
+    pub(crate) fn pop_hint(&self) -> Option<DispatchHint> {
+        self.hints.pop()
     }
 
     pub fn segments(&self) -> &MappedFileQueue {
@@ -278,7 +322,12 @@ impl CommitLog {
         // new slot starts at 0, so creating it before a failed write changes
         // nothing.
         let slot = if dispatchable {
-            Some(st.queue_offsets.slot(topic, queue_id))
+            let slot = st.queue_offsets.slot(topic, queue_id);
+            if slot.number == NO_QUEUE_NUMBER && st.next_queue_number != NO_QUEUE_NUMBER {
+                slot.number = st.next_queue_number;
+                st.next_queue_number += 1;
+            }
+            Some(slot)
         } else {
             None
         };
@@ -314,7 +363,7 @@ impl CommitLog {
         let ts = now_ms().max(self.last_store_ts.load(Ordering::Relaxed));
         // Taken only once the bytes are written: a failed write must not
         // leave a hole in the queue.
-        let queue_offset = slot.as_deref().copied().unwrap_or(0);
+        let queue_offset = slot.as_deref().map_or(0, |s| s.next);
         // Patch every record: physical offset, queue offset, store timestamp.
         // The layout was validated before taking the lock, so this cannot fail
         // half-way.
@@ -331,7 +380,16 @@ impl CommitLog {
         }
         seg.write_at(pos, buf)?;
         if let Some(slot) = slot {
-            *slot = queue_offset + count as i64;
+            slot.next = queue_offset + count as i64;
+            if slot.number != NO_QUEUE_NUMBER {
+                // Full: the dispatcher is far behind and finds this queue
+                // by name; nothing is lost but the shortcut.
+                let _ = self.hints.push(DispatchHint {
+                    start: phys,
+                    end: phys + total,
+                    number: slot.number,
+                });
+            }
         }
         seg.set_wrote(pos + total);
         self.last_store_ts.store(ts, Ordering::Relaxed);

@@ -118,7 +118,8 @@ pub(crate) struct TailWrite {
 }
 
 pub struct ConsumeQueue {
-    topic: String,
+    /// Inline up to 24 bytes: the dispatcher checks it for every record.
+    topic: compact_str::CompactString,
     queue_id: i32,
     vfs: VfsRef,
     dir: PathBuf,
@@ -211,7 +212,7 @@ impl ConsumeQueue {
         let first = bases.first().copied().unwrap_or(0);
         let end = bases.last().map_or(0, |b| b + file_size);
         let cq = ConsumeQueue {
-            topic: topic.to_owned(),
+            topic: compact_str::CompactString::from(topic),
             queue_id,
             vfs: vfs.clone(),
             dir: dir.to_path_buf(),

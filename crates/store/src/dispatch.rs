@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use apogee_protocol::message::{stored, sysflag, tags};
 
+use crate::commit_log::DispatchHint;
 use crate::consume_queue::ConsumeQueue;
 use crate::error::{Result, StoreError};
 use crate::mapped_file::MappedFile;
@@ -94,11 +95,18 @@ impl IdleFlag {
 pub(crate) struct DispatchCache {
     segment: Option<Arc<MappedFile>>,
     queues: Vec<Option<Arc<ConsumeQueue>>>,
+    /// Queues by the number the append path gave them (`DispatchHint`).
+    numbered: Vec<Option<Arc<ConsumeQueue>>>,
+    /// The append path's hint for the records at and after the current one.
+    hint: Option<DispatchHint>,
     /// `Inner::cq_generation` the cached queues belong to.
     generation: u64,
 }
 
 const CQ_CACHE_SLOTS: usize = 64;
+
+/// Queues remembered by number: 8 bytes each, at most 128 MiB.
+const NUMBERED_MAX: usize = 16 << 20;
 
 impl DispatchCache {
     fn segment(&mut self, inner: &Inner, pos: u64) -> Option<Arc<MappedFile>> {
@@ -111,7 +119,28 @@ impl DispatchCache {
         self.segment.clone()
     }
 
-    fn queue(&mut self, inner: &Inner, topic: &[u8], queue_id: i32) -> Result<Arc<ConsumeQueue>> {
+    /// The number the append path gave the queue of the record at `pos`,
+    /// if it left a hint for it.
+    fn hinted_number(&mut self, inner: &Inner, pos: u64) -> Option<u32> {
+        loop {
+            match self.hint {
+                Some(h) if pos < h.start => return None,
+                Some(h) if pos < h.end => return Some(h.number),
+                _ => self.hint = Some(inner.commit_log.pop_hint()?),
+            }
+        }
+    }
+
+    /// The ConsumeQueue of the record at `pos`: found through the append
+    /// path's hint when it left one (with 100,000s of queues a table lookup
+    /// per record is several cache misses), else by name.
+    fn queue(
+        &mut self,
+        inner: &Inner,
+        pos: u64,
+        topic: &[u8],
+        queue_id: i32,
+    ) -> Result<Arc<ConsumeQueue>> {
         if self.queues.is_empty() {
             self.queues.resize(CQ_CACHE_SLOTS, None);
         }
@@ -122,8 +151,38 @@ impl DispatchCache {
         let generation = inner.cq_generation.load(Ordering::Acquire);
         if generation != self.generation {
             self.queues.iter_mut().for_each(|s| *s = None);
+            self.numbered.clear();
             self.generation = generation;
         }
+        let number = self
+            .hinted_number(inner, pos)
+            .map(|n| n as usize)
+            .filter(|n| *n < NUMBERED_MAX);
+        if let Some(n) = number {
+            // Checked against the record: a hint left before the log was
+            // cut back may describe other records now at these offsets.
+            if let Some(Some(cq)) = self.numbered.get(n) {
+                if cq.queue_id() == queue_id && cq.topic().as_bytes() == topic {
+                    return Ok(cq.clone());
+                }
+            }
+        }
+        let cq = self.queue_by_name(inner, topic, queue_id)?;
+        if let Some(n) = number {
+            if self.numbered.len() <= n {
+                self.numbered.resize(n + 1, None);
+            }
+            self.numbered[n] = Some(cq.clone());
+        }
+        Ok(cq)
+    }
+
+    fn queue_by_name(
+        &mut self,
+        inner: &Inner,
+        topic: &[u8],
+        queue_id: i32,
+    ) -> Result<Arc<ConsumeQueue>> {
         // FNV-1a over the topic, mixed with the queue id: a direct-mapped slot.
         let mut h: u32 = 0x811c_9dc5;
         for b in topic {
@@ -309,7 +368,7 @@ fn dispatch_at(
     let wanted = scan_properties(info.properties);
     if dispatchable {
         let tags_code = text(wanted.tags).map_or(0, |t| tags::tags_hash_code(&t));
-        let cq = cache.queue(inner, info.topic, info.queue_id)?;
+        let cq = cache.queue(inner, pos, info.topic, info.queue_id)?;
         cq.put(
             info.queue_offset,
             pos as i64,

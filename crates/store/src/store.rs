@@ -228,7 +228,13 @@ pub struct StoreHooks {
 
 /// Looked up by the dispatcher for every message whose queue is not in its
 /// small cache: foldhash, not SipHash.
-type CqTable = HashMap<String, HashMap<i32, Arc<ConsumeQueue>>, foldhash::fast::RandomState>;
+/// Topic names are kept inline (up to 24 bytes) so that a lookup among
+/// 100,000 topics reads no line beyond the bucket to compare the key.
+type CqTable = HashMap<
+    compact_str::CompactString,
+    HashMap<i32, Arc<ConsumeQueue>, foldhash::fast::RandomState>,
+    foldhash::fast::RandomState,
+>;
 
 /// State shared with the background threads.
 pub(crate) struct Inner {
@@ -386,7 +392,7 @@ impl Inner {
     pub(crate) fn insert_cq(&self, cq: ConsumeQueue) {
         self.cqs
             .write()
-            .entry(cq.topic().to_owned())
+            .entry(compact_str::CompactString::from(cq.topic()))
             .or_default()
             .insert(cq.queue_id(), Arc::new(cq));
     }
@@ -417,7 +423,7 @@ impl Inner {
             self.cfg.mapped_file_size_consume_queue,
             self.cq_shared.clone(),
         )?);
-        t.entry(topic.to_owned())
+        t.entry(compact_str::CompactString::from(topic))
             .or_default()
             .insert(queue_id, cq.clone());
         Ok(cq)
@@ -1241,7 +1247,12 @@ impl MessageStore {
 
     /// Topics that have ConsumeQueues.
     pub fn topics(&self) -> Vec<String> {
-        self.inner.cqs.read().keys().cloned().collect()
+        self.inner
+            .cqs
+            .read()
+            .keys()
+            .map(|k| k.to_string())
+            .collect()
     }
 
     /// First queue offset whose message was stored at or after `timestamp`

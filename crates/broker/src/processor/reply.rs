@@ -72,7 +72,7 @@ pub(super) async fn send_reply(
             &ctx.config.broker_cluster_name,
         );
         // As Apache: a failed store is logged; the answer is the push's.
-        match store_or_reject(ctx, StoreInput::One(msg)).await {
+        match store_or_reject(ctx, StoreInput::One(msg), None).await {
             Ok((r, _)) => {
                 header.msg_id = r.msg_id();
                 header.queue_offset = r.queue_offset;

@@ -31,6 +31,8 @@ use bytes::Bytes;
 use rand::Rng;
 
 use crate::context::BrokerContext;
+use crate::stats::TopicMeter;
+use crate::topic_config::TopicEntry;
 
 // One WARN per refusal reason (response code), then a count per window: a
 // full disk refuses every send, and one line each flooded the log.
@@ -154,7 +156,7 @@ pub fn msg_check(
     ctx: &BrokerContext,
     h: &SendMessageRequestHeader,
     peer: SocketAddr,
-) -> Result<Arc<TopicConfig>, Reject> {
+) -> Result<Arc<TopicEntry>, Reject> {
     let broker_perm = ctx.runtime_config.read().broker_permission;
     if !PermName::is_writeable(broker_perm) {
         return Err(Reject::new(
@@ -168,7 +170,7 @@ pub fn msg_check(
     check_topic_name(&h.topic)?;
     let topic_config = match ctx.topics.get_shared(&h.topic) {
         Some(tc) => tc,
-        None => Arc::new(create_topic_for_send(ctx, h, peer)?),
+        None => TopicEntry::new(create_topic_for_send(ctx, h, peer)?),
     };
     if !PermName::is_writeable(topic_config.perm) {
         return Err(Reject::new(
@@ -445,7 +447,7 @@ async fn send_single(
     ctx: &BrokerContext,
     peer: SocketAddr,
     h: &SendMessageRequestHeader,
-    tc: &TopicConfig,
+    tc: &TopicEntry,
     body: Bytes,
 ) -> Result<RemotingCommand, Reject> {
     let props_len = h.properties.as_deref().map_or(0, str::len);
@@ -477,7 +479,10 @@ async fn send_single(
     ctx.schedule
         .try_transform(&mut msg)
         .map_err(|e| Reject::new(e.response_code(), e.to_string()))?;
-    let (r, ha) = store_or_reject(ctx, StoreInput::One(msg)).await?;
+    // The meter counts the topic the message is stored under; a delayed or
+    // retried message is counted under its own topic, looked up by name.
+    let meter = (msg.topic == h.topic).then(|| tc.put_meter(&ctx.stats));
+    let (r, ha) = store_or_reject(ctx, StoreInput::One(msg), meter).await?;
     Ok(success_response(&r, ha, r.msg_id(), queue_id, Some(uniq)))
 }
 
@@ -485,7 +490,7 @@ async fn send_batch(
     ctx: &BrokerContext,
     peer: SocketAddr,
     h: &SendMessageRequestHeader,
-    tc: &TopicConfig,
+    tc: &TopicEntry,
     body: Bytes,
 ) -> Result<RemotingCommand, Reject> {
     if h.topic.len() > topic::TOPIC_MAX_LENGTH {
@@ -563,7 +568,8 @@ async fn send_batch(
         .as_deref()
         .and_then(|p| properties::get(p, keys::UNIQ_KEY))
         .map(str::to_owned);
-    let (r, ha) = store_or_reject(ctx, StoreInput::Batch(msgs)).await?;
+    let meter = Some(tc.put_meter(&ctx.stats));
+    let (r, ha) = store_or_reject(ctx, StoreInput::Batch(msgs), meter).await?;
     Ok(success_response(&r, ha, r.msg_ids(), queue_id, uniq))
 }
 
@@ -628,6 +634,7 @@ fn waits_for_store(m: &MessageToStore) -> bool {
 pub(super) async fn store_or_reject(
     ctx: &BrokerContext,
     input: StoreInput,
+    meter: Option<&TopicMeter>,
 ) -> Result<(PutResult, Option<SyncOutcome>), Reject> {
     let wait_slave = ctx.config.is_sync_master()
         && match &input {
@@ -635,8 +642,8 @@ pub(super) async fn store_or_reject(
             StoreInput::Batch(ms) => ms.iter().all(waits_for_store),
         };
     let res = match input {
-        StoreInput::One(msg) => put_one(ctx, msg).await,
-        StoreInput::Batch(msgs) => store_messages(ctx, msgs).await,
+        StoreInput::One(msg) => put_one(ctx, msg, meter).await,
+        StoreInput::Batch(msgs) => put_batch(ctx, msgs, meter).await,
     };
     let r = res.map_err(|e| store_error_reject(ctx, &e))?;
     let ha = match ctx.ha_server() {
@@ -688,11 +695,16 @@ pub async fn store_message(
     mut msg: MessageToStore,
 ) -> Result<PutResult, StoreError> {
     ctx.schedule.transform(&mut msg);
-    put_one(ctx, msg).await
+    put_one(ctx, msg, None).await
 }
 
-/// Appends one message as it is (no delay transform).
-async fn put_one(ctx: &BrokerContext, msg: MessageToStore) -> Result<PutResult, StoreError> {
+/// Appends one message as it is (no delay transform). `meter`, when given,
+/// is the put meter of `msg.topic`.
+async fn put_one(
+    ctx: &BrokerContext,
+    msg: MessageToStore,
+    meter: Option<&TopicMeter>,
+) -> Result<PutResult, StoreError> {
     let Some(_permit) = ctx.stats.try_begin_put() else {
         return Err(StoreError::NotWritable(BUSY_REASON));
     };
@@ -704,8 +716,14 @@ async fn put_one(ctx: &BrokerContext, msg: MessageToStore) -> Result<PutResult, 
     ctx.wake_replication();
     let r = pending.await;
     ctx.stats.record_put_latency(start.elapsed());
-    ctx.stats
-        .put(&msg.topic, r.msg_count as u64, r.wrote_bytes as u64);
+    match meter {
+        Some(m) => ctx
+            .stats
+            .put_to(m, r.msg_count as u64, r.wrote_bytes as u64),
+        None => ctx
+            .stats
+            .put(&msg.topic, r.msg_count as u64, r.wrote_bytes as u64),
+    }
     Ok(r)
 }
 
@@ -714,6 +732,14 @@ async fn put_one(ctx: &BrokerContext, msg: MessageToStore) -> Result<PutResult, 
 pub async fn store_messages(
     ctx: &BrokerContext,
     msgs: Vec<MessageToStore>,
+) -> Result<PutResult, StoreError> {
+    put_batch(ctx, msgs, None).await
+}
+
+async fn put_batch(
+    ctx: &BrokerContext,
+    msgs: Vec<MessageToStore>,
+    meter: Option<&TopicMeter>,
 ) -> Result<PutResult, StoreError> {
     let Some(_permit) = ctx.stats.try_begin_put() else {
         return Err(StoreError::NotWritable(BUSY_REASON));
@@ -726,9 +752,15 @@ pub async fn store_messages(
     ctx.wake_replication();
     let r = pending.await;
     ctx.stats.record_put_latency(start.elapsed());
-    if let Some(first) = msgs.first() {
-        ctx.stats
-            .put(&first.topic, r.msg_count as u64, r.wrote_bytes as u64);
+    match (meter, msgs.first()) {
+        (Some(m), _) => ctx
+            .stats
+            .put_to(m, r.msg_count as u64, r.wrote_bytes as u64),
+        (None, Some(first)) => {
+            ctx.stats
+                .put(&first.topic, r.msg_count as u64, r.wrote_bytes as u64)
+        }
+        (None, None) => {}
     }
     Ok(r)
 }

@@ -79,7 +79,7 @@ pub struct ScaleArgs {
     #[arg(long, default_value_t = 64)]
     inflight: usize,
     /// The broker counts as idle when its CPU time grew by less than this
-    /// share of one core over the last second.
+    /// share of one core over the last three seconds.
     #[arg(long, default_value_t = 2.0)]
     idle_cpu_pct: f64,
     /// Give up waiting for idleness or routability after this many seconds.
@@ -368,8 +368,8 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
         let all: Vec<String> = (0..args.topics)
             .map(|i| topic_name(&args.prefix, i))
             .collect();
-        let one = produce(&admin, &broker, &one_topic, &args, d).await;
-        let many = produce(&admin, &broker, &all, &args, d).await;
+        let one = produce(&admin, &broker, &one_topic, &args, d, pid).await;
+        let many = produce(&admin, &broker, &all, &args, d, pid).await;
         (Some(one), Some(many))
     } else {
         (None, None)
@@ -433,6 +433,9 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
 /// Time from `since` until the broker's CPU time grew by less than
 /// `pct`% of one core over a full second; `None` without a pid or when it
 /// never got there within `timeout`.
+/// How long the broker must stay (almost) idle to count as settled.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
+
 async fn wait_idle(
     pid: Option<u32>,
     pct: f64,
@@ -442,24 +445,26 @@ async fn wait_idle(
     let pid = pid?;
     let step = Duration::from_millis(100);
     let budget = Duration::from_secs_f64(pct / 100.0);
-    // (when, cpu) readings of the last second; idle is reported as of the
-    // window's start, the moment after which the broker did (almost) nothing.
+    // (when, cpu) readings of the last IDLE_WINDOW; idle is reported as of
+    // the window's start, the moment after which the broker did (almost)
+    // nothing. Longer than a second: a config writer pauses up to twice its
+    // last write's duration between writes, and a quiet second inside such
+    // a pause is not the end of the work.
     let mut window: std::collections::VecDeque<(Instant, Duration)> = Default::default();
     loop {
         let now = Instant::now();
         let cpu = cpu_time(pid)?;
         window.push_back((now, cpu));
-        // Keep the newest reading that is at least a second old in front.
+        // Keep the newest reading that is at least IDLE_WINDOW old in front.
         while window
             .get(1)
-            .is_some_and(|(t, _)| now.duration_since(*t) >= Duration::from_secs(1))
+            .is_some_and(|(t, _)| now.duration_since(*t) >= IDLE_WINDOW)
         {
             window.pop_front();
         }
         if let Some(&(t, c)) = window.front() {
             let span = now.duration_since(t);
-            // Ticks are 10 ms: a window needs a full second to mean anything.
-            if span >= Duration::from_secs(1)
+            if span >= IDLE_WINDOW
                 && cpu.saturating_sub(c).as_secs_f64() <= budget.as_secs_f64() * span.as_secs_f64()
             {
                 return Some(t.saturating_duration_since(since));
@@ -507,6 +512,8 @@ struct ProduceResult {
     first_error: Option<String>,
     tps: f64,
     latency: Histogram<u64>,
+    /// Broker CPU time (user + system) per stored message, when its pid is known.
+    broker_cpu_us_per_msg: Option<f64>,
 }
 
 impl ProduceResult {
@@ -518,6 +525,7 @@ impl ProduceResult {
             "tps": round3(self.tps),
             "p50_ms": ms_at(&self.latency, 0.5),
             "p99_ms": ms_at(&self.latency, 0.99),
+            "broker_cpu_us_per_msg": self.broker_cpu_us_per_msg.map(round3),
             "first_error": self.first_error,
         })
     }
@@ -534,7 +542,9 @@ async fn produce(
     topics: &[String],
     args: &ScaleArgs,
     d: Duration,
+    pid: Option<u32>,
 ) -> ProduceResult {
+    let cpu_before = pid.and_then(cpu_time);
     let body = Bytes::from(vec![b'x'; args.size]);
     let next = AtomicU64::new(0);
     let sent = AtomicU64::new(0);
@@ -579,6 +589,12 @@ async fn produce(
     futures::future::join_all(lanes).await;
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     let sent = sent.load(Ordering::Relaxed);
+    let broker_cpu_us_per_msg = match (cpu_before, pid.and_then(cpu_time)) {
+        (Some(a), Some(b)) if sent > 0 => {
+            Some(b.saturating_sub(a).as_secs_f64() * 1e6 / sent as f64)
+        }
+        _ => None,
+    };
     let first_error = failures.first.lock().clone();
     ProduceResult {
         topics: topics.len(),
@@ -587,6 +603,7 @@ async fn produce(
         first_error,
         tps: sent as f64 / secs,
         latency: latency.into_inner(),
+        broker_cpu_us_per_msg,
     }
 }
 
@@ -633,6 +650,14 @@ fn print_table(s: &Value) {
         ("produce 1 topic msg/s", v("/produce_one_topic/tps")),
         ("produce all topics msg/s", v("/produce_all_topics/tps")),
         ("produce all / one", v("/produce_ratio")),
+        (
+            "broker CPU us/msg, 1 topic",
+            v("/produce_one_topic/broker_cpu_us_per_msg"),
+        ),
+        (
+            "broker CPU us/msg, all topics",
+            v("/produce_all_topics/broker_cpu_us_per_msg"),
+        ),
         ("clients connected", v("/clients/connected")),
         ("clients registered in s", v("/clients/register_s")),
         ("heartbeats sent", v("/clients/heartbeats")),
