@@ -60,6 +60,11 @@ storePathCommitLog=$REF_DIR/store/commitlog
 autoCreateTopicEnable=true
 autoCreateSubscriptionGroup=true
 diskMaxUsedSpaceRatio=95
+# SQL92 subscriptions (compat/java SqlFilterTest); Apache's default is off.
+enablePropertyFilter=true
+# Transaction check-back within seconds (compat/java TransactionTest).
+transactionCheckInterval=1000
+transactionTimeOut=2000
 CONF
   local jvm=(-server -XX:+UseG1GC -Duser.home="$REF_DIR" -cp "$lib/*")
   export ROCKETMQ_HOME="$REF_DIR"

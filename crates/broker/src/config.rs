@@ -193,7 +193,9 @@ pub struct BrokerConfig {
     pub access_message_in_memory_max_ratio: u32,
     /// `filterSupportRetry`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
     pub filter_support_retry: bool,
-    /// `enablePropertyFilter`: accept SQL92 subscriptions.
+    /// `enablePropertyFilter`: accept SQL92 subscriptions. On by default
+    /// here (Apache's default is off), so `MessageSelector.bySql` works
+    /// out of the box; `false` refuses them as Apache does.
     pub enable_property_filter: bool,
     /// `useServerSideResetOffset`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
     pub use_server_side_reset_offset: bool,
@@ -270,7 +272,7 @@ impl Default for BrokerConfig {
             max_transfer_count_on_message_in_memory: 32,
             access_message_in_memory_max_ratio: 40,
             filter_support_retry: false,
-            enable_property_filter: false,
+            enable_property_filter: true,
             use_server_side_reset_offset: false,
             reject_transaction_message: false,
             slave_read_enable: false,
