@@ -20,6 +20,11 @@
 //!   to `TRANS_CHECK_MAX_TIME_TOPIC`. The scan's progress is the group's
 //!   consume offsets on both system topics.
 //!
+//! Every half-queue offset the scan settles gets an op message too — the
+//! checked copy supersedes it, a discarded one is gone — so the op topic
+//! alone says what is still open, and a restart from an older consume
+//! offset re-asks nothing.
+//!
 //! A commit writes the real message before its op message. If the broker
 //! dies between the two, the half message is checked again later; before
 //! asking (and before a commit that answers a check) the real topic's
@@ -612,6 +617,10 @@ async fn check_back(
             what: "the half message for its check",
             source,
         })?;
+    // The copy supersedes this offset: recorded as an op so that a scan
+    // restarting from an older consume offset (kill -9 before the offsets
+    // were saved) does not check the transaction again.
+    write_op(ctx, half.queue_id, half.queue_offset).await?;
     let group = half.property(keys::PRODUCER_GROUP).unwrap_or("");
     let Some(channel) = ctx.producers.any_channel(group) else {
         static NO_PRODUCER: apogee_throttle::LogThrottle =
@@ -691,11 +700,12 @@ async fn discard(ctx: &BrokerContext, half: &RecordInfo<'_>) -> Result<(), Trans
     );
     store_message(ctx, m)
         .await
-        .map(|_| ())
         .map_err(|source| TransactionError::Store {
             what: "the discarded half message",
             source,
-        })
+        })?;
+    // Settled for good: never scanned again, whatever the saved offset.
+    write_op(ctx, half.queue_id, half.queue_offset).await
 }
 
 #[cfg(test)]
