@@ -37,6 +37,9 @@ const IGNORED_KEYS: &[&str] = &[
     "fetchNamesrvAddrByAddressServer",
     "rocketmqHome",
     "forceRegister",
+    // Decisions are written as op messages at once, never batched.
+    "transactionOpBatchInterval",
+    "transactionOpMsgMaxSize",
 ];
 
 /// Keys Apogee parses, validates and reports (GET_BROKER_CONFIG) but does
