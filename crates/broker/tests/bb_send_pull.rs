@@ -871,3 +871,63 @@ async fn pull_uses_the_heartbeat_subscription() {
     assert!(resp.remark.unwrap_or_default().contains("OtherT"));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn sql92_heartbeat_subscription_filters_and_a_bad_one_has_no_filter_data() {
+    let b = Broker::start().await;
+    b.topic("HbSql", 1);
+    for a in ["1", "7"] {
+        let resp = b
+            .call(send_v1(
+                &send_header("HbSql", 0, &format!("a\u{1}{a}\u{2}")),
+                b"x",
+            ))
+            .await;
+        assert_eq!(resp.code, response_code::SUCCESS);
+    }
+    b.wait_queue("HbSql", 0, 2).await;
+    let register = |group: &str, expr: &str| {
+        let mut sd = SubscriptionData::tag("HbSql", expr);
+        sd.expression_type = "SQL92".into();
+        sd.sub_version = 100;
+        HeartbeatData {
+            client_id: "127.0.0.1@sql".into(),
+            consumer_data_set: vec![ConsumerData {
+                group_name: group.into(),
+                subscription_data_set: vec![sd],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode()
+    };
+    for (group, expr) in [("SqlG1", "a > 5"), ("SqlG2", "a >")] {
+        let resp = b
+            .call(
+                RemotingCommand::request(request_code::HEART_BEAT).with_body(register(group, expr)),
+            )
+            .await;
+        // Apache accepts the heartbeat either way; the bad one has no filter.
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    }
+    let mut h = pull_req("SqlG1", "HbSql", 0, 0, 0);
+    h.sub_version = 100;
+    h.expression_type = Some("SQL92".into());
+    let (resp, rh) = pull(&b, &h).await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let got = records(&resp);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].properties.get("a").map(String::as_str), Some("7"));
+    assert_eq!(rh.next_begin_offset, 2);
+    let mut h = pull_req("SqlG2", "HbSql", 0, 0, 0);
+    h.sub_version = 100;
+    let resp = b
+        .call(RemotingCommand::request(request_code::PULL_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(resp.code, response_code::FILTER_DATA_NOT_EXIST);
+    assert!(resp
+        .remark
+        .unwrap_or_default()
+        .contains("Invalid MessageSelector"));
+    b.stop().await;
+}
