@@ -46,7 +46,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::context::BrokerContext;
-use crate::processor::send::{store_message, Reject};
+use crate::processor::send::{store_message, store_messages, Reject};
 use crate::processor::{bad_header, error_response, success};
 use crate::schedule::now_ms;
 
@@ -339,13 +339,22 @@ async fn write_op(
         tags_code: 0,
     };
     msg.tags_code = msg.tags_code_from_properties();
-    store_message(ctx, msg)
+    put_as_is(ctx, msg)
         .await
         .map(|_| ())
         .map_err(|source| TransactionError::Store {
             what: "the transaction op message",
             source,
         })
+}
+
+/// Stores a broker-made bookkeeping record exactly as built: no delay or
+/// timer property may move a half copy, op or discarded message elsewhere.
+async fn put_as_is(
+    ctx: &BrokerContext,
+    msg: MessageToStore,
+) -> Result<apogee_store::PutResult, apogee_store::StoreError> {
+    store_messages(ctx, vec![msg]).await
 }
 
 // ---- check-back ----------------------------------------------------------
@@ -611,7 +620,7 @@ async fn check_back(
         keys::TRANSACTION_CHECK_TIMES,
         &times.to_string(),
     );
-    let put = store_message(ctx, copy.clone())
+    let put = put_as_is(ctx, copy.clone())
         .await
         .map_err(|source| TransactionError::Store {
             what: "the half message for its check",
@@ -698,7 +707,7 @@ async fn discard(ctx: &BrokerContext, half: &RecordInfo<'_>) -> Result<(), Trans
         uniq = half.property(keys::UNIQ_KEY).unwrap_or(""),
         "half message checked transactionCheckMax times: moved to {t}"
     );
-    store_message(ctx, m)
+    put_as_is(ctx, m)
         .await
         .map_err(|source| TransactionError::Store {
             what: "the discarded half message",
