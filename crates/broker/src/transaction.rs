@@ -227,9 +227,13 @@ async fn decide(
         ));
     }
     if commit {
-        // A check-back may answer for a transaction committed just before a
-        // crash left its op message unwritten.
-        if !(h.from_transaction_check && already_committed(ctx, &half)) {
+        // A half message old enough to have been checked may already be
+        // committed: through its checked copy (a late END_TRANSACTION of the
+        // original, or a second answer), or just before a crash that left
+        // the op message unwritten. A fresh one cannot, and skips the lookup.
+        let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
+        let may_be_done = h.from_transaction_check || now_ms() - half.store_timestamp > timeout;
+        if !(may_be_done && already_committed(ctx, &half)) {
             let msg = committed_message(&half, h.commit_log_offset)
                 .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
             store_message(ctx, msg)

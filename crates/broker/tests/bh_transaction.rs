@@ -192,13 +192,35 @@ async fn half_messages_commit_rollback_and_end_transaction_checks() {
     assert_eq!(m.property(keys::TAGS), Some("d"));
     assert_eq!(&m.body[..], format!("{qo},").as_bytes());
 
+    // A second commit of the same half message once it is old enough to
+    // have been checked (timeout 0 here): found in the index, not doubled.
+    b.ctx.runtime_config.write().transaction_timeout = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b
+        .ctx
+        .store
+        .query_by_unique_key("Orders", "U-a", 4, 0, i64::MAX)
+        .messages
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the commit was never indexed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = b
+        .end("PG", qo, phys, sysflag::TRANSACTION_COMMIT_TYPE)
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    b.wait_max(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, 0, 2).await;
+    assert_eq!(b.ctx.store.max_offset("Orders", 1), 1, "committed twice");
+    b.ctx.runtime_config.write().transaction_timeout = Duration::from_secs(6);
+
     // Rollback: nothing reaches the real topic; UNKNOWN gets no answer.
     let (_, qo2, phys2) = b.send_half("b", now_ms()).await;
     let r = b
         .end("PG", qo2, phys2, sysflag::TRANSACTION_ROLLBACK_TYPE)
         .await;
     assert_eq!(r.code, response_code::SUCCESS);
-    b.wait_max(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, 0, 2).await;
+    b.wait_max(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, 0, 3).await;
     assert_eq!(b.ctx.store.max_offset("Orders", 1), 1);
 
     // rejectTransactionMessage refuses half messages.
