@@ -267,3 +267,69 @@ async fn unanswered_half_message_goes_to_the_check_max_topic() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_commit_whose_op_message_was_lost_is_settled_without_a_check() {
+    // The crash window of a commit: the real message is stored, the op
+    // message is not. The scan must find the commit and only record it.
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_millis(50);
+        c.transaction_timeout = Duration::from_millis(0);
+    })
+    .await;
+    // Stored (and indexed) first, so the scan cannot see the half message
+    // before its commit exists.
+    let committed = apogee_protocol::message::stored::MessageToStore {
+        topic: "Orders".into(),
+        queue_id: 1,
+        flag: 0,
+        body: Bytes::from_static(b"crashed"),
+        properties: "PGROUP\u{1}PG\u{2}UNIQ_KEY\u{1}U-crashed\u{2}TAGS\u{1}T\u{2}".into(),
+        sys_flag: sysflag::TRANSACTION_COMMIT_TYPE,
+        born_timestamp: now_ms() - 60_000,
+        born_host: "127.0.0.1:1".parse().unwrap(),
+        store_host: "127.0.0.1:2".parse().unwrap(),
+        reconsume_times: 0,
+        prepared_transaction_offset: 0,
+        tags_code: 0,
+    };
+    b.ctx
+        .store
+        .put_message_async(&committed)
+        .expect("append")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b
+        .ctx
+        .store
+        .query_by_unique_key("Orders", "U-crashed", 4, 0, i64::MAX)
+        .messages
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the commit was never indexed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (resp, _, _) = b.send_half("crashed", now_ms() - 60_000).await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    // Settled by an op message for the half message; no copy re-queued.
+    b.wait_max(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, 0, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b.ctx.store.max_offset(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0),
+        1
+    );
+    assert_eq!(
+        b.ctx
+            .store
+            .max_offset(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, 0),
+        1
+    );
+    assert_eq!(b.ctx.store.max_offset("Orders", 1), 1);
+    assert_eq!(
+        b.ctx
+            .store
+            .max_offset(topic::RMQ_SYS_TRANS_CHECK_MAX_TIME_TOPIC, 0),
+        0
+    );
+    b.stop().await;
+}
