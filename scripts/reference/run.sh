@@ -60,6 +60,15 @@ storePathCommitLog=$REF_DIR/store/commitlog
 autoCreateTopicEnable=true
 autoCreateSubscriptionGroup=true
 diskMaxUsedSpaceRatio=95
+# SQL92 subscriptions (compat/java SqlFilterTest); Apache's default is off.
+enablePropertyFilter=true
+# Transaction check-back within seconds (compat/java TransactionTest). Op
+# messages (the decisions) are batched every transactionOpBatchInterval
+# (3 s by default): it must stay well below transactionTimeOut, or decided
+# half messages are checked — and committed — again.
+transactionCheckInterval=1000
+transactionTimeOut=3000
+transactionOpBatchInterval=200
 CONF
   local jvm=(-server -XX:+UseG1GC -Duser.home="$REF_DIR" -cp "$lib/*")
   export ROCKETMQ_HOME="$REF_DIR"

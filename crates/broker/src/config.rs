@@ -37,6 +37,9 @@ const IGNORED_KEYS: &[&str] = &[
     "fetchNamesrvAddrByAddressServer",
     "rocketmqHome",
     "forceRegister",
+    // Decisions are written as op messages at once, never batched.
+    "transactionOpBatchInterval",
+    "transactionOpMsgMaxSize",
 ];
 
 /// Keys Apogee parses, validates and reports (GET_BROKER_CONFIG) but does
@@ -47,7 +50,6 @@ const PARSED_NOT_HONOURED_KEYS: &[&str] = &[
     "waitTimeMillsInSendQueue",
     "filterSupportRetry",
     "useServerSideResetOffset",
-    "rejectTransactionMessage",
 ];
 
 /// A config value asking for a feature Apogee does not have yet, where
@@ -193,12 +195,22 @@ pub struct BrokerConfig {
     pub access_message_in_memory_max_ratio: u32,
     /// `filterSupportRetry`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
     pub filter_support_retry: bool,
-    /// `enablePropertyFilter`: accept SQL92 subscriptions.
+    /// `enablePropertyFilter`: accept SQL92 subscriptions. On by default
+    /// here (Apache's default is off), so `MessageSelector.bySql` works
+    /// out of the box; `false` refuses them as Apache does.
     pub enable_property_filter: bool,
     /// `useServerSideResetOffset`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
     pub use_server_side_reset_offset: bool,
-    /// `rejectTransactionMessage`: not honoured yet; see `PARSED_NOT_HONOURED_KEYS`.
+    /// `rejectTransactionMessage`: refuse half messages with NO_PERMISSION.
     pub reject_transaction_message: bool,
+    /// `transactionTimeOut`: a half message younger than this is not
+    /// checked back yet (6 s).
+    pub transaction_timeout: Duration,
+    /// `transactionCheckMax`: check-backs of one half message before it is
+    /// discarded to TRANS_CHECK_MAX_TIME_TOPIC (15).
+    pub transaction_check_max: i32,
+    /// `transactionCheckInterval`: period of the check-back scan (30 s).
+    pub transaction_check_interval: Duration,
     /// `slaveReadEnable`: a master answers a consumer pulling old data (more
     /// than `accessMessageInMemoryMaxRatio` of RAM behind the CommitLog
     /// end) with `suggestWhichBrokerId` = the group's
@@ -270,9 +282,12 @@ impl Default for BrokerConfig {
             max_transfer_count_on_message_in_memory: 32,
             access_message_in_memory_max_ratio: 40,
             filter_support_retry: false,
-            enable_property_filter: false,
+            enable_property_filter: true,
             use_server_side_reset_offset: false,
             reject_transaction_message: false,
+            transaction_timeout: Duration::from_millis(6000),
+            transaction_check_max: 15,
+            transaction_check_interval: Duration::from_millis(30_000),
             slave_read_enable: false,
             ha_listen_port: None,
             ha_master_address: None,
@@ -471,6 +486,11 @@ impl BrokerConfig {
                 "enablePropertyFilter" => self.enable_property_filter = parse_bool(k, v)?,
                 "useServerSideResetOffset" => self.use_server_side_reset_offset = parse_bool(k, v)?,
                 "rejectTransactionMessage" => self.reject_transaction_message = parse_bool(k, v)?,
+                "transactionTimeOut" => self.transaction_timeout = millis(k, v)?,
+                "transactionCheckMax" => {
+                    self.transaction_check_max = positive(k, parse::<i32>(k, v)?)?
+                }
+                "transactionCheckInterval" => self.transaction_check_interval = positive_ms(k, v)?,
                 // Store keys.
                 "storePathRootDir" => {
                     self.store.store_path_root_dir = PathBuf::from(non_empty(k, v)?)
@@ -748,6 +768,15 @@ impl BrokerConfig {
         put(
             "rejectTransactionMessage",
             self.reject_transaction_message.to_string(),
+        );
+        put("transactionTimeOut", ms(self.transaction_timeout));
+        put(
+            "transactionCheckMax",
+            self.transaction_check_max.to_string(),
+        );
+        put(
+            "transactionCheckInterval",
+            ms(self.transaction_check_interval),
         );
         let s = &self.store;
         put(

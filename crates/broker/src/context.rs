@@ -18,6 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::client::{ConsumerManager, ProducerManager, RebalanceLockManager};
 use crate::config::BrokerConfig;
 use crate::error::Result;
+use crate::filter::SqlFilterCache;
 use crate::long_polling::PullRequestHoldService;
 use crate::offset::ConsumerOffsetManager;
 use crate::schedule::ScheduleMessageService;
@@ -39,6 +40,8 @@ pub struct BrokerContext {
     pub producers: ProducerManager,
     pub locks: RebalanceLockManager,
     pub pull_hold: PullRequestHoldService,
+    /// Compiled SQL92 subscriptions per (group, topic).
+    pub sql_filters: SqlFilterCache,
     pub schedule: ScheduleMessageService,
     pub stats: BrokerStats,
     /// `brokerIP1:port`, written into stored records as the store host.
@@ -91,6 +94,7 @@ impl BrokerContext {
             producers,
             locks,
             pull_hold,
+            sql_filters: SqlFilterCache::new(),
             schedule,
             stats,
             store_host,

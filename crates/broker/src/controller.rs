@@ -164,6 +164,14 @@ impl BrokerController {
             spawn_channel_scan_loop(Arc::clone(&ctx), stop_rx.clone()),
             spawn_log_summary_loop(stop_rx.clone()),
         ]);
+        if ctx.config.is_master() {
+            // Half messages are checked back by the master only.
+            crate::transaction::create_system_topics(&ctx);
+            tasks.push(crate::transaction::spawn_check_loop(
+                Arc::clone(&ctx),
+                stop_rx.clone(),
+            ));
+        }
         if !ctx.config.is_master() {
             tasks.push(crate::slave_sync::spawn(Arc::clone(&ctx), stop_rx));
         }
@@ -288,6 +296,7 @@ fn register_processors(registry: &Arc<ProcessorRegistry>, ctx: &Arc<BrokerContex
     processor::send_back::register(registry, ctx);
     processor::admin::register(registry, ctx);
     processor::query::register(registry, ctx);
+    crate::transaction::register(registry, ctx);
     // Java's VIP ("fast") server has no pull processor: refuse there.
     for &code in NOT_ON_VIP {
         let Some(inner) = registry.lookup(code) else {

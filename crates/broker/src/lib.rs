@@ -23,6 +23,7 @@ pub mod slave_sync;
 pub mod stats;
 pub mod subscription_group;
 pub mod topic_config;
+pub mod transaction;
 
 pub use config::BrokerConfig;
 pub use context::BrokerContext;

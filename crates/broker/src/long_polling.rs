@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::BrokerConfig;
-use crate::filter::TagMessageFilter;
+use crate::filter::SubscriptionFilter;
 
 /// Re-check period with long polling on (Java: 5 s).
 pub const LONG_POLLING_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -39,7 +39,7 @@ struct Parked {
     id: u64,
     /// The offset the pull asked for; any max offset above it is news.
     offset: i64,
-    filter: Arc<TagMessageFilter>,
+    filter: Arc<SubscriptionFilter>,
     tx: oneshot::Sender<Wake>,
 }
 
@@ -60,7 +60,14 @@ struct Inner {
 impl Inner {
     /// Wakes the parked pulls of (topic, queue) that `max_offset` (and the
     /// tags code, when known) satisfies.
-    fn notify(&self, topic: &str, queue_id: i32, max_offset: i64, tags_code: Option<i64>) {
+    fn notify(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        max_offset: i64,
+        tags_code: Option<i64>,
+        properties: Option<&[u8]>,
+    ) {
         if self.parked.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -76,7 +83,7 @@ impl Inner {
             let mut i = 0;
             while i < list.len() {
                 let p = &list[i];
-                if max_offset > p.offset && p.filter.matches_opt(tags_code) {
+                if max_offset > p.offset && p.filter.matches_arrival(tags_code, properties) {
                     woken.push(list.swap_remove(i));
                 } else {
                     i += 1;
@@ -150,7 +157,7 @@ impl Inner {
         for (topic, q, min_offset) in keys {
             let max = store.max_offset(&topic, q);
             if max > min_offset {
-                self.notify(&topic, q, max, None);
+                self.notify(&topic, q, max, None, None);
             }
         }
     }
@@ -283,7 +290,7 @@ impl PullRequestHoldService {
         topic: &str,
         queue_id: i32,
         offset: i64,
-        filter: Arc<TagMessageFilter>,
+        filter: Arc<SubscriptionFilter>,
     ) -> ParkedPull {
         let (tx, rx) = oneshot::channel();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -318,7 +325,7 @@ impl PullRequestHoldService {
         topic: &str,
         queue_id: i32,
         offset: i64,
-        filter: Arc<TagMessageFilter>,
+        filter: Arc<SubscriptionFilter>,
         timeout: Duration,
     ) -> Wake {
         self.park(topic, queue_id, offset, filter)
@@ -329,7 +336,7 @@ impl PullRequestHoldService {
     /// A message was dispatched to (topic, queue); `max_offset` is the
     /// queue's next offset. Wakes the pulls it satisfies.
     pub fn notify_message_arriving(&self, topic: &str, queue_id: i32, max_offset: i64) {
-        self.inner.notify(topic, queue_id, max_offset, None);
+        self.inner.notify(topic, queue_id, max_offset, None, None);
     }
 
     /// Like [`PullRequestHoldService::notify_message_arriving`] with the
@@ -342,7 +349,7 @@ impl PullRequestHoldService {
         tags_code: i64,
     ) {
         self.inner
-            .notify(topic, queue_id, max_offset, Some(tags_code));
+            .notify(topic, queue_id, max_offset, Some(tags_code), None);
     }
 
     /// The store listener to install with
@@ -379,6 +386,26 @@ impl MessageArrivingListener for HoldListener {
             queue_id,
             logic_offset.saturating_add(1),
             Some(tags_code),
+            None,
+        );
+    }
+
+    fn arriving_with_properties(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        logic_offset: i64,
+        tags_code: i64,
+        _store_timestamp: i64,
+        properties: &[u8],
+    ) {
+        // SQL92 pulls stay parked when the new message fails their filter.
+        self.inner.notify(
+            topic,
+            queue_id,
+            logic_offset.saturating_add(1),
+            Some(tags_code),
+            Some(properties),
         );
     }
 }
@@ -418,6 +445,7 @@ impl Drop for ParkedPull {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::TagMessageFilter;
     use apogee_protocol::message::tags_hash_code;
     use std::time::Instant;
 
@@ -426,9 +454,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sql_pull_wakes_only_for_matching_properties() {
+        let s = svc();
+        let e = apogee_filter::Expression::compile("a > 3").unwrap();
+        let p = s.park("T", 0, 0, Arc::new(SubscriptionFilter::Sql(Arc::new(e))));
+        let l = s.listener();
+        l.arriving_with_properties("T", 0, 0, 0, 1, b"a\x011\x02");
+        l.arriving_with_properties("T", 0, 1, 0, 1, b"b\x019\x02");
+        assert_eq!(s.parked_count(), 1);
+        l.arriving_with_properties("T", 0, 2, 0, 1, b"a\x017\x02");
+        assert_eq!(s.parked_count(), 0);
+        assert_eq!(p.wait(Duration::from_secs(30)).await, Wake::Arrived);
+    }
+
+    #[tokio::test]
     async fn wakes_on_matching_arrival() {
         let s = svc();
-        let f = Arc::new(TagMessageFilter::from_tag_expression("TagA"));
+        let f = Arc::new(SubscriptionFilter::from(
+            TagMessageFilter::from_tag_expression("TagA"),
+        ));
         let p = s.park("T", 1, 5, f);
         assert_eq!(s.parked_count(), 1);
         // Other queue, old offset, other tag: no wake.
@@ -451,7 +495,7 @@ mod tests {
                 "T",
                 0,
                 0,
-                Arc::new(TagMessageFilter::all()),
+                Arc::new(SubscriptionFilter::all()),
                 Duration::from_millis(30),
             )
             .await;
@@ -463,13 +507,13 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_handle_unparks_and_shutdown_wakes_all() {
         let s = svc();
-        let a = s.park("T", 0, 0, Arc::new(TagMessageFilter::all()));
-        let b = s.park("T", 0, 0, Arc::new(TagMessageFilter::all()));
+        let a = s.park("T", 0, 0, Arc::new(SubscriptionFilter::all()));
+        let b = s.park("T", 0, 0, Arc::new(SubscriptionFilter::all()));
         drop(a);
         assert_eq!(s.parked_count(), 1);
         s.shutdown();
         assert_eq!(b.wait(Duration::from_secs(30)).await, Wake::Shutdown);
-        let c = s.park("T", 0, 0, Arc::new(TagMessageFilter::all()));
+        let c = s.park("T", 0, 0, Arc::new(SubscriptionFilter::all()));
         assert_eq!(c.wait(Duration::from_secs(30)).await, Wake::Shutdown);
         assert_eq!(s.parked_count(), 0);
     }
@@ -478,7 +522,7 @@ mod tests {
     async fn listener_reports_next_offset() {
         let s = svc();
         let l = s.listener();
-        let p = s.park("T", 3, 7, Arc::new(TagMessageFilter::all()));
+        let p = s.park("T", 3, 7, Arc::new(SubscriptionFilter::all()));
         // The message at offset 6 is not news for a pull at 7.
         l.arriving("T", 3, 6, 0, 0);
         assert_eq!(s.parked_count(), 1);
@@ -490,7 +534,7 @@ mod tests {
     async fn thousands_of_parked_pulls() {
         let s = svc();
         let handles: Vec<_> = (0..5000)
-            .map(|i| s.park("T", i % 8, 0, Arc::new(TagMessageFilter::all())))
+            .map(|i| s.park("T", i % 8, 0, Arc::new(SubscriptionFilter::all())))
             .collect();
         assert_eq!(s.parked_count(), 5000);
         for q in 0..8 {

@@ -214,7 +214,7 @@ async fn heartbeat_creates_group_and_retry_topic_and_rejects_bad_bodies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_client_config_accepts_tags_and_refuses_sql_without_property_filter() {
+async fn check_client_config_accepts_tags_and_sql_and_refuses_bad_sql() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(broker_config(dir.path(), None)).await;
     let body = |sub: SubscriptionData| {
@@ -234,6 +234,23 @@ async fn check_client_config_accepts_tags_and_refuses_sql_without_property_filte
     let mut sql = SubscriptionData::tag("T", "*");
     sql.expression_type = "SQL92".into();
     sql.sub_string = "a > 1".into();
+    let resp = broker
+        .call(
+            RemotingCommand::request(request_code::CHECK_CLIENT_CONFIG)
+                .with_body(body(sql.clone())),
+        )
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    // A malformed expression: SUBSCRIPTION_PARSE_FAILED with the parser's words.
+    let mut bad = sql.clone();
+    bad.sub_string = "a > ".into();
+    let resp = broker
+        .call(RemotingCommand::request(request_code::CHECK_CLIENT_CONFIG).with_body(body(bad)))
+        .await;
+    assert_eq!(resp.code, response_code::SUBSCRIPTION_PARSE_FAILED);
+    assert!(resp.remark.unwrap().contains("Invalid MessageSelector"));
+    // enablePropertyFilter=false refuses SQL92 as Apache does.
+    broker.ctx().runtime_config.write().enable_property_filter = false;
     let resp = broker
         .call(RemotingCommand::request(request_code::CHECK_CLIENT_CONFIG).with_body(body(sql)))
         .await;

@@ -573,15 +573,15 @@ async fn pull_statuses_follow_java() {
         )
         .await;
     assert_eq!(resp.code, response_code::SUBSCRIPTION_NOT_EXIST);
-    // SQL92 is not supported.
+    // An expression type the broker does not know.
     let mut h = pull_req("G", "PullT", 0, 0, sub_flag());
-    h.expression_type = Some("SQL92".into());
+    h.expression_type = Some("GROOVY".into());
     h.subscription = Some("a > 1".into());
     let resp = b
         .call(RemotingCommand::request(request_code::PULL_MESSAGE).with_header(&h))
         .await;
     assert_eq!(resp.code, response_code::SYSTEM_ERROR);
-    assert!(resp.remark.unwrap_or_default().contains("SQL92"));
+    assert!(resp.remark.unwrap_or_default().contains("GROOVY"));
     // Broker without read permission.
     b.ctx.runtime_config.write().broker_permission = PermName::PERM_WRITE;
     let (resp, rh) = pull(&b, &pull_req("G", "PullT", 0, 0, sub_flag())).await;
@@ -629,6 +629,72 @@ async fn tag_filter_and_commit_offset() {
     h.sys_flag = PullSysFlag::build(true, false, true, false, false).0;
     let _ = pull(&b, &h).await;
     assert_eq!(b.ctx.offsets.query("TG", "TagT", 0), Some(2));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn sql92_pull_filters_on_properties() {
+    let b = Broker::start().await;
+    b.topic("SqlT", 1);
+    let msgs = [
+        "a\u{1}1\u{2}TAGS\u{1}TagA\u{2}",
+        "a\u{1}5\u{2}TAGS\u{1}TagB\u{2}",
+        "a\u{1}9\u{2}color\u{1}red\u{2}",
+        "color\u{1}blue\u{2}",
+    ];
+    for props in msgs {
+        let resp = b.call(send_v1(&send_header("SqlT", 0, props), b"x")).await;
+        assert_eq!(resp.code, response_code::SUCCESS);
+    }
+    b.wait_queue("SqlT", 0, 4).await;
+    let sql_pull = |expr: &str| {
+        let mut h = pull_req("SqlG", "SqlT", 0, 0, sub_flag());
+        h.expression_type = Some("SQL92".into());
+        h.subscription = Some(expr.into());
+        h
+    };
+    let cases: &[(&str, &[&str])] = &[
+        ("a BETWEEN 2 AND 9", &["5", "9"]),
+        ("a > 3 OR color = 'blue'", &["5", "9", ""]),
+        ("TAGS IN ('TagA', 'TagB')", &["1", "5"]),
+        ("color IS NULL", &["1", "5"]),
+        ("NOT (a = 1)", &["5", "9"]),
+    ];
+    for (expr, want) in cases {
+        let (resp, rh) = pull(&b, &sql_pull(expr)).await;
+        assert_eq!(
+            resp.code,
+            response_code::SUCCESS,
+            "{expr}: {:?}",
+            resp.remark
+        );
+        let got: Vec<String> = records(&resp)
+            .iter()
+            .map(|m| m.properties.get("a").cloned().unwrap_or_default())
+            .collect();
+        assert_eq!(got, *want, "{expr}");
+        assert_eq!(rh.next_begin_offset, 4, "{expr}");
+    }
+    // Nothing matches: retry from past the examined entries.
+    let (resp, rh) = pull(&b, &sql_pull("a > 100")).await;
+    assert_eq!(resp.code, response_code::PULL_RETRY_IMMEDIATELY);
+    assert_eq!(rh.next_begin_offset, 4);
+    // Malformed: SUBSCRIPTION_PARSE_FAILED (23) with the parser's message.
+    let resp = b
+        .call(RemotingCommand::request(request_code::PULL_MESSAGE).with_header(&sql_pull("a >")))
+        .await;
+    assert_eq!(resp.code, response_code::SUBSCRIPTION_PARSE_FAILED);
+    assert!(resp
+        .remark
+        .unwrap_or_default()
+        .contains("Invalid MessageSelector"));
+    // enablePropertyFilter=false refuses SQL92 subscriptions.
+    b.ctx.runtime_config.write().enable_property_filter = false;
+    let resp = b
+        .call(RemotingCommand::request(request_code::PULL_MESSAGE).with_header(&sql_pull("a > 1")))
+        .await;
+    assert_eq!(resp.code, response_code::SYSTEM_ERROR);
+    assert!(resp.remark.unwrap_or_default().contains("SQL92"));
     b.stop().await;
 }
 
@@ -803,5 +869,65 @@ async fn pull_uses_the_heartbeat_subscription() {
         .await;
     assert_eq!(resp.code, response_code::SUBSCRIPTION_NOT_EXIST);
     assert!(resp.remark.unwrap_or_default().contains("OtherT"));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn sql92_heartbeat_subscription_filters_and_a_bad_one_has_no_filter_data() {
+    let b = Broker::start().await;
+    b.topic("HbSql", 1);
+    for a in ["1", "7"] {
+        let resp = b
+            .call(send_v1(
+                &send_header("HbSql", 0, &format!("a\u{1}{a}\u{2}")),
+                b"x",
+            ))
+            .await;
+        assert_eq!(resp.code, response_code::SUCCESS);
+    }
+    b.wait_queue("HbSql", 0, 2).await;
+    let register = |group: &str, expr: &str| {
+        let mut sd = SubscriptionData::tag("HbSql", expr);
+        sd.expression_type = "SQL92".into();
+        sd.sub_version = 100;
+        HeartbeatData {
+            client_id: "127.0.0.1@sql".into(),
+            consumer_data_set: vec![ConsumerData {
+                group_name: group.into(),
+                subscription_data_set: vec![sd],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode()
+    };
+    for (group, expr) in [("SqlG1", "a > 5"), ("SqlG2", "a >")] {
+        let resp = b
+            .call(
+                RemotingCommand::request(request_code::HEART_BEAT).with_body(register(group, expr)),
+            )
+            .await;
+        // Apache accepts the heartbeat either way; the bad one has no filter.
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    }
+    let mut h = pull_req("SqlG1", "HbSql", 0, 0, 0);
+    h.sub_version = 100;
+    h.expression_type = Some("SQL92".into());
+    let (resp, rh) = pull(&b, &h).await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let got = records(&resp);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].properties.get("a").map(String::as_str), Some("7"));
+    assert_eq!(rh.next_begin_offset, 2);
+    let mut h = pull_req("SqlG2", "HbSql", 0, 0, 0);
+    h.sub_version = 100;
+    let resp = b
+        .call(RemotingCommand::request(request_code::PULL_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(resp.code, response_code::FILTER_DATA_NOT_EXIST);
+    assert!(resp
+        .remark
+        .unwrap_or_default()
+        .contains("Invalid MessageSelector"));
     b.stop().await;
 }

@@ -28,6 +28,22 @@ pub trait MessageArrivingListener: Send + Sync {
         tags_code: i64,
         store_timestamp: i64,
     );
+
+    /// Like [`MessageArrivingListener::arriving`], with the message's stored
+    /// properties string (for property filters). The dispatcher calls this
+    /// one; the default forwards to `arriving`.
+    #[allow(clippy::too_many_arguments)]
+    fn arriving_with_properties(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        logic_offset: i64,
+        tags_code: i64,
+        store_timestamp: i64,
+        _properties: &[u8],
+    ) {
+        self.arriving(topic, queue_id, logic_offset, tags_code, store_timestamp)
+    }
 }
 
 impl<F> MessageArrivingListener for F
@@ -378,12 +394,13 @@ fn dispatch_at(
         )?;
         build_index(inner, &cq, &wanted, pos, info.store_timestamp)?;
         if let Some(l) = listener {
-            l.arriving(
+            l.arriving_with_properties(
                 cq.topic(),
                 info.queue_id,
                 info.queue_offset,
                 tags_code,
                 info.store_timestamp,
+                info.properties,
             );
         }
     } else if indexed {

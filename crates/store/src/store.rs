@@ -191,6 +191,12 @@ pub struct QueryResult {
 /// Broker-side filter on ConsumeQueue tags codes.
 pub trait MessageFilter {
     fn is_matched_by_tags_code(&self, tags_code: i64) -> bool;
+
+    /// A second look at a message whose tags code passed, with its whole
+    /// stored record (property filters read the properties from it).
+    fn is_matched_by_commit_log(&self, _record: &[u8]) -> bool {
+        true
+    }
 }
 
 impl MessageFilter for HashSet<i64> {
@@ -1194,6 +1200,12 @@ impl MessageStore {
                 return false;
             }
             let local = (phys - base) as usize;
+            if let Some(f) = filter {
+                if !f.is_matched_by_commit_log(&whole[local..local + size]) {
+                    next = logic + 1;
+                    return true;
+                }
+            }
             r.messages.push(whole.slice(local..local + size));
             r.queue_offsets.push(logic);
             r.buffer_total_size += size;

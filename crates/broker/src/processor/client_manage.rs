@@ -14,6 +14,7 @@ use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
 use super::{bad_body, bad_header, error_response, success};
 use crate::client::ClientChannelInfo;
 use crate::context::BrokerContext;
+use crate::filter::{is_sql92, FilterError};
 
 /// 5.x heartbeat response extFields.
 pub const IS_SUPPORT_HEART_BEAT_V2: &str = "IS_SUPPORT_HEART_BEAT_V2";
@@ -95,6 +96,15 @@ pub fn heartbeat(
         } else {
             Some(consumer.subscription_data_set)
         };
+        if let Some(subs) = &subscriptions {
+            // Compile SQL92 subscriptions now, so a bad one is logged at
+            // registration and the first pull finds it ready.
+            for sd in subs.iter().filter(|sd| is_sql92(&sd.expression_type)) {
+                let _ = ctx
+                    .sql_filters
+                    .get_or_compile(group, &sd.topic, &sd.sub_string);
+            }
+        }
         let full = subscriptions.is_some();
         let changed = ctx.consumers.register_with_notify(
             group,
@@ -143,7 +153,9 @@ pub fn unregister_client(
 }
 
 /// CHECK_CLIENT_CONFIG: TAG subscriptions are always fine; SQL92 needs
-/// `enablePropertyFilter`.
+/// `enablePropertyFilter` and an expression that compiles (the client's
+/// `start()` fails with SUBSCRIPTION_PARSE_FAILED and the parser's message
+/// otherwise).
 pub fn check_client_config(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
     let Some(body) = req.body.as_deref() else {
         return success();
@@ -159,13 +171,15 @@ pub fn check_client_config(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
         return success();
     }
     if !ctx.runtime_config.read().enable_property_filter {
-        return error_response(
-            response_code::SYSTEM_ERROR,
-            format!(
-                "The broker does not support consumer to filter message by {}",
-                sub.expression_type
-            ),
-        );
+        let e = FilterError::PropertyFilterDisabled(sub.expression_type.clone());
+        return error_response(response_code::SYSTEM_ERROR, e.to_string());
+    }
+    if !is_sql92(&sub.expression_type) {
+        let e = FilterError::UnsupportedType(sub.expression_type.clone());
+        return error_response(response_code::SUBSCRIPTION_PARSE_FAILED, e.to_string());
+    }
+    if let Err(e) = apogee_filter::Expression::compile(&sub.sub_string) {
+        return error_response(response_code::SUBSCRIPTION_PARSE_FAILED, e.to_string());
     }
     success()
 }

@@ -21,7 +21,7 @@ use apogee_store::{GetResult, GetStatus};
 use bytes::{Bytes, BytesMut};
 
 use crate::context::BrokerContext;
-use crate::filter::TagMessageFilter;
+use crate::filter::{is_sql92, FilterError, SubscriptionFilter, TagMessageFilter};
 
 /// `ForbiddenType` values of the NO_PERMISSION answer.
 pub mod forbidden {
@@ -56,7 +56,7 @@ enum Outcome {
         topic: String,
         queue_id: i32,
         offset: i64,
-        filter: Arc<TagMessageFilter>,
+        filter: Arc<SubscriptionFilter>,
         hold: Duration,
     },
 }
@@ -180,11 +180,22 @@ fn subscription_filter(
     h: &PullMessageRequestHeader,
     gc: &SubscriptionGroupConfig,
     flags: PullSysFlag,
-) -> Result<TagMessageFilter, Refusal> {
+) -> Result<SubscriptionFilter, Refusal> {
     if flags.has_subscription() {
         let expr = h.subscription.as_deref().unwrap_or("*");
-        return TagMessageFilter::from_expression(expr, h.expression_type.as_deref())
-            .map_err(|e| reject(response_code::SYSTEM_ERROR, e.to_string()));
+        let ty = h.expression_type.as_deref().unwrap_or("");
+        if !is_sql92(ty) {
+            return TagMessageFilter::from_expression(expr, Some(ty))
+                .map(SubscriptionFilter::Tag)
+                .map_err(|e| reject(response_code::SYSTEM_ERROR, e.to_string()));
+        }
+        // As Apache: the expression is parsed before the switch is looked at.
+        let compiled = ctx
+            .sql_filters
+            .get_or_compile(&h.consumer_group, &h.topic, expr)
+            .map_err(|e| reject(response_code::SUBSCRIPTION_PARSE_FAILED, e.to_string()))?;
+        property_filter_enabled(ctx, ty)?;
+        return Ok(SubscriptionFilter::Sql(compiled));
     }
     let Some(sd) = ctx.consumers.find_subscription(&h.consumer_group, &h.topic) else {
         let remark = if ctx.consumers.group_info(&h.consumer_group).is_none() {
@@ -224,8 +235,33 @@ fn subscription_filter(
             ),
         ));
     }
+    if is_sql92(&sd.expression_type) && !sd.class_filter_mode {
+        // The heartbeat registered it; an expression that does not compile
+        // has no filter data (Apache's FILTER_DATA_NOT_EXIST).
+        let compiled = ctx
+            .sql_filters
+            .get_or_compile(&h.consumer_group, &h.topic, &sd.sub_string)
+            .map_err(|e| {
+                reject(
+                    response_code::FILTER_DATA_NOT_EXIST,
+                    format!("the consumer's filter data does not exist: {e}"),
+                )
+            })?;
+        property_filter_enabled(ctx, &sd.expression_type)?;
+        return Ok(SubscriptionFilter::Sql(compiled));
+    }
     TagMessageFilter::from_subscription(&sd)
+        .map(SubscriptionFilter::Tag)
         .map_err(|e| reject(response_code::SYSTEM_ERROR, e.to_string()))
+}
+
+/// SQL92 needs `enablePropertyFilter`; refused as Apache refuses it.
+fn property_filter_enabled(ctx: &BrokerContext, expression_type: &str) -> Result<(), Refusal> {
+    if ctx.runtime_config.read().enable_property_filter {
+        return Ok(());
+    }
+    let e = FilterError::PropertyFilterDisabled(expression_type.trim().to_owned());
+    Err(reject(response_code::SYSTEM_ERROR, e.to_string()))
 }
 
 /// Response code for a store status (Java `PullMessageProcessor`).

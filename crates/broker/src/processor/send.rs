@@ -394,14 +394,12 @@ fn topic_sys_flag(h: &SendMessageRequestHeader, tc: &TopicConfig) -> i32 {
     f
 }
 
+/// Batches cannot carry half messages (no client sends them so).
 fn refuse_transactions(h: &SendMessageRequestHeader, props: &str) -> Result<(), Reject> {
-    let prepared = sysflag::transaction_value(h.sys_flag) == sysflag::TRANSACTION_PREPARED_TYPE
-        || properties::get(props, keys::TRANSACTION_PREPARED)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if prepared {
+    if crate::transaction::is_prepared(h.sys_flag, props) {
         return Err(Reject::new(
-            response_code::NO_PERMISSION,
-            "transactional (half) messages are not supported by this broker",
+            response_code::MESSAGE_ILLEGAL,
+            "a batch cannot hold transactional (half) messages",
         ));
     }
     Ok(())
@@ -452,7 +450,10 @@ async fn send_single(
 ) -> Result<RemotingCommand, Reject> {
     let props_len = h.properties.as_deref().map_or(0, str::len);
     check_sizes(ctx, body.len(), props_len)?;
-    refuse_transactions(h, h.properties.as_deref().unwrap_or(""))?;
+    let half = crate::transaction::is_prepared(h.sys_flag, h.properties.as_deref().unwrap_or(""));
+    if half {
+        crate::transaction::check_accepted(ctx)?;
+    }
     let queue_id = choose_queue(h.queue_id, tc);
     let dest = retry_or_dlq(ctx, h, queue_id)?;
     let (msg, uniq) = build_single(
@@ -474,13 +475,18 @@ async fn send_single(
         ));
     }
     let mut msg = msg;
-    // Delay levels and timers are parked under the schedule/timer topics;
-    // a timer beyond the maximum or a malformed delay fails the send.
-    ctx.schedule
-        .try_transform(&mut msg)
-        .map_err(|e| Reject::new(e.response_code(), e.to_string()))?;
-    // The meter counts the topic the message is stored under; a delayed or
-    // retried message is counted under its own topic, looked up by name.
+    if half {
+        // Parked in the half topic until END_TRANSACTION (transaction.rs).
+        crate::transaction::to_half(&mut msg);
+    } else {
+        // Delay levels and timers are parked under the schedule/timer topics;
+        // a timer beyond the maximum or a malformed delay fails the send.
+        ctx.schedule
+            .try_transform(&mut msg)
+            .map_err(|e| Reject::new(e.response_code(), e.to_string()))?;
+    }
+    // The meter counts the topic the message is stored under; a delayed,
+    // half or retried message is counted under its own topic, by name.
     let meter = (msg.topic == h.topic).then(|| tc.put_meter(&ctx.stats));
     let (r, ha) = store_or_reject(ctx, StoreInput::One(msg), meter).await?;
     Ok(success_response(&r, ha, r.msg_id(), queue_id, Some(uniq)))

@@ -70,7 +70,9 @@ public final class Broker {
                 "--namesrv-port", "0", "--listen-port", "0",
                 "--set", "bindAddress=127.0.0.1", "--set", "brokerIP1=127.0.0.1",
                 "--set", "diskSpaceWarningLevelRatio=100", "--set", "diskSpaceCleanForciblyRatio=100",
-                "--set", "diskMaxUsedSpaceRatio=100"))
+                "--set", "diskMaxUsedSpaceRatio=100",
+                // TransactionTest: check-back within seconds (as scripts/reference sets Apache).
+                "--set", "transactionCheckInterval=1000", "--set", "transactionTimeOut=3000"))
                 .directory(dir.toFile())
                 .redirectError(logFile(dir).toFile());
             pb.environment().putIfAbsent("APOGEE_LOG", "warn");
