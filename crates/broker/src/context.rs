@@ -52,6 +52,14 @@ pub struct BrokerContext {
     pub ha_client: OnceLock<Arc<HaClient>>,
     /// A slave's master (its remoting address), from NameServer registration.
     pub master_addr: RwLock<Option<String>>,
+    /// Controller mode: set while this master is not confirmed by the
+    /// controller group (just started, lease lapsed, being demoted); sends
+    /// are refused so that two masters never acknowledge for one broker set.
+    pub write_fenced: std::sync::atomic::AtomicBool,
+    /// Controller mode: the controller's SyncStateSet holds this master
+    /// alone, so a SYNC_MASTER acknowledges without a slave (no other
+    /// replica can be elected). Cleared before the set may grow.
+    pub ack_alone: std::sync::atomic::AtomicBool,
     register_signal: Arc<RegisterSignal>,
     watched: Mutex<HashSet<ChannelId>>,
 }
@@ -79,6 +87,7 @@ impl BrokerContext {
         let pull_hold = PullRequestHoldService::new(&config);
         let schedule = ScheduleMessageService::new(&config)?;
         let stats = BrokerStats::new();
+        let fenced = config.enable_controller_mode;
         Ok(Arc::new(BrokerContext {
             runtime_config: RwLock::new(config.clone()),
             broker_addr: store_host.to_string(),
@@ -98,6 +107,10 @@ impl BrokerContext {
             ha_server: OnceLock::new(),
             ha_client: OnceLock::new(),
             master_addr: RwLock::new(None),
+            // A controller-mode master writes only once the controller
+            // confirmed it and its epoch is recorded.
+            write_fenced: std::sync::atomic::AtomicBool::new(fenced),
+            ack_alone: std::sync::atomic::AtomicBool::new(false),
             register_signal,
             watched: Mutex::new(HashSet::new()),
         }))
@@ -132,6 +145,18 @@ impl BrokerContext {
                 ctx.producers.on_channel_closed(ch.id());
             }
         });
+    }
+
+    /// Whether sends are refused while the controller has not confirmed
+    /// this master (controller mode).
+    pub fn is_write_fenced(&self) -> bool {
+        self.write_fenced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether a SYNC_MASTER acknowledges without a slave (controller mode,
+    /// SyncStateSet of this master alone).
+    pub fn acks_alone(&self) -> bool {
+        self.ack_alone.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The HA server, on a master that runs one.

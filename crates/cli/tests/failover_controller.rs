@@ -1,0 +1,566 @@
+//! Controller mode (automatic failover) with real processes on loopback:
+//! three `apogee controller`s, a NameServer and two brokers of one broker
+//! set with `enableControllerMode=true`. Every SEND_OK is recorded; the
+//! master is killed with SIGKILL; the controller must elect the other
+//! replica, which registers as brokerId 0 within 10 s, holds every
+//! acknowledged message at the queue and offset its SEND_OK named, and
+//! takes new sends. The old master then restarts on its data and rejoins
+//! as a slave. A second test takes the quorum away from the controllers.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apogee_client::{AdminClient, Message, Producer, SendStatus};
+use apogee_protocol::body::TopicConfig;
+use apogee_protocol::code::{request_code, response_code};
+use apogee_protocol::flags::PullSysFlag;
+use apogee_protocol::header::PullMessageRequestHeader;
+use apogee_protocol::RemotingCommand;
+use apogee_remoting::{ClientConfig, RemotingClient};
+
+const TOPIC: &str = "FailoverTopic";
+const BROKER_NAME: &str = "broker-fo";
+const QUEUES: i32 = 2;
+
+/// A child process whose stderr goes to a log file; killed when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that is free now, with `port - 2` and `port + 1` free
+/// too (a broker's VIP and HA ports), so it can be reused on restart.
+fn free_port() -> u16 {
+    for _ in 0..200 {
+        let p = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if p < 3 || p == u16::MAX {
+            continue;
+        }
+        if [p - 2, p, p + 1]
+            .iter()
+            .all(|q| TcpListener::bind(("127.0.0.1", *q)).is_ok())
+        {
+            return p;
+        }
+    }
+    panic!("no free port triple on loopback");
+}
+
+fn spawn(args: &[String], log: &Path, prefix: &'static str) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_apogee"));
+    cmd.args(args)
+        .env("APOGEE_LOG", "info,openraft=warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    let mut child = cmd.spawn().expect("spawn apogee");
+    let addr = support::read_listen_addrs(&mut child, &[prefix])[0];
+    (
+        Proc {
+            child,
+            log: log.to_path_buf(),
+        },
+        addr,
+    )
+}
+
+struct ControllerGroup {
+    procs: Vec<Option<Proc>>,
+    addrs: Vec<String>,
+}
+
+fn start_controllers(dir: &Path) -> ControllerGroup {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("n{i}-127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(";");
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    for (i, (listen, _)) in ports.iter().enumerate() {
+        let args: Vec<String> = [
+            "controller".to_string(),
+            "--set".into(),
+            "bindAddress=127.0.0.1".into(),
+            "--set".into(),
+            format!("listenPort={listen}"),
+            "--set".into(),
+            format!("controllerDLegerPeers={peers}"),
+            "--set".into(),
+            format!("controllerDLegerSelfId=n{i}"),
+            "--set".into(),
+            format!(
+                "controllerStorePath={}",
+                dir.join(format!("ctl-n{i}")).display()
+            ),
+            "--set".into(),
+            "scanNotActiveBrokerInterval=300".into(),
+            "--set".into(),
+            "electionTimeoutMills=500".into(),
+        ]
+        .to_vec();
+        let (p, addr) = spawn(
+            &args,
+            &dir.join(format!("controller-n{i}.log")),
+            "apogee controller listening on ",
+        );
+        procs.push(Some(p));
+        addrs.push(addr.to_string());
+    }
+    ControllerGroup { procs, addrs }
+}
+
+fn spawn_broker(dir: &Path, name: &str, ns: &str, ctl: &str, port: u16) -> (Proc, String) {
+    // The same name is the same data folder (a restart).
+    let store = dir.join(name);
+    let mut args: Vec<String> = vec![
+        "broker".into(),
+        "-n".into(),
+        ns.into(),
+        "--listen-port".into(),
+        port.to_string(),
+    ];
+    for kv in [
+        "bindAddress=127.0.0.1".to_string(),
+        "brokerIP1=127.0.0.1".to_string(),
+        "diskSpaceWarningLevelRatio=100".to_string(),
+        "diskSpaceCleanForciblyRatio=100".to_string(),
+        "diskMaxUsedSpaceRatio=100".to_string(),
+        format!("storePathRootDir={}", store.display()),
+        format!("brokerName={BROKER_NAME}"),
+        "mappedFileSizeCommitLog=16777216".to_string(),
+        "mappedFileSizeConsumeQueue=60000".to_string(),
+        "maxIndexNum=10000".to_string(),
+        "maxHashSlotNum=1000".to_string(),
+        "haSendHeartbeatInterval=1000".to_string(),
+        "brokerRole=SYNC_MASTER".to_string(),
+        "enableControllerMode=true".to_string(),
+        format!("controllerAddr={ctl}"),
+        "controllerHeartBeatTimeoutMills=3000".to_string(),
+        "brokerHeartbeatInterval=300".to_string(),
+        // The new master's NameServer registration moves clients' routes.
+        "registerNameServerPeriod=2000".to_string(),
+    ] {
+        args.push("--set".into());
+        args.push(kv);
+    }
+    let (p, addr) = spawn(
+        &args,
+        &dir.join(format!("{name}-{}.log", now_ms())),
+        "apogee broker listening on ",
+    );
+    (p, addr.to_string())
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The controller leader's view of the broker set: (master address,
+/// SyncStateSet size, master epoch).
+async fn replica_info(client: &RemotingClient, ctl: &[String]) -> Option<(String, usize, u32)> {
+    for addr in ctl {
+        let mut req = RemotingCommand::request(request_code::CONTROLLER_GET_REPLICA_INFO);
+        req.set_ext("brokerName", BROKER_NAME);
+        let Ok(resp) = client.invoke(addr, req, Duration::from_secs(2)).await else {
+            continue;
+        };
+        if resp.code != response_code::SUCCESS {
+            continue;
+        }
+        let master = resp.ext("masterAddress")?.to_string();
+        let epoch = resp.ext("masterEpoch")?.parse().ok()?;
+        let body: serde_json::Value =
+            serde_json::from_slice(resp.body.as_deref().unwrap_or_default()).ok()?;
+        let n = body["syncStateSet"].as_array().map_or(0, Vec::len);
+        return Some((master, n, epoch));
+    }
+    None
+}
+
+fn pull_header(queue_id: i32, offset: i64) -> PullMessageRequestHeader {
+    PullMessageRequestHeader {
+        consumer_group: "fo-checker".to_string(),
+        topic: TOPIC.to_string(),
+        queue_id,
+        queue_offset: offset,
+        max_msg_nums: 32,
+        sys_flag: PullSysFlag::build(false, false, true, false, false).0,
+        subscription: Some("*".to_string()),
+        expression_type: Some("TAG".to_string()),
+        ..Default::default()
+    }
+}
+
+async fn read_all(admin: &AdminClient, addr: &str) -> BTreeMap<(i32, i64), String> {
+    let mut out = BTreeMap::new();
+    for q in 0..QUEUES {
+        let mut off = 0i64;
+        loop {
+            let Ok(r) = admin
+                .instance()
+                .pull(
+                    addr,
+                    BROKER_NAME,
+                    request_code::PULL_MESSAGE,
+                    &pull_header(q, off),
+                    Duration::from_secs(5),
+                )
+                .await
+            else {
+                break;
+            };
+            if r.messages.is_empty() {
+                break;
+            }
+            for m in &r.messages {
+                out.insert(
+                    (q, m.queue_offset),
+                    String::from_utf8_lossy(&m.body).into_owned(),
+                );
+            }
+            off = r.next_begin_offset;
+        }
+    }
+    out
+}
+
+async fn wait_for<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f().await
+}
+
+fn dump(procs: &[&Proc]) -> String {
+    let mut s = String::new();
+    for p in procs {
+        let text = p.log_text();
+        let tail: Vec<&str> = text.lines().rev().take(25).collect();
+        s.push_str(&format!("\n--- {} ---\n", p.log.display()));
+        for l in tail.iter().rev() {
+            s.push_str(l);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+async fn new_producer(ns: &str, group: &str) -> Producer {
+    let p = Producer::builder()
+        .namesrv_addr(ns.to_string())
+        .group(group.to_string())
+        .build()
+        .expect("producer config");
+    p.start().await.expect("producer start");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = support::start_namesrv(&[]);
+    let ns = namesrv.addr.to_string();
+    let group = start_controllers(dir.path());
+    let ctl = group.addrs.join(";");
+    let raw = RemotingClient::new(ClientConfig::default());
+
+    let (pa, pb) = (free_port(), free_port());
+    let (a, a_addr) = spawn_broker(dir.path(), "a", &ns, &ctl, pa);
+    let (b, b_addr) = spawn_broker(dir.path(), "b", &ns, &ctl, pb);
+    let names = BTreeMap::from([(a_addr.clone(), ("a", pa)), (b_addr.clone(), ("b", pb))]);
+    let mut brokers: BTreeMap<String, Proc> = BTreeMap::from([(a_addr, a), (b_addr, b)]);
+
+    // One of them is master, and the other joins its SyncStateSet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let master_addr = loop {
+        if let Some((m, 2, _)) = replica_info(&raw, &group.addrs).await {
+            break m;
+        }
+        let all: Vec<&Proc> = brokers
+            .values()
+            .chain(group.procs.iter().flatten())
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "no master with a 2-replica SyncStateSet: {}",
+            dump(&all)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let slave_addr = brokers
+        .keys()
+        .find(|k| **k != master_addr)
+        .cloned()
+        .expect("a slave");
+
+    let admin = AdminClient::builder()
+        .namesrv_addr(ns.clone())
+        .build()
+        .expect("admin");
+    admin
+        .create_topic(
+            &master_addr,
+            &TopicConfig {
+                topic_name: TOPIC.into(),
+                read_queue_nums: QUEUES,
+                write_queue_nums: QUEUES,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    // The slave copies the topic config from its master (it must have it
+    // to serve the topic once it is master).
+    let known = wait_for(Duration::from_secs(30), || async {
+        admin
+            .instance()
+            .pull(
+                &slave_addr,
+                BROKER_NAME,
+                request_code::PULL_MESSAGE,
+                &pull_header(0, 0),
+                Duration::from_secs(5),
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(known, "the slave never copied the topic config");
+
+    let producer = new_producer(&ns, "fo-producer").await;
+    let warm = wait_for(Duration::from_secs(30), || async {
+        matches!(producer.send(Message::new(TOPIC, "warm-up")).await,
+            Ok(r) if r.status == SendStatus::SendOk)
+    })
+    .await;
+    assert!(warm, "the master never acknowledged a send");
+
+    let mut acked: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    for i in 0..200 {
+        let body = format!("before-{i}");
+        if let Ok(r) = producer.send(Message::new(TOPIC, body.clone())).await {
+            if r.status == SendStatus::SendOk {
+                acked.insert((r.queue.queue_id, r.queue_offset), body);
+            }
+        }
+    }
+    assert_eq!(acked.len(), 200, "every send with a live slave is SEND_OK");
+
+    let (old_name, pa) = names[&master_addr];
+    // kill -9 the master.
+    let mut old_master = brokers.remove(&master_addr).expect("master process");
+    old_master.kill9();
+    let killed = Instant::now();
+
+    // The controller elects the slave; it registers as brokerId 0.
+    let elected = wait_for(Duration::from_secs(10), || async {
+        let ctl_ok =
+            matches!(replica_info(&raw, &group.addrs).await, Some((m, _, _)) if m == slave_addr);
+        let route_ok = admin.topic_route(TOPIC).await.is_ok_and(|r| {
+            r.broker_datas
+                .iter()
+                .any(|b| b.broker_addrs.get(&0).map(String::as_str) == Some(slave_addr.as_str()))
+        });
+        ctl_ok && route_ok
+    })
+    .await;
+    let failover_ms = killed.elapsed().as_millis();
+    let all: Vec<&Proc> = brokers
+        .values()
+        .chain(group.procs.iter().flatten())
+        .collect();
+    assert!(
+        elected,
+        "no new master registered as brokerId 0 within 10 s: {}",
+        dump(&all)
+    );
+
+    // Sending goes on (a fresh producer reads the new route at once).
+    let producer2 = new_producer(&ns, "fo-producer-2").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first_ok = loop {
+        match producer2.send(Message::new(TOPIC, "after-warm")).await {
+            Ok(r) if r.status == SendStatus::SendOk => {
+                acked.insert((r.queue.queue_id, r.queue_offset), "after-warm".into());
+                break killed.elapsed().as_millis();
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new master never acknowledged a send: {}",
+            dump(&all)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for i in 0..50 {
+        let body = format!("after-{i}");
+        let r = producer2
+            .send(Message::new(TOPIC, body.clone()))
+            .await
+            .expect("send to the new master");
+        assert_eq!(
+            r.status,
+            SendStatus::SendOk,
+            "a master alone in its SyncStateSet acknowledges"
+        );
+        acked.insert((r.queue.queue_id, r.queue_offset), body);
+    }
+
+    // Every acknowledged message, before and after, is on the new master.
+    let on_new = read_all(&admin, &slave_addr).await;
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| on_new.get(*k) != Some(*v))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged messages missing on the new master: {missing:?} ({} acked, {} there)",
+        acked.len(),
+        on_new.len()
+    );
+    eprintln!(
+        "FAILOVER_SUMMARY acked={} elected_and_routed_ms={failover_ms} first_send_ok_ms={first_ok}",
+        acked.len()
+    );
+
+    // The old master restarts on its data and joins as a slave: it copies
+    // what the new master acknowledged, and does not take the role back.
+    let (back, back_addr) = spawn_broker(dir.path(), old_name, &ns, &ctl, pa);
+    assert_eq!(back_addr, master_addr);
+    drop(old_master);
+    brokers.insert(back_addr.clone(), back);
+    let all: Vec<&Proc> = brokers
+        .values()
+        .chain(group.procs.iter().flatten())
+        .collect();
+    let rejoined = wait_for(Duration::from_secs(30), || async {
+        let s = read_all(&admin, &back_addr).await;
+        acked.iter().all(|(k, v)| s.get(k) == Some(v))
+    })
+    .await;
+    assert!(
+        rejoined,
+        "the old master did not catch up as a slave: {}",
+        dump(&all)
+    );
+    let info = replica_info(&raw, &group.addrs).await;
+    assert!(
+        matches!(&info, Some((m, _, _)) if *m == slave_addr),
+        "the master moved back: {info:?}"
+    );
+    let refused = producer2
+        .send(Message::new(TOPIC, "x"))
+        .await
+        .map(|r| r.status);
+    assert!(matches!(
+        refused,
+        Ok(SendStatus::SendOk)
+            | Ok(SendStatus::SlaveNotAvailable)
+            | Ok(SendStatus::FlushSlaveTimeout)
+    ));
+
+    producer.shutdown().await;
+    producer2.shutdown().await;
+    admin.shutdown().await;
+    raw.close().await;
+    drop(brokers);
+    drop(group);
+    if std::env::var_os("APOGEE_FO_KEEP").is_some() {
+        eprintln!("logs and data kept in {}", dir.keep().display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_without_quorum_refuses_changes_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = start_controllers(dir.path());
+    let raw = RemotingClient::new(ClientConfig::default());
+    let register = |addr: String| {
+        let raw = raw.clone();
+        async move {
+            let mut req = RemotingCommand::request(request_code::CONTROLLER_REGISTER_BROKER);
+            req.set_ext("clusterName", "C");
+            req.set_ext("brokerName", "q");
+            req.set_ext("brokerId", "1");
+            req.set_ext("brokerAddress", "127.0.0.1:1");
+            raw.invoke(&addr, req, Duration::from_secs(8)).await
+        }
+    };
+    // With all three up, one of them accepts a registration.
+    let accepted = wait_for(Duration::from_secs(20), || async {
+        for a in &group.addrs {
+            if matches!(register(a.clone()).await, Ok(r) if r.code == response_code::SUCCESS) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(accepted, "no controller accepted a registration");
+
+    // Two of three gone: no quorum.
+    for p in group.procs.iter_mut().take(2) {
+        if let Some(mut p) = p.take() {
+            p.kill9();
+        }
+    }
+    let survivor = group.procs[2].as_ref().expect("survivor");
+    let said = wait_for(Duration::from_secs(20), || async {
+        survivor
+            .log_text()
+            .contains("controller group has no leader")
+    })
+    .await;
+    assert!(said, "no clear log line: {}", dump(&[survivor]));
+    let r = register(group.addrs[2].clone())
+        .await
+        .expect("the survivor still answers");
+    assert_ne!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert!(r.remark.is_some(), "a refusal says why");
+    let survivor = group.procs[2].as_mut().expect("survivor");
+    assert!(
+        survivor.child.try_wait().expect("wait").is_none(),
+        "the controller crashed"
+    );
+    raw.close().await;
+}
