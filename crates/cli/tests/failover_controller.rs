@@ -137,7 +137,14 @@ fn start_controllers(dir: &Path) -> ControllerGroup {
     ControllerGroup { procs, addrs }
 }
 
-fn spawn_broker(dir: &Path, name: &str, ns: &str, ctl: &str, port: u16) -> (Proc, String) {
+fn spawn_broker(
+    dir: &Path,
+    name: &str,
+    ns: &str,
+    ctl: &str,
+    port: u16,
+    extra: &[&str],
+) -> (Proc, String) {
     // The same name is the same data folder (a restart).
     let store = dir.join(name);
     let mut args: Vec<String> = vec![
@@ -170,6 +177,10 @@ fn spawn_broker(dir: &Path, name: &str, ns: &str, ctl: &str, port: u16) -> (Proc
     ] {
         args.push("--set".into());
         args.push(kv);
+    }
+    for kv in extra {
+        args.push("--set".into());
+        args.push(kv.to_string());
     }
     let (p, addr) = spawn(
         &args,
@@ -303,8 +314,8 @@ async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message
     let raw = RemotingClient::new(ClientConfig::default());
 
     let (pa, pb) = (free_port(), free_port());
-    let (a, a_addr) = spawn_broker(dir.path(), "a", &ns, &ctl, pa);
-    let (b, b_addr) = spawn_broker(dir.path(), "b", &ns, &ctl, pb);
+    let (a, a_addr) = spawn_broker(dir.path(), "a", &ns, &ctl, pa, &[]);
+    let (b, b_addr) = spawn_broker(dir.path(), "b", &ns, &ctl, pb, &[]);
     let names = BTreeMap::from([(a_addr.clone(), ("a", pa)), (b_addr.clone(), ("b", pb))]);
     let mut brokers: BTreeMap<String, Proc> = BTreeMap::from([(a_addr, a), (b_addr, b)]);
 
@@ -465,7 +476,7 @@ async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message
 
     // The old master restarts on its data and joins as a slave: it copies
     // what the new master acknowledged, and does not take the role back.
-    let (back, back_addr) = spawn_broker(dir.path(), old_name, &ns, &ctl, pa);
+    let (back, back_addr) = spawn_broker(dir.path(), old_name, &ns, &ctl, pa, &[]);
     assert_eq!(back_addr, master_addr);
     drop(old_master);
     brokers.insert(back_addr.clone(), back);
@@ -562,5 +573,197 @@ async fn a_controller_without_quorum_refuses_changes_and_says_why() {
         survivor.child.try_wait().expect("wait").is_none(),
         "the controller crashed"
     );
+    raw.close().await;
+}
+
+/// The master writes messages its slave never gets (the slave is stopped:
+/// the sends answer FLUSH_SLAVE_TIMEOUT, not acknowledged), then both die.
+/// The slave comes back first and is elected (it is in the SyncStateSet);
+/// it takes new sends at the same queue offsets. When the old master comes
+/// back it must cut the tail only it had, and then hold exactly what the
+/// new master acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_master_cuts_the_tail_nobody_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = support::start_namesrv(&[]);
+    let ns = namesrv.addr.to_string();
+    let group = start_controllers(dir.path());
+    let ctl = group.addrs.join(";");
+    let raw = RemotingClient::new(ClientConfig::default());
+    let extra = ["syncFlushTimeout=800"];
+
+    let (pa, pb) = (free_port(), free_port());
+    let (a, a_addr) = spawn_broker(dir.path(), "a", &ns, &ctl, pa, &extra);
+    let (b, b_addr) = spawn_broker(dir.path(), "b", &ns, &ctl, pb, &extra);
+    let names = BTreeMap::from([(a_addr.clone(), ("a", pa)), (b_addr.clone(), ("b", pb))]);
+    let mut brokers: BTreeMap<String, Proc> = BTreeMap::from([(a_addr, a), (b_addr, b)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let master_addr = loop {
+        if let Some((m, 2, _)) = replica_info(&raw, &group.addrs).await {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no 2-replica SyncStateSet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let slave_addr = names.keys().find(|k| **k != master_addr).cloned().unwrap();
+    let admin = AdminClient::builder()
+        .namesrv_addr(ns.clone())
+        .build()
+        .expect("admin");
+    admin
+        .create_topic(
+            &master_addr,
+            &TopicConfig {
+                topic_name: TOPIC.into(),
+                read_queue_nums: QUEUES,
+                write_queue_nums: QUEUES,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    let known = wait_for(Duration::from_secs(30), || async {
+        admin
+            .instance()
+            .pull(
+                &slave_addr,
+                BROKER_NAME,
+                request_code::PULL_MESSAGE,
+                &pull_header(0, 0),
+                Duration::from_secs(5),
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(known, "the slave never copied the topic config");
+    let producer = new_producer(&ns, "cut-producer").await;
+    let warm = wait_for(Duration::from_secs(30), || async {
+        matches!(producer.send(Message::new(TOPIC, "warm-up")).await,
+            Ok(r) if r.status == SendStatus::SendOk)
+    })
+    .await;
+    assert!(warm, "the master never acknowledged a send");
+    let mut acked = BTreeMap::new();
+    for i in 0..40 {
+        let body = format!("before-{i}");
+        let r = producer
+            .send(Message::new(TOPIC, body.clone()))
+            .await
+            .expect("send");
+        assert_eq!(r.status, SendStatus::SendOk);
+        acked.insert((r.queue.queue_id, r.queue_offset), body);
+    }
+
+    // Freeze the slave: what the master stores now stays its own.
+    let (slave_name, _) = names[&slave_addr];
+    let (master_name, master_port) = names[&master_addr];
+    let mut slave = brokers.remove(&slave_addr).unwrap();
+    let mut master = brokers.remove(&master_addr).unwrap();
+    let stopped = Command::new("kill")
+        .args(["-STOP", &slave.child.id().to_string()])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+    let mut unacked = BTreeMap::new();
+    for i in 0..4 {
+        let body = format!("unacked-{i}");
+        let r = producer
+            .send(Message::new(TOPIC, body.clone()))
+            .await
+            .expect("send");
+        assert_eq!(r.status, SendStatus::FlushSlaveTimeout, "{body}");
+        unacked.insert((r.queue.queue_id, r.queue_offset), body);
+    }
+    master.kill9();
+    slave.kill9();
+    drop(master);
+    drop(slave);
+
+    // The slave returns first and is elected: it is in the SyncStateSet.
+    let (pb2, _) = (names[&slave_addr].1, ());
+    let (s2, s2_addr) = spawn_broker(dir.path(), slave_name, &ns, &ctl, pb2, &extra);
+    assert_eq!(s2_addr, slave_addr);
+    brokers.insert(s2_addr.clone(), s2);
+    let elected = wait_for(Duration::from_secs(15), || async {
+        matches!(replica_info(&raw, &group.addrs).await, Some((m, _, _)) if m == slave_addr)
+    })
+    .await;
+    let all: Vec<&Proc> = brokers
+        .values()
+        .chain(group.procs.iter().flatten())
+        .collect();
+    assert!(elected, "the in-sync slave was not elected: {}", dump(&all));
+    let producer2 = new_producer(&ns, "cut-producer-2").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut after = BTreeMap::new();
+    while after.len() < 20 {
+        match producer2
+            .send(Message::new(TOPIC, format!("after-{}", after.len())))
+            .await
+        {
+            Ok(r) if r.status == SendStatus::SendOk => {
+                after.insert(
+                    (r.queue.queue_id, r.queue_offset),
+                    format!("after-{}", after.len()),
+                );
+            }
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the new master takes no sends: {}",
+                    dump(&all)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // The new master reuses the offsets only the old one had written.
+    assert!(
+        unacked.keys().any(|k| after.contains_key(k)),
+        "the test did not make the logs diverge: {unacked:?} vs {after:?}"
+    );
+    acked.extend(after);
+
+    // The old master returns: it must cut its own tail and follow.
+    let (old, old_addr) = spawn_broker(dir.path(), master_name, &ns, &ctl, master_port, &extra);
+    assert_eq!(old_addr, master_addr);
+    let log = old.log.clone();
+    brokers.insert(old_addr.clone(), old);
+    let all: Vec<&Proc> = brokers
+        .values()
+        .chain(group.procs.iter().flatten())
+        .collect();
+    let caught_up = wait_for(Duration::from_secs(30), || async {
+        let s = read_all(&admin, &old_addr).await;
+        acked.iter().all(|(k, v)| s.get(k) == Some(v))
+    })
+    .await;
+    assert!(
+        caught_up,
+        "the old master does not hold what the new one acknowledged: {}",
+        dump(&all)
+    );
+    let s = read_all(&admin, &old_addr).await;
+    for (k, v) in &unacked {
+        assert_ne!(
+            s.get(k),
+            Some(v),
+            "the unacknowledged tail survived at {k:?}"
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("cut the CommitLog tail"),
+        "no cut logged: {}",
+        dump(&all)
+    );
+    assert!(
+        matches!(replica_info(&raw, &group.addrs).await, Some((m, _, _)) if m == slave_addr),
+        "the master moved back"
+    );
+    producer.shutdown().await;
+    producer2.shutdown().await;
+    admin.shutdown().await;
     raw.close().await;
 }
