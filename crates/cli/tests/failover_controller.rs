@@ -499,6 +499,57 @@ async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message
         matches!(&info, Some((m, _, _)) if *m == slave_addr),
         "the master moved back: {info:?}"
     );
+    // mqadmin's controller-mode commands see the same.
+    let admin_json = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_apogee"))
+            .args(["admin", "-n", &ns, "--json"])
+            .args(args)
+            .output()
+            .expect("apogee admin");
+        (
+            out.status.success(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, v, err) = admin_json(&["getSyncStateSet", "-a", &group.addrs[0], "-b", BROKER_NAME]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        v["replicasInfoTable"][BROKER_NAME]["masterAddress"].as_str(),
+        Some(slave_addr.as_str()),
+        "{v}"
+    );
+    let (ok, v, err) = admin_json(&["getControllerMetaData", "-a", &group.addrs[1]]);
+    assert!(ok, "{err}");
+    assert!(
+        v["peers"].as_str().is_some_and(|p| p.contains("n0-")),
+        "{v}"
+    );
+    let (ok, v, err) = admin_json(&["getBrokerEpoch", "-b", BROKER_NAME]);
+    assert!(ok, "{err}");
+    let epochs: Vec<u64> = v[slave_addr.as_str()]["epochList"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["epoch"].as_u64())
+        .collect();
+    assert_eq!(epochs, [1, 2], "the new master's epochs: {v}");
+    let (ok, _, err) = admin_json(&[
+        "electMaster",
+        "-a",
+        &group.addrs[0],
+        "-c",
+        "DefaultCluster",
+        "--brokerName",
+        BROKER_NAME,
+        "-b",
+        "99",
+    ]);
+    assert!(
+        !ok && err.contains("refused"),
+        "electing an unknown replica: {err}"
+    );
+
     let refused = producer2
         .send(Message::new(TOPIC, "x"))
         .await
