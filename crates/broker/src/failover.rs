@@ -23,7 +23,7 @@
 //! elects members of that set.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
+use crate::context::BrokerContext;
 use crate::controller::BrokerController;
 use crate::error::{BrokerError, Result};
 
@@ -111,10 +112,65 @@ enum Role {
     },
 }
 
+/// A master's lease on its role. A watchdog task checks it every 100 ms,
+/// apart from the supervisor loop, so that slow or hanging controller calls
+/// never stretch it.
+struct Lease {
+    base: Instant,
+    /// Milliseconds after `base` when the last confirmation was asked for
+    /// (the time the question left, not when the answer came); 0: never.
+    confirmed_ms: AtomicU64,
+    length: Duration,
+    /// The running master's context; None while not master.
+    master: parking_lot::Mutex<Option<Arc<BrokerContext>>>,
+    logged: AtomicBool,
+}
+
+impl Lease {
+    fn new(length: Duration) -> Lease {
+        Lease {
+            base: Instant::now(),
+            confirmed_ms: AtomicU64::new(0),
+            length,
+            master: parking_lot::Mutex::new(None),
+            logged: AtomicBool::new(false),
+        }
+    }
+
+    fn confirm(&self, asked: Instant) {
+        let ms = asked.saturating_duration_since(self.base).as_millis() as u64 + 1;
+        self.confirmed_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    fn lapsed(&self) -> bool {
+        let ms = self.confirmed_ms.load(Ordering::Acquire);
+        ms == 0 || self.base.elapsed().as_millis() as u64 > ms - 1 + self.length.as_millis() as u64
+    }
+
+    /// Fences the master if its lease lapsed; true when it did.
+    fn enforce(&self) -> bool {
+        let Some(ctx) = self.master.lock().clone() else {
+            return false;
+        };
+        if !self.lapsed() {
+            return false;
+        }
+        ctx.write_fenced.store(true, Ordering::Release);
+        if !self.logged.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                lease_ms = self.length.as_millis() as u64,
+                "master role not confirmed by the controller group in time; refusing writes until it is"
+            );
+        }
+        true
+    }
+}
+
 /// A broker in controller mode.
 pub struct ControllerModeBroker {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    watchdog: JoinHandle<()>,
     addr: String,
 }
 
@@ -124,7 +180,11 @@ impl ControllerModeBroker {
     pub async fn start(config: BrokerConfig) -> Result<ControllerModeBroker> {
         config.check_controller_mode()?;
         let client = RemotingClient::new(ClientConfig::default());
+        // Half the controller's timeout: it elects a successor only after
+        // the full timeout without heartbeats.
+        let lease = Arc::new(Lease::new(config.controller_heart_beat_timeout / 2));
         let mut sup = Supervisor {
+            lease: Arc::clone(&lease),
             controllers: config.controller_addrs(),
             leader_hint: 0,
             client,
@@ -132,18 +192,31 @@ impl ControllerModeBroker {
             base: config,
             running: None,
             role: Role::Slave { master: None },
-            confirmed_at: None,
             caught_up: HashMap::new(),
             prev_max: 0,
             grow_barrier: None,
-            fenced_logged: false,
         };
         sup.broker_id = sup.ensure_broker_id().await?;
         sup.start_as(Role::Slave { master: None }, None).await?;
         let addr = sup.base.broker_addr();
         let (stop, stop_rx) = watch::channel(false);
+        let mut wd_stop = stop_rx.clone();
         let task = tokio::spawn(sup.run(stop_rx));
-        Ok(ControllerModeBroker { stop, task, addr })
+        let watchdog = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = wd_stop.changed() => return,
+                }
+                lease.enforce();
+            }
+        });
+        Ok(ControllerModeBroker {
+            stop,
+            task,
+            watchdog,
+            addr,
+        })
     }
 
     /// `brokerIP1:listenPort`.
@@ -154,6 +227,7 @@ impl ControllerModeBroker {
     /// Stops the supervisor and the broker it runs.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        self.watchdog.abort();
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "controller-mode supervisor failed");
         }
@@ -168,8 +242,7 @@ struct Supervisor {
     leader_hint: usize,
     running: Option<BrokerController>,
     role: Role,
-    /// When the last confirmation of this master's role was asked for.
-    confirmed_at: Option<Instant>,
+    lease: Arc<Lease>,
     /// Per slave id, when it last had everything this master had a tick before.
     caught_up: HashMap<u64, Instant>,
     prev_max: u64,
@@ -177,7 +250,6 @@ struct Supervisor {
     /// ended here, and a slave joins only once it holds this much (so it
     /// has everything acknowledged while this master acked alone).
     grow_barrier: Option<u64>,
-    fenced_logged: bool,
 }
 
 impl Supervisor {
@@ -203,7 +275,7 @@ impl Supervisor {
                 match self.replica_info().await {
                     Ok(view) => {
                         if view.master_id == Some(self.broker_id) {
-                            self.confirmed_at = Some(asked);
+                            self.lease.confirm(asked);
                         }
                         self.follow(view.clone()).await;
                         if matches!(self.role, Role::Master { .. }) {
@@ -214,7 +286,7 @@ impl Supervisor {
                     Err(e) => {
                         throttled_warn!(NO_CONTROLLER, (), error = %e, controllers = ?self.controllers,
                             "cannot reach the controller leader");
-                        self.check_lease();
+                        self.lease.enforce();
                     }
                 }
             }
@@ -246,27 +318,6 @@ impl Supervisor {
         }
     }
 
-    /// A master whose role went unconfirmed for half the heartbeat timeout
-    /// stops taking writes: the controller may elect another after the
-    /// full timeout.
-    fn check_lease(&mut self) {
-        if !matches!(self.role, Role::Master { .. }) {
-            return;
-        }
-        let lease = self.base.controller_heart_beat_timeout / 2;
-        let lapsed = self.confirmed_at.is_none_or(|t| t.elapsed() > lease);
-        if lapsed {
-            if !self.fenced_logged {
-                tracing::error!(
-                    lease_ms = lease.as_millis() as u64,
-                    "master role not confirmed by the controller group in time; refusing writes until it is"
-                );
-                self.fenced_logged = true;
-            }
-            self.ctx_fence(true);
-        }
-    }
-
     /// Acts on the controller's view: become master, follow another
     /// master, or stop being master.
     async fn follow(&mut self, view: ReplicaView) {
@@ -281,10 +332,9 @@ impl Supervisor {
                         None,
                     )
                     .await;
-                } else if self.confirmed_at.is_some() {
-                    if self.fenced_logged {
+                } else if !self.lease.lapsed() {
+                    if self.lease.logged.swap(false, Ordering::AcqRel) {
                         tracing::info!("master role confirmed again; accepting writes");
-                        self.fenced_logged = false;
                     }
                     self.ctx_fence(false);
                 }
@@ -343,6 +393,7 @@ impl Supervisor {
     /// Stops the running broker (if any) and starts it in `role`.
     async fn start_as(&mut self, role: Role, view: Option<&ReplicaView>) -> Result<()> {
         let mut local_max = None;
+        *self.lease.master.lock() = None;
         if let Some(b) = self.running.take() {
             let ctx = Arc::clone(b.context());
             b.shutdown().await;
@@ -405,7 +456,8 @@ impl Supervisor {
                         return Err(BrokerError::Start(format!("epoch file task failed: {e}")));
                     }
                 }
-                self.confirmed_at = Some(Instant::now());
+                self.lease.confirm(Instant::now());
+                *self.lease.master.lock() = Some(Arc::clone(&ctx));
                 self.caught_up.clear();
                 self.grow_barrier = None;
                 self.prev_max = start;

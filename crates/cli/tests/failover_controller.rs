@@ -573,7 +573,7 @@ async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_controller_without_quorum_refuses_changes_and_says_why() {
+async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut group = start_controllers(dir.path());
     let raw = RemotingClient::new(ClientConfig::default());
@@ -600,12 +600,75 @@ async fn a_controller_without_quorum_refuses_changes_and_says_why() {
     .await;
     assert!(accepted, "no controller accepted a registration");
 
+    // A lone master of another broker set, confirmed and taking sends.
+    let namesrv = support::start_namesrv(&[]);
+    let ns = namesrv.addr.to_string();
+    let (broker, broker_addr) = spawn_broker(
+        dir.path(),
+        "lone",
+        &ns,
+        &group.addrs.join(";"),
+        free_port(),
+        &[],
+    );
+    let admin = AdminClient::builder()
+        .namesrv_addr(ns.clone())
+        .build()
+        .expect("admin");
+    let mastered = wait_for(Duration::from_secs(20), || async {
+        matches!(replica_info(&raw, &group.addrs).await, Some((m, _, _)) if m == broker_addr)
+    })
+    .await;
+    assert!(
+        mastered,
+        "the lone broker never became master: {}",
+        dump(&[&broker])
+    );
+    admin
+        .create_topic(
+            &broker_addr,
+            &TopicConfig {
+                topic_name: TOPIC.into(),
+                read_queue_nums: 1,
+                write_queue_nums: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    let producer = new_producer(&ns, "quorum-producer").await;
+    let sent = wait_for(Duration::from_secs(20), || async {
+        matches!(producer.send(Message::new(TOPIC, "m")).await,
+            Ok(r) if r.status == SendStatus::SendOk)
+    })
+    .await;
+    assert!(sent, "the lone master took no send: {}", dump(&[&broker]));
+
     // Two of three gone: no quorum.
     for p in group.procs.iter_mut().take(2) {
         if let Some(mut p) = p.take() {
             p.kill9();
         }
     }
+    // The master cannot get its role confirmed any more: within its lease
+    // (half of controllerHeartBeatTimeoutMills) it stops taking writes.
+    let fenced = wait_for(Duration::from_secs(10), || async {
+        producer.send(Message::new(TOPIC, "after")).await.is_err()
+    })
+    .await;
+    assert!(
+        fenced,
+        "a master without a controller quorum still takes writes: {}",
+        dump(&[&broker])
+    );
+    assert!(
+        broker.log_text().contains("refusing writes"),
+        "{}",
+        dump(&[&broker])
+    );
+    producer.shutdown().await;
+    admin.shutdown().await;
+    drop(broker);
     let survivor = group.procs[2].as_ref().expect("survivor");
     let said = wait_for(Duration::from_secs(20), || async {
         survivor
