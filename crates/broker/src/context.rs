@@ -60,8 +60,25 @@ pub struct BrokerContext {
     /// alone, so a SYNC_MASTER acknowledges without a slave (no other
     /// replica can be elected). Cleared before the set may grow.
     pub ack_alone: std::sync::atomic::AtomicBool,
+    /// Controller mode: a master takes writes only until this instant
+    /// ([`mono_ms`]), the end of the lease its last confirmation by the
+    /// controller leader bought. Checked on every send, so a master that
+    /// was frozen or cut off refuses the requests queued meanwhile.
+    pub lease_until_ms: std::sync::atomic::AtomicU64,
     register_signal: Arc<RegisterSignal>,
     watched: Mutex<HashSet<ChannelId>>,
+}
+
+/// Milliseconds on a process-wide monotonic clock (for leases).
+pub fn mono_ms() -> u64 {
+    mono_ms_of(Instant::now())
+}
+
+/// [`mono_ms`] of an earlier or later instant.
+pub fn mono_ms_of(t: Instant) -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    t.saturating_duration_since(*BASE.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 impl BrokerContext {
@@ -111,6 +128,7 @@ impl BrokerContext {
             // confirmed it and its epoch is recorded.
             write_fenced: std::sync::atomic::AtomicBool::new(fenced),
             ack_alone: std::sync::atomic::AtomicBool::new(false),
+            lease_until_ms: std::sync::atomic::AtomicU64::new(0),
             register_signal,
             watched: Mutex::new(HashSet::new()),
         }))
@@ -151,6 +169,12 @@ impl BrokerContext {
     /// this master (controller mode).
     pub fn is_write_fenced(&self) -> bool {
         self.write_fenced.load(std::sync::atomic::Ordering::Acquire)
+            || (self.config.enable_controller_mode
+                && self.config.is_master()
+                && mono_ms()
+                    >= self
+                        .lease_until_ms
+                        .load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Whether a SYNC_MASTER acknowledges without a slave (controller mode,

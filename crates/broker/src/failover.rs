@@ -23,7 +23,7 @@
 //! elects members of that set.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
-use crate::context::BrokerContext;
+use crate::context::{mono_ms_of, BrokerContext};
 use crate::controller::BrokerController;
 use crate::error::{BrokerError, Result};
 
@@ -140,6 +140,10 @@ impl Lease {
     fn confirm(&self, asked: Instant) {
         let ms = asked.saturating_duration_since(self.base).as_millis() as u64 + 1;
         self.confirmed_ms.fetch_max(ms, Ordering::AcqRel);
+        if let Some(ctx) = self.master.lock().as_ref() {
+            let until = mono_ms_of(asked) + self.length.as_millis() as u64;
+            ctx.lease_until_ms.fetch_max(until, Ordering::AcqRel);
+        }
     }
 
     fn lapsed(&self) -> bool {
@@ -166,11 +170,72 @@ impl Lease {
     }
 }
 
+/// What the heartbeat task reports, kept current by the supervisor.
+#[derive(Default)]
+struct Beat {
+    /// The master epoch while master, else -1.
+    epoch: AtomicI64,
+    /// The running broker, for its CommitLog end.
+    running: parking_lot::Mutex<Option<Arc<BrokerContext>>>,
+    last_max: AtomicI64,
+}
+
+/// BROKER_HEARTBEAT to every controller (each keeps its own liveness
+/// table, so a new leader knows who is alive) every
+/// `brokerHeartbeatInterval`, on a task of its own: a supervisor busy with a
+/// restart or slow calls must not look dead to the controller.
+fn spawn_heartbeats(
+    base: BrokerConfig,
+    broker_id: u64,
+    controllers: Vec<String>,
+    client: RemotingClient,
+    beat: Arc<Beat>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = base.broker_heartbeat_interval;
+        let timeout = every.max(Duration::from_millis(500));
+        loop {
+            let running = beat.running.lock().clone();
+            if let Some(ctx) = running {
+                beat.last_max
+                    .store(ctx.store.commit_log_max_offset().max(0), Ordering::Release);
+            }
+            let max = beat.last_max.load(Ordering::Acquire);
+            let mut req = RemotingCommand::request(rq::BROKER_HEARTBEAT);
+            req.set_ext("clusterName", &base.broker_cluster_name);
+            req.set_ext("brokerAddr", base.broker_addr());
+            req.set_ext("brokerName", &base.broker_name);
+            req.set_ext("brokerId", broker_id.to_string());
+            req.set_ext("epoch", beat.epoch.load(Ordering::Acquire).to_string());
+            req.set_ext("maxOffset", max.to_string());
+            req.set_ext("confirmOffset", max.to_string());
+            req.set_ext(
+                "heartbeatTimeoutMills",
+                base.controller_heart_beat_timeout.as_millis().to_string(),
+            );
+            req.set_ext("electionPriority", "0");
+            let sends = controllers.iter().map(|addr| {
+                let (req, client) = (req.clone(), client.clone());
+                async move {
+                    let _ = client.invoke(addr, req, timeout).await;
+                }
+            });
+            futures::future::join_all(sends).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
 /// A broker in controller mode.
 pub struct ControllerModeBroker {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     watchdog: JoinHandle<()>,
+    heartbeats: JoinHandle<()>,
     addr: String,
 }
 
@@ -183,7 +248,12 @@ impl ControllerModeBroker {
         // Half the controller's timeout: it elects a successor only after
         // the full timeout without heartbeats.
         let lease = Arc::new(Lease::new(config.controller_heart_beat_timeout / 2));
+        let beat = Arc::new(Beat {
+            epoch: AtomicI64::new(-1),
+            ..Beat::default()
+        });
         let mut sup = Supervisor {
+            beat: Arc::clone(&beat),
             lease: Arc::clone(&lease),
             controllers: config.controller_addrs(),
             leader_hint: 0,
@@ -200,6 +270,14 @@ impl ControllerModeBroker {
         sup.start_as(Role::Slave { master: None }, None).await?;
         let addr = sup.base.broker_addr();
         let (stop, stop_rx) = watch::channel(false);
+        let heartbeats = spawn_heartbeats(
+            sup.base.clone(),
+            sup.broker_id,
+            sup.controllers.clone(),
+            sup.client.clone(),
+            beat,
+            stop_rx.clone(),
+        );
         let mut wd_stop = stop_rx.clone();
         let task = tokio::spawn(sup.run(stop_rx));
         let watchdog = tokio::spawn(async move {
@@ -215,6 +293,7 @@ impl ControllerModeBroker {
             stop,
             task,
             watchdog,
+            heartbeats,
             addr,
         })
     }
@@ -228,6 +307,7 @@ impl ControllerModeBroker {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.watchdog.abort();
+        self.heartbeats.abort();
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "controller-mode supervisor failed");
         }
@@ -243,6 +323,7 @@ struct Supervisor {
     running: Option<BrokerController>,
     role: Role,
     lease: Arc<Lease>,
+    beat: Arc<Beat>,
     /// Per slave id, when it last had everything this master had a tick before.
     caught_up: HashMap<u64, Instant>,
     prev_max: u64,
@@ -270,7 +351,6 @@ impl Supervisor {
                     }
                 }
             } else {
-                self.heartbeat().await;
                 let asked = Instant::now();
                 match self.replica_info().await {
                     Ok(view) => {
@@ -394,6 +474,8 @@ impl Supervisor {
     async fn start_as(&mut self, role: Role, view: Option<&ReplicaView>) -> Result<()> {
         let mut local_max = None;
         *self.lease.master.lock() = None;
+        *self.beat.running.lock() = None;
+        self.beat.epoch.store(-1, Ordering::Release);
         if let Some(b) = self.running.take() {
             let ctx = Arc::clone(b.context());
             b.shutdown().await;
@@ -456,8 +538,8 @@ impl Supervisor {
                         return Err(BrokerError::Start(format!("epoch file task failed: {e}")));
                     }
                 }
-                self.lease.confirm(Instant::now());
                 *self.lease.master.lock() = Some(Arc::clone(&ctx));
+                self.lease.confirm(Instant::now());
                 self.caught_up.clear();
                 self.grow_barrier = None;
                 self.prev_max = start;
@@ -474,6 +556,10 @@ impl Supervisor {
                 }
                 tracing::info!(master = ?master, id = self.broker_id, "broker is a slave");
             }
+        }
+        *self.beat.running.lock() = Some(Arc::clone(&ctx));
+        if let Role::Master { epoch } = &role {
+            self.beat.epoch.store(i64::from(*epoch), Ordering::Release);
         }
         self.running = Some(broker);
         self.role = role;
@@ -823,48 +909,6 @@ impl Supervisor {
         req.set_ext("brokerName", &self.base.broker_name);
         let resp = self.call_leader(req).await?;
         Ok(parse_view(&resp))
-    }
-
-    /// BROKER_HEARTBEAT to every controller at once (each keeps its own
-    /// liveness table, so a new leader knows who is alive).
-    async fn heartbeat(&self) {
-        let max = self
-            .running
-            .as_ref()
-            .map_or(0, |b| b.context().store.commit_log_max_offset().max(0));
-        let epoch = match self.role {
-            Role::Master { epoch } => epoch as i64,
-            Role::Slave { .. } => -1,
-        };
-        let mut req = RemotingCommand::request(rq::BROKER_HEARTBEAT);
-        req.set_ext("clusterName", &self.base.broker_cluster_name);
-        req.set_ext("brokerAddr", self.base.broker_addr());
-        req.set_ext("brokerName", &self.base.broker_name);
-        req.set_ext("brokerId", self.broker_id.to_string());
-        req.set_ext("epoch", epoch.to_string());
-        req.set_ext("maxOffset", max.to_string());
-        req.set_ext("confirmOffset", max.to_string());
-        req.set_ext(
-            "heartbeatTimeoutMills",
-            self.base
-                .controller_heart_beat_timeout
-                .as_millis()
-                .to_string(),
-        );
-        req.set_ext("electionPriority", "0");
-        let timeout = self
-            .base
-            .broker_heartbeat_interval
-            .max(Duration::from_millis(500));
-        let sends = self.controllers.iter().map(|addr| {
-            let req = req.clone();
-            let client = self.client.clone();
-            let addr = addr.clone();
-            async move {
-                let _ = client.invoke(&addr, req, timeout).await;
-            }
-        });
-        futures::future::join_all(sends).await;
     }
 }
 

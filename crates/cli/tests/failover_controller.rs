@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apogee_client::{AdminClient, Message, Producer, SendStatus};
@@ -880,4 +881,239 @@ async fn a_returning_master_cuts_the_tail_nobody_acknowledged() {
     producer2.shutdown().await;
     admin.shutdown().await;
     raw.close().await;
+}
+
+/// Rounds of failover under a steady trickle of sends (the chaos test's
+/// short form; `scripts/chaos/failover-rounds.sh` runs many). Each round
+/// takes the current master away — kill -9 on even rounds, SIGSTOP on odd
+/// ones (a frozen or cut-off master that comes back later believing it is
+/// master) — waits for the other replica to take sends, then brings the old
+/// one back (restart, or SIGCONT) and waits until it is in the SyncStateSet
+/// again. At the end every acknowledged message must be on the master at
+/// the queue and offset its SEND_OK named. Rounds: APOGEE_FAILOVER_ROUNDS (2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_rounds_lose_no_acknowledged_message() {
+    let rounds: usize = std::env::var("APOGEE_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = support::start_namesrv(&[]);
+    let ns = namesrv.addr.to_string();
+    let group = start_controllers(dir.path());
+    let ctl = group.addrs.join(";");
+    let raw = RemotingClient::new(ClientConfig::default());
+    let (pa, pb) = (free_port(), free_port());
+    let (a, a_addr) = spawn_broker(dir.path(), "a", &ns, &ctl, pa, &[]);
+    let (b, b_addr) = spawn_broker(dir.path(), "b", &ns, &ctl, pb, &[]);
+    let names = BTreeMap::from([(a_addr.clone(), ("a", pa)), (b_addr.clone(), ("b", pb))]);
+    let mut brokers: BTreeMap<String, Proc> = BTreeMap::from([(a_addr, a), (b_addr, b)]);
+    let in_sync = |want: usize| {
+        let raw = raw.clone();
+        let addrs = group.addrs.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some((m, n, _)) = replica_info(&raw, &addrs).await {
+                    if n == want {
+                        return Some(m);
+                    }
+                }
+                if Instant::now() > deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let master = in_sync(2).await.expect("a 2-replica SyncStateSet");
+    let admin = AdminClient::builder()
+        .namesrv_addr(ns.clone())
+        .build()
+        .expect("admin");
+    admin
+        .create_topic(
+            &master,
+            &TopicConfig {
+                topic_name: TOPIC.into(),
+                read_queue_nums: QUEUES,
+                write_queue_nums: QUEUES,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    let slave = names.keys().find(|k| **k != master).cloned().unwrap();
+    let known = wait_for(Duration::from_secs(30), || async {
+        admin
+            .instance()
+            .pull(
+                &slave,
+                BROKER_NAME,
+                request_code::PULL_MESSAGE,
+                &pull_header(0, 0),
+                Duration::from_secs(5),
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(known, "the slave never copied the topic config");
+
+    // The sender: one message after another; a fresh producer (fresh
+    // route) after any failure, as an application would retry: the time to
+    // the first SEND_OK then measures the failover, not a client's route
+    // refresh period.
+    type Acks = Arc<parking_lot::Mutex<Vec<((i32, i64), String, Instant)>>>;
+    let acks: Acks = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (acks, stop, ns) = (Arc::clone(&acks), Arc::clone(&stop), ns.clone());
+        tokio::spawn(async move {
+            let mut producer = new_producer(&ns, "rounds-producer").await;
+            let (mut i, mut failures) = (0u64, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let body = format!("m-{i}");
+                i += 1;
+                match tokio::time::timeout(
+                    Duration::from_secs(4),
+                    producer.send(Message::new(TOPIC, body.clone())),
+                )
+                .await
+                {
+                    Ok(Ok(r)) if r.status == SendStatus::SendOk => {
+                        failures = 0;
+                        acks.lock().push((
+                            (r.queue.queue_id, r.queue_offset),
+                            body,
+                            Instant::now(),
+                        ));
+                    }
+                    _ => {
+                        failures += 1;
+                        if failures >= 1 {
+                            producer.shutdown().await;
+                            producer = new_producer(&ns, "rounds-producer").await;
+                            failures = 0;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            producer.shutdown().await;
+        })
+    };
+
+    let mut failover_ms = Vec::new();
+    for round in 0..rounds {
+        let master = in_sync(2).await.unwrap_or_else(|| {
+            let all: Vec<&Proc> = brokers.values().collect();
+            panic!(
+                "round {round}: the set never got both replicas in sync: {}",
+                dump(&all)
+            )
+        });
+        let other = names.keys().find(|k| **k != master).cloned().unwrap();
+        let freeze = round % 2 == 1;
+        let t0 = Instant::now();
+        {
+            let p = brokers.get_mut(&master).unwrap();
+            if freeze {
+                let st = Command::new("kill")
+                    .args(["-STOP", &p.child.id().to_string()])
+                    .status();
+                assert!(st.is_ok_and(|s| s.success()));
+            } else {
+                p.kill9();
+            }
+        }
+        // The other replica is master and acknowledges a send.
+        let deadline = t0 + Duration::from_secs(20);
+        let took = loop {
+            let after = acks
+                .lock()
+                .iter()
+                .find(|(_, _, at)| *at > t0)
+                .map(|(_, _, at)| *at - t0);
+            let moved =
+                matches!(replica_info(&raw, &group.addrs).await, Some((m, _, _)) if m == other);
+            if let (Some(d), true) = (after, moved) {
+                break d;
+            }
+            let all: Vec<&Proc> = brokers.values().collect();
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no send acknowledged after the failover: {}",
+                dump(&all)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        failover_ms.push(took.as_millis() as u64);
+        eprintln!(
+            "round {round} ({}) failover {} ms",
+            if freeze { "SIGSTOP" } else { "kill -9" },
+            took.as_millis()
+        );
+        // Bring the old master back as a replica.
+        if freeze {
+            let p = brokers.get_mut(&master).unwrap();
+            let st = Command::new("kill")
+                .args(["-CONT", &p.child.id().to_string()])
+                .status();
+            assert!(st.is_ok_and(|s| s.success()));
+        } else {
+            let (name, port) = names[&master];
+            let (p, addr) = spawn_broker(dir.path(), name, &ns, &ctl, port, &[]);
+            assert_eq!(addr, master);
+            brokers.insert(addr, p);
+        }
+    }
+    assert!(
+        in_sync(2).await.is_some(),
+        "the last old master never rejoined"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let _ = sender.await;
+
+    let master = replica_info(&raw, &group.addrs).await.expect("master").0;
+    let acked: Vec<_> = acks.lock().clone();
+    let on_master = read_all(&admin, &master).await;
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(k, v, _)| on_master.get(k) != Some(v))
+        .map(|(k, v, _)| (*k, v.clone()))
+        .collect();
+    let mut seen = std::collections::HashMap::new();
+    for v in on_master.values() {
+        *seen.entry(v.clone()).or_insert(0u32) += 1;
+    }
+    let duplicates = seen.values().filter(|&&n| n > 1).count();
+    failover_ms.sort_unstable();
+    let p50 = failover_ms.get(failover_ms.len() / 2).copied().unwrap_or(0);
+    let max = failover_ms.last().copied().unwrap_or(0);
+    eprintln!(
+        "FAILOVER_ROUNDS rounds={rounds} acked={} lost={} duplicates={duplicates} failover_ms_p50={p50} failover_ms_max={max}",
+        acked.len(),
+        lost.len()
+    );
+    let all: Vec<&Proc> = brokers
+        .values()
+        .chain(group.procs.iter().flatten())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged messages lost: {:?}: {}",
+        &lost[..lost.len().min(5)],
+        dump(&all)
+    );
+    assert!(max <= 10_000, "a failover took {max} ms");
+    admin.shutdown().await;
+    raw.close().await;
+    drop(all);
+    drop(brokers);
+    drop(group);
+    if std::env::var_os("APOGEE_FO_KEEP").is_some() {
+        eprintln!("logs and data kept in {}", dir.keep().display());
+    }
 }
