@@ -241,6 +241,10 @@ impl ControllerServer {
 
         let peer_registry = ProcessorRegistry::new();
         register_peer_processors(&peer_registry, &raft);
+        // GET_METADATA_INFO names the leader by its peer address (the one in
+        // controllerDLegerPeers): clients that follow it, as Apache's
+        // brokers and mqadmin do, find the same API there.
+        crate::processor::register(&peer_registry, &shared);
         let peer_server = RemotingServer::bind(
             ServerConfig::new(SocketAddr::new(bind_ip, peer_port)),
             peer_registry,

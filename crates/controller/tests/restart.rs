@@ -96,6 +96,20 @@ async fn state_survives_a_restart() {
     assert_eq!(r.ext("masterEpoch"), Some("1"));
     let body: serde_json::Value = serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
     assert_eq!(body["syncStateSet"], serde_json::json!([1]));
+    // The leader address GET_METADATA_INFO gives is the peer address, and
+    // the same API answers there.
+    let peer_addr = format!("127.0.0.1:{peer}");
+    let meta = until_ok(
+        &client,
+        &peer_addr,
+        RemotingCommand::request(request_code::CONTROLLER_GET_METADATA_INFO),
+    )
+    .await;
+    assert_eq!(
+        meta.ext("controllerLeaderAddress"),
+        Some(peer_addr.as_str())
+    );
+    assert_eq!(meta.ext("isLeader"), Some("true"));
     server.shutdown().await;
     client.close().await;
 }
