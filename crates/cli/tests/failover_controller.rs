@@ -93,6 +93,31 @@ fn spawn(args: &[String], log: &Path, prefix: &'static str) -> (Proc, SocketAddr
 struct ControllerGroup {
     procs: Vec<Option<Proc>>,
     addrs: Vec<String>,
+    /// Each member's command line, to restart it on its ports and store.
+    args: Vec<Vec<String>>,
+    dir: PathBuf,
+}
+
+impl ControllerGroup {
+    /// The index of the member that says it leads.
+    async fn leader(&self, client: &RemotingClient) -> Option<usize> {
+        for (i, a) in self.addrs.iter().enumerate() {
+            let req = RemotingCommand::request(request_code::CONTROLLER_GET_METADATA_INFO);
+            if let Ok(r) = client.invoke(a, req, Duration::from_secs(1)).await {
+                if r.ext("isLeader") == Some("true") {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    fn restart(&mut self, i: usize) {
+        let log = self.dir.join(format!("controller-n{i}-{}.log", now_ms()));
+        let (p, addr) = spawn(&self.args[i], &log, "apogee controller listening on ");
+        assert_eq!(addr.to_string(), self.addrs[i]);
+        self.procs[i] = Some(p);
+    }
 }
 
 fn start_controllers(dir: &Path) -> ControllerGroup {
@@ -105,6 +130,7 @@ fn start_controllers(dir: &Path) -> ControllerGroup {
         .join(";");
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
+    let mut all_args = Vec::new();
     for (i, (listen, _)) in ports.iter().enumerate() {
         let args: Vec<String> = [
             "controller".to_string(),
@@ -134,8 +160,14 @@ fn start_controllers(dir: &Path) -> ControllerGroup {
         );
         procs.push(Some(p));
         addrs.push(addr.to_string());
+        all_args.push(args);
     }
-    ControllerGroup { procs, addrs }
+    ControllerGroup {
+        procs,
+        addrs,
+        args: all_args,
+        dir: dir.to_path_buf(),
+    }
 }
 
 fn spawn_broker(
@@ -900,7 +932,7 @@ async fn failover_rounds_lose_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let namesrv = support::start_namesrv(&[]);
     let ns = namesrv.addr.to_string();
-    let group = start_controllers(dir.path());
+    let mut group = start_controllers(dir.path());
     let ctl = group.addrs.join(";");
     let raw = RemotingClient::new(ClientConfig::default());
     let (pa, pb) = (free_port(), free_port());
@@ -908,15 +940,16 @@ async fn failover_rounds_lose_no_acknowledged_message() {
     let (b, b_addr) = spawn_broker(dir.path(), "b", &ns, &ctl, pb, &[]);
     let names = BTreeMap::from([(a_addr.clone(), ("a", pa)), (b_addr.clone(), ("b", pb))]);
     let mut brokers: BTreeMap<String, Proc> = BTreeMap::from([(a_addr, a), (b_addr, b)]);
+    let ctl_addrs = group.addrs.clone();
     let in_sync = |want: usize| {
         let raw = raw.clone();
-        let addrs = group.addrs.clone();
+        let addrs = ctl_addrs.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if let Some((m, n, _)) = replica_info(&raw, &addrs).await {
+                if let Some((m, n, e)) = replica_info(&raw, &addrs).await {
                     if n == want {
-                        return Some(m);
+                        return Some((m, e));
                     }
                 }
                 if Instant::now() > deadline {
@@ -926,7 +959,7 @@ async fn failover_rounds_lose_no_acknowledged_message() {
             }
         }
     };
-    let master = in_sync(2).await.expect("a 2-replica SyncStateSet");
+    let (master, _) = in_sync(2).await.expect("a 2-replica SyncStateSet");
     let admin = AdminClient::builder()
         .namesrv_addr(ns.clone())
         .build()
@@ -1007,7 +1040,7 @@ async fn failover_rounds_lose_no_acknowledged_message() {
 
     let mut failover_ms = Vec::new();
     for round in 0..rounds {
-        let master = in_sync(2).await.unwrap_or_else(|| {
+        let (master, epoch0) = in_sync(2).await.unwrap_or_else(|| {
             let all: Vec<&Proc> = brokers.values().collect();
             panic!(
                 "round {round}: the set never got both replicas in sync: {}",
@@ -1016,6 +1049,18 @@ async fn failover_rounds_lose_no_acknowledged_message() {
         });
         let other = names.keys().find(|k| **k != master).cloned().unwrap();
         let freeze = round % 2 == 1;
+        // Every third round the controller leader dies first (its log and
+        // vote on disk bring it back later).
+        let killed_leader = if round % 3 == 2 {
+            let l = group.leader(&raw).await;
+            if let Some(p) = l.and_then(|i| group.procs[i].as_mut()) {
+                p.kill9();
+            }
+            eprintln!("round {round}: killed the controller leader {l:?}");
+            l
+        } else {
+            None
+        };
         let t0 = Instant::now();
         {
             let p = brokers.get_mut(&master).unwrap();
@@ -1036,8 +1081,9 @@ async fn failover_rounds_lose_no_acknowledged_message() {
                 .iter()
                 .find(|(_, _, at)| *at > t0)
                 .map(|(_, _, at)| *at - t0);
-            let moved =
-                matches!(replica_info(&raw, &group.addrs).await, Some((m, _, _)) if m == other);
+            // A new epoch: the controller's answers never go back in time.
+            let moved = matches!(replica_info(&raw, &group.addrs).await,
+                Some((m, _, e)) if m == other && e > epoch0);
             if let (Some(d), true) = (after, moved) {
                 break d;
             }
@@ -1051,10 +1097,13 @@ async fn failover_rounds_lose_no_acknowledged_message() {
         };
         failover_ms.push(took.as_millis() as u64);
         eprintln!(
-            "round {round} ({}) failover {} ms",
+            "round {round} ({} of {master}, master epoch {epoch0}) failover {} ms",
             if freeze { "SIGSTOP" } else { "kill -9" },
             took.as_millis()
         );
+        if let Some(i) = killed_leader {
+            group.restart(i);
+        }
         // Bring the old master back as a replica.
         if freeze {
             let p = brokers.get_mut(&master).unwrap();
