@@ -39,7 +39,7 @@ log=$(mktemp)
 APOGEE_FAILOVER_ROUNDS=$rounds setsid cargo test --release -p apogee --test failover_controller -- \
   --exact failover_rounds_lose_no_acknowledged_message --nocapture > "$log" 2>&1 &
 pid=$!
-tail -n +1 -f --pid="$pid" "$log" | grep --line-buffered -E '^round [0-9]+ |FAILOVER_ROUNDS|panicked|test result' &
+tail -n +1 -f --pid="$pid" "$log" | grep --line-buffered -E '^round [0-9]+[ :]|FAILOVER_ROUNDS|panicked|test result' &
 start=$SECONDS
 while kill -0 "$pid" 2>/dev/null; do
   if [ $((SECONDS - start)) -gt "$limit" ]; then
