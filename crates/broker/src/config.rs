@@ -82,11 +82,6 @@ pub const UNSUPPORTED_VALUES: &[UnsupportedValue] = &[
         feature: "client authentication",
     },
     UnsupportedValue {
-        key: "enableControllerMode",
-        values: &["true"],
-        feature: "controller mode (automatic master election)",
-    },
-    UnsupportedValue {
         key: "enableDLegerCommitLog",
         values: &["true"],
         feature: "DLedger (Raft) CommitLog",
@@ -234,6 +229,25 @@ pub struct BrokerConfig {
     pub ha_max_gap_not_in_sync: u64,
     /// `haHousekeepingInterval`: an HA link silent this long is closed (20 s).
     pub ha_housekeeping_interval: Duration,
+    /// `enableControllerMode`: the controller group (`controllerAddr`)
+    /// decides which replica of this brokerName is master; `brokerRole`
+    /// then only says how a master acknowledges (SYNC_MASTER waits for a
+    /// slave, otherwise ASYNC_MASTER) and `brokerId` is applied for from
+    /// the controller.
+    pub enable_controller_mode: bool,
+    /// `controllerAddr`: the controllers' `host:port;host:port`.
+    pub controller_addr: Option<String>,
+    /// `controllerHeartBeatTimeoutMills`: the controller counts a broker
+    /// dead after this long without a heartbeat, and a master that could
+    /// not confirm its role with the controller group for half of it stops
+    /// accepting writes (10 s).
+    pub controller_heart_beat_timeout: Duration,
+    /// `brokerHeartbeatInterval`: how often heartbeats go to the
+    /// controllers and the role is checked (1 s).
+    pub broker_heartbeat_interval: Duration,
+    /// `haMaxTimeSlaveNotCatchup`: a slave behind the master for this long
+    /// leaves the SyncStateSet (15 s).
+    pub ha_max_time_slave_not_catchup: Duration,
     /// Store settings (`storePathRootDir`, `flushDiskType`, `maxMessageSize`, ...).
     pub store: MessageStoreConfig,
 }
@@ -295,6 +309,11 @@ impl Default for BrokerConfig {
             ha_transfer_batch_size: 32 * 1024,
             ha_max_gap_not_in_sync: 256 * 1024 * 1024,
             ha_housekeeping_interval: Duration::from_millis(20_000),
+            enable_controller_mode: false,
+            controller_addr: None,
+            controller_heart_beat_timeout: Duration::from_millis(10_000),
+            broker_heartbeat_interval: Duration::from_millis(1000),
+            ha_max_time_slave_not_catchup: Duration::from_millis(15_000),
             store: MessageStoreConfig::default(),
         }
     }
@@ -404,6 +423,31 @@ impl BrokerConfig {
                     self.ha_master_address = (!v.is_empty()).then(|| v.to_string());
                 }
                 "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval = positive_ms(k, v)?,
+                "enableControllerMode" => self.enable_controller_mode = parse_bool(k, v)?,
+                "controllerAddr" => {
+                    let v = v.trim();
+                    for a in v.split(';').map(str::trim).filter(|a| !a.is_empty()) {
+                        if a.rsplit_once(':')
+                            .and_then(|(_, p)| p.parse::<u16>().ok())
+                            .is_none()
+                        {
+                            return Err(BrokerError::config(
+                                k,
+                                format!(
+                                    "'{a}' is not host:port (controllers as host:port;host:port)"
+                                ),
+                            ));
+                        }
+                    }
+                    self.controller_addr = (!v.is_empty()).then(|| v.to_string());
+                }
+                "controllerHeartBeatTimeoutMills" => {
+                    self.controller_heart_beat_timeout = positive_ms(k, v)?
+                }
+                "brokerHeartbeatInterval" => self.broker_heartbeat_interval = positive_ms(k, v)?,
+                "haMaxTimeSlaveNotCatchup" => {
+                    self.ha_max_time_slave_not_catchup = positive_ms(k, v)?
+                }
                 "haTransferBatchSize" => {
                     let n: usize = positive(k, parse(k, v)?)?;
                     if n > 4 * 1024 * 1024 {
@@ -566,11 +610,7 @@ impl BrokerConfig {
                     self.store.max_filter_message_count = positive(k, parse(k, v)?)?
                 }
                 // Their other values are what Apogee does anyway.
-                "aclEnable"
-                | "authenticationEnabled"
-                | "enableControllerMode"
-                | "enableDLegerCommitLog"
-                | "tlsEnable" => {
+                "aclEnable" | "authenticationEnabled" | "enableDLegerCommitLog" | "tlsEnable" => {
                     parse_bool(k, v)?;
                 }
                 _ if IGNORED_KEYS.contains(&k) => warn_not_honoured(k, v),
@@ -578,6 +618,45 @@ impl BrokerConfig {
             }
         }
         Ok(unknown)
+    }
+
+    /// Controller addresses from `controllerAddr`.
+    pub fn controller_addrs(&self) -> Vec<String> {
+        self.controller_addr
+            .as_deref()
+            .unwrap_or("")
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// What controller mode needs before a start: impossible combinations
+    /// stop it with an error naming the key.
+    pub fn check_controller_mode(&self) -> Result<()> {
+        if !self.enable_controller_mode {
+            return Ok(());
+        }
+        if self.controller_addrs().is_empty() {
+            return Err(BrokerError::config(
+                "controllerAddr",
+                "enableControllerMode=true needs the controllers' addresses (host:port;host:port)",
+            ));
+        }
+        if self.listen_port == 0 {
+            return Err(BrokerError::config(
+                "listenPort",
+                "controller mode needs a fixed port: the address registered with the controller must stay the same across role changes",
+            ));
+        }
+        if self.ha_master_address.is_some() {
+            return Err(BrokerError::config(
+                "haMasterAddress",
+                "in controller mode the controller names the master; remove haMasterAddress",
+            ));
+        }
+        Ok(())
     }
 
     /// NameServer addresses from `namesrvAddr` (`a:9876;b:9876`).
@@ -686,6 +765,26 @@ impl BrokerConfig {
         );
         put("haMaxGapNotInSync", self.ha_max_gap_not_in_sync.to_string());
         put("haHousekeepingInterval", ms(self.ha_housekeeping_interval));
+        put(
+            "enableControllerMode",
+            self.enable_controller_mode.to_string(),
+        );
+        put(
+            "controllerAddr",
+            self.controller_addr.clone().unwrap_or_default(),
+        );
+        put(
+            "controllerHeartBeatTimeoutMills",
+            ms(self.controller_heart_beat_timeout),
+        );
+        put(
+            "brokerHeartbeatInterval",
+            ms(self.broker_heartbeat_interval),
+        );
+        put(
+            "haMaxTimeSlaveNotCatchup",
+            ms(self.ha_max_time_slave_not_catchup),
+        );
         put("brokerPermission", self.broker_permission.to_string());
         put(
             "autoCreateTopicEnable",
@@ -1018,8 +1117,30 @@ mod tests {
     }
 
     #[test]
-    fn enable_controller_mode_true_is_refused() {
-        assert_refused("enableControllerMode", "true");
+    fn controller_mode_needs_controllers_and_a_fixed_port() {
+        let mut c = BrokerConfig::default();
+        c.apply(&props(&[
+            ("enableControllerMode", "true"),
+            ("listenPort", "10911"),
+        ]))
+        .unwrap();
+        let e = c.check_controller_mode().unwrap_err().to_string();
+        assert!(e.contains("controllerAddr"), "{e}");
+        c.apply(&props(&[(
+            "controllerAddr",
+            "127.0.0.1:9878;127.0.0.1:9868",
+        )]))
+        .unwrap();
+        assert_eq!(c.controller_addrs().len(), 2);
+        c.check_controller_mode().unwrap();
+        c.listen_port = 0;
+        let e = c.check_controller_mode().unwrap_err().to_string();
+        assert!(e.contains("listenPort"), "{e}");
+        let bad = BrokerConfig::default()
+            .apply(&props(&[("controllerAddr", "nohost")]))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("controllerAddr"), "{bad}");
     }
 
     #[test]

@@ -55,8 +55,33 @@ pub struct BrokerContext {
     pub ha_client: OnceLock<Arc<HaClient>>,
     /// A slave's master (its remoting address), from NameServer registration.
     pub master_addr: RwLock<Option<String>>,
+    /// Controller mode: set while this master is not confirmed by the
+    /// controller group (just started, lease lapsed, being demoted); sends
+    /// are refused so that two masters never acknowledge for one broker set.
+    pub write_fenced: std::sync::atomic::AtomicBool,
+    /// Controller mode: the controller's SyncStateSet holds this master
+    /// alone, so a SYNC_MASTER acknowledges without a slave (no other
+    /// replica can be elected). Cleared before the set may grow.
+    pub ack_alone: std::sync::atomic::AtomicBool,
+    /// Controller mode: a master takes writes only until this instant
+    /// ([`mono_ms`]), the end of the lease its last confirmation by the
+    /// controller leader bought. Checked on every send, so a master that
+    /// was frozen or cut off refuses the requests queued meanwhile.
+    pub lease_until_ms: std::sync::atomic::AtomicU64,
     register_signal: Arc<RegisterSignal>,
     watched: Mutex<HashSet<ChannelId>>,
+}
+
+/// Milliseconds on a process-wide monotonic clock (for leases).
+pub fn mono_ms() -> u64 {
+    mono_ms_of(Instant::now())
+}
+
+/// [`mono_ms`] of an earlier or later instant.
+pub fn mono_ms_of(t: Instant) -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    t.saturating_duration_since(*BASE.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 impl BrokerContext {
@@ -82,6 +107,7 @@ impl BrokerContext {
         let pull_hold = PullRequestHoldService::new(&config);
         let schedule = ScheduleMessageService::new(&config)?;
         let stats = BrokerStats::new();
+        let fenced = config.enable_controller_mode;
         Ok(Arc::new(BrokerContext {
             runtime_config: RwLock::new(config.clone()),
             broker_addr: store_host.to_string(),
@@ -102,6 +128,11 @@ impl BrokerContext {
             ha_server: OnceLock::new(),
             ha_client: OnceLock::new(),
             master_addr: RwLock::new(None),
+            // A controller-mode master writes only once the controller
+            // confirmed it and its epoch is recorded.
+            write_fenced: std::sync::atomic::AtomicBool::new(fenced),
+            ack_alone: std::sync::atomic::AtomicBool::new(false),
+            lease_until_ms: std::sync::atomic::AtomicU64::new(0),
             register_signal,
             watched: Mutex::new(HashSet::new()),
         }))
@@ -136,6 +167,24 @@ impl BrokerContext {
                 ctx.producers.on_channel_closed(ch.id());
             }
         });
+    }
+
+    /// Whether sends are refused while the controller has not confirmed
+    /// this master (controller mode).
+    pub fn is_write_fenced(&self) -> bool {
+        self.write_fenced.load(std::sync::atomic::Ordering::Acquire)
+            || (self.config.enable_controller_mode
+                && self.config.is_master()
+                && mono_ms()
+                    >= self
+                        .lease_until_ms
+                        .load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Whether a SYNC_MASTER acknowledges without a slave (controller mode,
+    /// SyncStateSet of this master alone).
+    pub fn acks_alone(&self) -> bool {
+        self.ack_alone.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The HA server, on a master that runs one.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod failover;
 pub mod filter;
 pub mod long_polling;
 pub mod namesrv_api;

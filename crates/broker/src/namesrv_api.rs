@@ -175,7 +175,9 @@ impl NamesrvApi {
                 *cur = Some(master);
             }
         }
-        if ctx.config.ha_master_address.is_none() {
+        // In controller mode only the controller names the master: a replica
+        // must compare epochs (and maybe cut its tail) before it follows.
+        if ctx.config.ha_master_address.is_none() && !ctx.config.enable_controller_mode {
             if let Some(ha) = h.ha_server_addr.filter(|a| !a.is_empty()) {
                 client.set_master_addr(&ha);
             }

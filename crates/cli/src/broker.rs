@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use apogee_broker::failover::ControllerModeBroker;
 use apogee_broker::{BrokerConfig, BrokerController};
 use clap::Args;
 
@@ -59,6 +60,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         settings::print(&config.to_properties());
         return Ok(());
     }
+    if config.enable_controller_mode {
+        return runtime()?.block_on(run_controller_mode(config));
+    }
     runtime()?.block_on(async move {
         let broker = start_broker(config).await?;
         apogee_remoting::shutdown_signal().await;
@@ -66,6 +70,23 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         broker.shutdown().await;
         Ok(())
     })
+}
+
+/// `enableControllerMode=true`: the controller group decides the role.
+async fn run_controller_mode(config: BrokerConfig) -> anyhow::Result<()> {
+    raise_open_files_limit();
+    println!(
+        "apogee broker data folder {}",
+        config.store.store_path_root_dir.display()
+    );
+    let broker = ControllerModeBroker::start(config)
+        .await
+        .context("cannot start the broker in controller mode")?;
+    println!("apogee broker listening on {}", broker.broker_addr());
+    apogee_remoting::shutdown_signal().await;
+    tracing::info!("shutting down");
+    broker.shutdown().await;
+    Ok(())
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

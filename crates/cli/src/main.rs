@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod broker;
+mod controller;
 mod namesrv;
 mod settings;
 mod standalone;
@@ -49,6 +50,14 @@ enum Command {
                             storePathRootDir=/data/apogee\n  flushDiskType=ASYNC_FLUSH\n  \
                             autoCreateTopicEnable=true")]
     Broker(broker::BrokerArgs),
+    /// Run one member of a controller group (RocketMQ 5 controller mode):
+    /// elects a master for each broker set whose brokers run with
+    /// enableControllerMode=true, and moves it when the master dies.
+    #[command(after_help = "Examples:\n  \
+                            apogee controller --set controllerDLegerPeers='n0-127.0.0.1:9877;n1-127.0.0.1:9867;n2-127.0.0.1:9857' \
+                            --set controllerDLegerSelfId=n0 --set listenPort=9878 --set controllerStorePath=/data/ctl-n0\n  \
+                            apogee controller -c conf/controller.conf")]
+    Controller(controller::ControllerArgs),
     /// Run a NameServer and a Broker in one process, data in ./apogee-data,
     /// topics and groups created on first use. The easiest way to start.
     #[command(after_help = "Examples:\n  apogee standalone\n  \
@@ -76,10 +85,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The admin and bench tools print results; only warnings belong next to them.
     let quiet = matches!(cli.command, Command::Admin(_) | Command::Bench(_));
-    init_tracing(if quiet { "warn" } else { "info" });
+    // openraft narrates every vote and replication step at info.
+    init_tracing(if quiet { "warn" } else { "info,openraft=warn" });
     match cli.command {
         Command::Namesrv(args) => namesrv::run(args),
         Command::Broker(args) => broker::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::Standalone(args) => standalone::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Bench(cmd) => bench::run(cmd),

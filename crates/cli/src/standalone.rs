@@ -33,6 +33,12 @@ pub fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     defaults.insert("autoCreateTopicEnable".into(), "true".into());
     defaults.insert("autoCreateSubscriptionGroup".into(), "true".into());
     let mut config = broker::build_config(&args.broker, &defaults)?;
+    if config.enable_controller_mode {
+        anyhow::bail!(
+            "invalid broker config enableControllerMode: standalone runs one broker beside its own \
+             NameServer; run controller mode with `apogee controller` and `apogee broker`"
+        );
+    }
     if args.broker.print_config {
         let mut props = config.to_properties();
         props.insert("namesrvPort".into(), args.namesrv_port.to_string());

@@ -91,9 +91,70 @@ fn authentication_enabled_stops_the_start() {
     assert_start_refused("authenticationEnabled", "true");
 }
 
+/// Controller mode is honoured now, but only with what it needs: a start
+/// without controllers (or in standalone) stops with an error naming the key.
 #[test]
-fn enable_controller_mode_stops_the_start() {
-    assert_start_refused("enableControllerMode", "true");
+fn controller_mode_without_what_it_needs_stops_the_start() {
+    for (args, key) in [
+        (
+            &[
+                "broker",
+                "-n",
+                "127.0.0.1:1",
+                "--listen-port",
+                "0",
+                "--set",
+                "bindAddress=127.0.0.1",
+                "--set",
+                "storePathRootDir=store",
+                "--set",
+                "enableControllerMode=true",
+            ][..],
+            "controllerAddr",
+        ),
+        (
+            &[
+                "broker",
+                "-n",
+                "127.0.0.1:1",
+                "--listen-port",
+                "0",
+                "--set",
+                "bindAddress=127.0.0.1",
+                "--set",
+                "storePathRootDir=store",
+                "--set",
+                "enableControllerMode=true",
+                "--set",
+                "controllerAddr=127.0.0.1:1",
+            ][..],
+            "listenPort",
+        ),
+        (
+            &[
+                "standalone",
+                "--namesrv-port",
+                "0",
+                "--listen-port",
+                "0",
+                "--set",
+                "bindAddress=127.0.0.1",
+                "--set",
+                "enableControllerMode=true",
+            ][..],
+            "enableControllerMode",
+        ),
+    ] {
+        let out = run_apogee(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started: {stdout} {stderr}");
+        assert!(
+            !stdout.contains("listening on"),
+            "{args:?} listened: {stdout}"
+        );
+        assert!(stderr.contains(key), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod commit_log;
 pub mod config;
 pub mod consume_queue;
 pub mod dispatch;
+pub mod epoch;
 pub mod error;
 pub mod flush;
 pub mod index;

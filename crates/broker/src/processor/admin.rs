@@ -6,6 +6,7 @@
 
 mod attributes;
 mod broker_config;
+mod epoch;
 mod forward;
 mod groups;
 mod ha;
@@ -132,6 +133,12 @@ pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
         ctx,
         rc::GET_BROKER_HA_STATUS,
         |c, _, _| async move { ha::get_broker_ha_status(&c) },
+    );
+    reg(
+        registry,
+        ctx,
+        rc::GET_BROKER_EPOCH_CACHE,
+        |c, _, _| async move { epoch::get_broker_epoch_cache(&c).await },
     );
     reg(
         registry,

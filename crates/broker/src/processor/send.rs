@@ -127,6 +127,13 @@ async fn send_inner(
             "[REJECTREQUEST]system busy, this broker is a slave and does not accept messages",
         ));
     }
+    if ctx.is_write_fenced() {
+        return Err(Reject::new(
+            response_code::SERVICE_NOT_AVAILABLE,
+            "this broker is not confirmed as master by the controller group (controller mode); \
+             writes are refused until it is",
+        ));
+    }
     let header = decode_send_header(req).map_err(|e| {
         Reject::new(
             response_code::SYSTEM_ERROR,
@@ -642,7 +649,10 @@ pub(super) async fn store_or_reject(
     input: StoreInput,
     meter: Option<&TopicMeter>,
 ) -> Result<(PutResult, Option<SyncOutcome>), Reject> {
+    // Controller mode: with a SyncStateSet of this master alone, only it
+    // can be elected, so its own copy is the acknowledgement.
     let wait_slave = ctx.config.is_sync_master()
+        && !ctx.acks_alone()
         && match &input {
             StoreInput::One(m) => waits_for_store(m),
             StoreInput::Batch(ms) => ms.iter().all(waits_for_store),

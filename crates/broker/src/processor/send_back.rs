@@ -90,6 +90,13 @@ pub async fn send_back(ctx: &BrokerContext, req: &RemotingCommand) -> Result<(),
                 .to_owned(),
         ));
     }
+    if ctx.is_write_fenced() {
+        return Err((
+            response_code::SERVICE_NOT_AVAILABLE,
+            "this broker is not confirmed as master by the controller group (controller mode)"
+                .to_owned(),
+        ));
+    }
     let h: ConsumerSendMsgBackRequestHeader = req.decode_header().map_err(|e| {
         (
             response_code::SYSTEM_ERROR,

@@ -20,6 +20,7 @@ macro_rules! out {
 }
 
 mod cluster;
+mod controller;
 mod group;
 mod message;
 mod output;
@@ -157,6 +158,36 @@ pub enum AdminCommand {
                       apogee admin haStatus -c DefaultCluster --json"
     )]
     HaStatus(cluster::BrokerTarget),
+    /// Controller mode: who leads the controller group, and its peers.
+    #[command(
+        name = "getControllerMetaData",
+        visible_alias = "get-controller-meta-data",
+        after_help = "Examples:\n  apogee admin getControllerMetaData -a 127.0.0.1:9878"
+    )]
+    GetControllerMetaData(controller::ControllerAddr),
+    /// Controller mode: each broker set's master, epochs and SyncStateSet.
+    #[command(
+        name = "getSyncStateSet",
+        visible_alias = "get-sync-state-set",
+        after_help = "Examples:\n  apogee admin getSyncStateSet -a 127.0.0.1:9878 -b broker-a\n  \
+                      apogee admin getSyncStateSet -a 127.0.0.1:9878 -c DefaultCluster --json"
+    )]
+    GetSyncStateSet(controller::SyncStateSetArgs),
+    /// Controller mode: each replica's epoch list (epoch -> CommitLog range).
+    #[command(
+        name = "getBrokerEpoch",
+        visible_alias = "get-broker-epoch",
+        after_help = "Examples:\n  apogee admin getBrokerEpoch -b broker-a\n  \
+                      apogee admin getBrokerEpoch -c DefaultCluster --json"
+    )]
+    GetBrokerEpoch(controller::BrokerEpochArgs),
+    /// Controller mode: make a replica of the SyncStateSet master.
+    #[command(
+        name = "electMaster",
+        visible_alias = "elect-master",
+        after_help = "Examples:\n  apogee admin electMaster -a 127.0.0.1:9878 -c DefaultCluster --brokerName broker-a -b 2"
+    )]
+    ElectMaster(controller::ElectMasterArgs),
     /// Look a message up by id: an offset message id or a client unique id (needs -t).
     #[command(
         name = "queryMsgById",
@@ -309,6 +340,10 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
         ClusterList(a) => cluster::cluster_list(ctx, a).await,
         BrokerStatus(a) => cluster::broker_status(ctx, a).await,
         HaStatus(a) => cluster::ha_status(ctx, a).await,
+        GetControllerMetaData(a) => controller::get_controller_metadata(ctx, a).await,
+        GetSyncStateSet(a) => controller::get_sync_state_set(ctx, a).await,
+        GetBrokerEpoch(a) => controller::get_broker_epoch(ctx, a).await,
+        ElectMaster(a) => controller::elect_master(ctx, a).await,
         GetBrokerConfig(a) => cluster::get_broker_config(ctx, a).await,
         UpdateBrokerConfig(a) => cluster::update_broker_config(ctx, a).await,
         CleanUnusedTopic(a) => cluster::cleanup(ctx, a, cluster::Cleanup::UnusedTopics).await,
