@@ -51,12 +51,15 @@ pub enum SqlError {
 /// Deepest nesting of parentheses and unary operators accepted (generous
 /// for real selectors); bounds the
 /// parser's recursion so hostile input cannot overflow the stack.
-pub const MAX_DEPTH: usize = 40;
+pub const MAX_DEPTH: usize = 20;
 
 /// Most binary operators (`AND`, `=`, `BETWEEN`, …) in one expression; the
 /// syntax tree is as deep as its longest chain, and compiling, evaluating
-/// and dropping it recurse.
-pub const MAX_OPERATORS: usize = 1000;
+/// and dropping it recurse on the caller's stack (a tokio worker's 2 MiB).
+/// Real selectors have a handful. With [`MAX_DEPTH`], the worst case needs
+/// under 1 MiB even with a debug build's frames (1000 operators or 40
+/// levels overflowed a worker's stack and aborted the broker).
+pub const MAX_OPERATORS: usize = 64;
 
 /// A message's properties as the selector sees them: a lookup by exact
 /// (case-sensitive) name.

@@ -457,30 +457,34 @@ fn comparison(i: &str) -> PResult<'_, Raw> {
             Err(e) => return Err(e),
         };
         operator(rest)?;
+        // The left side moves into the new node (a clone per operator made
+        // chains quadratic); the placeholder is overwritten right after.
+        let lhs = |left: &mut Raw| boxed(std::mem::replace(left, Raw::Lit(Lit::Null)));
         let (rest, next) = match op {
             CmpOp::Order(o) => {
-                map(cut(unary), |r| Raw::Cmp(o, boxed(left.clone()), boxed(r))).parse(rest)?
+                let (rest, r) = cut(unary).parse(rest)?;
+                (rest, Raw::Cmp(o, lhs(&mut left), boxed(r)))
             }
-            CmpOp::Text(t, negated) => map(cut(string_lit), |s| {
-                Raw::Text(t, boxed(left.clone()), s, negated)
-            })
-            .parse(rest)?,
+            CmpOp::Text(t, negated) => {
+                let (rest, s) = cut(string_lit).parse(rest)?;
+                (rest, Raw::Text(t, lhs(&mut left), s, negated))
+            }
             CmpOp::Between(negated) => {
                 let (rest, (low, high)) = cut((unary, preceded(kw("AND"), unary))).parse(rest)?;
                 (
                     rest,
-                    Raw::Between(boxed(left.clone()), boxed(low), boxed(high), negated),
+                    Raw::Between(lhs(&mut left), boxed(low), boxed(high), negated),
                 )
             }
-            CmpOp::In(negated) => map(
-                cut(delimited(
+            CmpOp::In(negated) => {
+                let (rest, list) = cut(delimited(
                     sym("("),
                     separated_list1(sym(","), string_lit),
                     sym(")"),
-                )),
-                |list| Raw::In(boxed(left.clone()), list, negated),
-            )
-            .parse(rest)?,
+                ))
+                .parse(rest)?;
+                (rest, Raw::In(lhs(&mut left), list, negated))
+            }
         };
         i = rest;
         left = next;

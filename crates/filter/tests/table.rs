@@ -272,3 +272,43 @@ proptest! {
         }
     }
 }
+
+/// The largest expressions the limits admit compile, evaluate and drop on
+/// half a tokio worker's stack (with a debug build's larger frames), and
+/// more is refused: a client's selector cannot overflow the broker's stack.
+#[test]
+fn largest_chains_fit_a_small_stack() {
+    use apogee_filter::{MAX_DEPTH, MAX_OPERATORS};
+    let chains = [
+        format!("a{}", " = 5".repeat(MAX_OPERATORS)),
+        format!("a > 1{}", " = TRUE".repeat(MAX_OPERATORS - 1)),
+        // Each link adds two operators.
+        format!("a = 5{}", " AND a = 5".repeat((MAX_OPERATORS - 1) / 2)),
+        format!("a = 5{}", " OR a = 5".repeat((MAX_OPERATORS - 1) / 2)),
+        format!(
+            "{}a = 5 AND a{}{}",
+            "(".repeat(MAX_DEPTH - 2),
+            " = 5".repeat(MAX_OPERATORS - 2),
+            ")".repeat(MAX_DEPTH - 2)
+        ),
+    ];
+    let worker = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || {
+            for sql in &chains {
+                let e = Expression::compile(sql)
+                    .unwrap_or_else(|err| panic!("{} chars refused: {err}", sql.len()));
+                let _ = e.matches(MSG);
+                drop(e);
+                let longer = format!("{sql} AND a = 5");
+                assert!(
+                    matches!(Expression::compile(&longer), Err(SqlError::TooComplex)),
+                    "one operator past the limit must be refused"
+                );
+            }
+        })
+        .expect("spawn");
+    worker
+        .join()
+        .expect("a chain at the limit overflowed or was refused");
+}
