@@ -43,6 +43,8 @@ pub struct BrokerContext {
     /// Compiled SQL92 subscriptions per (group, topic).
     pub sql_filters: SqlFilterCache,
     pub schedule: ScheduleMessageService,
+    /// Queues being popped right now.
+    pub pop_locks: crate::pop::processor::QueueLocks,
     pub stats: BrokerStats,
     /// `brokerIP1:port`, written into stored records as the store host.
     pub store_host: SocketAddr,
@@ -96,6 +98,7 @@ impl BrokerContext {
             pull_hold,
             sql_filters: SqlFilterCache::new(),
             schedule,
+            pop_locks: Default::default(),
             stats,
             store_host,
             started_at: Instant::now(),

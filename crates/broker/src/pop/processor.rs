@@ -1,0 +1,676 @@
+//! POP_MESSAGE, ACK_MESSAGE and CHANGE_MESSAGE_INVISIBLETIME.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apogee_protocol::code::{request_code, response_code};
+use apogee_protocol::flags::PermName;
+use apogee_protocol::header::{
+    AckMessageRequestHeader, ChangeInvisibleTimeRequestHeader, ChangeInvisibleTimeResponseHeader,
+    PopMessageRequestHeader, PopMessageResponseHeader,
+};
+use apogee_protocol::message::stored::{self, MessageToStore};
+use apogee_protocol::message::{keys, properties};
+use apogee_protocol::RemotingCommand;
+use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
+use apogee_store::GetStatus;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+
+use super::{
+    build_extra_info, retry_topic_v1, retry_topic_v2, revive_topic, AckMsg, CheckPoint, ExtraInfo,
+    PopError, ACK_TAG, CK_TAG, POP_ORDER_REVIVE_QUEUE, REVIVE_QUEUE_NUM,
+};
+use crate::context::BrokerContext;
+use crate::filter::{is_sql92, SubscriptionFilter, TagMessageFilter};
+use crate::processor::send::store_messages;
+use crate::processor::{bad_header, error_response};
+use crate::schedule::now_ms;
+
+/// A refusal; boxed so the `Result`s carrying it stay small.
+type Refusal = Box<RemotingCommand>;
+
+fn refuse(code: i32, remark: impl Into<String>) -> Refusal {
+    Box::new(error_response(code, remark))
+}
+
+/// Apache refuses pops of more than 32 messages.
+const MAX_POP_NUMS: i32 = 32;
+
+/// Queues being popped right now (`topic@group@queue`): two pops of the
+/// same queue at once would hand out the same messages (Apache's
+/// `QueueLockManager`); a busy queue is skipped, not waited for.
+#[derive(Default)]
+pub struct QueueLocks {
+    held: Mutex<HashSet<String>>,
+}
+
+struct QueueGuard<'a> {
+    locks: &'a QueueLocks,
+    key: String,
+}
+
+impl QueueLocks {
+    fn try_lock(&self, key: String) -> Option<QueueGuard<'_>> {
+        self.held
+            .lock()
+            .insert(key.clone())
+            .then_some(QueueGuard { locks: self, key })
+    }
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        self.locks.held.lock().remove(&self.key);
+    }
+}
+
+/// Registers POP_MESSAGE, ACK_MESSAGE and CHANGE_MESSAGE_INVISIBLETIME.
+pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
+    let c = Arc::clone(ctx);
+    registry.register(
+        request_code::POP_MESSAGE,
+        processor_fn(move |rc: RequestContext, req: RemotingCommand| {
+            let ctx = Arc::clone(&c);
+            async move { Ok(pop_message(&ctx, &rc, &req).await) }
+        }),
+    );
+    let c = Arc::clone(ctx);
+    registry.register(
+        request_code::ACK_MESSAGE,
+        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
+            let ctx = Arc::clone(&c);
+            async move { Ok(Some(ack_message(&ctx, &req).await)) }
+        }),
+    );
+    let c = Arc::clone(ctx);
+    registry.register(
+        request_code::CHANGE_MESSAGE_INVISIBLETIME,
+        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
+            let ctx = Arc::clone(&c);
+            async move { Ok(Some(change_invisible_time(&ctx, &req).await)) }
+        }),
+    );
+}
+
+/// What the pops of one request collected.
+#[derive(Default)]
+struct Collected {
+    records: Vec<Bytes>,
+    start_offset_info: String,
+    msg_offset_info: String,
+    rest_num: i64,
+}
+
+fn append_info(dst: &mut String, entry: std::fmt::Arguments<'_>) {
+    use std::fmt::Write;
+    if !dst.is_empty() {
+        dst.push(';');
+    }
+    let _ = dst.write_fmt(entry);
+}
+
+async fn pop_message(
+    ctx: &BrokerContext,
+    rc: &RequestContext,
+    req: &RemotingCommand,
+) -> Option<RemotingCommand> {
+    let h: PopMessageRequestHeader = match req.decode_header() {
+        Ok(h) => h,
+        Err(e) => return Some(bad_header(req.code, &e)),
+    };
+    if let Err(r) = pre_check(ctx, &h) {
+        return Some(*r);
+    }
+    let filter = match pop_filter(ctx, &h) {
+        Ok(f) => Arc::new(f),
+        Err(r) => return Some(*r),
+    };
+    let pop_time = now_ms();
+    let revive_qid = (pop_time.rem_euclid(i64::from(REVIVE_QUEUE_NUM))) as i32;
+    let mut got = match pop_all(ctx, &h, &filter, pop_time, revive_qid).await {
+        Ok(g) => g,
+        Err(r) => return Some(*r),
+    };
+    if got.records.is_empty() && h.poll_time > 0 {
+        // Long polling: park on every queue we could pop from and pop
+        // again when one of them grows or the poll time ends.
+        let hold = ctx.pull_hold.hold_time(Duration::from_millis(
+            u64::try_from(h.poll_time).unwrap_or(0),
+        ));
+        let mut parked = Vec::new();
+        for (topic, qid) in queues_of(ctx, &h) {
+            let max = ctx.store.max_offset(&topic, qid);
+            parked.push(Box::pin(
+                ctx.pull_hold
+                    .park(&topic, qid, max, Arc::clone(&filter))
+                    .wait(hold),
+            ));
+        }
+        if !parked.is_empty() {
+            tokio::select! {
+                _ = futures::future::select_all(parked) => {}
+                _ = rc.channel().closed() => return None,
+            }
+            got = match pop_all(ctx, &h, &filter, now_ms(), revive_qid).await {
+                Ok(g) => g,
+                Err(r) => return Some(*r),
+            };
+        }
+    }
+    let header = PopMessageResponseHeader {
+        pop_time,
+        invisible_time: h.invisible_time,
+        revive_qid,
+        rest_num: got.rest_num,
+        start_offset_info: Some(got.start_offset_info),
+        msg_offset_info: Some(got.msg_offset_info),
+        order_count_info: None,
+    };
+    if got.records.is_empty() {
+        return Some(
+            RemotingCommand::response(
+                response_code::POLLING_TIMEOUT,
+                "NO_MESSAGE_IN_QUEUE".to_owned(),
+            )
+            .with_header(&header),
+        );
+    }
+    let total: usize = got.records.iter().map(Bytes::len).sum();
+    let mut body = BytesMut::with_capacity(total);
+    for r in &got.records {
+        body.extend_from_slice(r);
+    }
+    ctx.stats.get(
+        &h.consumer_group,
+        &h.topic,
+        got.records.len() as u64,
+        total as u64,
+    );
+    Some(
+        RemotingCommand::response(response_code::SUCCESS, "FOUND".to_owned())
+            .with_header(&header)
+            .with_body(body.freeze()),
+    )
+}
+
+fn pre_check(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Result<(), Refusal> {
+    if !PermName::is_readable(ctx.runtime_config.read().broker_permission) {
+        return Err(refuse(
+            response_code::NO_PERMISSION,
+            format!("the broker[{}] pop message is forbidden", ctx.broker_addr),
+        ));
+    }
+    if h.max_msg_nums > MAX_POP_NUMS || h.max_msg_nums <= 0 {
+        return Err(refuse(
+            response_code::INVALID_PARAMETER,
+            format!(
+                "the broker[{}] pop message's num must be within 1..={MAX_POP_NUMS}, got {}",
+                ctx.broker_addr, h.max_msg_nums
+            ),
+        ));
+    }
+    if h.invisible_time <= 0 {
+        return Err(refuse(
+            response_code::INVALID_PARAMETER,
+            format!("invisibleTime must be positive, got {}", h.invisible_time),
+        ));
+    }
+    if h.order == Some(true) {
+        return Err(refuse(
+            response_code::SYSTEM_ERROR,
+            "orderly POP is not supported by this broker yet",
+        ));
+    }
+    let Some(tc) = ctx.topics.get(&h.topic) else {
+        return Err(refuse(
+            response_code::TOPIC_NOT_EXIST,
+            format!("topic[{}] not exist, apply first please!", h.topic),
+        ));
+    };
+    if !PermName::is_readable(tc.perm) {
+        return Err(refuse(
+            response_code::NO_PERMISSION,
+            format!("the topic[{}] peeking message is forbidden", h.topic),
+        ));
+    }
+    if h.queue_id >= tc.read_queue_nums || h.queue_id < -1 {
+        return Err(refuse(
+            response_code::INVALID_PARAMETER,
+            format!(
+                "queueId[{}] is illegal, topic:[{}] topicConfig.readQueueNums:[{}]",
+                h.queue_id, h.topic, tc.read_queue_nums
+            ),
+        ));
+    }
+    let Some(gc) = ctx.groups.find_or_create(&h.consumer_group) else {
+        return Err(refuse(
+            response_code::SUBSCRIPTION_GROUP_NOT_EXIST,
+            format!("subscription group [{}] does not exist", h.consumer_group),
+        ));
+    };
+    if !gc.consume_enable {
+        return Err(refuse(
+            response_code::NO_PERMISSION,
+            format!("subscription group no permission, {}", h.consumer_group),
+        ));
+    }
+    Ok(())
+}
+
+fn pop_filter(
+    ctx: &BrokerContext,
+    h: &PopMessageRequestHeader,
+) -> Result<SubscriptionFilter, Refusal> {
+    let expr = h.exp.as_deref().unwrap_or("*");
+    let ty = h.exp_type.as_deref().unwrap_or("TAG");
+    if is_sql92(ty) {
+        return ctx
+            .sql_filters
+            .get_or_compile(&h.consumer_group, &h.topic, expr)
+            .map(SubscriptionFilter::Sql)
+            .map_err(|e| refuse(response_code::SUBSCRIPTION_PARSE_FAILED, e.to_string()));
+    }
+    TagMessageFilter::from_expression(expr, Some(ty))
+        .map(SubscriptionFilter::Tag)
+        .map_err(|e| refuse(response_code::SUBSCRIPTION_PARSE_FAILED, e.to_string()))
+}
+
+/// The (topic, queue) pairs a pop may read: the group's retry topics
+/// (v1 and v2, queue 0, when they exist) then the topic's queues.
+fn queues_of(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Vec<(String, i32)> {
+    let mut v = Vec::new();
+    for rt in [
+        retry_topic_v1(&h.topic, &h.consumer_group),
+        retry_topic_v2(&h.topic, &h.consumer_group),
+    ] {
+        if let Some(tc) = ctx.topics.get(&rt) {
+            for q in 0..tc.read_queue_nums {
+                v.push((rt.clone(), q));
+            }
+        }
+    }
+    if h.queue_id >= 0 {
+        v.push((h.topic.clone(), h.queue_id));
+    } else if let Some(tc) = ctx.topics.get(&h.topic) {
+        // Start at a varying queue so that small pops spread over queues.
+        let n = tc.read_queue_nums.max(1);
+        let first = (now_ms().rem_euclid(i64::from(n))) as i32;
+        for i in 0..n {
+            v.push((h.topic.clone(), (first + i) % n));
+        }
+    }
+    v
+}
+
+async fn pop_all(
+    ctx: &BrokerContext,
+    h: &PopMessageRequestHeader,
+    filter: &Arc<SubscriptionFilter>,
+    pop_time: i64,
+    revive_qid: i32,
+) -> Result<Collected, Refusal> {
+    let mut got = Collected::default();
+    let all = SubscriptionFilter::all();
+    for (topic, qid) in queues_of(ctx, h) {
+        let want = usize::try_from(h.max_msg_nums).unwrap_or(1) - got.records.len().min(32);
+        let is_retry = topic != h.topic;
+        // Retry copies were filtered on their first delivery.
+        let f: &SubscriptionFilter = if is_retry { &all } else { filter };
+        if want == 0 {
+            got.rest_num += ctx.store.max_offset(&topic, qid)
+                - ctx
+                    .offsets
+                    .query(&h.consumer_group, &topic, qid)
+                    .unwrap_or(0);
+            continue;
+        }
+        pop_queue(
+            ctx, h, &topic, qid, is_retry, f, want, pop_time, revive_qid, &mut got,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(group = %h.consumer_group, topic, queue = qid, error = %e, "pop failed");
+            refuse(response_code::SYSTEM_ERROR, e.to_string())
+        })?;
+    }
+    Ok(got)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pop_queue(
+    ctx: &BrokerContext,
+    h: &PopMessageRequestHeader,
+    topic: &str,
+    qid: i32,
+    is_retry: bool,
+    filter: &SubscriptionFilter,
+    want: usize,
+    pop_time: i64,
+    revive_qid: i32,
+    got: &mut Collected,
+) -> Result<(), PopError> {
+    let group = h.consumer_group.as_str();
+    let Some(_guard) = ctx.pop_locks.try_lock(format!("{topic}@{group}@{qid}")) else {
+        return Ok(());
+    };
+    let mut offset = match ctx.offsets.query(group, topic, qid) {
+        Some(o) if o >= 0 => o,
+        _ => {
+            // Apache: retry topics and initMode MIN start at the first
+            // offset, others at the end; the start is committed.
+            let o = if is_retry || h.init_mode == 0 {
+                ctx.store.min_offset(topic, qid)
+            } else {
+                ctx.store.max_offset(topic, qid)
+            };
+            ctx.offsets.commit(group, topic, qid, o);
+            o
+        }
+    };
+    let use_filter = if filter.is_all() {
+        None
+    } else {
+        Some(filter as &dyn apogee_store::MessageFilter)
+    };
+    let mut r = ctx
+        .store
+        .get_messages(group, topic, qid, offset, want, usize::MAX, use_filter);
+    if matches!(
+        r.status,
+        GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly | GetStatus::OffsetFoundNull
+    ) {
+        // The saved progress is outside the queue: start from the corrected offset.
+        offset = r.next_begin_offset;
+        ctx.offsets.commit(group, topic, qid, offset);
+        r = ctx
+            .store
+            .get_messages(group, topic, qid, offset, want, usize::MAX, use_filter);
+    }
+    got.rest_num += (r.max_offset - r.next_begin_offset).max(0);
+    if r.messages.is_empty() {
+        if r.next_begin_offset > offset {
+            // Filtered-out entries: nothing to hand out, skip past them.
+            ctx.offsets.commit(group, topic, qid, r.next_begin_offset);
+        }
+        return Ok(());
+    }
+    let ck = CheckPoint {
+        start_offset: offset,
+        pop_time,
+        invisible_time: h.invisible_time,
+        bit_map: 0,
+        num: u8::try_from(r.messages.len()).unwrap_or(u8::MAX),
+        queue_id: qid,
+        topic: topic.to_owned(),
+        cid: group.to_owned(),
+        revive_offset: 0,
+        queue_offset_diff: Some(
+            r.queue_offsets
+                .iter()
+                .map(|&o| i32::try_from(o - offset).unwrap_or(i32::MAX))
+                .collect(),
+        ),
+        broker_name: Some(ctx.config.broker_name.clone()),
+        re_put_times: None,
+    };
+    write_ck(ctx, &ck, revive_qid).await?;
+    // The checkpoint is durable: the progress may move past these messages.
+    ctx.offsets.commit(group, topic, qid, r.next_begin_offset);
+    let flag = super::retry_flag(topic);
+    append_info(
+        &mut got.start_offset_info,
+        format_args!("{flag} {qid} {offset}"),
+    );
+    let offsets: Vec<String> = r.queue_offsets.iter().map(i64::to_string).collect();
+    append_info(
+        &mut got.msg_offset_info,
+        format_args!("{flag} {qid} {}", offsets.join(",")),
+    );
+    for (rec, &qo) in r.messages.iter().zip(&r.queue_offsets) {
+        if !is_retry {
+            got.records.push(rec.clone());
+            continue;
+        }
+        // A retry copy is shown in its real topic with its receipt handle
+        // (Apache re-encodes these; the client keeps a POP_CK it finds).
+        match stored::check_record(rec, false) {
+            Ok(info) => {
+                let mut m = info.to_message_to_store();
+                m.topic = h.topic.clone();
+                let ck_info = build_extra_info(
+                    offset,
+                    pop_time,
+                    h.invisible_time,
+                    revive_qid,
+                    topic,
+                    &ctx.config.broker_name,
+                    qid,
+                    qo,
+                );
+                if properties::get(&m.properties, keys::POP_CK).is_none() {
+                    properties::append(&mut m.properties, keys::POP_CK, &ck_info);
+                }
+                let mut buf = BytesMut::new();
+                if stored::encode_stored(&m, &mut buf).is_ok()
+                    && stored::patch_stored(
+                        &mut buf,
+                        qo,
+                        info.physical_offset,
+                        info.store_timestamp,
+                    )
+                    .is_ok()
+                {
+                    got.records.push(buf.freeze());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic, queue = qid, offset = qo, error = %e, "undecodable retry record skipped");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A bookkeeping record for the revive topic.
+fn revive_record(ctx: &BrokerContext, revive_qid: i32, tag: &str, body: Vec<u8>) -> MessageToStore {
+    let mut props = String::new();
+    properties::append(&mut props, keys::TAGS, tag);
+    properties::append(&mut props, keys::WAIT_STORE_MSG_OK, "false");
+    let mut m = MessageToStore {
+        topic: revive_topic(&ctx.config.broker_cluster_name),
+        queue_id: revive_qid,
+        flag: 0,
+        body: Bytes::from(body),
+        properties: props,
+        sys_flag: 0,
+        born_timestamp: now_ms(),
+        born_host: ctx.store_host,
+        store_host: ctx.store_host,
+        reconsume_times: 0,
+        prepared_transaction_offset: 0,
+        tags_code: 0,
+    };
+    m.tags_code = m.tags_code_from_properties();
+    m
+}
+
+async fn put_revive(
+    ctx: &BrokerContext,
+    m: MessageToStore,
+    what: &'static str,
+) -> Result<(), PopError> {
+    let r = store_messages(ctx, vec![m])
+        .await
+        .map_err(|source| PopError::Store { what, source })?;
+    if r.status != apogee_store::PutStatus::Ok {
+        return Err(PopError::Put {
+            what,
+            status: r.status.as_str(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) async fn write_ck(
+    ctx: &BrokerContext,
+    ck: &CheckPoint,
+    revive_qid: i32,
+) -> Result<(), PopError> {
+    let body = serde_json::to_vec(ck).unwrap_or_default();
+    put_revive(
+        ctx,
+        revive_record(ctx, revive_qid, CK_TAG, body),
+        "the pop checkpoint",
+    )
+    .await
+}
+
+pub(crate) async fn write_ack(
+    ctx: &BrokerContext,
+    ack: &AckMsg,
+    revive_qid: i32,
+    tag: &str,
+) -> Result<(), PopError> {
+    let body = serde_json::to_vec(ack).unwrap_or_default();
+    put_revive(
+        ctx,
+        revive_record(ctx, revive_qid, tag, body),
+        "the pop ack",
+    )
+    .await
+}
+
+/// The checks ACK and CHANGE_INVISIBLETIME share: the topic exists, the
+/// receipt handle parses, the revive queue and the offset are in range.
+fn check_receipt<'a>(
+    ctx: &BrokerContext,
+    topic: &str,
+    group: &str,
+    extra: &'a str,
+    offset: i64,
+) -> Result<(ExtraInfo<'a>, String), Refusal> {
+    if ctx.topics.get(topic).is_none() {
+        return Err(refuse(
+            response_code::TOPIC_NOT_EXIST,
+            format!("topic[{topic}] not exist, apply first please!"),
+        ));
+    }
+    let e = ExtraInfo::parse(extra)
+        .map_err(|e| refuse(response_code::INVALID_PARAMETER, e.to_string()))?;
+    if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
+        return Err(refuse(
+            response_code::INVALID_PARAMETER,
+            "orderly POP receipts are not supported by this broker yet",
+        ));
+    }
+    if !(0..REVIVE_QUEUE_NUM).contains(&e.revive_qid) {
+        return Err(refuse(
+            response_code::INVALID_PARAMETER,
+            format!("reviveQid {} is out of range", e.revive_qid),
+        ));
+    }
+    let real = e.real_topic(topic, group);
+    let (min, max) = (
+        ctx.store.min_offset(&real, e.queue_id),
+        ctx.store.max_offset(&real, e.queue_id),
+    );
+    if offset < min || offset >= max {
+        return Err(refuse(
+            response_code::NO_MESSAGE,
+            format!(
+                "offset {offset} is outside [{min}, {max}) of {real}:{}",
+                e.queue_id
+            ),
+        ));
+    }
+    Ok((e, real))
+}
+
+async fn ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
+    let h: AckMessageRequestHeader = match req.decode_header() {
+        Ok(h) => h,
+        Err(e) => return bad_header(req.code, &e),
+    };
+    let (e, real) = match check_receipt(ctx, &h.topic, &h.consumer_group, &h.extra_info, h.offset) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let ack = AckMsg {
+        ack_offset: h.offset,
+        start_offset: e.ck_offset,
+        consumer_group: h.consumer_group.clone(),
+        topic: real,
+        queue_id: e.queue_id,
+        pop_time: e.pop_time,
+        broker_name: Some(e.broker_name.to_owned()),
+        ack_offset_list: None,
+    };
+    match write_ack(ctx, &ack, e.revive_qid, ACK_TAG).await {
+        Ok(()) => RemotingCommand::response(response_code::SUCCESS, None),
+        Err(err) => error_response(response_code::SYSTEM_ERROR, err.to_string()),
+    }
+}
+
+async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
+    let h: ChangeInvisibleTimeRequestHeader = match req.decode_header() {
+        Ok(h) => h,
+        Err(e) => return bad_header(req.code, &e),
+    };
+    if h.invisible_time < 0 {
+        return error_response(
+            response_code::INVALID_PARAMETER,
+            format!(
+                "invisibleTime must not be negative, got {}",
+                h.invisible_time
+            ),
+        );
+    }
+    let (e, real) = match check_receipt(ctx, &h.topic, &h.consumer_group, &h.extra_info, h.offset) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    // Apache's order: the new checkpoint first (the message must not be
+    // lost), then the ack of the old one.
+    // Acks find their checkpoint by (topic, group, queue, start, popTime):
+    // the new checkpoint must not share the old one's key, or the ack of
+    // the old one below would settle it too.
+    let pop_time = now_ms().max(e.pop_time.saturating_add(1));
+    let ck = CheckPoint {
+        start_offset: h.offset,
+        pop_time,
+        invisible_time: h.invisible_time,
+        bit_map: 0,
+        num: 1,
+        queue_id: e.queue_id,
+        topic: real.clone(),
+        cid: h.consumer_group.clone(),
+        revive_offset: 0,
+        queue_offset_diff: Some(vec![0]),
+        broker_name: Some(ctx.config.broker_name.clone()),
+        re_put_times: None,
+    };
+    if let Err(err) = write_ck(ctx, &ck, e.revive_qid).await {
+        return error_response(response_code::SYSTEM_ERROR, err.to_string());
+    }
+    let ack = AckMsg {
+        ack_offset: h.offset,
+        start_offset: e.ck_offset,
+        consumer_group: h.consumer_group.clone(),
+        topic: real,
+        queue_id: e.queue_id,
+        pop_time: e.pop_time,
+        broker_name: Some(e.broker_name.to_owned()),
+        ack_offset_list: None,
+    };
+    if let Err(err) = write_ack(ctx, &ack, e.revive_qid, ACK_TAG).await {
+        return error_response(response_code::SYSTEM_ERROR, err.to_string());
+    }
+    let rh = ChangeInvisibleTimeResponseHeader {
+        pop_time,
+        invisible_time: h.invisible_time,
+        revive_qid: e.revive_qid,
+    };
+    RemotingCommand::response(response_code::SUCCESS, None).with_header(&rh)
+}
