@@ -361,3 +361,61 @@ async fn malformed_receipts_are_refused() {
     assert_eq!(r.code, response_code::SYSTEM_ERROR, "{:?}", r.remark);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn batch_ack_and_acks_naming_the_retry_topic() {
+    let (b, _dir) = start().await;
+    for body in [b"b0" as &[u8], b"b1", b"b2", b"b3"] {
+        send(&b, "PopB", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopB", 0, 4).await;
+    let got = pop(&b, "GB", "PopB", 1000, 0).await;
+    assert_eq!(got.len(), 4);
+    let f: Vec<&str> = got[0].handle.split(' ').collect();
+    // Offsets 0, 1 and 3 acked: BitSet {0, 1, 3} is the byte 0b1011 ("Cw==").
+    let body = format!(
+        r#"{{"acks":[{{"c":"GB","t":"PopB","r":"0","so":{},"q":0,"rq":{},"pt":{},"it":1000,"b":"Cw=="}}],"brokerName":"{}"}}"#,
+        f[0], f[3], f[1], f[5]
+    );
+    let r = b
+        .call(
+            RemotingCommand::request(request_code::BATCH_ACK_MESSAGE).with_body(Bytes::from(body)),
+        )
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let back = pop_until(&b, "GB", "PopB", 1000, 1, Duration::from_secs(8)).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(&back[0].msg.body[..], b"b2");
+    // Acked as Apache's client does: the header names the retry topic.
+    let h = AckMessageRequestHeader {
+        consumer_group: "GB".into(),
+        topic: "%RETRY%GB_PopB".into(),
+        queue_id: back[0].msg.queue_id,
+        extra_info: back[0].handle.clone(),
+        offset: queue_offset_of(&back[0]),
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::ACK_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(pop(&b, "GB", "PopB", 1000, 0).await.is_empty());
+
+    // Malformed batch bodies are refused, not a panic.
+    for bad in [
+        "",
+        "{",
+        r#"{"acks":[]}"#,
+        r#"{"acks":[{"c":"GB","t":"PopB","r":"7","so":0,"q":0,"rq":0,"pt":0,"it":0}]}"#,
+    ] {
+        let r = b
+            .call(
+                RemotingCommand::request(request_code::BATCH_ACK_MESSAGE)
+                    .with_body(Bytes::from(bad)),
+            )
+            .await;
+        assert_ne!(r.code, response_code::SUCCESS, "{bad:?}");
+    }
+    b.stop().await;
+}

@@ -14,7 +14,7 @@
 //!   `CID_RMQ_SYS_REVIVE_GROUP` on each revive queue.
 //!
 //! Not built (refused or unregistered): orderly POP, PEEK_MESSAGE,
-//! NOTIFICATION, POLLING_INFO, BATCH_ACK_MESSAGE.
+//! NOTIFICATION, POLLING_INFO.
 
 pub mod processor;
 pub mod revive;
@@ -28,8 +28,7 @@ pub use processor::register;
 pub const CK_TAG: &str = "ck";
 /// Tag of ack records (Apache `ACK_TAG`).
 pub const ACK_TAG: &str = "ack";
-/// Tag of batch-ack records (Apache `BATCH_ACK_TAG`); read by the revive
-/// service, never written here.
+/// Tag of batch-ack records (Apache `BATCH_ACK_TAG`).
 pub const BATCH_ACK_TAG: &str = "bAck";
 /// Group whose consume offsets on the revive topic are the revive progress
 /// (Apache `PopAckConstants.REVIVE_GROUP`).

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use super::{
     build_extra_info, retry_topic_v1, retry_topic_v2, revive_topic, AckMsg, CheckPoint, ExtraInfo,
-    PopError, ACK_TAG, CK_TAG, POP_ORDER_REVIVE_QUEUE, REVIVE_QUEUE_NUM,
+    PopError, ACK_TAG, BATCH_ACK_TAG, CK_TAG, POP_ORDER_REVIVE_QUEUE, REVIVE_QUEUE_NUM,
 };
 use crate::context::BrokerContext;
 use crate::filter::{is_sql92, SubscriptionFilter, TagMessageFilter};
@@ -66,7 +66,8 @@ impl Drop for QueueGuard<'_> {
     }
 }
 
-/// Registers POP_MESSAGE, ACK_MESSAGE and CHANGE_MESSAGE_INVISIBLETIME.
+/// Registers POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE and
+/// CHANGE_MESSAGE_INVISIBLETIME.
 pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
     let c = Arc::clone(ctx);
     registry.register(
@@ -82,6 +83,14 @@ pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
         processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
             let ctx = Arc::clone(&c);
             async move { Ok(Some(ack_message(&ctx, &req).await)) }
+        }),
+    );
+    let c = Arc::clone(ctx);
+    registry.register(
+        request_code::BATCH_ACK_MESSAGE,
+        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
+            let ctx = Arc::clone(&c);
+            async move { Ok(Some(batch_ack_message(&ctx, &req).await)) }
         }),
     );
     let c = Arc::clone(ctx);
@@ -542,21 +551,20 @@ pub(crate) async fn write_ack(
     .await
 }
 
-/// The checks ACK and CHANGE_INVISIBLETIME share: the topic exists, the
-/// receipt handle parses, the revive queue and the offset are in range.
+/// The checks ACK and CHANGE_INVISIBLETIME share: the topic and queue
+/// exist, the receipt handle parses, the revive queue and the offset are in
+/// range. Returns the handle and the topic the message was popped from:
+/// Apache's client names that topic itself (a `%RETRY%` one for a retry
+/// copy); a request naming the original topic is mapped through the
+/// handle's retry flag.
 fn check_receipt<'a>(
     ctx: &BrokerContext,
     topic: &str,
     group: &str,
+    queue_id: i32,
     extra: &'a str,
     offset: i64,
 ) -> Result<(ExtraInfo<'a>, String), Refusal> {
-    if ctx.topics.get(topic).is_none() {
-        return Err(refuse(
-            response_code::TOPIC_NOT_EXIST,
-            format!("topic[{topic}] not exist, apply first please!"),
-        ));
-    }
     let e = ExtraInfo::parse(extra)
         .map_err(|e| refuse(response_code::INVALID_PARAMETER, e.to_string()))?;
     if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
@@ -571,18 +579,35 @@ fn check_receipt<'a>(
             format!("reviveQid {} is out of range", e.revive_qid),
         ));
     }
-    let real = e.real_topic(topic, group);
+    let real = if topic.starts_with(apogee_protocol::topic::RETRY_GROUP_TOPIC_PREFIX) {
+        topic.to_owned()
+    } else {
+        e.real_topic(topic, group)
+    };
+    let Some(tc) = ctx.topics.get(&real) else {
+        return Err(refuse(
+            response_code::TOPIC_NOT_EXIST,
+            format!("topic[{real}] not exist, apply first please!"),
+        ));
+    };
+    if queue_id < 0 || queue_id >= tc.read_queue_nums {
+        return Err(refuse(
+            response_code::MESSAGE_ILLEGAL,
+            format!(
+                "queueId[{queue_id}] is illegal, topic:[{real}] topicConfig.readQueueNums:[{}]",
+                tc.read_queue_nums
+            ),
+        ));
+    }
     let (min, max) = (
-        ctx.store.min_offset(&real, e.queue_id),
-        ctx.store.max_offset(&real, e.queue_id),
+        ctx.store.min_offset(&real, queue_id),
+        ctx.store.max_offset(&real, queue_id),
     );
-    if offset < min || offset >= max {
+    // Apache's bounds: the max offset itself is accepted.
+    if offset < min || offset > max {
         return Err(refuse(
             response_code::NO_MESSAGE,
-            format!(
-                "offset {offset} is outside [{min}, {max}) of {real}:{}",
-                e.queue_id
-            ),
+            format!("offset is illegal, {real}@{queue_id}, ack:{offset}, store:{min}~{max}"),
         ));
     }
     Ok((e, real))
@@ -593,7 +618,14 @@ async fn ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingComm
         Ok(h) => h,
         Err(e) => return bad_header(req.code, &e),
     };
-    let (e, real) = match check_receipt(ctx, &h.topic, &h.consumer_group, &h.extra_info, h.offset) {
+    let (e, real) = match check_receipt(
+        ctx,
+        &h.topic,
+        &h.consumer_group,
+        h.queue_id,
+        &h.extra_info,
+        h.offset,
+    ) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -602,7 +634,7 @@ async fn ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingComm
         start_offset: e.ck_offset,
         consumer_group: h.consumer_group.clone(),
         topic: real,
-        queue_id: e.queue_id,
+        queue_id: h.queue_id,
         pop_time: e.pop_time,
         broker_name: Some(e.broker_name.to_owned()),
         ack_offset_list: None,
@@ -627,7 +659,14 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
             ),
         );
     }
-    let (e, real) = match check_receipt(ctx, &h.topic, &h.consumer_group, &h.extra_info, h.offset) {
+    let (e, real) = match check_receipt(
+        ctx,
+        &h.topic,
+        &h.consumer_group,
+        h.queue_id,
+        &h.extra_info,
+        h.offset,
+    ) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -643,7 +682,7 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
         invisible_time: h.invisible_time,
         bit_map: 0,
         num: 1,
-        queue_id: e.queue_id,
+        queue_id: h.queue_id,
         topic: real.clone(),
         cid: h.consumer_group.clone(),
         revive_offset: 0,
@@ -659,7 +698,7 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
         start_offset: e.ck_offset,
         consumer_group: h.consumer_group.clone(),
         topic: real,
-        queue_id: e.queue_id,
+        queue_id: h.queue_id,
         pop_time: e.pop_time,
         broker_name: Some(e.broker_name.to_owned()),
         ack_offset_list: None,
@@ -673,4 +712,172 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
         revive_qid: e.revive_qid,
     };
     RemotingCommand::response(response_code::SUCCESS, None).with_header(&rh)
+}
+
+/// One entry of Apache's `BatchAckMessageRequestBody.acks` (`BatchAck`).
+#[derive(Debug, serde::Deserialize)]
+struct BatchAck {
+    #[serde(rename = "c", alias = "consumerGroup")]
+    consumer_group: String,
+    #[serde(rename = "t", alias = "topic")]
+    topic: String,
+    /// The retry flag of the receipt handle ("0", "1", "2").
+    #[serde(rename = "r", alias = "retry")]
+    retry: String,
+    #[serde(rename = "so", alias = "startOffset")]
+    start_offset: i64,
+    #[serde(rename = "q", alias = "queueId")]
+    queue_id: i32,
+    #[serde(rename = "rq", alias = "reviveQueueId")]
+    revive_queue_id: i32,
+    #[serde(rename = "pt", alias = "popTime")]
+    pop_time: i64,
+    /// Acked offsets relative to `so`: a `java.util.BitSet`'s bytes
+    /// (little-endian), base64 as fastjson writes a byte array.
+    #[serde(rename = "b", alias = "bitSet", default)]
+    bit_set: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BatchAckBody {
+    #[serde(default)]
+    acks: Option<Vec<BatchAck>>,
+    #[serde(rename = "brokerName", default)]
+    broker_name: Option<String>,
+}
+
+/// Standard base64 with optional padding; `None` on anything else.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3 + 2);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// The offsets `start + i` for every bit `i` set in a BitSet's bytes.
+fn bit_offsets(bytes: &[u8], start: i64) -> Vec<i64> {
+    let mut v = Vec::new();
+    for (i, b) in bytes.iter().enumerate() {
+        for bit in 0..8 {
+            if b & (1 << bit) != 0 {
+                v.push(start + (i * 8 + bit) as i64);
+            }
+        }
+    }
+    v
+}
+
+/// BATCH_ACK_MESSAGE (200151): one `bAck` record per entry, with the acked
+/// offsets that lie inside their queue (Apache skips the others).
+async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
+    let body: Option<BatchAckBody> = match req.body.as_deref() {
+        None | Some([]) => None,
+        Some(b) => match serde_json::from_slice(b) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                return error_response(
+                    response_code::SYSTEM_ERROR,
+                    format!("bad BATCH_ACK_MESSAGE body (BatchAckMessageRequestBody JSON): {e}"),
+                )
+            }
+        },
+    };
+    let Some(body) = body else {
+        return error_response(response_code::NO_MESSAGE, "the batch ack has no acks");
+    };
+    let acks = body.acks.unwrap_or_default();
+    if acks.is_empty() {
+        return error_response(response_code::NO_MESSAGE, "the batch ack has no acks");
+    }
+    for a in &acks {
+        let topic = match a.retry.as_str() {
+            "0" => a.topic.clone(),
+            "1" => retry_topic_v1(&a.topic, &a.consumer_group),
+            "2" => retry_topic_v2(&a.topic, &a.consumer_group),
+            other => {
+                return error_response(
+                    response_code::INVALID_PARAMETER,
+                    format!("batch ack retry flag {other:?} is not 0, 1 or 2"),
+                )
+            }
+        };
+        if a.revive_queue_id == POP_ORDER_REVIVE_QUEUE {
+            return error_response(
+                response_code::INVALID_PARAMETER,
+                "orderly POP receipts are not supported by this broker yet",
+            );
+        }
+        if !(0..REVIVE_QUEUE_NUM).contains(&a.revive_queue_id) {
+            return error_response(
+                response_code::INVALID_PARAMETER,
+                format!("reviveQid {} is out of range", a.revive_queue_id),
+            );
+        }
+        let Some(bytes) = a.bit_set.as_deref().map(base64_decode) else {
+            continue;
+        };
+        let Some(bytes) = bytes else {
+            return error_response(
+                response_code::INVALID_PARAMETER,
+                "batch ack bit set is not base64",
+            );
+        };
+        let (min, max) = (
+            ctx.store.min_offset(&topic, a.queue_id),
+            ctx.store.max_offset(&topic, a.queue_id),
+        );
+        let offsets: Vec<i64> = bit_offsets(&bytes, a.start_offset)
+            .into_iter()
+            .filter(|o| (min..=max).contains(o))
+            .collect();
+        if offsets.is_empty() {
+            continue;
+        }
+        let ack = AckMsg {
+            ack_offset: -1,
+            start_offset: a.start_offset,
+            consumer_group: a.consumer_group.clone(),
+            topic,
+            queue_id: a.queue_id,
+            pop_time: a.pop_time,
+            broker_name: body.broker_name.clone(),
+            ack_offset_list: Some(offsets),
+        };
+        if let Err(e) = write_ack(ctx, &ack, a.revive_queue_id, BATCH_ACK_TAG).await {
+            return error_response(response_code::SYSTEM_ERROR, e.to_string());
+        }
+    }
+    RemotingCommand::response(response_code::SUCCESS, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_set_bytes_to_offsets() {
+        // BitSet {0, 2, 9}: bytes [0b101, 0b10] = "BQI=".
+        let b = base64_decode("BQI=").unwrap();
+        assert_eq!(b, vec![5, 2]);
+        assert_eq!(bit_offsets(&b, 10), vec![10, 12, 19]);
+        assert_eq!(base64_decode("AQ").unwrap(), vec![1]);
+        assert!(base64_decode("*").is_none());
+        assert_eq!(base64_decode("").unwrap(), Vec::<u8>::new());
+    }
 }
