@@ -45,6 +45,8 @@ pub struct BrokerContext {
     pub schedule: ScheduleMessageService,
     /// Queues being popped right now.
     pub pop_locks: crate::pop::processor::QueueLocks,
+    /// Open orderly POP batches.
+    pub pop_order: crate::pop::order::OrderTable,
     pub stats: BrokerStats,
     /// `brokerIP1:port`, written into stored records as the store host.
     pub store_host: SocketAddr,
@@ -99,6 +101,7 @@ impl BrokerContext {
             sql_filters: SqlFilterCache::new(),
             schedule,
             pop_locks: Default::default(),
+            pop_order: Default::default(),
             stats,
             store_host,
             started_at: Instant::now(),

@@ -72,18 +72,27 @@ async fn pop(b: &Broker, group: &str, topic: &str, invisible: i64, poll: i64) ->
         exp: Some("*".into()),
         ..Default::default()
     };
+    pop_req(b, h).await.0
+}
+
+/// Sends one POP_MESSAGE; the messages and the response header.
+async fn pop_req(
+    b: &Broker,
+    h: PopMessageRequestHeader,
+) -> (Vec<Popped>, Option<PopMessageResponseHeader>) {
+    let invisible = h.invisible_time;
     let resp = b
         .call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
         .await;
     if resp.code == response_code::POLLING_TIMEOUT {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
     let rh: PopMessageResponseHeader = resp.decode_header().expect("pop header");
     assert_eq!(rh.invisible_time, invisible);
     let start_info = rh.start_offset_info.clone().unwrap_or_default();
     let body = resp.body.clone().unwrap_or_default();
-    decode_stored_many_strict(&body, false)
+    let msgs = decode_stored_many_strict(&body, false)
         .expect("pop body decodes")
         .into_iter()
         .map(|msg| {
@@ -115,7 +124,8 @@ async fn pop(b: &Broker, group: &str, topic: &str, invisible: i64, poll: i64) ->
             };
             Popped { msg, handle }
         })
-        .collect()
+        .collect();
+    (msgs, Some(rh))
 }
 
 /// Waits until the dispatcher made `n` messages of (topic, queue) visible.
@@ -345,20 +355,19 @@ async fn malformed_receipts_are_refused() {
         .call(RemotingCommand::request(request_code::POP_MESSAGE))
         .await;
     assert_eq!(r.code, response_code::SYSTEM_ERROR, "{:?}", r.remark);
-    // Orderly POP is refused, not half served.
+    // Too many messages asked for.
     let h = PopMessageRequestHeader {
         consumer_group: "G".into(),
         topic: "PopM".into(),
         queue_id: -1,
-        max_msg_nums: 1,
+        max_msg_nums: 33,
         invisible_time: 1000,
-        order: Some(true),
         ..Default::default()
     };
     let r = b
         .call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
         .await;
-    assert_eq!(r.code, response_code::SYSTEM_ERROR, "{:?}", r.remark);
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
     b.stop().await;
 }
 
@@ -417,5 +426,66 @@ async fn batch_ack_and_acks_naming_the_retry_topic() {
             .await;
         assert_ne!(r.code, response_code::SUCCESS, "{bad:?}");
     }
+    b.stop().await;
+}
+
+fn order_pop(group: &str, topic: &str, invisible: i64) -> PopMessageRequestHeader {
+    PopMessageRequestHeader {
+        consumer_group: group.into(),
+        topic: topic.into(),
+        queue_id: 0,
+        max_msg_nums: 1,
+        invisible_time: invisible,
+        born_time: now_ms(),
+        init_mode: 0,
+        order: Some(true),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn orderly_pop_blocks_the_queue_until_ack_or_expiry() {
+    let (b, _dir) = start().await;
+    send(&b, "PopO", 0, b"o0").await;
+    send(&b, "PopO", 0, b"o1").await;
+    wait_queue(&b, "PopO", 0, 2).await;
+    let (got, rh) = pop_req(&b, order_pop("GO", "PopO", 1500)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"o0");
+    let rh = rh.unwrap();
+    assert_eq!(
+        rh.revive_qid, 999,
+        "orderly receipts name the order revive queue"
+    );
+    assert_eq!(rh.order_count_info.as_deref(), Some("0 0 0"));
+    // o1 waits behind the un-acked o0.
+    assert!(pop_req(&b, order_pop("GO", "PopO", 1500))
+        .await
+        .0
+        .is_empty());
+    let r = ack(&b, "GO", "PopO", &got[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let (got, _) = pop_req(&b, order_pop("GO", "PopO", 1000)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"o1");
+    // Not acked: blocked until the invisible time passes, then o1 again.
+    assert!(pop_req(&b, order_pop("GO", "PopO", 1000))
+        .await
+        .0
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (again, rh) = pop_req(&b, order_pop("GO", "PopO", 1000)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(&again[0].msg.body[..], b"o1");
+    assert_eq!(rh.unwrap().order_count_info.as_deref(), Some("0 0 1"));
+    let r = ack(&b, "GO", "PopO", &again[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert!(pop_req(&b, order_pop("GO", "PopO", 1000))
+        .await
+        .0
+        .is_empty());
+    assert_eq!(b.ctx().offsets.query("GO", "PopO", 0), Some(2));
+    // Nothing went to a retry topic.
+    assert!(b.ctx().topics.get("%RETRY%GO_PopO").is_none());
     b.stop().await;
 }

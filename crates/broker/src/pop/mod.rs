@@ -13,9 +13,11 @@
 //! * the revive service's progress is the consume offset of
 //!   `CID_RMQ_SYS_REVIVE_GROUP` on each revive queue.
 //!
-//! Not built (refused or unregistered): orderly POP, PEEK_MESSAGE,
-//! NOTIFICATION, POLLING_INFO.
+//! Orderly POP (`order=true`) writes no checkpoint: see `order`.
+//!
+//! Not built (unregistered): PEEK_MESSAGE, NOTIFICATION, POLLING_INFO.
 
+pub mod order;
 pub mod processor;
 pub mod revive;
 

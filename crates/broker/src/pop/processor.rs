@@ -109,6 +109,7 @@ struct Collected {
     records: Vec<Bytes>,
     start_offset_info: String,
     msg_offset_info: String,
+    order_count_info: String,
     rest_num: i64,
 }
 
@@ -137,7 +138,11 @@ async fn pop_message(
         Err(r) => return Some(*r),
     };
     let pop_time = now_ms();
-    let revive_qid = (pop_time.rem_euclid(i64::from(REVIVE_QUEUE_NUM))) as i32;
+    let revive_qid = if h.order == Some(true) {
+        POP_ORDER_REVIVE_QUEUE
+    } else {
+        (pop_time.rem_euclid(i64::from(REVIVE_QUEUE_NUM))) as i32
+    };
     let mut got = match pop_all(ctx, &h, &filter, pop_time, revive_qid).await {
         Ok(g) => g,
         Err(r) => return Some(*r),
@@ -175,7 +180,7 @@ async fn pop_message(
         rest_num: got.rest_num,
         start_offset_info: Some(got.start_offset_info),
         msg_offset_info: Some(got.msg_offset_info),
-        order_count_info: None,
+        order_count_info: (h.order == Some(true)).then_some(got.order_count_info),
     };
     if got.records.is_empty() {
         return Some(
@@ -224,12 +229,6 @@ fn pre_check(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Result<(), Ref
         return Err(refuse(
             response_code::INVALID_PARAMETER,
             format!("invisibleTime must be positive, got {}", h.invisible_time),
-        ));
-    }
-    if h.order == Some(true) {
-        return Err(refuse(
-            response_code::SYSTEM_ERROR,
-            "orderly POP is not supported by this broker yet",
         ));
     }
     let Some(tc) = ctx.topics.get(&h.topic) else {
@@ -290,10 +289,16 @@ fn pop_filter(
 /// (v1 and v2, queue 0, when they exist) then the topic's queues.
 fn queues_of(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Vec<(String, i32)> {
     let mut v = Vec::new();
-    for rt in [
-        retry_topic_v1(&h.topic, &h.consumer_group),
-        retry_topic_v2(&h.topic, &h.consumer_group),
-    ] {
+    // Orderly messages never go to a retry topic: they wait in their queue.
+    let retry = if h.order == Some(true) {
+        Vec::new()
+    } else {
+        vec![
+            retry_topic_v1(&h.topic, &h.consumer_group),
+            retry_topic_v2(&h.topic, &h.consumer_group),
+        ]
+    };
+    for rt in retry {
         if let Some(tc) = ctx.topics.get(&rt) {
             for q in 0..tc.read_queue_nums {
                 v.push((rt.clone(), q));
@@ -378,6 +383,15 @@ async fn pop_queue(
             o
         }
     };
+    let order = h.order == Some(true);
+    let order_key = super::order::key(topic, group, qid);
+    if order
+        && ctx
+            .pop_order
+            .blocked(&order_key, h.attempt_id.as_deref(), pop_time)
+    {
+        return Ok(());
+    }
     let use_filter = if filter.is_all() {
         None
     } else {
@@ -405,6 +419,54 @@ async fn pop_queue(
         }
         return Ok(());
     }
+    let flag = super::retry_flag(topic);
+    if order {
+        // No checkpoint: the offset stays at the batch start until every
+        // message is acked (ack_orderly), so an expired batch comes again.
+        let count = ctx.pop_order.record(
+            order_key,
+            offset,
+            r.next_begin_offset,
+            r.queue_offsets.clone(),
+            pop_time,
+            h.invisible_time,
+            h.attempt_id.clone(),
+        );
+        append_info(
+            &mut got.order_count_info,
+            format_args!("{flag} {qid} {count}"),
+        );
+    } else {
+        write_checkpoint(ctx, h, topic, qid, offset, &r, pop_time, revive_qid).await?;
+    }
+    append_info(
+        &mut got.start_offset_info,
+        format_args!("{flag} {qid} {offset}"),
+    );
+    let offsets: Vec<String> = r.queue_offsets.iter().map(i64::to_string).collect();
+    append_info(
+        &mut got.msg_offset_info,
+        format_args!("{flag} {qid} {}", offsets.join(",")),
+    );
+    push_records(
+        ctx, h, topic, qid, is_retry, offset, &r, pop_time, revive_qid, got,
+    );
+    Ok(())
+}
+
+/// Stores the checkpoint of a batch, then moves the group's offset past it.
+#[allow(clippy::too_many_arguments)]
+async fn write_checkpoint(
+    ctx: &BrokerContext,
+    h: &PopMessageRequestHeader,
+    topic: &str,
+    qid: i32,
+    offset: i64,
+    r: &apogee_store::GetResult,
+    pop_time: i64,
+    revive_qid: i32,
+) -> Result<(), PopError> {
+    let group = h.consumer_group.as_str();
     let ck = CheckPoint {
         start_offset: offset,
         pop_time,
@@ -427,16 +489,24 @@ async fn pop_queue(
     write_ck(ctx, &ck, revive_qid).await?;
     // The checkpoint is durable: the progress may move past these messages.
     ctx.offsets.commit(group, topic, qid, r.next_begin_offset);
-    let flag = super::retry_flag(topic);
-    append_info(
-        &mut got.start_offset_info,
-        format_args!("{flag} {qid} {offset}"),
-    );
-    let offsets: Vec<String> = r.queue_offsets.iter().map(i64::to_string).collect();
-    append_info(
-        &mut got.msg_offset_info,
-        format_args!("{flag} {qid} {}", offsets.join(",")),
-    );
+    Ok(())
+}
+
+/// Adds the records of a batch to the response (retry copies re-encoded
+/// in their real topic with their receipt handle).
+#[allow(clippy::too_many_arguments)]
+fn push_records(
+    ctx: &BrokerContext,
+    h: &PopMessageRequestHeader,
+    topic: &str,
+    qid: i32,
+    is_retry: bool,
+    offset: i64,
+    r: &apogee_store::GetResult,
+    pop_time: i64,
+    revive_qid: i32,
+    got: &mut Collected,
+) {
     for (rec, &qo) in r.messages.iter().zip(&r.queue_offsets) {
         if !is_retry {
             got.records.push(rec.clone());
@@ -479,7 +549,6 @@ async fn pop_queue(
             }
         }
     }
-    Ok(())
 }
 
 /// A bookkeeping record for the revive topic.
@@ -567,13 +636,7 @@ fn check_receipt<'a>(
 ) -> Result<(ExtraInfo<'a>, String), Refusal> {
     let e = ExtraInfo::parse(extra)
         .map_err(|e| refuse(response_code::INVALID_PARAMETER, e.to_string()))?;
-    if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
-        return Err(refuse(
-            response_code::INVALID_PARAMETER,
-            "orderly POP receipts are not supported by this broker yet",
-        ));
-    }
-    if !(0..REVIVE_QUEUE_NUM).contains(&e.revive_qid) {
+    if e.revive_qid != POP_ORDER_REVIVE_QUEUE && !(0..REVIVE_QUEUE_NUM).contains(&e.revive_qid) {
         return Err(refuse(
             response_code::INVALID_PARAMETER,
             format!("reviveQid {} is out of range", e.revive_qid),
@@ -629,6 +692,10 @@ async fn ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingComm
         Ok(v) => v,
         Err(r) => return *r,
     };
+    if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
+        ack_orderly(ctx, &h.consumer_group, &real, h.queue_id, h.offset);
+        return RemotingCommand::response(response_code::SUCCESS, None);
+    }
     let ack = AckMsg {
         ack_offset: h.offset,
         start_offset: e.ck_offset,
@@ -672,6 +739,19 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
     };
     // Apache's order: the new checkpoint first (the message must not be
     // lost), then the ack of the old one.
+    if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
+        // Orderly: the open batch just stays invisible longer.
+        let pop_time = now_ms();
+        let key = super::order::key(&real, &h.consumer_group, h.queue_id);
+        ctx.pop_order
+            .change(&key, h.offset, pop_time, h.invisible_time);
+        let rh = ChangeInvisibleTimeResponseHeader {
+            pop_time,
+            invisible_time: h.invisible_time,
+            revive_qid: POP_ORDER_REVIVE_QUEUE,
+        };
+        return RemotingCommand::response(response_code::SUCCESS, None).with_header(&rh);
+    }
     // Acks find their checkpoint by (topic, group, queue, start, popTime):
     // the new checkpoint must not share the old one's key, or the ack of
     // the old one below would settle it too.
@@ -712,6 +792,22 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
         revive_qid: e.revive_qid,
     };
     RemotingCommand::response(response_code::SUCCESS, None).with_header(&rh)
+}
+
+/// An orderly ack: once every message of the open batch is acked the
+/// group's offset moves past it. An ack no open batch knows (after a
+/// restart) moves the offset one past itself when it is the next message.
+fn ack_orderly(ctx: &BrokerContext, group: &str, topic: &str, queue_id: i32, offset: i64) {
+    let key = super::order::key(topic, group, queue_id);
+    match ctx.pop_order.ack(&key, offset) {
+        Some(Some(next)) => ctx.offsets.commit(group, topic, queue_id, next),
+        Some(None) => {}
+        None => {
+            if ctx.offsets.query(group, topic, queue_id) == Some(offset) {
+                ctx.offsets.commit(group, topic, queue_id, offset + 1);
+            }
+        }
+    }
 }
 
 /// One entry of Apache's `BatchAckMessageRequestBody.acks` (`BatchAck`).
