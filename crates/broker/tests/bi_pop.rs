@@ -489,3 +489,70 @@ async fn orderly_pop_blocks_the_queue_until_ack_or_expiry() {
     assert!(b.ctx().topics.get("%RETRY%GO_PopO").is_none());
     b.stop().await;
 }
+
+#[tokio::test]
+async fn peek_and_notification_do_not_move_the_progress() {
+    use apogee_protocol::header::{
+        NotificationRequestHeader, NotificationResponseHeader, PeekMessageRequestHeader,
+    };
+    let (b, _dir) = start().await;
+    send(&b, "PopP", 0, b"p0").await;
+    wait_queue(&b, "PopP", 0, 1).await;
+    let notify = |poll: i64| NotificationRequestHeader {
+        consumer_group: "GP".into(),
+        topic: "PopP".into(),
+        queue_id: -1,
+        poll_time: poll,
+        born_time: now_ms(),
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::NOTIFICATION).with_header(&notify(0)))
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let nh: NotificationResponseHeader = r.decode_header().unwrap();
+    assert!(nh.has_msg);
+
+    let peek = PeekMessageRequestHeader {
+        topic: "PopP".into(),
+        queue_id: -1,
+        max_msg_nums: 32,
+        consumer_group: "GP".into(),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let r = b
+            .call(RemotingCommand::request(request_code::PEEK_MESSAGE).with_header(&peek))
+            .await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+        let m = decode_stored_many_strict(&r.body.unwrap_or_default(), false).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(&m[0].body[..], b"p0");
+    }
+    // The pop still gets it; then there is nothing to peek or be told about.
+    let got = pop(&b, "GP", "PopP", 60_000, 0).await;
+    assert_eq!(got.len(), 1);
+    let r = b
+        .call(RemotingCommand::request(request_code::PEEK_MESSAGE).with_header(&peek))
+        .await;
+    assert_eq!(r.code, response_code::PULL_NOT_FOUND, "{:?}", r.remark);
+    let r = b
+        .call(RemotingCommand::request(request_code::NOTIFICATION).with_header(&notify(0)))
+        .await;
+    let nh: NotificationResponseHeader = r.decode_header().unwrap();
+    assert!(!nh.has_msg);
+
+    // A long-polled notification is answered when a message arrives.
+    let t0 = Instant::now();
+    let (r, ()) = tokio::join!(
+        b.call(RemotingCommand::request(request_code::NOTIFICATION).with_header(&notify(5000))),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            send(&b, "PopP", 1, b"p1").await;
+        }
+    );
+    let nh: NotificationResponseHeader = r.decode_header().unwrap();
+    assert!(nh.has_msg);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    b.stop().await;
+}

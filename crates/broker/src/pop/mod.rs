@@ -15,16 +15,24 @@
 //!
 //! Orderly POP (`order=true`) writes no checkpoint: see `order`.
 //!
-//! Not built (unregistered): PEEK_MESSAGE, NOTIFICATION, POLLING_INFO.
+//! Not built (unregistered): POLLING_INFO.
 
 pub mod order;
+pub mod peek;
 pub mod processor;
 pub mod revive;
 
 use apogee_protocol::topic::RETRY_GROUP_TOPIC_PREFIX;
 use serde::{Deserialize, Serialize};
 
-pub use processor::register;
+/// Registers every POP request code served.
+pub fn register(
+    registry: &apogee_remoting::ProcessorRegistry,
+    ctx: &std::sync::Arc<crate::context::BrokerContext>,
+) {
+    processor::register(registry, ctx);
+    peek::register(registry, ctx);
+}
 
 /// Tag of checkpoint records in the revive topic (Apache `CK_TAG`).
 pub const CK_TAG: &str = "ck";

@@ -29,7 +29,7 @@ use crate::processor::{bad_header, error_response};
 use crate::schedule::now_ms;
 
 /// A refusal; boxed so the `Result`s carrying it stay small.
-type Refusal = Box<RemotingCommand>;
+pub(crate) type Refusal = Box<RemotingCommand>;
 
 fn refuse(code: i32, remark: impl Into<String>) -> Refusal {
     Box::new(error_response(code, remark))
@@ -210,12 +210,7 @@ async fn pop_message(
 }
 
 fn pre_check(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Result<(), Refusal> {
-    if !PermName::is_readable(ctx.runtime_config.read().broker_permission) {
-        return Err(refuse(
-            response_code::NO_PERMISSION,
-            format!("the broker[{}] pop message is forbidden", ctx.broker_addr),
-        ));
-    }
+    check_common(ctx, &h.topic, &h.consumer_group, h.queue_id)?;
     if h.max_msg_nums > MAX_POP_NUMS || h.max_msg_nums <= 0 {
         return Err(refuse(
             response_code::INVALID_PARAMETER,
@@ -231,37 +226,54 @@ fn pre_check(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Result<(), Ref
             format!("invisibleTime must be positive, got {}", h.invisible_time),
         ));
     }
-    let Some(tc) = ctx.topics.get(&h.topic) else {
+    Ok(())
+}
+
+/// The checks POP, PEEK and NOTIFICATION share: broker and topic readable,
+/// queue in range (-1: any), the group exists and may consume.
+pub(crate) fn check_common(
+    ctx: &BrokerContext,
+    topic: &str,
+    group: &str,
+    queue_id: i32,
+) -> Result<(), Refusal> {
+    if !PermName::is_readable(ctx.runtime_config.read().broker_permission) {
+        return Err(refuse(
+            response_code::NO_PERMISSION,
+            format!("the broker[{}] pop message is forbidden", ctx.broker_addr),
+        ));
+    }
+    let Some(tc) = ctx.topics.get(topic) else {
         return Err(refuse(
             response_code::TOPIC_NOT_EXIST,
-            format!("topic[{}] not exist, apply first please!", h.topic),
+            format!("topic[{topic}] not exist, apply first please!"),
         ));
     };
     if !PermName::is_readable(tc.perm) {
         return Err(refuse(
             response_code::NO_PERMISSION,
-            format!("the topic[{}] peeking message is forbidden", h.topic),
+            format!("the topic[{topic}] peeking message is forbidden"),
         ));
     }
-    if h.queue_id >= tc.read_queue_nums || h.queue_id < -1 {
+    if queue_id >= tc.read_queue_nums || queue_id < -1 {
         return Err(refuse(
             response_code::INVALID_PARAMETER,
             format!(
-                "queueId[{}] is illegal, topic:[{}] topicConfig.readQueueNums:[{}]",
-                h.queue_id, h.topic, tc.read_queue_nums
+                "queueId[{queue_id}] is illegal, topic:[{topic}] topicConfig.readQueueNums:[{}]",
+                tc.read_queue_nums
             ),
         ));
     }
-    let Some(gc) = ctx.groups.find_or_create(&h.consumer_group) else {
+    let Some(gc) = ctx.groups.find_or_create(group) else {
         return Err(refuse(
             response_code::SUBSCRIPTION_GROUP_NOT_EXIST,
-            format!("subscription group [{}] does not exist", h.consumer_group),
+            format!("subscription group [{group}] does not exist"),
         ));
     };
     if !gc.consume_enable {
         return Err(refuse(
             response_code::NO_PERMISSION,
-            format!("subscription group no permission, {}", h.consumer_group),
+            format!("subscription group no permission, {group}"),
         ));
     }
     Ok(())
@@ -285,34 +297,45 @@ fn pop_filter(
         .map_err(|e| refuse(response_code::SUBSCRIPTION_PARSE_FAILED, e.to_string()))
 }
 
-/// The (topic, queue) pairs a pop may read: the group's retry topics
-/// (v1 and v2, queue 0, when they exist) then the topic's queues.
+/// The (topic, queue) pairs a pop may read.
 fn queues_of(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Vec<(String, i32)> {
+    candidate_queues(
+        ctx,
+        &h.topic,
+        &h.consumer_group,
+        h.queue_id,
+        h.order == Some(true),
+    )
+}
+
+/// The (topic, queue) pairs a POP-family request may read: the group's
+/// retry topics (v1 and v2, when they exist; not for orderly requests,
+/// whose messages never go there) then the topic's queues (`queue_id` -1:
+/// all, starting at a varying one so that small pops spread over queues).
+pub(crate) fn candidate_queues(
+    ctx: &BrokerContext,
+    topic: &str,
+    group: &str,
+    queue_id: i32,
+    order: bool,
+) -> Vec<(String, i32)> {
     let mut v = Vec::new();
-    // Orderly messages never go to a retry topic: they wait in their queue.
-    let retry = if h.order == Some(true) {
-        Vec::new()
-    } else {
-        vec![
-            retry_topic_v1(&h.topic, &h.consumer_group),
-            retry_topic_v2(&h.topic, &h.consumer_group),
-        ]
-    };
-    for rt in retry {
-        if let Some(tc) = ctx.topics.get(&rt) {
-            for q in 0..tc.read_queue_nums {
-                v.push((rt.clone(), q));
+    if !order {
+        for rt in [retry_topic_v1(topic, group), retry_topic_v2(topic, group)] {
+            if let Some(tc) = ctx.topics.get(&rt) {
+                for q in 0..tc.read_queue_nums {
+                    v.push((rt.clone(), q));
+                }
             }
         }
     }
-    if h.queue_id >= 0 {
-        v.push((h.topic.clone(), h.queue_id));
-    } else if let Some(tc) = ctx.topics.get(&h.topic) {
-        // Start at a varying queue so that small pops spread over queues.
+    if queue_id >= 0 {
+        v.push((topic.to_owned(), queue_id));
+    } else if let Some(tc) = ctx.topics.get(topic) {
         let n = tc.read_queue_nums.max(1);
         let first = (now_ms().rem_euclid(i64::from(n))) as i32;
         for i in 0..n {
-            v.push((h.topic.clone(), (first + i) % n));
+            v.push((topic.to_owned(), (first + i) % n));
         }
     }
     v

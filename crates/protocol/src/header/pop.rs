@@ -75,3 +75,37 @@ command_header! {
         req revive_qid: i32 => "reviveQid",
     }
 }
+
+command_header! {
+    /// PEEK_MESSAGE (200052): messages from the group's POP progress,
+    /// nothing moved and nothing made invisible.
+    pub struct PeekMessageRequestHeader : rpc {
+        req topic: String => "topic",
+        /// -1: any queue.
+        req queue_id: i32 => "queueId",
+        req max_msg_nums: i32 => "maxMsgNums",
+        req consumer_group: String => "consumerGroup",
+    }
+}
+
+command_header! {
+    /// NOTIFICATION (200054): whether a POP would find messages, long-polled.
+    pub struct NotificationRequestHeader : rpc {
+        req consumer_group: String => "consumerGroup",
+        req topic: String => "topic",
+        /// -1: any queue.
+        req queue_id: i32 => "queueId",
+        req poll_time: i64 => "pollTime",
+        req born_time: i64 => "bornTime",
+        opt order: bool => "order",
+        opt attempt_id: String => "attemptId",
+    }
+}
+
+command_header! {
+    /// Response to NOTIFICATION.
+    pub struct NotificationResponseHeader {
+        req has_msg: bool => "hasMsg",
+        def polling_full: bool = false => "pollingFull",
+    }
+}
