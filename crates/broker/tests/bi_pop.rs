@@ -378,8 +378,14 @@ async fn batch_ack_and_acks_naming_the_retry_topic() {
         send(&b, "PopB", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
     }
     wait_queue(&b, "PopB", 0, 4).await;
-    let got = pop(&b, "GB", "PopB", 1000, 0).await;
+    let mut h = order_pop("GB", "PopB", 1000);
+    h.order = None;
+    h.max_msg_nums = 32;
+    let (got, rh) = pop_req(&b, h).await;
     assert_eq!(got.len(), 4);
+    let rh = rh.unwrap();
+    assert_eq!(rh.msg_offset_info.as_deref(), Some("0 0 0,1,2,3"));
+    assert_eq!(rh.start_offset_info.as_deref(), Some("0 0 0"));
     let f: Vec<&str> = got[0].handle.split(' ').collect();
     // Offsets 0, 1 and 3 acked: BitSet {0, 1, 3} is the byte 0b1011 ("Cw==").
     let body = format!(

@@ -59,6 +59,8 @@ pub enum PopError {
         #[source]
         source: apogee_store::StoreError,
     },
+    #[error("encoding a revive-topic record failed: {0}")]
+    Encode(String),
     #[error("storing {what} failed: {status}")]
     Put {
         what: &'static str,

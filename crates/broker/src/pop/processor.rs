@@ -351,7 +351,9 @@ async fn pop_all(
     let mut got = Collected::default();
     let all = SubscriptionFilter::all();
     for (topic, qid) in queues_of(ctx, h) {
-        let want = usize::try_from(h.max_msg_nums).unwrap_or(1) - got.records.len().min(32);
+        let want = usize::try_from(h.max_msg_nums)
+            .unwrap_or(1)
+            .saturating_sub(got.records.len());
         let is_retry = topic != h.topic;
         // Retry copies were filtered on their first delivery.
         let f: &SubscriptionFilter = if is_retry { &all } else { filter };
@@ -466,11 +468,13 @@ async fn pop_queue(
         &mut got.start_offset_info,
         format_args!("{flag} {qid} {offset}"),
     );
-    let offsets: Vec<String> = r.queue_offsets.iter().map(i64::to_string).collect();
-    append_info(
-        &mut got.msg_offset_info,
-        format_args!("{flag} {qid} {}", offsets.join(",")),
-    );
+    append_info(&mut got.msg_offset_info, format_args!("{flag} {qid} "));
+    for (i, o) in r.queue_offsets.iter().enumerate() {
+        use std::fmt::Write;
+        // Written in place: no string per message.
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(got.msg_offset_info, "{sep}{o}");
+    }
     push_records(
         ctx, h, topic, qid, is_retry, offset, &r, pop_time, revive_qid, got,
     );
@@ -619,7 +623,7 @@ pub(crate) async fn write_ck(
     ck: &CheckPoint,
     revive_qid: i32,
 ) -> Result<(), PopError> {
-    let body = serde_json::to_vec(ck).unwrap_or_default();
+    let body = serde_json::to_vec(ck).map_err(|e| PopError::Encode(e.to_string()))?;
     put_revive(
         ctx,
         revive_record(ctx, revive_qid, CK_TAG, body),
@@ -634,7 +638,7 @@ pub(crate) async fn write_ack(
     revive_qid: i32,
     tag: &str,
 ) -> Result<(), PopError> {
-    let body = serde_json::to_vec(ack).unwrap_or_default();
+    let body = serde_json::to_vec(ack).map_err(|e| PopError::Encode(e.to_string()))?;
     put_revive(
         ctx,
         revive_record(ctx, revive_qid, tag, body),
