@@ -47,6 +47,8 @@ pub struct BrokerContext {
     pub pop_locks: crate::pop::processor::QueueLocks,
     /// Open orderly POP batches.
     pub pop_order: crate::pop::order::OrderTable,
+    /// POP requests held by long polling (POLLING_INFO).
+    pub pop_polling: crate::pop::processor::PollingCounts,
     pub stats: BrokerStats,
     /// `brokerIP1:port`, written into stored records as the store host.
     pub store_host: SocketAddr,
@@ -102,6 +104,7 @@ impl BrokerContext {
             schedule,
             pop_locks: Default::default(),
             pop_order: Default::default(),
+            pop_polling: Default::default(),
             stats,
             store_host,
             started_at: Instant::now(),

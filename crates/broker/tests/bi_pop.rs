@@ -562,3 +562,35 @@ async fn peek_and_notification_do_not_move_the_progress() {
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     b.stop().await;
 }
+
+#[tokio::test]
+async fn polling_info_counts_held_pops() {
+    use apogee_protocol::header::{PollingInfoRequestHeader, PollingInfoResponseHeader};
+    let (b, _dir) = start().await;
+    send(&b, "PopI", 0, b"i0").await;
+    wait_queue(&b, "PopI", 0, 1).await;
+    assert_eq!(pop(&b, "GI", "PopI", 60_000, 0).await.len(), 1);
+    let info = PollingInfoRequestHeader {
+        consumer_group: "GI".into(),
+        topic: "PopI".into(),
+        queue_id: -1,
+        ..Default::default()
+    };
+    let count = || async {
+        let r = b
+            .call(RemotingCommand::request(request_code::POLLING_INFO).with_header(&info))
+            .await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+        let h: PollingInfoResponseHeader = r.decode_header().unwrap();
+        h.polling_num
+    };
+    assert_eq!(count().await, 0);
+    let (got, seen) = tokio::join!(pop(&b, "GI", "PopI", 60_000, 1500), async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        count().await
+    });
+    assert!(got.is_empty());
+    assert_eq!(seen, 1, "one pop held while it polled");
+    assert_eq!(count().await, 0, "released after the poll time");
+    b.stop().await;
+}

@@ -14,8 +14,7 @@
 //!   `CID_RMQ_SYS_REVIVE_GROUP` on each revive queue.
 //!
 //! Orderly POP (`order=true`) writes no checkpoint: see `order`.
-//!
-//! Not built (unregistered): POLLING_INFO.
+//! PEEK_MESSAGE, NOTIFICATION and POLLING_INFO are in `peek`.
 
 pub mod order;
 pub mod peek;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::header::{
     NotificationRequestHeader, NotificationResponseHeader, PeekMessageRequestHeader,
-    PopMessageResponseHeader,
+    PollingInfoRequestHeader, PollingInfoResponseHeader, PopMessageResponseHeader,
 };
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
@@ -19,7 +19,7 @@ use crate::filter::SubscriptionFilter;
 use crate::processor::bad_header;
 use crate::schedule::now_ms;
 
-/// Registers PEEK_MESSAGE and NOTIFICATION.
+/// Registers PEEK_MESSAGE, NOTIFICATION and POLLING_INFO.
 pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
     let c = Arc::clone(ctx);
     registry.register(
@@ -27,6 +27,14 @@ pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
         processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
             let ctx = Arc::clone(&c);
             async move { Ok(Some(peek_message(&ctx, &req))) }
+        }),
+    );
+    let c = Arc::clone(ctx);
+    registry.register(
+        request_code::POLLING_INFO,
+        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
+            let ctx = Arc::clone(&c);
+            async move { Ok(Some(polling_info(&ctx, &req))) }
         }),
     );
     let c = Arc::clone(ctx);
@@ -160,4 +168,21 @@ async fn notification(
         polling_full: false,
     };
     Some(RemotingCommand::response(response_code::SUCCESS, None).with_header(&header))
+}
+
+/// POLLING_INFO (200055): the POP requests held now for the group, topic
+/// and queue id as they asked (-1 for any-queue pops).
+fn polling_info(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
+    let h: PollingInfoRequestHeader = match req.decode_header() {
+        Ok(h) => h,
+        Err(e) => return bad_header(req.code, &e),
+    };
+    if let Err(r) = check_common(ctx, &h.topic, &h.consumer_group, h.queue_id) {
+        return *r;
+    }
+    let key = format!("{}@{}@{}", h.topic, h.consumer_group, h.queue_id);
+    let header = PollingInfoResponseHeader {
+        polling_num: ctx.pop_polling.get(&key),
+    };
+    RemotingCommand::response(response_code::SUCCESS, None).with_header(&header)
 }

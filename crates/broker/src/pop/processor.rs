@@ -66,6 +66,43 @@ impl Drop for QueueGuard<'_> {
     }
 }
 
+/// POP requests held by long polling, per `topic@group@queueId` (the
+/// request's queue id, -1 included), for POLLING_INFO.
+#[derive(Default)]
+pub struct PollingCounts {
+    counts: Mutex<std::collections::HashMap<String, i32>>,
+}
+
+/// Counts one held request while it lives.
+pub(crate) struct Held<'a> {
+    counts: &'a PollingCounts,
+    key: String,
+}
+
+impl PollingCounts {
+    pub(crate) fn hold(&self, key: String) -> Held<'_> {
+        *self.counts.lock().entry(key.clone()).or_insert(0) += 1;
+        Held { counts: self, key }
+    }
+
+    /// Requests held for `key` now.
+    pub fn get(&self, key: &str) -> i32 {
+        self.counts.lock().get(key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut c = self.counts.counts.lock();
+        if let Some(n) = c.get_mut(&self.key) {
+            *n -= 1;
+            if *n <= 0 {
+                c.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Registers POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE and
 /// CHANGE_MESSAGE_INVISIBLETIME.
 pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
@@ -163,10 +200,14 @@ async fn pop_message(
             ));
         }
         if !parked.is_empty() {
+            let held = ctx
+                .pop_polling
+                .hold(format!("{}@{}@{}", h.topic, h.consumer_group, h.queue_id));
             tokio::select! {
                 _ = futures::future::select_all(parked) => {}
                 _ = rc.channel().closed() => return None,
             }
+            drop(held);
             got = match pop_all(ctx, &h, &filter, now_ms(), revive_qid).await {
                 Ok(g) => g,
                 Err(r) => return Some(*r),

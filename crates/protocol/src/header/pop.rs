@@ -109,3 +109,19 @@ command_header! {
         def polling_full: bool = false => "pollingFull",
     }
 }
+
+command_header! {
+    /// POLLING_INFO (200055): how many POP requests are held for a queue.
+    pub struct PollingInfoRequestHeader : rpc {
+        req consumer_group: String => "consumerGroup",
+        req topic: String => "topic",
+        req queue_id: i32 => "queueId",
+    }
+}
+
+command_header! {
+    /// Response to POLLING_INFO.
+    pub struct PollingInfoResponseHeader {
+        req polling_num: i32 => "pollingNum",
+    }
+}
