@@ -43,6 +43,12 @@ pub struct BrokerContext {
     /// Compiled SQL92 subscriptions per (group, topic).
     pub sql_filters: SqlFilterCache,
     pub schedule: ScheduleMessageService,
+    /// Queues being popped right now.
+    pub pop_locks: crate::pop::processor::QueueLocks,
+    /// Open orderly POP batches.
+    pub pop_order: crate::pop::order::OrderTable,
+    /// POP requests held by long polling (POLLING_INFO).
+    pub pop_polling: crate::pop::processor::PollingCounts,
     pub stats: BrokerStats,
     /// `brokerIP1:port`, written into stored records as the store host.
     pub store_host: SocketAddr,
@@ -122,6 +128,9 @@ impl BrokerContext {
             pull_hold,
             sql_filters: SqlFilterCache::new(),
             schedule,
+            pop_locks: Default::default(),
+            pop_order: Default::default(),
+            pop_polling: Default::default(),
             stats,
             store_host,
             started_at: Instant::now(),

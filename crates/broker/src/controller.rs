@@ -171,6 +171,11 @@ impl BrokerController {
                 Arc::clone(&ctx),
                 stop_rx.clone(),
             ));
+            // Un-acked POP messages are revived by the master only.
+            tasks.push(crate::pop::revive::spawn_revive_loop(
+                Arc::clone(&ctx),
+                stop_rx.clone(),
+            ));
         }
         if !ctx.config.is_master() {
             tasks.push(crate::slave_sync::spawn(Arc::clone(&ctx), stop_rx));
@@ -297,6 +302,7 @@ fn register_processors(registry: &Arc<ProcessorRegistry>, ctx: &Arc<BrokerContex
     processor::admin::register(registry, ctx);
     processor::query::register(registry, ctx);
     crate::transaction::register(registry, ctx);
+    crate::pop::register(registry, ctx);
     // Java's VIP ("fast") server has no pull processor: refuse there.
     for &code in NOT_ON_VIP {
         let Some(inner) = registry.lookup(code) else {

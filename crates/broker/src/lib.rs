@@ -17,6 +17,7 @@ pub mod long_polling;
 pub mod namesrv_api;
 pub mod offset;
 mod persist;
+pub mod pop;
 pub mod processor;
 pub mod register;
 pub mod schedule;

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod client;
 pub mod namesrv;
 pub mod offset;
+pub mod pop;
 pub mod pull;
 pub mod send;
 
@@ -28,6 +29,7 @@ pub use admin::*;
 pub use client::*;
 pub use namesrv::*;
 pub use offset::*;
+pub use pop::*;
 pub use pull::*;
 pub use send::*;
 

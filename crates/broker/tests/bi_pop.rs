@@ -1,0 +1,596 @@
+//! POP consumption in-process over real TCP on 127.0.0.1: pop → ack and
+//! nothing comes back; pop without ack and the message comes back from the
+//! retry topic after its invisible time with reconsumeTimes + 1; change of
+//! invisible time; the DLQ after `retryMaxTimes`; POP and classic pull by
+//! two groups on one topic; long polling; malformed receipts refused.
+
+mod ba_common;
+
+use std::time::{Duration, Instant};
+
+use apogee_broker::pop::build_extra_info;
+use apogee_broker::schedule::now_ms;
+use apogee_protocol::code::{request_code, response_code};
+use apogee_protocol::flags::PullSysFlag;
+use apogee_protocol::header::pull::PullMessageRequestHeader;
+use apogee_protocol::header::send::SendMessageRequestHeader;
+use apogee_protocol::header::{
+    AckMessageRequestHeader, ChangeInvisibleTimeRequestHeader, ChangeInvisibleTimeResponseHeader,
+    PopMessageRequestHeader, PopMessageResponseHeader,
+};
+use apogee_protocol::message::stored::DecodedMessage;
+use apogee_protocol::message::{decode_stored_many_strict, keys};
+use apogee_protocol::RemotingCommand;
+use ba_common::Broker;
+use bytes::Bytes;
+
+async fn start() -> (Broker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
+    (b, dir)
+}
+
+async fn send(b: &Broker, topic: &str, queue_id: i32, body: &'static [u8]) {
+    let h = SendMessageRequestHeader {
+        producer_group: "PG".into(),
+        topic: topic.into(),
+        default_topic: "TBW102".into(),
+        default_topic_queue_nums: 4,
+        queue_id,
+        born_timestamp: now_ms(),
+        properties: Some("TAGS\u{1}a\u{2}".into()),
+        ..Default::default()
+    };
+    let resp = b
+        .call(
+            RemotingCommand::request(request_code::SEND_MESSAGE)
+                .with_header(&h)
+                .with_body(Bytes::from_static(body)),
+        )
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+}
+
+/// A popped message with the receipt handle a client would use: its
+/// `POP_CK`, else built from the response header as the Java client does.
+struct Popped {
+    msg: DecodedMessage,
+    handle: String,
+}
+
+async fn pop(b: &Broker, group: &str, topic: &str, invisible: i64, poll: i64) -> Vec<Popped> {
+    let h = PopMessageRequestHeader {
+        consumer_group: group.into(),
+        topic: topic.into(),
+        queue_id: -1,
+        max_msg_nums: 32,
+        invisible_time: invisible,
+        poll_time: poll,
+        born_time: now_ms(),
+        init_mode: 0,
+        exp_type: Some("TAG".into()),
+        exp: Some("*".into()),
+        ..Default::default()
+    };
+    pop_req(b, h).await.0
+}
+
+/// Sends one POP_MESSAGE; the messages and the response header.
+async fn pop_req(
+    b: &Broker,
+    h: PopMessageRequestHeader,
+) -> (Vec<Popped>, Option<PopMessageResponseHeader>) {
+    let invisible = h.invisible_time;
+    let resp = b
+        .call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
+        .await;
+    if resp.code == response_code::POLLING_TIMEOUT {
+        return (Vec::new(), None);
+    }
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let rh: PopMessageResponseHeader = resp.decode_header().expect("pop header");
+    assert_eq!(rh.invisible_time, invisible);
+    let start_info = rh.start_offset_info.clone().unwrap_or_default();
+    let body = resp.body.clone().unwrap_or_default();
+    let msgs = decode_stored_many_strict(&body, false)
+        .expect("pop body decodes")
+        .into_iter()
+        .map(|msg| {
+            let handle = match msg.properties.get(keys::POP_CK) {
+                Some(ck) => ck.clone(),
+                None => {
+                    // Client rule: the start offset of this queue from startOffsetInfo.
+                    let start: i64 = start_info
+                        .split(';')
+                        .filter_map(|e| {
+                            let f: Vec<&str> = e.split(' ').collect();
+                            (f.len() == 3 && f[0] == "0" && f[1] == msg.queue_id.to_string())
+                                .then(|| f[2].parse().ok())
+                                .flatten()
+                        })
+                        .next()
+                        .expect("startOffsetInfo names the queue");
+                    build_extra_info(
+                        start,
+                        rh.pop_time,
+                        rh.invisible_time,
+                        rh.revive_qid,
+                        &msg.topic,
+                        &b.ctx().config.broker_name,
+                        msg.queue_id,
+                        msg.queue_offset,
+                    )
+                }
+            };
+            Popped { msg, handle }
+        })
+        .collect();
+    (msgs, Some(rh))
+}
+
+/// Waits until the dispatcher made `n` messages of (topic, queue) visible.
+async fn wait_queue(b: &Broker, topic: &str, queue_id: i32, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.ctx().store.max_offset(topic, queue_id) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}:{queue_id} never held {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn queue_offset_of(p: &Popped) -> i64 {
+    // A retry copy carries its retry-queue offset as the last handle field.
+    p.handle
+        .rsplit(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("handle has an offset")
+}
+
+async fn ack(b: &Broker, group: &str, topic: &str, p: &Popped) -> RemotingCommand {
+    let h = AckMessageRequestHeader {
+        consumer_group: group.into(),
+        topic: topic.into(),
+        queue_id: p.msg.queue_id,
+        extra_info: p.handle.clone(),
+        offset: queue_offset_of(p),
+        ..Default::default()
+    };
+    b.call(RemotingCommand::request(request_code::ACK_MESSAGE).with_header(&h))
+        .await
+}
+
+/// Pops until `n` messages came back or `within` passed.
+async fn pop_until(
+    b: &Broker,
+    group: &str,
+    topic: &str,
+    invisible: i64,
+    n: usize,
+    within: Duration,
+) -> Vec<Popped> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < n && Instant::now() < deadline {
+        got.extend(pop(b, group, topic, invisible, 0).await);
+        if got.len() < n {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn acked_messages_stay_gone_unacked_come_back_with_reconsume_times() {
+    let (b, _dir) = start().await;
+    for body in [b"m0" as &[u8], b"m1", b"m2"] {
+        send(&b, "PopT", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopT", 0, 3).await;
+    let got = pop(&b, "G1", "PopT", 2000, 0).await;
+    assert_eq!(got.len(), 3);
+    for p in &got {
+        assert_eq!(p.msg.topic, "PopT");
+        assert_eq!(p.msg.reconsume_times, 0);
+    }
+    // Acks for m0 and m1; m2 is left to come back.
+    for p in got.iter().filter(|p| &p.msg.body[..] != b"m2") {
+        let r = ack(&b, "G1", "PopT", p).await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    }
+    // Invisible now: a second pop gets nothing.
+    assert!(pop(&b, "G1", "PopT", 2000, 0).await.is_empty());
+
+    let back = pop_until(&b, "G1", "PopT", 60_000, 1, Duration::from_secs(10)).await;
+    assert_eq!(back.len(), 1, "the un-acked message came back");
+    let p = &back[0];
+    assert_eq!(&p.msg.body[..], b"m2");
+    assert_eq!(p.msg.topic, "PopT", "shown in its real topic");
+    assert_eq!(p.msg.reconsume_times, 1);
+    assert!(p.msg.properties.contains_key(keys::POP_CK));
+    let r = ack(&b, "G1", "PopT", p).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+
+    // Classic pull by another group on the same topic sees all three.
+    let h = PullMessageRequestHeader {
+        consumer_group: "G2".into(),
+        topic: "PopT".into(),
+        queue_id: 0,
+        queue_offset: 0,
+        max_msg_nums: 32,
+        sys_flag: PullSysFlag::build(false, false, true, false, false).0,
+        subscription: Some("*".into()),
+        expression_type: Some("TAG".into()),
+        ..Default::default()
+    };
+    let resp = b
+        .call(RemotingCommand::request(request_code::PULL_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let pulled = decode_stored_many_strict(&resp.body.unwrap_or_default(), false).unwrap();
+    assert_eq!(pulled.len(), 3);
+
+    // Everything acked: nothing comes back after the invisible times.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(pop(&b, "G1", "PopT", 2000, 0).await.is_empty());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn change_invisible_time_brings_a_message_back_sooner() {
+    let (b, _dir) = start().await;
+    send(&b, "PopC", 1, b"c0").await;
+    wait_queue(&b, "PopC", 1, 1).await;
+    let got = pop(&b, "G", "PopC", 600_000, 0).await;
+    assert_eq!(got.len(), 1);
+    let p = &got[0];
+    let h = ChangeInvisibleTimeRequestHeader {
+        consumer_group: "G".into(),
+        topic: "PopC".into(),
+        queue_id: p.msg.queue_id,
+        extra_info: p.handle.clone(),
+        offset: p.msg.queue_offset,
+        invisible_time: 500,
+        ..Default::default()
+    };
+    let resp = b
+        .call(RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME).with_header(&h))
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let rh: ChangeInvisibleTimeResponseHeader = resp.decode_header().unwrap();
+    assert_eq!(rh.invisible_time, 500);
+    let back = pop_until(&b, "G", "PopC", 600_000, 1, Duration::from_secs(8)).await;
+    assert_eq!(back.len(), 1, "back after the new invisible time");
+    assert_eq!(&back[0].msg.body[..], b"c0");
+    assert_eq!(back[0].msg.reconsume_times, 1);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unacked_goes_to_dlq_after_retry_max_times() {
+    let (b, _dir) = start().await;
+    let mut g = b.ctx().groups.find_or_create("GD").unwrap();
+    g.retry_max_times = 1;
+    b.ctx().groups.update(g);
+    send(&b, "PopD", 0, b"d0").await;
+    wait_queue(&b, "PopD", 0, 1).await;
+    assert_eq!(pop(&b, "GD", "PopD", 300, 0).await.len(), 1);
+    let again = pop_until(&b, "GD", "PopD", 300, 1, Duration::from_secs(8)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].msg.reconsume_times, 1);
+    // Not acked again: reconsumeTimes 1 reached retryMaxTimes 1.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while b.ctx().store.max_offset("%DLQ%GD", 0) < 1 {
+        assert!(Instant::now() < deadline, "never reached the DLQ");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(pop(&b, "GD", "PopD", 300, 0).await.is_empty());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn long_polling_pop_wakes_on_arrival() {
+    let (b, _dir) = start().await;
+    send(&b, "PopL", 0, b"first").await;
+    wait_queue(&b, "PopL", 0, 1).await;
+    assert_eq!(pop(&b, "GL", "PopL", 60_000, 0).await.len(), 1);
+    let t0 = Instant::now();
+    let (got, ()) = tokio::join!(pop(&b, "GL", "PopL", 60_000, 5000), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send(&b, "PopL", 2, b"late").await;
+    });
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"late");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_receipts_are_refused() {
+    let (b, _dir) = start().await;
+    send(&b, "PopM", 0, b"x").await;
+    for bad in [
+        "",
+        "1 2",
+        "a b c d e f g",
+        "0 1 2 3 7 b 0 0",
+        "0 1 2 99 0 b 0 0",
+    ] {
+        let h = AckMessageRequestHeader {
+            consumer_group: "G".into(),
+            topic: "PopM".into(),
+            queue_id: 0,
+            extra_info: bad.into(),
+            offset: 0,
+            ..Default::default()
+        };
+        let r = b
+            .call(RemotingCommand::request(request_code::ACK_MESSAGE).with_header(&h))
+            .await;
+        assert_eq!(
+            r.code,
+            response_code::INVALID_PARAMETER,
+            "{bad:?}: {:?}",
+            r.remark
+        );
+    }
+    // Out-of-range offset with a well-formed handle.
+    let h = AckMessageRequestHeader {
+        consumer_group: "G".into(),
+        topic: "PopM".into(),
+        queue_id: 0,
+        extra_info: "0 1 2 3 0 b 0 0".into(),
+        offset: 50,
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::ACK_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(r.code, response_code::NO_MESSAGE, "{:?}", r.remark);
+    // A header missing required fields.
+    let r = b
+        .call(RemotingCommand::request(request_code::POP_MESSAGE))
+        .await;
+    assert_eq!(r.code, response_code::SYSTEM_ERROR, "{:?}", r.remark);
+    // Too many messages asked for.
+    let h = PopMessageRequestHeader {
+        consumer_group: "G".into(),
+        topic: "PopM".into(),
+        queue_id: -1,
+        max_msg_nums: 33,
+        invisible_time: 1000,
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn batch_ack_and_acks_naming_the_retry_topic() {
+    let (b, _dir) = start().await;
+    for body in [b"b0" as &[u8], b"b1", b"b2", b"b3"] {
+        send(&b, "PopB", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopB", 0, 4).await;
+    let mut h = order_pop("GB", "PopB", 1000);
+    h.order = None;
+    h.max_msg_nums = 32;
+    let (got, rh) = pop_req(&b, h).await;
+    assert_eq!(got.len(), 4);
+    let rh = rh.unwrap();
+    assert_eq!(rh.msg_offset_info.as_deref(), Some("0 0 0,1,2,3"));
+    assert_eq!(rh.start_offset_info.as_deref(), Some("0 0 0"));
+    let f: Vec<&str> = got[0].handle.split(' ').collect();
+    // Offsets 0, 1 and 3 acked: BitSet {0, 1, 3} is the byte 0b1011 ("Cw==").
+    let body = format!(
+        r#"{{"acks":[{{"c":"GB","t":"PopB","r":"0","so":{},"q":0,"rq":{},"pt":{},"it":1000,"b":"Cw=="}}],"brokerName":"{}"}}"#,
+        f[0], f[3], f[1], f[5]
+    );
+    let r = b
+        .call(
+            RemotingCommand::request(request_code::BATCH_ACK_MESSAGE).with_body(Bytes::from(body)),
+        )
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let back = pop_until(&b, "GB", "PopB", 1000, 1, Duration::from_secs(8)).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(&back[0].msg.body[..], b"b2");
+    // Acked as Apache's client does: the header names the retry topic.
+    let h = AckMessageRequestHeader {
+        consumer_group: "GB".into(),
+        topic: "%RETRY%GB_PopB".into(),
+        queue_id: back[0].msg.queue_id,
+        extra_info: back[0].handle.clone(),
+        offset: queue_offset_of(&back[0]),
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::ACK_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(pop(&b, "GB", "PopB", 1000, 0).await.is_empty());
+
+    // Malformed batch bodies are refused, not a panic.
+    for bad in [
+        "",
+        "{",
+        r#"{"acks":[]}"#,
+        r#"{"acks":[{"c":"GB","t":"PopB","r":"7","so":0,"q":0,"rq":0,"pt":0,"it":0}]}"#,
+    ] {
+        let r = b
+            .call(
+                RemotingCommand::request(request_code::BATCH_ACK_MESSAGE)
+                    .with_body(Bytes::from(bad)),
+            )
+            .await;
+        assert_ne!(r.code, response_code::SUCCESS, "{bad:?}");
+    }
+    b.stop().await;
+}
+
+fn order_pop(group: &str, topic: &str, invisible: i64) -> PopMessageRequestHeader {
+    PopMessageRequestHeader {
+        consumer_group: group.into(),
+        topic: topic.into(),
+        queue_id: 0,
+        max_msg_nums: 1,
+        invisible_time: invisible,
+        born_time: now_ms(),
+        init_mode: 0,
+        order: Some(true),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn orderly_pop_blocks_the_queue_until_ack_or_expiry() {
+    let (b, _dir) = start().await;
+    send(&b, "PopO", 0, b"o0").await;
+    send(&b, "PopO", 0, b"o1").await;
+    wait_queue(&b, "PopO", 0, 2).await;
+    let (got, rh) = pop_req(&b, order_pop("GO", "PopO", 1500)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"o0");
+    let rh = rh.unwrap();
+    assert_eq!(
+        rh.revive_qid, 999,
+        "orderly receipts name the order revive queue"
+    );
+    assert_eq!(rh.order_count_info.as_deref(), Some("0 0 0"));
+    // o1 waits behind the un-acked o0.
+    assert!(pop_req(&b, order_pop("GO", "PopO", 1500))
+        .await
+        .0
+        .is_empty());
+    let r = ack(&b, "GO", "PopO", &got[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let (got, _) = pop_req(&b, order_pop("GO", "PopO", 1000)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"o1");
+    // Not acked: blocked until the invisible time passes, then o1 again.
+    assert!(pop_req(&b, order_pop("GO", "PopO", 1000))
+        .await
+        .0
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (again, rh) = pop_req(&b, order_pop("GO", "PopO", 1000)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(&again[0].msg.body[..], b"o1");
+    assert_eq!(rh.unwrap().order_count_info.as_deref(), Some("0 0 1"));
+    let r = ack(&b, "GO", "PopO", &again[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert!(pop_req(&b, order_pop("GO", "PopO", 1000))
+        .await
+        .0
+        .is_empty());
+    assert_eq!(b.ctx().offsets.query("GO", "PopO", 0), Some(2));
+    // Nothing went to a retry topic.
+    assert!(b.ctx().topics.get("%RETRY%GO_PopO").is_none());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn peek_and_notification_do_not_move_the_progress() {
+    use apogee_protocol::header::{
+        NotificationRequestHeader, NotificationResponseHeader, PeekMessageRequestHeader,
+    };
+    let (b, _dir) = start().await;
+    send(&b, "PopP", 0, b"p0").await;
+    wait_queue(&b, "PopP", 0, 1).await;
+    let notify = |poll: i64| NotificationRequestHeader {
+        consumer_group: "GP".into(),
+        topic: "PopP".into(),
+        queue_id: -1,
+        poll_time: poll,
+        born_time: now_ms(),
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::NOTIFICATION).with_header(&notify(0)))
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let nh: NotificationResponseHeader = r.decode_header().unwrap();
+    assert!(nh.has_msg);
+
+    let peek = PeekMessageRequestHeader {
+        topic: "PopP".into(),
+        queue_id: -1,
+        max_msg_nums: 32,
+        consumer_group: "GP".into(),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let r = b
+            .call(RemotingCommand::request(request_code::PEEK_MESSAGE).with_header(&peek))
+            .await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+        let m = decode_stored_many_strict(&r.body.unwrap_or_default(), false).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(&m[0].body[..], b"p0");
+    }
+    // The pop still gets it; then there is nothing to peek or be told about.
+    let got = pop(&b, "GP", "PopP", 60_000, 0).await;
+    assert_eq!(got.len(), 1);
+    let r = b
+        .call(RemotingCommand::request(request_code::PEEK_MESSAGE).with_header(&peek))
+        .await;
+    assert_eq!(r.code, response_code::PULL_NOT_FOUND, "{:?}", r.remark);
+    let r = b
+        .call(RemotingCommand::request(request_code::NOTIFICATION).with_header(&notify(0)))
+        .await;
+    let nh: NotificationResponseHeader = r.decode_header().unwrap();
+    assert!(!nh.has_msg);
+
+    // A long-polled notification is answered when a message arrives.
+    let t0 = Instant::now();
+    let (r, ()) = tokio::join!(
+        b.call(RemotingCommand::request(request_code::NOTIFICATION).with_header(&notify(5000))),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            send(&b, "PopP", 1, b"p1").await;
+        }
+    );
+    let nh: NotificationResponseHeader = r.decode_header().unwrap();
+    assert!(nh.has_msg);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn polling_info_counts_held_pops() {
+    use apogee_protocol::header::{PollingInfoRequestHeader, PollingInfoResponseHeader};
+    let (b, _dir) = start().await;
+    send(&b, "PopI", 0, b"i0").await;
+    wait_queue(&b, "PopI", 0, 1).await;
+    assert_eq!(pop(&b, "GI", "PopI", 60_000, 0).await.len(), 1);
+    let info = PollingInfoRequestHeader {
+        consumer_group: "GI".into(),
+        topic: "PopI".into(),
+        queue_id: -1,
+        ..Default::default()
+    };
+    let count = || async {
+        let r = b
+            .call(RemotingCommand::request(request_code::POLLING_INFO).with_header(&info))
+            .await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+        let h: PollingInfoResponseHeader = r.decode_header().unwrap();
+        h.polling_num
+    };
+    assert_eq!(count().await, 0);
+    let (got, seen) = tokio::join!(pop(&b, "GI", "PopI", 60_000, 1500), async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        count().await
+    });
+    assert!(got.is_empty());
+    assert_eq!(seen, 1, "one pop held while it polled");
+    assert_eq!(count().await, 0, "released after the poll time");
+    b.stop().await;
+}
