@@ -62,6 +62,11 @@ pub const CHECK_GROUP: &str = topic::CID_SYS_RMQ_TRANS;
 const OP_BATCH: usize = 256;
 /// Most half messages examined in one pass (the next pass goes on).
 const MAX_HALF_PER_PASS: usize = 100_000;
+/// Most op-message batches read in one pass: a half offset that cannot
+/// advance (a failing store write) must not make every pass re-read an
+/// ever-growing op backlog. A pass that hit this limit settles only what
+/// the ops it read decide and stops at the first message needing action.
+const MAX_OP_BATCHES_PER_PASS: usize = 64;
 
 /// Why a transactional step failed (logged; the client sees a response code).
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +237,8 @@ async fn decide(
         // original, or a second answer), or just before a crash that left
         // the op message unwritten. A fresh one cannot, and skips the lookup.
         let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
-        let may_be_done = h.from_transaction_check || now_ms() - half.store_timestamp > timeout;
+        let may_be_done =
+            h.from_transaction_check || age_ms(now_ms(), half.store_timestamp) > timeout;
         if !(may_be_done && already_committed(ctx, &half)) {
             let msg = committed_message(&half, h.commit_log_offset)
                 .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
@@ -253,7 +259,13 @@ fn immunity_passed(ctx: &BrokerContext, half: &RecordInfo<'_>) -> bool {
         return false;
     };
     let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
-    now_ms() - half.born_timestamp > immunity_ms(s, timeout)
+    age_ms(now_ms(), half.born_timestamp) > immunity_ms(s, timeout)
+}
+
+/// `now - born`, saturating: `born` comes from the client and may be any
+/// i64, and an overflow panic in the check loop would end it for good.
+fn age_ms(now: i64, born: i64) -> i64 {
+    now.saturating_sub(born)
 }
 
 /// The check-immunity time of a message: its property in seconds, at least
@@ -389,6 +401,7 @@ pub fn spawn_check_loop(
                     discarded = stats.discarded,
                     repaired = stats.repaired,
                     no_producer = stats.no_producer,
+                    requeued = stats.requeued,
                     "transaction check pass"
                 );
             }
@@ -408,6 +421,9 @@ pub struct CheckStats {
     pub repaired: usize,
     /// Checks that found no live producer connection of the group.
     pub no_producer: usize,
+    /// Half messages still within their CHECK_IMMUNITY_TIME_IN_SECONDS,
+    /// moved to the end of the half queue.
+    pub requeued: usize,
     /// Half-queue consume offset after the pass.
     pub half_offset: i64,
 }
@@ -419,6 +435,8 @@ struct Ops {
     removed: HashMap<i64, i64>,
     pending: BTreeMap<i64, usize>,
     done: Vec<i64>,
+    /// More op messages follow than this pass read.
+    truncated: bool,
 }
 
 fn read_ops(ctx: &BrokerContext, op_offset: i64, half_min: i64) -> Ops {
@@ -426,9 +444,17 @@ fn read_ops(ctx: &BrokerContext, op_offset: i64, half_min: i64) -> Ops {
         removed: HashMap::new(),
         pending: BTreeMap::new(),
         done: Vec::new(),
+        truncated: false,
     };
     let mut off = op_offset;
-    loop {
+    for batch in 0.. {
+        if batch == MAX_OP_BATCHES_PER_PASS {
+            ops.truncated = off
+                < ctx
+                    .store
+                    .max_offset(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, HALF_QUEUE_ID);
+            break;
+        }
         let r = ctx.store.get_messages(
             CHECK_GROUP,
             topic::RMQ_SYS_TRANS_OP_HALF_TOPIC,
@@ -506,10 +532,15 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
         .unwrap_or(0)
         .max(ctx.store.min_offset(op_t, HALF_QUEUE_ID));
     let mut ops = read_ops(ctx, op_start, start);
-    let (timeout, check_max) = {
+    let (timeout, check_max, interval) = {
         let rc = ctx.runtime_config.read();
-        (ms_i64(rc.transaction_timeout), rc.transaction_check_max)
+        (
+            ms_i64(rc.transaction_timeout),
+            rc.transaction_check_max,
+            ms_i64(rc.transaction_check_interval),
+        )
     };
+    let immunity_cap = immunity_cap_ms(timeout, check_max, interval);
     let pass_start = now_ms();
     let mut i = start;
     let mut examined = 0usize;
@@ -525,6 +556,10 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
             }
             i += 1;
             continue;
+        }
+        if ops.truncated {
+            // Unread ops may decide this message: act on it next pass.
+            break;
         }
         let r = ctx
             .store
@@ -566,13 +601,24 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
         if half.store_timestamp >= pass_start {
             break;
         }
-        let age = now_ms() - half.born_timestamp;
-        let immunity = half
-            .property(keys::CHECK_IMMUNITY_TIME_IN_SECONDS)
-            .map_or(timeout, |s| immunity_ms(s, timeout));
-        if (0..=immunity).contains(&age) {
-            // Younger messages follow; the next pass looks again.
-            break;
+        let age = age_ms(now_ms(), half.born_timestamp);
+        match half.property(keys::CHECK_IMMUNITY_TIME_IN_SECONDS) {
+            None if (0..=timeout).contains(&age) => {
+                // Younger messages follow; the next pass looks again.
+                break;
+            }
+            Some(s) if (0..immunity_ms(s, timeout).min(immunity_cap)).contains(&age) => {
+                // Its own immunity says "not yet", but messages after it may
+                // be due: move it to the end of the queue and go on.
+                if let Err(e) = requeue_immune(ctx, &half).await {
+                    tracing::warn!(error = %e, offset = i, "re-queueing an immune half message failed; retried next pass");
+                    break;
+                }
+                stats.requeued += 1;
+                i += 1;
+                continue;
+            }
+            _ => {}
         }
         if already_committed(ctx, &half) {
             if let Err(e) = write_op(ctx, half.queue_id, half.queue_offset).await {
@@ -608,6 +654,42 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
     }
     stats.half_offset = i;
     stats
+}
+
+/// The longest CHECK_IMMUNITY_TIME_IN_SECONDS honoured: about the time a
+/// message would take to use up its checks (at least the timeout). Apache
+/// has no such bound; without it a huge immunity would be re-queued every
+/// pass forever without ever counting towards `transactionCheckMax`.
+fn immunity_cap_ms(timeout_ms: i64, check_max: i32, interval_ms: i64) -> i64 {
+    interval_ms
+        .saturating_mul(i64::from(check_max.max(1)))
+        .max(timeout_ms)
+}
+
+/// Writes a half message that is still immune again at the end of the half
+/// queue (check count unchanged) and records an op for its old offset.
+/// The copy carries `TRAN_PREPARED_QUEUE_OFFSET` = the queue offset of the
+/// first half message of the transaction (Apache's
+/// `putImmunityMsgBackToHalfQueue`); an existing stamp is kept.
+async fn requeue_immune(
+    ctx: &BrokerContext,
+    half: &RecordInfo<'_>,
+) -> Result<(), TransactionError> {
+    let mut copy = half.to_message_to_store();
+    if properties::get(&copy.properties, keys::TRANSACTION_PREPARED_QUEUE_OFFSET).is_none() {
+        copy.properties = properties::set(
+            &copy.properties,
+            keys::TRANSACTION_PREPARED_QUEUE_OFFSET,
+            &half.queue_offset.to_string(),
+        );
+    }
+    put_as_is(ctx, copy)
+        .await
+        .map_err(|source| TransactionError::Store {
+            what: "the immune half message",
+            source,
+        })?;
+    write_op(ctx, half.queue_id, half.queue_offset).await
 }
 
 /// Writes the half message again at the end of the half queue with its
@@ -784,6 +866,21 @@ mod tests {
         assert_eq!(next_op_offset(vec![6, 5, 7], 5), 8);
         assert_eq!(next_op_offset(vec![5, 7], 5), 6);
         assert_eq!(next_op_offset(vec![3, 4], 5), 5);
+    }
+
+    #[test]
+    fn ages_saturate_on_extreme_born_timestamps() {
+        assert_eq!(age_ms(1000, 400), 600);
+        assert_eq!(age_ms(1000, i64::MIN), i64::MAX);
+        assert_eq!(age_ms(1000, i64::MAX), 1000 - i64::MAX);
+        assert_eq!(age_ms(-5, i64::MAX), i64::MIN);
+    }
+
+    #[test]
+    fn immunity_cap() {
+        assert_eq!(immunity_cap_ms(6000, 15, 60_000), 900_000);
+        assert_eq!(immunity_cap_ms(6000, 0, 10), 6000);
+        assert_eq!(immunity_cap_ms(0, i32::MAX, i64::MAX), i64::MAX);
     }
 
     #[test]

@@ -53,6 +53,16 @@ impl Broker {
 
     /// Sends half message `body` to `Orders` queue 1; (response, queue offset, CommitLog offset).
     async fn send_half(&self, body: &'static str, born: i64) -> (RemotingCommand, i64, i64) {
+        self.send_half_with(body, born, "").await
+    }
+
+    /// [`Broker::send_half`] with extra encoded properties.
+    async fn send_half_with(
+        &self,
+        body: &'static str,
+        born: i64,
+        extra: &str,
+    ) -> (RemotingCommand, i64, i64) {
         let h = SendMessageRequestHeader {
             producer_group: "PG".into(),
             topic: "Orders".into(),
@@ -62,7 +72,7 @@ impl Broker {
             sys_flag: sysflag::TRANSACTION_PREPARED_TYPE,
             born_timestamp: born,
             properties: Some(format!(
-                "TRAN_MSG\u{1}true\u{2}PGROUP\u{1}PG\u{2}UNIQ_KEY\u{1}U-{body}\u{2}TAGS\u{1}T\u{2}"
+                "TRAN_MSG\u{1}true\u{2}PGROUP\u{1}PG\u{2}UNIQ_KEY\u{1}U-{body}\u{2}TAGS\u{1}T\u{2}{extra}"
             )),
             ..Default::default()
         };
@@ -331,5 +341,94 @@ async fn a_commit_whose_op_message_was_lost_is_settled_without_a_check() {
             .max_offset(topic::RMQ_SYS_TRANS_CHECK_MAX_TIME_TOPIC, 0),
         0
     );
+    b.stop().await;
+}
+
+/// Every message of the half queue, decoded: (body, properties).
+fn half_queue(b: &Broker) -> Vec<(Vec<u8>, std::collections::HashMap<String, String>)> {
+    b.ctx
+        .store
+        .get_messages(
+            "G",
+            topic::RMQ_SYS_TRANS_HALF_TOPIC,
+            0,
+            0,
+            1024,
+            usize::MAX,
+            None,
+        )
+        .messages
+        .iter()
+        .map(|r| {
+            let (m, _) = decode_stored(r, true).unwrap();
+            (m.body.to_vec(), m.properties.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn extreme_born_timestamps_do_not_break_the_check_pass() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_secs(3600);
+        c.transaction_timeout = Duration::from_millis(0);
+    })
+    .await;
+    for (body, born) in [("min", i64::MIN), ("max", i64::MAX)] {
+        let (resp, _, _) = b.send_half(body, born).await;
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+        let (resp, _, _) = b
+            .send_half_with(body, born, "CHECK_IMMUNITY_TIME_IN_SECONDS\u{1}60\u{2}")
+            .await;
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    }
+    b.wait_max(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0, 4).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Overflowing `now - born` panicked here before.
+    let stats = apogee_broker::transaction::check_once(&b.ctx).await;
+    assert_eq!(stats.half_offset, 4, "{stats:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_immune_half_message_does_not_hold_back_later_checks() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_millis(50);
+        c.transaction_timeout = Duration::from_millis(0);
+        c.transaction_check_max = 1000;
+    })
+    .await;
+    // First in the queue, immune for an hour (capped at 1000 × 50 ms).
+    let (resp, qo_a, _) = b
+        .send_half_with(
+            "a",
+            now_ms(),
+            "CHECK_IMMUNITY_TIME_IN_SECONDS\u{1}3600\u{2}",
+        )
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    // Another transaction behind it, long due for its check.
+    let (resp, _, _) = b.send_half("b", now_ms() - 60_000).await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = half_queue(&b);
+        let b_checked = q
+            .iter()
+            .any(|(body, p)| body == b"b" && p.contains_key(keys::TRANSACTION_CHECK_TIMES));
+        let a_copy = q.iter().skip(1).find(|(body, _)| body == b"a");
+        if b_checked {
+            let (_, p) = a_copy.expect("the immune message was re-queued");
+            let stamp = qo_a.to_string();
+            assert_eq!(
+                p.get(keys::TRANSACTION_PREPARED_QUEUE_OFFSET),
+                Some(&stamp),
+                "{p:?}"
+            );
+            assert!(!p.contains_key(keys::TRANSACTION_CHECK_TIMES), "{p:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "b was never checked: {q:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     b.stop().await;
 }
