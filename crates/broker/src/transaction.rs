@@ -25,10 +25,20 @@
 //! alone says what is still open, and a restart from an older consume
 //! offset re-asks nothing.
 //!
+//! A transaction is identified by its **origin**: the CommitLog offset of
+//! its first half message. Every copy the check service writes carries it in
+//! [`HALF_ORIGIN`] (an existing stamp is kept), and so does the committed
+//! message. UNIQ_KEY alone is not an identity: two producers may reuse one.
+//!
 //! A commit writes the real message before its op message. If the broker
 //! dies between the two, the half message is checked again later; before
 //! asking (and before a commit that answers a check) the real topic's
-//! UNIQ_KEY index is consulted, so the message is never committed twice.
+//! UNIQ_KEY index is consulted for a committed message with the same origin.
+//! Within one broker run, [`RecentOrigins`] (taken before the store write)
+//! also covers concurrent END_TRANSACTIONs and the index lagging the append,
+//! so the message is never committed twice. Across a crash the index is the
+//! only record: with `messageIndexEnable=false` a commit that lost its op
+//! message may be delivered twice (a warning says so at start).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -60,6 +70,16 @@ pub const OP_OFFSET_SEPARATOR: char = ',';
 pub const CHECK_GROUP: &str = topic::CID_SYS_RMQ_TRANS;
 /// Op messages read per store call during a check pass.
 const OP_BATCH: usize = 256;
+/// Property carrying a transaction's origin — the CommitLog offset of its
+/// first half message — on half-message copies and on the committed message.
+/// Apache's copies only carry `TRAN_PREPARED_QUEUE_OFFSET`, and only for
+/// immune re-queues; a queue offset is not enough once the half queue was
+/// truncated, so Apogee uses its own key.
+pub const HALF_ORIGIN: &str = "APOGEE_TRAN_ORIGIN";
+/// Origins [`RecentOrigins`] remembers by default.
+pub const RECENT_ORIGINS_CAPACITY: usize = 65_536;
+/// Committed messages sharing a UNIQ_KEY looked at when searching a commit.
+const UNIQ_LOOKUP_MAX: usize = 64;
 /// Most half messages examined in one pass (the next pass goes on).
 const MAX_HALF_PER_PASS: usize = 100_000;
 /// Most op-message batches read in one pass: a half offset that cannot
@@ -232,19 +252,37 @@ async fn decide(
         ));
     }
     if commit {
-        // A half message old enough to have been checked may already be
-        // committed: through its checked copy (a late END_TRANSACTION of the
-        // original, or a second answer), or just before a crash that left
-        // the op message unwritten. A fresh one cannot, and skips the lookup.
-        let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
-        let may_be_done =
-            h.from_transaction_check || age_ms(now_ms(), half.store_timestamp) > timeout;
-        if !(may_be_done && already_committed(ctx, &half)) {
-            let msg = committed_message(&half, h.commit_log_offset)
-                .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
-            store_message(ctx, msg)
-                .await
-                .map_err(|e| crate::processor::send::store_error_reject(ctx, &e))?;
+        let origin = origin_of(&half);
+        // Taken before the store write: a second END_TRANSACTION for the
+        // same transaction, racing this one or arriving before the index
+        // has the commit, sees it here.
+        let guard = match ctx.tx_origins.begin(origin) {
+            Begin::Started(g) => Some(g),
+            Begin::Committed => None,
+            Begin::InProgress => {
+                return Err(Reject::new(
+                    response_code::SYSTEM_ERROR,
+                    "the transaction is being committed by another request",
+                ))
+            }
+        };
+        if let Some(guard) = guard {
+            // A half message old enough to have been checked may already be
+            // committed: through its checked copy (a late END_TRANSACTION of
+            // the original, or a second answer), or just before a crash that
+            // left the op message unwritten. A fresh one cannot, and skips
+            // the lookup.
+            let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
+            let may_be_done =
+                h.from_transaction_check || age_ms(now_ms(), half.store_timestamp) > timeout;
+            if !(may_be_done && already_committed(ctx, &half)) {
+                let msg = committed_message(&half, h.commit_log_offset)
+                    .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
+                store_message(ctx, msg)
+                    .await
+                    .map_err(|e| crate::processor::send::store_error_reject(ctx, &e))?;
+            }
+            guard.committed();
         }
     }
     write_op(ctx, half.queue_id, half.queue_offset)
@@ -302,7 +340,7 @@ fn committed_message(
     let mut props = properties::remove(&msg.properties, keys::REAL_TOPIC);
     props = properties::remove(&props, keys::REAL_QUEUE_ID);
     props = properties::remove(&props, keys::TRANSACTION_PREPARED);
-    msg.properties = props;
+    msg.properties = properties::set(&props, HALF_ORIGIN, &origin_of(half).to_string());
     msg.topic = real_topic;
     msg.queue_id = real_queue;
     msg.sys_flag =
@@ -312,23 +350,151 @@ fn committed_message(
     Ok(msg)
 }
 
-/// Whether the real topic already holds the committed message of this half
-/// message (same UNIQ_KEY, COMMIT type).
+/// The origin of a half message: its [`HALF_ORIGIN`] stamp, or (the first
+/// half message of its transaction) its own CommitLog offset.
+fn origin_of(half: &RecordInfo<'_>) -> i64 {
+    half.property(HALF_ORIGIN)
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(half.physical_offset)
+}
+
+/// Stamps a copy of `half` with its origin unless it has one.
+fn stamp_origin(copy: &mut MessageToStore, half: &RecordInfo<'_>) {
+    if properties::get(&copy.properties, HALF_ORIGIN).is_none() {
+        copy.properties = properties::set(
+            &copy.properties,
+            HALF_ORIGIN,
+            &half.physical_offset.to_string(),
+        );
+    }
+}
+
+/// Whether this transaction is already committed: recently by this broker
+/// ([`RecentOrigins`]), or found in the real topic's UNIQ_KEY index with the
+/// same origin. A committed message without an origin (written before
+/// Apogee stamped them) matches on UNIQ_KEY alone.
 fn already_committed(ctx: &BrokerContext, half: &RecordInfo<'_>) -> bool {
+    let origin = origin_of(half);
+    if ctx.tx_origins.is_committed(origin) {
+        return true;
+    }
     let (Some(real), Some(uniq)) = (
         half.property(keys::REAL_TOPIC),
         half.property(keys::UNIQ_KEY),
     ) else {
         return false;
     };
-    let r = ctx.store.query_by_unique_key(real, uniq, 8, 0, i64::MAX);
+    let r = ctx
+        .store
+        .query_by_unique_key(real, uniq, UNIQ_LOOKUP_MAX, 0, i64::MAX);
     r.messages.iter().any(|rec| {
         stored::check_record(rec, false).is_ok_and(|m| {
             m.topic == real
                 && sysflag::transaction_value(m.sys_flag) == sysflag::TRANSACTION_COMMIT_TYPE
                 && m.property(keys::UNIQ_KEY) == Some(uniq)
+                && m.property(HALF_ORIGIN)
+                    .is_none_or(|o| o.trim().parse::<i64>().ok() == Some(origin))
         })
     })
+}
+
+/// What [`RecentOrigins::begin`] found.
+pub enum Begin<'a> {
+    /// Nobody else is committing it; commit, then call
+    /// [`OriginGuard::committed`] (dropping the guard forgets the attempt).
+    Started(OriginGuard<'a>),
+    /// Committed by this broker recently: only the op message is missing.
+    Committed,
+    /// Another request is committing it right now.
+    InProgress,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OriginState {
+    Deciding,
+    Committed,
+}
+
+/// Bounded memory of transaction origins being committed or committed
+/// recently (oldest forgotten first), for this broker run only.
+pub struct RecentOrigins {
+    inner: parking_lot::Mutex<OriginsInner>,
+    capacity: usize,
+}
+
+struct OriginsInner {
+    state: HashMap<i64, OriginState>,
+    order: std::collections::VecDeque<i64>,
+}
+
+impl RecentOrigins {
+    pub fn new(capacity: usize) -> Self {
+        RecentOrigins {
+            inner: parking_lot::Mutex::new(OriginsInner {
+                state: HashMap::new(),
+                order: std::collections::VecDeque::new(),
+            }),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Claims `origin` for a commit.
+    pub fn begin(&self, origin: i64) -> Begin<'_> {
+        let mut g = self.inner.lock();
+        match g.state.get(&origin) {
+            Some(OriginState::Committed) => return Begin::Committed,
+            Some(OriginState::Deciding) => return Begin::InProgress,
+            None => {}
+        }
+        while g.order.len() >= self.capacity {
+            let Some(old) = g.order.pop_front() else {
+                break;
+            };
+            g.state.remove(&old);
+        }
+        g.state.insert(origin, OriginState::Deciding);
+        g.order.push_back(origin);
+        Begin::Started(OriginGuard {
+            set: self,
+            origin,
+            done: false,
+        })
+    }
+
+    pub fn is_committed(&self, origin: i64) -> bool {
+        self.inner.lock().state.get(&origin) == Some(&OriginState::Committed)
+    }
+}
+
+/// An origin claimed for a commit; forgotten on drop unless committed (a
+/// failed or cancelled attempt must not block the next one).
+pub struct OriginGuard<'a> {
+    set: &'a RecentOrigins,
+    origin: i64,
+    done: bool,
+}
+
+impl OriginGuard<'_> {
+    pub fn committed(mut self) {
+        self.done = true;
+        if let Some(s) = self.set.inner.lock().state.get_mut(&self.origin) {
+            *s = OriginState::Committed;
+        }
+    }
+}
+
+impl Drop for OriginGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut g = self.set.inner.lock();
+        if g.state.get(&self.origin) == Some(&OriginState::Deciding) {
+            g.state.remove(&self.origin);
+            // Its `order` entry stays until evicted; a stale entry only
+            // makes eviction come early, never wrong.
+        }
+    }
 }
 
 /// Records a decision on the half message at `half_offset` of `half_queue`.
@@ -380,6 +546,13 @@ pub fn spawn_check_loop(
     ctx: Arc<BrokerContext>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    if !ctx.config.store.message_index_enable {
+        tracing::warn!(
+            "messageIndexEnable=false: a transaction commit interrupted by a crash \
+             (real message stored, op message not) cannot be found after restart \
+             and may be delivered twice"
+        );
+    }
     tokio::spawn(async move {
         loop {
             let interval = ctx.runtime_config.read().transaction_check_interval;
@@ -676,6 +849,7 @@ async fn requeue_immune(
     half: &RecordInfo<'_>,
 ) -> Result<(), TransactionError> {
     let mut copy = half.to_message_to_store();
+    stamp_origin(&mut copy, half);
     if properties::get(&copy.properties, keys::TRANSACTION_PREPARED_QUEUE_OFFSET).is_none() {
         copy.properties = properties::set(
             &copy.properties,
@@ -701,6 +875,7 @@ async fn check_back(
     times: i32,
 ) -> Result<bool, TransactionError> {
     let mut copy = half.to_message_to_store();
+    stamp_origin(&mut copy, half);
     copy.properties = properties::set(
         &copy.properties,
         keys::TRANSACTION_CHECK_TIMES,
@@ -847,6 +1022,7 @@ mod tests {
             sysflag::TRANSACTION_COMMIT_TYPE
         );
         assert_eq!(c.prepared_transaction_offset, 4096);
+        assert_eq!(properties::get(&c.properties, HALF_ORIGIN), Some("4096"));
         for k in [
             keys::REAL_TOPIC,
             keys::REAL_QUEUE_ID,
@@ -874,6 +1050,29 @@ mod tests {
         assert_eq!(age_ms(1000, i64::MIN), i64::MAX);
         assert_eq!(age_ms(1000, i64::MAX), 1000 - i64::MAX);
         assert_eq!(age_ms(-5, i64::MAX), i64::MIN);
+    }
+
+    #[test]
+    fn recent_origins_claim_commit_forget_and_evict() {
+        let set = RecentOrigins::new(2);
+        let Begin::Started(g) = set.begin(10) else {
+            panic!("fresh origin not started");
+        };
+        assert!(matches!(set.begin(10), Begin::InProgress));
+        drop(g); // a failed attempt is forgotten
+        let Begin::Started(g) = set.begin(10) else {
+            panic!("a failed attempt blocked the next");
+        };
+        g.committed();
+        assert!(matches!(set.begin(10), Begin::Committed));
+        assert!(set.is_committed(10));
+        for o in [11, 12] {
+            if let Begin::Started(g) = set.begin(o) {
+                g.committed();
+            }
+        }
+        assert!(!set.is_committed(10), "the oldest is evicted");
+        assert!(set.is_committed(11) && set.is_committed(12));
     }
 
     #[test]

@@ -63,6 +63,18 @@ impl Broker {
         born: i64,
         extra: &str,
     ) -> (RemotingCommand, i64, i64) {
+        self.send_half_full(body, &format!("U-{body}"), born, extra)
+            .await
+    }
+
+    /// [`Broker::send_half_with`] with a chosen UNIQ_KEY.
+    async fn send_half_full(
+        &self,
+        body: &'static str,
+        uniq: &str,
+        born: i64,
+        extra: &str,
+    ) -> (RemotingCommand, i64, i64) {
         let h = SendMessageRequestHeader {
             producer_group: "PG".into(),
             topic: "Orders".into(),
@@ -72,7 +84,7 @@ impl Broker {
             sys_flag: sysflag::TRANSACTION_PREPARED_TYPE,
             born_timestamp: born,
             properties: Some(format!(
-                "TRAN_MSG\u{1}true\u{2}PGROUP\u{1}PG\u{2}UNIQ_KEY\u{1}U-{body}\u{2}TAGS\u{1}T\u{2}{extra}"
+                "TRAN_MSG\u{1}true\u{2}PGROUP\u{1}PG\u{2}UNIQ_KEY\u{1}{uniq}\u{2}TAGS\u{1}T\u{2}{extra}"
             )),
             ..Default::default()
         };
@@ -430,5 +442,74 @@ async fn an_immune_half_message_does_not_hold_back_later_checks() {
         assert!(Instant::now() < deadline, "b was never checked: {q:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn two_half_messages_sharing_a_uniq_key_are_both_committed() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let (_, qo1, phys1) = b.send_half_full("one", "SAME", now_ms(), "").await;
+    let (_, qo2, phys2) = b.send_half_full("two", "SAME", now_ms(), "").await;
+    assert!(phys1 >= 0 && phys2 >= 0);
+    let r = b
+        .end("PG", qo1, phys1, sysflag::TRANSACTION_COMMIT_TYPE)
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    b.wait_max("Orders", 1, 1).await;
+    // Old enough to have been checked: the second commit looks for an
+    // existing one, which must not be the first transaction's.
+    b.ctx.runtime_config.write().transaction_timeout = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b
+        .ctx
+        .store
+        .query_by_unique_key("Orders", "SAME", 4, 0, i64::MAX)
+        .messages
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the commit was never indexed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = b
+        .end("PG", qo2, phys2, sysflag::TRANSACTION_COMMIT_TYPE)
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    b.wait_max("Orders", 1, 2).await;
+    let bodies: Vec<Vec<u8>> = b
+        .ctx
+        .store
+        .get_messages("G", "Orders", 1, 0, 8, usize::MAX, None)
+        .messages
+        .iter()
+        .map(|r| decode_stored(r, true).unwrap().0.body.to_vec())
+        .collect();
+    assert_eq!(bodies, vec![b"one".to_vec(), b"two".to_vec()]);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_commits_of_one_half_message_deliver_it_once() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let (_, qo, phys) = b.send_half("dup", now_ms()).await;
+    let c = sysflag::TRANSACTION_COMMIT_TYPE;
+    let (r1, r2) = tokio::join!(b.end("PG", qo, phys, c), b.end("PG", qo, phys, c));
+    assert!(
+        r1.code == response_code::SUCCESS || r2.code == response_code::SUCCESS,
+        "{:?} {:?}",
+        r1.remark,
+        r2.remark
+    );
+    // And once more after both, before the index could matter.
+    let r3 = b.end("PG", qo, phys, c).await;
+    assert_eq!(r3.code, response_code::SUCCESS, "{:?}", r3.remark);
+    b.wait_max("Orders", 1, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.ctx.store.max_offset("Orders", 1), 1, "committed twice");
     b.stop().await;
 }
