@@ -50,7 +50,7 @@ use apogee_protocol::message::stored::{self, MessageToStore, RecordInfo};
 use apogee_protocol::message::{id, keys, properties, sysflag};
 use apogee_protocol::{topic, RemotingCommand};
 use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
-use apogee_store::GetStatus;
+use apogee_store::{GetStatus, MessageStore};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -101,6 +101,16 @@ pub enum TransactionError {
     BadHalf(i64),
     #[error("the half message has no valid {0} property")]
     MissingProperty(&'static str),
+    #[error("a blocking store read did not complete: {0}")]
+    Blocking(#[from] tokio::task::JoinError),
+}
+
+/// Runs a synchronous store read off the async workers (as the admin
+/// processors do): page faults on a cold CommitLog must not stall them.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransactionError> {
+    Ok(tokio::task::spawn_blocking(f).await?)
 }
 
 /// Whether a send is a half message: the prepared transaction type in the
@@ -204,7 +214,12 @@ async fn decide(
     h: &EndTransactionRequestHeader,
     commit: bool,
 ) -> Result<(), Reject> {
-    let Some(rec) = ctx.store.look_message_by_offset(h.commit_log_offset) else {
+    let store = Arc::clone(&ctx.store);
+    let phys = h.commit_log_offset;
+    let rec = blocking(move || store.look_message_by_offset(phys))
+        .await
+        .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
+    let Some(rec) = rec else {
         return Err(Reject::new(
             response_code::SYSTEM_ERROR,
             "Find prepared transaction message failed",
@@ -275,7 +290,14 @@ async fn decide(
             let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
             let may_be_done =
                 h.from_transaction_check || age_ms(now_ms(), half.store_timestamp) > timeout;
-            if !(may_be_done && already_committed(ctx, &half)) {
+            let found = if may_be_done {
+                already_committed(ctx, &half)
+                    .await
+                    .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?
+            } else {
+                false
+            };
+            if !found {
                 let msg = committed_message(&half, h.commit_log_offset)
                     .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
                 store_message(ctx, msg)
@@ -373,29 +395,34 @@ fn stamp_origin(copy: &mut MessageToStore, half: &RecordInfo<'_>) {
 /// ([`RecentOrigins`]), or found in the real topic's UNIQ_KEY index with the
 /// same origin. A committed message without an origin (written before
 /// Apogee stamped them) matches on UNIQ_KEY alone.
-fn already_committed(ctx: &BrokerContext, half: &RecordInfo<'_>) -> bool {
+async fn already_committed(
+    ctx: &BrokerContext,
+    half: &RecordInfo<'_>,
+) -> Result<bool, TransactionError> {
     let origin = origin_of(half);
     if ctx.tx_origins.is_committed(origin) {
-        return true;
+        return Ok(true);
     }
     let (Some(real), Some(uniq)) = (
-        half.property(keys::REAL_TOPIC),
-        half.property(keys::UNIQ_KEY),
+        half.property(keys::REAL_TOPIC).map(str::to_owned),
+        half.property(keys::UNIQ_KEY).map(str::to_owned),
     ) else {
-        return false;
+        return Ok(false);
     };
-    let r = ctx
-        .store
-        .query_by_unique_key(real, uniq, UNIQ_LOOKUP_MAX, 0, i64::MAX);
-    r.messages.iter().any(|rec| {
-        stored::check_record(rec, false).is_ok_and(|m| {
-            m.topic == real
-                && sysflag::transaction_value(m.sys_flag) == sysflag::TRANSACTION_COMMIT_TYPE
-                && m.property(keys::UNIQ_KEY) == Some(uniq)
-                && m.property(HALF_ORIGIN)
-                    .is_none_or(|o| o.trim().parse::<i64>().ok() == Some(origin))
+    let store = Arc::clone(&ctx.store);
+    blocking(move || {
+        let r = store.query_by_unique_key(&real, &uniq, UNIQ_LOOKUP_MAX, 0, i64::MAX);
+        r.messages.iter().any(|rec| {
+            stored::check_record(rec, false).is_ok_and(|m| {
+                m.topic == real
+                    && sysflag::transaction_value(m.sys_flag) == sysflag::TRANSACTION_COMMIT_TYPE
+                    && m.property(keys::UNIQ_KEY) == Some(uniq.as_str())
+                    && m.property(HALF_ORIGIN)
+                        .is_none_or(|o| o.trim().parse::<i64>().ok() == Some(origin))
+            })
         })
     })
+    .await
 }
 
 /// What [`RecentOrigins::begin`] found.
@@ -612,7 +639,7 @@ struct Ops {
     truncated: bool,
 }
 
-fn read_ops(ctx: &BrokerContext, op_offset: i64, half_min: i64) -> Ops {
+fn read_ops(store: &MessageStore, op_offset: i64, half_min: i64) -> Ops {
     let mut ops = Ops {
         removed: HashMap::new(),
         pending: BTreeMap::new(),
@@ -622,13 +649,11 @@ fn read_ops(ctx: &BrokerContext, op_offset: i64, half_min: i64) -> Ops {
     let mut off = op_offset;
     for batch in 0.. {
         if batch == MAX_OP_BATCHES_PER_PASS {
-            ops.truncated = off
-                < ctx
-                    .store
-                    .max_offset(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, HALF_QUEUE_ID);
+            ops.truncated =
+                off < store.max_offset(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, HALF_QUEUE_ID);
             break;
         }
-        let r = ctx.store.get_messages(
+        let r = store.get_messages(
             CHECK_GROUP,
             topic::RMQ_SYS_TRANS_OP_HALF_TOPIC,
             HALF_QUEUE_ID,
@@ -683,6 +708,61 @@ fn next_op_offset(mut done: Vec<i64>, from: i64) -> i64 {
     next
 }
 
+/// Half messages read per blocking store call during a pass.
+const HALF_BATCH: usize = 32;
+
+/// Reads the half queue ahead in batches, off the async workers.
+#[derive(Default)]
+struct HalfReader {
+    buf: std::collections::VecDeque<(i64, Bytes)>,
+}
+
+enum Fetched {
+    Message(Bytes),
+    /// Nothing at the offset asked; the queue goes on here.
+    SkipTo(i64),
+    End,
+}
+
+impl HalfReader {
+    async fn get(&mut self, ctx: &BrokerContext, at: i64) -> Result<Fetched, TransactionError> {
+        while self.buf.front().is_some_and(|(o, _)| *o < at) {
+            self.buf.pop_front();
+        }
+        if self.buf.is_empty() {
+            let store = Arc::clone(&ctx.store);
+            let r = blocking(move || {
+                store.get_messages(
+                    CHECK_GROUP,
+                    topic::RMQ_SYS_TRANS_HALF_TOPIC,
+                    HALF_QUEUE_ID,
+                    at,
+                    HALF_BATCH,
+                    usize::MAX,
+                    None,
+                )
+            })
+            .await?;
+            if r.messages.is_empty() {
+                return Ok(if r.next_begin_offset > at {
+                    Fetched::SkipTo(r.next_begin_offset)
+                } else {
+                    Fetched::End
+                });
+            }
+            self.buf.extend(r.queue_offsets.into_iter().zip(r.messages));
+        }
+        Ok(match self.buf.front() {
+            Some((o, _)) if *o > at => Fetched::SkipTo(*o),
+            Some(_) => match self.buf.pop_front() {
+                Some((_, rec)) => Fetched::Message(rec),
+                None => Fetched::End,
+            },
+            None => Fetched::End,
+        })
+    }
+}
+
 /// One pass over the half queue (Apache's `TransactionalMessageServiceImpl.check`).
 pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
     let mut stats = CheckStats::default();
@@ -704,7 +784,15 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
         .query(CHECK_GROUP, op_t, HALF_QUEUE_ID)
         .unwrap_or(0)
         .max(ctx.store.min_offset(op_t, HALF_QUEUE_ID));
-    let mut ops = read_ops(ctx, op_start, start);
+    let store = Arc::clone(&ctx.store);
+    let mut ops = match blocking(move || read_ops(&store, op_start, start)).await {
+        Ok(ops) => ops,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading transaction op messages failed; retried next pass");
+            return stats;
+        }
+    };
+    let mut reader = HalfReader::default();
     let (timeout, check_max, interval) = {
         let rc = ctx.runtime_config.read();
         (
@@ -734,16 +822,18 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
             // Unread ops may decide this message: act on it next pass.
             break;
         }
-        let r = ctx
-            .store
-            .get_messages(CHECK_GROUP, half_t, HALF_QUEUE_ID, i, 1, usize::MAX, None);
-        let Some(rec) = r.messages.first().cloned() else {
-            if r.next_begin_offset > i {
+        let rec = match reader.get(ctx, i).await {
+            Ok(Fetched::Message(rec)) => rec,
+            Ok(Fetched::SkipTo(next)) => {
                 // Entries gone (retention): skip them.
-                i = r.next_begin_offset;
+                i = next;
                 continue;
             }
-            break;
+            Ok(Fetched::End) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, offset = i, "reading a half message failed; retried next pass");
+                break;
+            }
         };
         let Ok(half) = stored::check_record(&rec, false) else {
             static BAD: apogee_throttle::LogThrottle =
@@ -793,7 +883,14 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
             }
             _ => {}
         }
-        if already_committed(ctx, &half) {
+        let found = match already_committed(ctx, &half).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, offset = i, "looking up a commit failed; retried next pass");
+                break;
+            }
+        };
+        if found {
             if let Err(e) = write_op(ctx, half.queue_id, half.queue_offset).await {
                 tracing::warn!(error = %e, "recording a found commit failed; retried next pass");
                 break;
@@ -920,8 +1017,19 @@ async fn check_back(
     let cmd = RemotingCommand::request(request_code::CHECK_TRANSACTION_STATE)
         .with_header(&header)
         .with_body(body);
-    if let Err(e) = channel.send_oneway(cmd).await {
-        tracing::debug!(group, error = %e, "sending CHECK_TRANSACTION_STATE failed");
+    // Queued without waiting: a producer that does not read its socket must
+    // not stall the scan. A dropped check is asked again: the copy stays
+    // undecided and is checked on a later pass.
+    if let Err(e) = channel.try_send_oneway(cmd) {
+        static SEND_FAILED: apogee_throttle::LogThrottle =
+            apogee_throttle::LogThrottle::new("transaction check send failed");
+        apogee_throttle::throttled_warn!(
+            SEND_FAILED,
+            0,
+            group,
+            error = %e,
+            "sending CHECK_TRANSACTION_STATE failed; asked again on a later pass"
+        );
     }
     Ok(true)
 }

@@ -513,3 +513,39 @@ async fn concurrent_commits_of_one_half_message_deliver_it_once() {
     assert_eq!(b.ctx.store.max_offset("Orders", 1), 1, "committed twice");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn one_pass_checks_every_undecided_message_across_read_batches() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_secs(3600);
+        c.transaction_timeout = Duration::from_millis(0);
+    })
+    .await;
+    const BODIES: [&str; 70] = [
+        "m00", "m01", "m02", "m03", "m04", "m05", "m06", "m07", "m08", "m09", "m10", "m11", "m12",
+        "m13", "m14", "m15", "m16", "m17", "m18", "m19", "m20", "m21", "m22", "m23", "m24", "m25",
+        "m26", "m27", "m28", "m29", "m30", "m31", "m32", "m33", "m34", "m35", "m36", "m37", "m38",
+        "m39", "m40", "m41", "m42", "m43", "m44", "m45", "m46", "m47", "m48", "m49", "m50", "m51",
+        "m52", "m53", "m54", "m55", "m56", "m57", "m58", "m59", "m60", "m61", "m62", "m63", "m64",
+        "m65", "m66", "m67", "m68", "m69",
+    ];
+    let mut rolled_back = 0;
+    for (n, body) in BODIES.iter().enumerate() {
+        let (resp, qo, phys) = b.send_half(body, now_ms() - 60_000).await;
+        assert_eq!(resp.code, response_code::SUCCESS);
+        if n % 3 == 0 {
+            let r = b
+                .end("PG", qo, phys, sysflag::TRANSACTION_ROLLBACK_TYPE)
+                .await;
+            assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+            rolled_back += 1;
+        }
+    }
+    b.wait_max(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, 0, rolled_back)
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stats = apogee_broker::transaction::check_once(&b.ctx).await;
+    assert_eq!(stats.half_offset, 70, "{stats:?}");
+    assert_eq!(stats.checked as i64, 70 - rolled_back, "{stats:?}");
+    b.stop().await;
+}
