@@ -870,7 +870,12 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
                 // Younger messages follow; the next pass looks again.
                 break;
             }
-            Some(s) if (0..immunity_ms(s, timeout).min(immunity_cap)).contains(&age) => {
+            // A copy whose transaction this broker just committed (the
+            // producer answered for an earlier copy) is settled below instead.
+            Some(s)
+                if (0..immunity_ms(s, timeout).min(immunity_cap)).contains(&age)
+                    && !ctx.tx_origins.is_committed(origin_of(&half)) =>
+            {
                 // Its own immunity says "not yet", but messages after it may
                 // be due: move it to the end of the queue and go on.
                 if let Err(e) = requeue_immune(ctx, &half).await {

@@ -549,3 +549,44 @@ async fn one_pass_checks_every_undecided_message_across_read_batches() {
     assert_eq!(stats.checked as i64, 70 - rolled_back, "{stats:?}");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_re_queued_immune_copy_is_settled_once_its_transaction_commits() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_millis(50);
+        c.transaction_timeout = Duration::from_millis(0);
+        c.transaction_check_max = 1000;
+    })
+    .await;
+    let (resp, qo, phys) = b
+        .send_half_with(
+            "imm",
+            now_ms(),
+            "CHECK_IMMUNITY_TIME_IN_SECONDS\u{1}3600\u{2}",
+        )
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    // The scan moves it to the end of the queue (a copy exists).
+    b.wait_max(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0, 2).await;
+    // The producer commits through the original, within its immunity.
+    let r = b
+        .end("PG", qo, phys, sysflag::TRANSACTION_COMMIT_TYPE)
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    b.wait_max("Orders", 1, 1).await;
+    // The copies stop: the next pass settles the open copy as committed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = b.ctx.store.max_offset(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if b.ctx.store.max_offset(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0) == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the immune copy is re-queued forever"
+        );
+    }
+    assert_eq!(b.ctx.store.max_offset("Orders", 1), 1, "committed twice");
+    b.stop().await;
+}
