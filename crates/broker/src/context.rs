@@ -74,6 +74,8 @@ pub struct BrokerContext {
     /// controller leader bought. Checked on every send, so a master that
     /// was frozen or cut off refuses the requests queued meanwhile.
     pub lease_until_ms: std::sync::atomic::AtomicU64,
+    /// Transactions being committed or recently committed, by origin.
+    pub tx_origins: crate::transaction::RecentOrigins,
     register_signal: Arc<RegisterSignal>,
     watched: Mutex<HashSet<ChannelId>>,
 }
@@ -142,6 +144,9 @@ impl BrokerContext {
             write_fenced: std::sync::atomic::AtomicBool::new(fenced),
             ack_alone: std::sync::atomic::AtomicBool::new(false),
             lease_until_ms: std::sync::atomic::AtomicU64::new(0),
+            tx_origins: crate::transaction::RecentOrigins::new(
+                crate::transaction::RECENT_ORIGINS_CAPACITY,
+            ),
             register_signal,
             watched: Mutex::new(HashSet::new()),
         }))

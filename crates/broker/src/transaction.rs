@@ -25,10 +25,20 @@
 //! alone says what is still open, and a restart from an older consume
 //! offset re-asks nothing.
 //!
+//! A transaction is identified by its **origin**: the CommitLog offset of
+//! its first half message. Every copy the check service writes carries it in
+//! [`HALF_ORIGIN`] (an existing stamp is kept), and so does the committed
+//! message. UNIQ_KEY alone is not an identity: two producers may reuse one.
+//!
 //! A commit writes the real message before its op message. If the broker
 //! dies between the two, the half message is checked again later; before
 //! asking (and before a commit that answers a check) the real topic's
-//! UNIQ_KEY index is consulted, so the message is never committed twice.
+//! UNIQ_KEY index is consulted for a committed message with the same origin.
+//! Within one broker run, [`RecentOrigins`] (taken before the store write)
+//! also covers concurrent END_TRANSACTIONs and the index lagging the append,
+//! so the message is never committed twice. Across a crash the index is the
+//! only record: with `messageIndexEnable=false` a commit that lost its op
+//! message may be delivered twice (a warning says so at start).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -40,7 +50,7 @@ use apogee_protocol::message::stored::{self, MessageToStore, RecordInfo};
 use apogee_protocol::message::{id, keys, properties, sysflag};
 use apogee_protocol::{topic, RemotingCommand};
 use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
-use apogee_store::GetStatus;
+use apogee_store::{GetStatus, MessageStore};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -60,8 +70,23 @@ pub const OP_OFFSET_SEPARATOR: char = ',';
 pub const CHECK_GROUP: &str = topic::CID_SYS_RMQ_TRANS;
 /// Op messages read per store call during a check pass.
 const OP_BATCH: usize = 256;
+/// Property carrying a transaction's origin — the CommitLog offset of its
+/// first half message — on half-message copies and on the committed message.
+/// Apache's copies only carry `TRAN_PREPARED_QUEUE_OFFSET`, and only for
+/// immune re-queues; a queue offset is not enough once the half queue was
+/// truncated, so Apogee uses its own key.
+pub const HALF_ORIGIN: &str = "APOGEE_TRAN_ORIGIN";
+/// Origins [`RecentOrigins`] remembers by default.
+pub const RECENT_ORIGINS_CAPACITY: usize = 65_536;
+/// Committed messages sharing a UNIQ_KEY looked at when searching a commit.
+const UNIQ_LOOKUP_MAX: usize = 64;
 /// Most half messages examined in one pass (the next pass goes on).
 const MAX_HALF_PER_PASS: usize = 100_000;
+/// Most op-message batches read in one pass: a half offset that cannot
+/// advance (a failing store write) must not make every pass re-read an
+/// ever-growing op backlog. A pass that hit this limit settles only what
+/// the ops it read decide and stops at the first message needing action.
+const MAX_OP_BATCHES_PER_PASS: usize = 64;
 
 /// Why a transactional step failed (logged; the client sees a response code).
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +101,16 @@ pub enum TransactionError {
     BadHalf(i64),
     #[error("the half message has no valid {0} property")]
     MissingProperty(&'static str),
+    #[error("a blocking store read did not complete: {0}")]
+    Blocking(#[from] tokio::task::JoinError),
+}
+
+/// Runs a synchronous store read off the async workers (as the admin
+/// processors do): page faults on a cold CommitLog must not stall them.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransactionError> {
+    Ok(tokio::task::spawn_blocking(f).await?)
 }
 
 /// Whether a send is a half message: the prepared transaction type in the
@@ -179,7 +214,12 @@ async fn decide(
     h: &EndTransactionRequestHeader,
     commit: bool,
 ) -> Result<(), Reject> {
-    let Some(rec) = ctx.store.look_message_by_offset(h.commit_log_offset) else {
+    let store = Arc::clone(&ctx.store);
+    let phys = h.commit_log_offset;
+    let rec = blocking(move || store.look_message_by_offset(phys))
+        .await
+        .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
+    let Some(rec) = rec else {
         return Err(Reject::new(
             response_code::SYSTEM_ERROR,
             "Find prepared transaction message failed",
@@ -227,18 +267,44 @@ async fn decide(
         ));
     }
     if commit {
-        // A half message old enough to have been checked may already be
-        // committed: through its checked copy (a late END_TRANSACTION of the
-        // original, or a second answer), or just before a crash that left
-        // the op message unwritten. A fresh one cannot, and skips the lookup.
-        let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
-        let may_be_done = h.from_transaction_check || now_ms() - half.store_timestamp > timeout;
-        if !(may_be_done && already_committed(ctx, &half)) {
-            let msg = committed_message(&half, h.commit_log_offset)
-                .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
-            store_message(ctx, msg)
-                .await
-                .map_err(|e| crate::processor::send::store_error_reject(ctx, &e))?;
+        let origin = origin_of(&half);
+        // Taken before the store write: a second END_TRANSACTION for the
+        // same transaction, racing this one or arriving before the index
+        // has the commit, sees it here.
+        let guard = match ctx.tx_origins.begin(origin) {
+            Begin::Started(g) => Some(g),
+            Begin::Committed => None,
+            Begin::InProgress => {
+                return Err(Reject::new(
+                    response_code::SYSTEM_ERROR,
+                    "the transaction is being committed by another request",
+                ))
+            }
+        };
+        if let Some(guard) = guard {
+            // A half message old enough to have been checked may already be
+            // committed: through its checked copy (a late END_TRANSACTION of
+            // the original, or a second answer), or just before a crash that
+            // left the op message unwritten. A fresh one cannot, and skips
+            // the lookup.
+            let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
+            let may_be_done =
+                h.from_transaction_check || age_ms(now_ms(), half.store_timestamp) > timeout;
+            let found = if may_be_done {
+                already_committed(ctx, &half)
+                    .await
+                    .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?
+            } else {
+                false
+            };
+            if !found {
+                let msg = committed_message(&half, h.commit_log_offset)
+                    .map_err(|e| Reject::new(response_code::SYSTEM_ERROR, e.to_string()))?;
+                store_message(ctx, msg)
+                    .await
+                    .map_err(|e| crate::processor::send::store_error_reject(ctx, &e))?;
+            }
+            guard.committed();
         }
     }
     write_op(ctx, half.queue_id, half.queue_offset)
@@ -253,7 +319,13 @@ fn immunity_passed(ctx: &BrokerContext, half: &RecordInfo<'_>) -> bool {
         return false;
     };
     let timeout = ms_i64(ctx.runtime_config.read().transaction_timeout);
-    now_ms() - half.born_timestamp > immunity_ms(s, timeout)
+    age_ms(now_ms(), half.born_timestamp) > immunity_ms(s, timeout)
+}
+
+/// `now - born`, saturating: `born` comes from the client and may be any
+/// i64, and an overflow panic in the check loop would end it for good.
+fn age_ms(now: i64, born: i64) -> i64 {
+    now.saturating_sub(born)
 }
 
 /// The check-immunity time of a message: its property in seconds, at least
@@ -290,7 +362,7 @@ fn committed_message(
     let mut props = properties::remove(&msg.properties, keys::REAL_TOPIC);
     props = properties::remove(&props, keys::REAL_QUEUE_ID);
     props = properties::remove(&props, keys::TRANSACTION_PREPARED);
-    msg.properties = props;
+    msg.properties = properties::set(&props, HALF_ORIGIN, &origin_of(half).to_string());
     msg.topic = real_topic;
     msg.queue_id = real_queue;
     msg.sys_flag =
@@ -300,23 +372,156 @@ fn committed_message(
     Ok(msg)
 }
 
-/// Whether the real topic already holds the committed message of this half
-/// message (same UNIQ_KEY, COMMIT type).
-fn already_committed(ctx: &BrokerContext, half: &RecordInfo<'_>) -> bool {
+/// The origin of a half message: its [`HALF_ORIGIN`] stamp, or (the first
+/// half message of its transaction) its own CommitLog offset.
+fn origin_of(half: &RecordInfo<'_>) -> i64 {
+    half.property(HALF_ORIGIN)
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(half.physical_offset)
+}
+
+/// Stamps a copy of `half` with its origin unless it has one.
+fn stamp_origin(copy: &mut MessageToStore, half: &RecordInfo<'_>) {
+    if properties::get(&copy.properties, HALF_ORIGIN).is_none() {
+        copy.properties = properties::set(
+            &copy.properties,
+            HALF_ORIGIN,
+            &half.physical_offset.to_string(),
+        );
+    }
+}
+
+/// Whether this transaction is already committed: recently by this broker
+/// ([`RecentOrigins`]), or found in the real topic's UNIQ_KEY index with the
+/// same origin. A committed message without an origin (written before
+/// Apogee stamped them) matches on UNIQ_KEY alone.
+async fn already_committed(
+    ctx: &BrokerContext,
+    half: &RecordInfo<'_>,
+) -> Result<bool, TransactionError> {
+    let origin = origin_of(half);
+    if ctx.tx_origins.is_committed(origin) {
+        return Ok(true);
+    }
     let (Some(real), Some(uniq)) = (
-        half.property(keys::REAL_TOPIC),
-        half.property(keys::UNIQ_KEY),
+        half.property(keys::REAL_TOPIC).map(str::to_owned),
+        half.property(keys::UNIQ_KEY).map(str::to_owned),
     ) else {
-        return false;
+        return Ok(false);
     };
-    let r = ctx.store.query_by_unique_key(real, uniq, 8, 0, i64::MAX);
-    r.messages.iter().any(|rec| {
-        stored::check_record(rec, false).is_ok_and(|m| {
-            m.topic == real
-                && sysflag::transaction_value(m.sys_flag) == sysflag::TRANSACTION_COMMIT_TYPE
-                && m.property(keys::UNIQ_KEY) == Some(uniq)
+    let store = Arc::clone(&ctx.store);
+    blocking(move || {
+        let r = store.query_by_unique_key(&real, &uniq, UNIQ_LOOKUP_MAX, 0, i64::MAX);
+        r.messages.iter().any(|rec| {
+            stored::check_record(rec, false).is_ok_and(|m| {
+                m.topic == real
+                    && sysflag::transaction_value(m.sys_flag) == sysflag::TRANSACTION_COMMIT_TYPE
+                    && m.property(keys::UNIQ_KEY) == Some(uniq.as_str())
+                    && m.property(HALF_ORIGIN)
+                        .is_none_or(|o| o.trim().parse::<i64>().ok() == Some(origin))
+            })
         })
     })
+    .await
+}
+
+/// What [`RecentOrigins::begin`] found.
+pub enum Begin<'a> {
+    /// Nobody else is committing it; commit, then call
+    /// [`OriginGuard::committed`] (dropping the guard forgets the attempt).
+    Started(OriginGuard<'a>),
+    /// Committed by this broker recently: only the op message is missing.
+    Committed,
+    /// Another request is committing it right now.
+    InProgress,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OriginState {
+    Deciding,
+    Committed,
+}
+
+/// Bounded memory of transaction origins being committed or committed
+/// recently (oldest forgotten first), for this broker run only.
+pub struct RecentOrigins {
+    inner: parking_lot::Mutex<OriginsInner>,
+    capacity: usize,
+}
+
+struct OriginsInner {
+    state: HashMap<i64, OriginState>,
+    order: std::collections::VecDeque<i64>,
+}
+
+impl RecentOrigins {
+    pub fn new(capacity: usize) -> Self {
+        RecentOrigins {
+            inner: parking_lot::Mutex::new(OriginsInner {
+                state: HashMap::new(),
+                order: std::collections::VecDeque::new(),
+            }),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Claims `origin` for a commit.
+    pub fn begin(&self, origin: i64) -> Begin<'_> {
+        let mut g = self.inner.lock();
+        match g.state.get(&origin) {
+            Some(OriginState::Committed) => return Begin::Committed,
+            Some(OriginState::Deciding) => return Begin::InProgress,
+            None => {}
+        }
+        while g.order.len() >= self.capacity {
+            let Some(old) = g.order.pop_front() else {
+                break;
+            };
+            g.state.remove(&old);
+        }
+        g.state.insert(origin, OriginState::Deciding);
+        g.order.push_back(origin);
+        Begin::Started(OriginGuard {
+            set: self,
+            origin,
+            done: false,
+        })
+    }
+
+    pub fn is_committed(&self, origin: i64) -> bool {
+        self.inner.lock().state.get(&origin) == Some(&OriginState::Committed)
+    }
+}
+
+/// An origin claimed for a commit; forgotten on drop unless committed (a
+/// failed or cancelled attempt must not block the next one).
+pub struct OriginGuard<'a> {
+    set: &'a RecentOrigins,
+    origin: i64,
+    done: bool,
+}
+
+impl OriginGuard<'_> {
+    pub fn committed(mut self) {
+        self.done = true;
+        if let Some(s) = self.set.inner.lock().state.get_mut(&self.origin) {
+            *s = OriginState::Committed;
+        }
+    }
+}
+
+impl Drop for OriginGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut g = self.set.inner.lock();
+        if g.state.get(&self.origin) == Some(&OriginState::Deciding) {
+            g.state.remove(&self.origin);
+            // Its `order` entry stays until evicted; a stale entry only
+            // makes eviction come early, never wrong.
+        }
+    }
 }
 
 /// Records a decision on the half message at `half_offset` of `half_queue`.
@@ -368,6 +573,13 @@ pub fn spawn_check_loop(
     ctx: Arc<BrokerContext>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    if !ctx.config.store.message_index_enable {
+        tracing::warn!(
+            "messageIndexEnable=false: a transaction commit interrupted by a crash \
+             (real message stored, op message not) cannot be found after restart \
+             and may be delivered twice"
+        );
+    }
     tokio::spawn(async move {
         loop {
             let interval = ctx.runtime_config.read().transaction_check_interval;
@@ -389,6 +601,7 @@ pub fn spawn_check_loop(
                     discarded = stats.discarded,
                     repaired = stats.repaired,
                     no_producer = stats.no_producer,
+                    requeued = stats.requeued,
                     "transaction check pass"
                 );
             }
@@ -408,6 +621,9 @@ pub struct CheckStats {
     pub repaired: usize,
     /// Checks that found no live producer connection of the group.
     pub no_producer: usize,
+    /// Half messages still within their CHECK_IMMUNITY_TIME_IN_SECONDS,
+    /// moved to the end of the half queue.
+    pub requeued: usize,
     /// Half-queue consume offset after the pass.
     pub half_offset: i64,
 }
@@ -419,17 +635,25 @@ struct Ops {
     removed: HashMap<i64, i64>,
     pending: BTreeMap<i64, usize>,
     done: Vec<i64>,
+    /// More op messages follow than this pass read.
+    truncated: bool,
 }
 
-fn read_ops(ctx: &BrokerContext, op_offset: i64, half_min: i64) -> Ops {
+fn read_ops(store: &MessageStore, op_offset: i64, half_min: i64) -> Ops {
     let mut ops = Ops {
         removed: HashMap::new(),
         pending: BTreeMap::new(),
         done: Vec::new(),
+        truncated: false,
     };
     let mut off = op_offset;
-    loop {
-        let r = ctx.store.get_messages(
+    for batch in 0.. {
+        if batch == MAX_OP_BATCHES_PER_PASS {
+            ops.truncated =
+                off < store.max_offset(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, HALF_QUEUE_ID);
+            break;
+        }
+        let r = store.get_messages(
             CHECK_GROUP,
             topic::RMQ_SYS_TRANS_OP_HALF_TOPIC,
             HALF_QUEUE_ID,
@@ -484,6 +708,61 @@ fn next_op_offset(mut done: Vec<i64>, from: i64) -> i64 {
     next
 }
 
+/// Half messages read per blocking store call during a pass.
+const HALF_BATCH: usize = 32;
+
+/// Reads the half queue ahead in batches, off the async workers.
+#[derive(Default)]
+struct HalfReader {
+    buf: std::collections::VecDeque<(i64, Bytes)>,
+}
+
+enum Fetched {
+    Message(Bytes),
+    /// Nothing at the offset asked; the queue goes on here.
+    SkipTo(i64),
+    End,
+}
+
+impl HalfReader {
+    async fn get(&mut self, ctx: &BrokerContext, at: i64) -> Result<Fetched, TransactionError> {
+        while self.buf.front().is_some_and(|(o, _)| *o < at) {
+            self.buf.pop_front();
+        }
+        if self.buf.is_empty() {
+            let store = Arc::clone(&ctx.store);
+            let r = blocking(move || {
+                store.get_messages(
+                    CHECK_GROUP,
+                    topic::RMQ_SYS_TRANS_HALF_TOPIC,
+                    HALF_QUEUE_ID,
+                    at,
+                    HALF_BATCH,
+                    usize::MAX,
+                    None,
+                )
+            })
+            .await?;
+            if r.messages.is_empty() {
+                return Ok(if r.next_begin_offset > at {
+                    Fetched::SkipTo(r.next_begin_offset)
+                } else {
+                    Fetched::End
+                });
+            }
+            self.buf.extend(r.queue_offsets.into_iter().zip(r.messages));
+        }
+        Ok(match self.buf.front() {
+            Some((o, _)) if *o > at => Fetched::SkipTo(*o),
+            Some(_) => match self.buf.pop_front() {
+                Some((_, rec)) => Fetched::Message(rec),
+                None => Fetched::End,
+            },
+            None => Fetched::End,
+        })
+    }
+}
+
 /// One pass over the half queue (Apache's `TransactionalMessageServiceImpl.check`).
 pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
     let mut stats = CheckStats::default();
@@ -505,11 +784,24 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
         .query(CHECK_GROUP, op_t, HALF_QUEUE_ID)
         .unwrap_or(0)
         .max(ctx.store.min_offset(op_t, HALF_QUEUE_ID));
-    let mut ops = read_ops(ctx, op_start, start);
-    let (timeout, check_max) = {
-        let rc = ctx.runtime_config.read();
-        (ms_i64(rc.transaction_timeout), rc.transaction_check_max)
+    let store = Arc::clone(&ctx.store);
+    let mut ops = match blocking(move || read_ops(&store, op_start, start)).await {
+        Ok(ops) => ops,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading transaction op messages failed; retried next pass");
+            return stats;
+        }
     };
+    let mut reader = HalfReader::default();
+    let (timeout, check_max, interval) = {
+        let rc = ctx.runtime_config.read();
+        (
+            ms_i64(rc.transaction_timeout),
+            rc.transaction_check_max,
+            ms_i64(rc.transaction_check_interval),
+        )
+    };
+    let immunity_cap = immunity_cap_ms(timeout, check_max, interval);
     let pass_start = now_ms();
     let mut i = start;
     let mut examined = 0usize;
@@ -526,16 +818,22 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
             i += 1;
             continue;
         }
-        let r = ctx
-            .store
-            .get_messages(CHECK_GROUP, half_t, HALF_QUEUE_ID, i, 1, usize::MAX, None);
-        let Some(rec) = r.messages.first().cloned() else {
-            if r.next_begin_offset > i {
+        if ops.truncated {
+            // Unread ops may decide this message: act on it next pass.
+            break;
+        }
+        let rec = match reader.get(ctx, i).await {
+            Ok(Fetched::Message(rec)) => rec,
+            Ok(Fetched::SkipTo(next)) => {
                 // Entries gone (retention): skip them.
-                i = r.next_begin_offset;
+                i = next;
                 continue;
             }
-            break;
+            Ok(Fetched::End) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, offset = i, "reading a half message failed; retried next pass");
+                break;
+            }
         };
         let Ok(half) = stored::check_record(&rec, false) else {
             static BAD: apogee_throttle::LogThrottle =
@@ -566,15 +864,38 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
         if half.store_timestamp >= pass_start {
             break;
         }
-        let age = now_ms() - half.born_timestamp;
-        let immunity = half
-            .property(keys::CHECK_IMMUNITY_TIME_IN_SECONDS)
-            .map_or(timeout, |s| immunity_ms(s, timeout));
-        if (0..=immunity).contains(&age) {
-            // Younger messages follow; the next pass looks again.
-            break;
+        let age = age_ms(now_ms(), half.born_timestamp);
+        match half.property(keys::CHECK_IMMUNITY_TIME_IN_SECONDS) {
+            None if (0..=timeout).contains(&age) => {
+                // Younger messages follow; the next pass looks again.
+                break;
+            }
+            // A copy whose transaction this broker just committed (the
+            // producer answered for an earlier copy) is settled below instead.
+            Some(s)
+                if (0..immunity_ms(s, timeout).min(immunity_cap)).contains(&age)
+                    && !ctx.tx_origins.is_committed(origin_of(&half)) =>
+            {
+                // Its own immunity says "not yet", but messages after it may
+                // be due: move it to the end of the queue and go on.
+                if let Err(e) = requeue_immune(ctx, &half).await {
+                    tracing::warn!(error = %e, offset = i, "re-queueing an immune half message failed; retried next pass");
+                    break;
+                }
+                stats.requeued += 1;
+                i += 1;
+                continue;
+            }
+            _ => {}
         }
-        if already_committed(ctx, &half) {
+        let found = match already_committed(ctx, &half).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, offset = i, "looking up a commit failed; retried next pass");
+                break;
+            }
+        };
+        if found {
             if let Err(e) = write_op(ctx, half.queue_id, half.queue_offset).await {
                 tracing::warn!(error = %e, "recording a found commit failed; retried next pass");
                 break;
@@ -610,6 +931,43 @@ pub async fn check_once(ctx: &BrokerContext) -> CheckStats {
     stats
 }
 
+/// The longest CHECK_IMMUNITY_TIME_IN_SECONDS honoured: about the time a
+/// message would take to use up its checks (at least the timeout). Apache
+/// has no such bound; without it a huge immunity would be re-queued every
+/// pass forever without ever counting towards `transactionCheckMax`.
+fn immunity_cap_ms(timeout_ms: i64, check_max: i32, interval_ms: i64) -> i64 {
+    interval_ms
+        .saturating_mul(i64::from(check_max.max(1)))
+        .max(timeout_ms)
+}
+
+/// Writes a half message that is still immune again at the end of the half
+/// queue (check count unchanged) and records an op for its old offset.
+/// The copy carries `TRAN_PREPARED_QUEUE_OFFSET` = the queue offset of the
+/// first half message of the transaction (Apache's
+/// `putImmunityMsgBackToHalfQueue`); an existing stamp is kept.
+async fn requeue_immune(
+    ctx: &BrokerContext,
+    half: &RecordInfo<'_>,
+) -> Result<(), TransactionError> {
+    let mut copy = half.to_message_to_store();
+    stamp_origin(&mut copy, half);
+    if properties::get(&copy.properties, keys::TRANSACTION_PREPARED_QUEUE_OFFSET).is_none() {
+        copy.properties = properties::set(
+            &copy.properties,
+            keys::TRANSACTION_PREPARED_QUEUE_OFFSET,
+            &half.queue_offset.to_string(),
+        );
+    }
+    put_as_is(ctx, copy)
+        .await
+        .map_err(|source| TransactionError::Store {
+            what: "the immune half message",
+            source,
+        })?;
+    write_op(ctx, half.queue_id, half.queue_offset).await
+}
+
 /// Writes the half message again at the end of the half queue with its
 /// check count, then asks a producer of its group about that copy.
 /// `Ok(false)`: no live producer connection (the copy waits for the next pass).
@@ -619,6 +977,7 @@ async fn check_back(
     times: i32,
 ) -> Result<bool, TransactionError> {
     let mut copy = half.to_message_to_store();
+    stamp_origin(&mut copy, half);
     copy.properties = properties::set(
         &copy.properties,
         keys::TRANSACTION_CHECK_TIMES,
@@ -663,8 +1022,19 @@ async fn check_back(
     let cmd = RemotingCommand::request(request_code::CHECK_TRANSACTION_STATE)
         .with_header(&header)
         .with_body(body);
-    if let Err(e) = channel.send_oneway(cmd).await {
-        tracing::debug!(group, error = %e, "sending CHECK_TRANSACTION_STATE failed");
+    // Queued without waiting: a producer that does not read its socket must
+    // not stall the scan. A dropped check is asked again: the copy stays
+    // undecided and is checked on a later pass.
+    if let Err(e) = channel.try_send_oneway(cmd) {
+        static SEND_FAILED: apogee_throttle::LogThrottle =
+            apogee_throttle::LogThrottle::new("transaction check send failed");
+        apogee_throttle::throttled_warn!(
+            SEND_FAILED,
+            0,
+            group,
+            error = %e,
+            "sending CHECK_TRANSACTION_STATE failed; asked again on a later pass"
+        );
     }
     Ok(true)
 }
@@ -765,6 +1135,7 @@ mod tests {
             sysflag::TRANSACTION_COMMIT_TYPE
         );
         assert_eq!(c.prepared_transaction_offset, 4096);
+        assert_eq!(properties::get(&c.properties, HALF_ORIGIN), Some("4096"));
         for k in [
             keys::REAL_TOPIC,
             keys::REAL_QUEUE_ID,
@@ -784,6 +1155,44 @@ mod tests {
         assert_eq!(next_op_offset(vec![6, 5, 7], 5), 8);
         assert_eq!(next_op_offset(vec![5, 7], 5), 6);
         assert_eq!(next_op_offset(vec![3, 4], 5), 5);
+    }
+
+    #[test]
+    fn ages_saturate_on_extreme_born_timestamps() {
+        assert_eq!(age_ms(1000, 400), 600);
+        assert_eq!(age_ms(1000, i64::MIN), i64::MAX);
+        assert_eq!(age_ms(1000, i64::MAX), 1000 - i64::MAX);
+        assert_eq!(age_ms(-5, i64::MAX), i64::MIN);
+    }
+
+    #[test]
+    fn recent_origins_claim_commit_forget_and_evict() {
+        let set = RecentOrigins::new(2);
+        let Begin::Started(g) = set.begin(10) else {
+            panic!("fresh origin not started");
+        };
+        assert!(matches!(set.begin(10), Begin::InProgress));
+        drop(g); // a failed attempt is forgotten
+        let Begin::Started(g) = set.begin(10) else {
+            panic!("a failed attempt blocked the next");
+        };
+        g.committed();
+        assert!(matches!(set.begin(10), Begin::Committed));
+        assert!(set.is_committed(10));
+        for o in [11, 12] {
+            if let Begin::Started(g) = set.begin(o) {
+                g.committed();
+            }
+        }
+        assert!(!set.is_committed(10), "the oldest is evicted");
+        assert!(set.is_committed(11) && set.is_committed(12));
+    }
+
+    #[test]
+    fn immunity_cap() {
+        assert_eq!(immunity_cap_ms(6000, 15, 60_000), 900_000);
+        assert_eq!(immunity_cap_ms(6000, 0, 10), 6000);
+        assert_eq!(immunity_cap_ms(0, i32::MAX, i64::MAX), i64::MAX);
     }
 
     #[test]

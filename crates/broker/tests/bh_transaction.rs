@@ -53,6 +53,28 @@ impl Broker {
 
     /// Sends half message `body` to `Orders` queue 1; (response, queue offset, CommitLog offset).
     async fn send_half(&self, body: &'static str, born: i64) -> (RemotingCommand, i64, i64) {
+        self.send_half_with(body, born, "").await
+    }
+
+    /// [`Broker::send_half`] with extra encoded properties.
+    async fn send_half_with(
+        &self,
+        body: &'static str,
+        born: i64,
+        extra: &str,
+    ) -> (RemotingCommand, i64, i64) {
+        self.send_half_full(body, &format!("U-{body}"), born, extra)
+            .await
+    }
+
+    /// [`Broker::send_half_with`] with a chosen UNIQ_KEY.
+    async fn send_half_full(
+        &self,
+        body: &'static str,
+        uniq: &str,
+        born: i64,
+        extra: &str,
+    ) -> (RemotingCommand, i64, i64) {
         let h = SendMessageRequestHeader {
             producer_group: "PG".into(),
             topic: "Orders".into(),
@@ -62,7 +84,7 @@ impl Broker {
             sys_flag: sysflag::TRANSACTION_PREPARED_TYPE,
             born_timestamp: born,
             properties: Some(format!(
-                "TRAN_MSG\u{1}true\u{2}PGROUP\u{1}PG\u{2}UNIQ_KEY\u{1}U-{body}\u{2}TAGS\u{1}T\u{2}"
+                "TRAN_MSG\u{1}true\u{2}PGROUP\u{1}PG\u{2}UNIQ_KEY\u{1}{uniq}\u{2}TAGS\u{1}T\u{2}{extra}"
             )),
             ..Default::default()
         };
@@ -331,5 +353,240 @@ async fn a_commit_whose_op_message_was_lost_is_settled_without_a_check() {
             .max_offset(topic::RMQ_SYS_TRANS_CHECK_MAX_TIME_TOPIC, 0),
         0
     );
+    b.stop().await;
+}
+
+/// Every message of the half queue, decoded: (body, properties).
+fn half_queue(b: &Broker) -> Vec<(Vec<u8>, std::collections::HashMap<String, String>)> {
+    b.ctx
+        .store
+        .get_messages(
+            "G",
+            topic::RMQ_SYS_TRANS_HALF_TOPIC,
+            0,
+            0,
+            1024,
+            usize::MAX,
+            None,
+        )
+        .messages
+        .iter()
+        .map(|r| {
+            let (m, _) = decode_stored(r, true).unwrap();
+            (m.body.to_vec(), m.properties.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn extreme_born_timestamps_do_not_break_the_check_pass() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_secs(3600);
+        c.transaction_timeout = Duration::from_millis(0);
+    })
+    .await;
+    for (body, born) in [("min", i64::MIN), ("max", i64::MAX)] {
+        let (resp, _, _) = b.send_half(body, born).await;
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+        let (resp, _, _) = b
+            .send_half_with(body, born, "CHECK_IMMUNITY_TIME_IN_SECONDS\u{1}60\u{2}")
+            .await;
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    }
+    b.wait_max(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0, 4).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Overflowing `now - born` panicked here before.
+    let stats = apogee_broker::transaction::check_once(&b.ctx).await;
+    assert_eq!(stats.half_offset, 4, "{stats:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_immune_half_message_does_not_hold_back_later_checks() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_millis(50);
+        c.transaction_timeout = Duration::from_millis(0);
+        c.transaction_check_max = 1000;
+    })
+    .await;
+    // First in the queue, immune for an hour (capped at 1000 × 50 ms).
+    let (resp, qo_a, _) = b
+        .send_half_with(
+            "a",
+            now_ms(),
+            "CHECK_IMMUNITY_TIME_IN_SECONDS\u{1}3600\u{2}",
+        )
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    // Another transaction behind it, long due for its check.
+    let (resp, _, _) = b.send_half("b", now_ms() - 60_000).await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = half_queue(&b);
+        let b_checked = q
+            .iter()
+            .any(|(body, p)| body == b"b" && p.contains_key(keys::TRANSACTION_CHECK_TIMES));
+        let a_copy = q.iter().skip(1).find(|(body, _)| body == b"a");
+        if b_checked {
+            let (_, p) = a_copy.expect("the immune message was re-queued");
+            let stamp = qo_a.to_string();
+            assert_eq!(
+                p.get(keys::TRANSACTION_PREPARED_QUEUE_OFFSET),
+                Some(&stamp),
+                "{p:?}"
+            );
+            assert!(!p.contains_key(keys::TRANSACTION_CHECK_TIMES), "{p:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "b was never checked: {q:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn two_half_messages_sharing_a_uniq_key_are_both_committed() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let (_, qo1, phys1) = b.send_half_full("one", "SAME", now_ms(), "").await;
+    let (_, qo2, phys2) = b.send_half_full("two", "SAME", now_ms(), "").await;
+    assert!(phys1 >= 0 && phys2 >= 0);
+    let r = b
+        .end("PG", qo1, phys1, sysflag::TRANSACTION_COMMIT_TYPE)
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    b.wait_max("Orders", 1, 1).await;
+    // Old enough to have been checked: the second commit looks for an
+    // existing one, which must not be the first transaction's.
+    b.ctx.runtime_config.write().transaction_timeout = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b
+        .ctx
+        .store
+        .query_by_unique_key("Orders", "SAME", 4, 0, i64::MAX)
+        .messages
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the commit was never indexed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = b
+        .end("PG", qo2, phys2, sysflag::TRANSACTION_COMMIT_TYPE)
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    b.wait_max("Orders", 1, 2).await;
+    let bodies: Vec<Vec<u8>> = b
+        .ctx
+        .store
+        .get_messages("G", "Orders", 1, 0, 8, usize::MAX, None)
+        .messages
+        .iter()
+        .map(|r| decode_stored(r, true).unwrap().0.body.to_vec())
+        .collect();
+    assert_eq!(bodies, vec![b"one".to_vec(), b"two".to_vec()]);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_commits_of_one_half_message_deliver_it_once() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let (_, qo, phys) = b.send_half("dup", now_ms()).await;
+    let c = sysflag::TRANSACTION_COMMIT_TYPE;
+    let (r1, r2) = tokio::join!(b.end("PG", qo, phys, c), b.end("PG", qo, phys, c));
+    assert!(
+        r1.code == response_code::SUCCESS || r2.code == response_code::SUCCESS,
+        "{:?} {:?}",
+        r1.remark,
+        r2.remark
+    );
+    // And once more after both, before the index could matter.
+    let r3 = b.end("PG", qo, phys, c).await;
+    assert_eq!(r3.code, response_code::SUCCESS, "{:?}", r3.remark);
+    b.wait_max("Orders", 1, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.ctx.store.max_offset("Orders", 1), 1, "committed twice");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn one_pass_checks_every_undecided_message_across_read_batches() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_secs(3600);
+        c.transaction_timeout = Duration::from_millis(0);
+    })
+    .await;
+    const BODIES: [&str; 70] = [
+        "m00", "m01", "m02", "m03", "m04", "m05", "m06", "m07", "m08", "m09", "m10", "m11", "m12",
+        "m13", "m14", "m15", "m16", "m17", "m18", "m19", "m20", "m21", "m22", "m23", "m24", "m25",
+        "m26", "m27", "m28", "m29", "m30", "m31", "m32", "m33", "m34", "m35", "m36", "m37", "m38",
+        "m39", "m40", "m41", "m42", "m43", "m44", "m45", "m46", "m47", "m48", "m49", "m50", "m51",
+        "m52", "m53", "m54", "m55", "m56", "m57", "m58", "m59", "m60", "m61", "m62", "m63", "m64",
+        "m65", "m66", "m67", "m68", "m69",
+    ];
+    let mut rolled_back = 0;
+    for (n, body) in BODIES.iter().enumerate() {
+        let (resp, qo, phys) = b.send_half(body, now_ms() - 60_000).await;
+        assert_eq!(resp.code, response_code::SUCCESS);
+        if n % 3 == 0 {
+            let r = b
+                .end("PG", qo, phys, sysflag::TRANSACTION_ROLLBACK_TYPE)
+                .await;
+            assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+            rolled_back += 1;
+        }
+    }
+    b.wait_max(topic::RMQ_SYS_TRANS_OP_HALF_TOPIC, 0, rolled_back)
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stats = apogee_broker::transaction::check_once(&b.ctx).await;
+    assert_eq!(stats.half_offset, 70, "{stats:?}");
+    assert_eq!(stats.checked as i64, 70 - rolled_back, "{stats:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_re_queued_immune_copy_is_settled_once_its_transaction_commits() {
+    let b = Broker::start_with(|c| {
+        c.transaction_check_interval = Duration::from_millis(50);
+        c.transaction_timeout = Duration::from_millis(0);
+        c.transaction_check_max = 1000;
+    })
+    .await;
+    let (resp, qo, phys) = b
+        .send_half_with(
+            "imm",
+            now_ms(),
+            "CHECK_IMMUNITY_TIME_IN_SECONDS\u{1}3600\u{2}",
+        )
+        .await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    // The scan moves it to the end of the queue (a copy exists).
+    b.wait_max(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0, 2).await;
+    // The producer commits through the original, within its immunity.
+    let r = b
+        .end("PG", qo, phys, sysflag::TRANSACTION_COMMIT_TYPE)
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    b.wait_max("Orders", 1, 1).await;
+    // The copies stop: the next pass settles the open copy as committed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = b.ctx.store.max_offset(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if b.ctx.store.max_offset(topic::RMQ_SYS_TRANS_HALF_TOPIC, 0) == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the immune copy is re-queued forever"
+        );
+    }
+    assert_eq!(b.ctx.store.max_offset("Orders", 1), 1, "committed twice");
     b.stop().await;
 }
