@@ -656,6 +656,24 @@ impl BrokerConfig {
                 "in controller mode the controller names the master; remove haMasterAddress",
             ));
         }
+        // Worst case between two heartbeats reaching a controller: one
+        // interval plus one call timeout (the interval, at least 500 ms).
+        // It must stay below the master's lease (half the timeout), or a
+        // live master could be judged dead while it still holds its lease.
+        let gap = self.broker_heartbeat_interval
+            + self
+                .broker_heartbeat_interval
+                .max(std::time::Duration::from_millis(500));
+        if gap >= self.controller_heart_beat_timeout / 2 {
+            return Err(BrokerError::config(
+                "brokerHeartbeatInterval",
+                format!(
+                    "a heartbeat may arrive {} ms after the previous one (interval + call timeout); that must be below half of controllerHeartBeatTimeoutMills ({} ms)",
+                    gap.as_millis(),
+                    (self.controller_heart_beat_timeout / 2).as_millis()
+                ),
+            ));
+        }
         Ok(())
     }
 
