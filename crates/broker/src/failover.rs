@@ -351,6 +351,14 @@ impl Supervisor {
                         tracing::info!(id = self.broker_id, master = ?view.master_id, epoch = view.master_epoch, "registered with the controller");
                         self.follow(view, asked).await;
                     }
+                    Err(ControllerCallError::Refused { code, remark })
+                        if code == rs::CONTROLLER_INVALID_REPLICAS =>
+                    {
+                        // A saved id of a set that meanwhile got two other
+                        // replicas: say so loudly, it will not pass by itself.
+                        throttled_warn!(NO_CONTROLLER, (), reason = %remark,
+                            "the controller refuses this replica (too many replicas in the broker set); serving reads only");
+                    }
                     Err(e) => {
                         throttled_warn!(NO_CONTROLLER, (), error = %e, controllers = ?self.controllers,
                             "cannot register with the controller group; serving reads as a replica without a master");
@@ -907,6 +915,13 @@ impl Supervisor {
                     })?;
                     tracing::info!(id, "broker id applied from the controller");
                     return Ok(id);
+                }
+                // The set is full (at most two replicas in controller mode):
+                // waiting would not change that.
+                Err(ControllerCallError::Refused { code, remark })
+                    if code == rs::CONTROLLER_INVALID_REPLICAS =>
+                {
+                    return Err(BrokerError::config("brokerName", remark));
                 }
                 Err(e) if Instant::now() < deadline => {
                     throttled_warn!(NO_CONTROLLER, (), error = %e, "cannot get a broker id from the controller group; retrying");
