@@ -1135,6 +1135,28 @@ mod tests {
     }
 
     #[test]
+    fn controller_mode_refuses_a_heartbeat_gap_reaching_half_the_timeout() {
+        let mut c = BrokerConfig::default();
+        c.apply(&props(&[
+            ("enableControllerMode", "true"),
+            ("listenPort", "10911"),
+            ("controllerAddr", "127.0.0.1:9878"),
+            ("controllerHeartBeatTimeoutMills", "3000"),
+            // 300 + 500 (call timeout) = 800 ms < 1500 ms.
+            ("brokerHeartbeatInterval", "300"),
+        ]))
+        .unwrap();
+        c.check_controller_mode().unwrap();
+        // 800 + 800 = 1600 ms >= 1500 ms.
+        c.apply(&props(&[("brokerHeartbeatInterval", "800")]))
+            .unwrap();
+        match c.check_controller_mode() {
+            Err(BrokerError::Config { key, .. }) => assert_eq!(key, "brokerHeartbeatInterval"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn controller_mode_needs_controllers_and_a_fixed_port() {
         let mut c = BrokerConfig::default();
         c.apply(&props(&[
