@@ -656,6 +656,24 @@ impl BrokerConfig {
                 "in controller mode the controller names the master; remove haMasterAddress",
             ));
         }
+        // Worst case between two heartbeats reaching a controller: one
+        // interval plus one call timeout (the interval, at least 500 ms).
+        // It must stay below the master's lease (half the timeout), or a
+        // live master could be judged dead while it still holds its lease.
+        let gap = self.broker_heartbeat_interval
+            + self
+                .broker_heartbeat_interval
+                .max(std::time::Duration::from_millis(500));
+        if gap >= self.controller_heart_beat_timeout / 2 {
+            return Err(BrokerError::config(
+                "brokerHeartbeatInterval",
+                format!(
+                    "a heartbeat may arrive {} ms after the previous one (interval + call timeout); that must be below half of controllerHeartBeatTimeoutMills ({} ms)",
+                    gap.as_millis(),
+                    (self.controller_heart_beat_timeout / 2).as_millis()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1114,6 +1132,28 @@ mod tests {
     #[test]
     fn authentication_enabled_true_is_refused() {
         assert_refused("authenticationEnabled", "true");
+    }
+
+    #[test]
+    fn controller_mode_refuses_a_heartbeat_gap_reaching_half_the_timeout() {
+        let mut c = BrokerConfig::default();
+        c.apply(&props(&[
+            ("enableControllerMode", "true"),
+            ("listenPort", "10911"),
+            ("controllerAddr", "127.0.0.1:9878"),
+            ("controllerHeartBeatTimeoutMills", "3000"),
+            // 300 + 500 (call timeout) = 800 ms < 1500 ms.
+            ("brokerHeartbeatInterval", "300"),
+        ]))
+        .unwrap();
+        c.check_controller_mode().unwrap();
+        // 800 + 800 = 1600 ms >= 1500 ms.
+        c.apply(&props(&[("brokerHeartbeatInterval", "800")]))
+            .unwrap();
+        match c.check_controller_mode() {
+            Err(BrokerError::Config { key, .. }) => assert_eq!(key, "brokerHeartbeatInterval"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 
     #[test]

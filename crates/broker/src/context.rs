@@ -198,7 +198,7 @@ impl BrokerContext {
     /// Whether a SYNC_MASTER acknowledges without a slave (controller mode,
     /// SyncStateSet of this master alone).
     pub fn acks_alone(&self) -> bool {
-        self.ack_alone.load(std::sync::atomic::Ordering::Acquire)
+        self.ack_alone.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The HA server, on a master that runs one.

@@ -265,9 +265,11 @@ impl ControllerModeBroker {
             caught_up: HashMap::new(),
             prev_max: 0,
             grow_barrier: None,
+            my_epoch: None,
         };
         sup.broker_id = sup.ensure_broker_id().await?;
-        sup.start_as(Role::Slave { master: None }, None).await?;
+        sup.start_as(Role::Slave { master: None }, None, Instant::now())
+            .await?;
         let addr = sup.base.broker_addr();
         let (stop, stop_rx) = watch::channel(false);
         let heartbeats = spawn_heartbeats(
@@ -331,6 +333,9 @@ struct Supervisor {
     /// ended here, and a slave joins only once it holds this much (so it
     /// has everything acknowledged while this master acked alone).
     grow_barrier: Option<u64>,
+    /// This master's epoch entry (epoch, start offset): a slave whose
+    /// epoch cache does not end with it has not aligned its log yet.
+    my_epoch: Option<(u32, u64)>,
 }
 
 impl Supervisor {
@@ -339,11 +344,20 @@ impl Supervisor {
         let mut registered = false;
         loop {
             if !registered {
+                let asked = Instant::now();
                 match self.register().await {
                     Ok(view) => {
                         registered = true;
                         tracing::info!(id = self.broker_id, master = ?view.master_id, epoch = view.master_epoch, "registered with the controller");
-                        self.follow(view).await;
+                        self.follow(view, asked).await;
+                    }
+                    Err(ControllerCallError::Refused { code, remark })
+                        if code == rs::CONTROLLER_INVALID_REPLICAS =>
+                    {
+                        // A saved id of a set that meanwhile got two other
+                        // replicas: say so loudly, it will not pass by itself.
+                        throttled_warn!(NO_CONTROLLER, (), reason = %remark,
+                            "the controller refuses this replica (too many replicas in the broker set); serving reads only");
                     }
                     Err(e) => {
                         throttled_warn!(NO_CONTROLLER, (), error = %e, controllers = ?self.controllers,
@@ -357,7 +371,7 @@ impl Supervisor {
                         if view.master_id == Some(self.broker_id) {
                             self.lease.confirm(asked);
                         }
-                        self.follow(view.clone()).await;
+                        self.follow(view.clone(), asked).await;
                         if matches!(self.role, Role::Master { .. }) {
                             self.set_ack_alone(&view);
                             self.keep_sync_state_set(&view).await;
@@ -388,7 +402,7 @@ impl Supervisor {
             && view.sync_state_set.len() <= 1
             && view.sync_state_set.iter().all(|&id| id == self.broker_id);
         if let Some(b) = &self.running {
-            b.context().ack_alone.store(alone, Ordering::Release);
+            b.context().ack_alone.store(alone, Ordering::SeqCst);
         }
     }
 
@@ -400,7 +414,8 @@ impl Supervisor {
 
     /// Acts on the controller's view: become master, follow another
     /// master, or stop being master.
-    async fn follow(&mut self, view: ReplicaView) {
+    /// `asked`: when the view was asked for (a lease runs from there).
+    async fn follow(&mut self, view: ReplicaView, asked: Instant) {
         match (view.master_id, &self.role) {
             (Some(m), Role::Master { epoch }) if m == self.broker_id => {
                 if *epoch != view.master_epoch {
@@ -410,6 +425,7 @@ impl Supervisor {
                             epoch: view.master_epoch,
                         },
                         None,
+                        asked,
                     )
                     .await;
                 } else if !self.lease.lapsed() {
@@ -429,6 +445,7 @@ impl Supervisor {
                         epoch: view.master_epoch,
                     },
                     None,
+                    asked,
                 )
                 .await;
             }
@@ -441,6 +458,7 @@ impl Supervisor {
                             master: view.master_addr.clone(),
                         },
                         Some(&view),
+                        asked,
                     )
                     .await;
                 }
@@ -449,21 +467,25 @@ impl Supervisor {
                 tracing::warn!(
                     "the controller group lists no master for this broker set; stepping down"
                 );
-                self.restart(Role::Slave { master: None }, None).await;
+                self.restart(Role::Slave { master: None }, None, asked)
+                    .await;
             }
             (None, Role::Slave { .. }) => {}
         }
     }
 
-    async fn restart(&mut self, role: Role, view: Option<&ReplicaView>) {
+    async fn restart(&mut self, role: Role, view: Option<&ReplicaView>, asked: Instant) {
         self.ctx_fence(true);
-        if let Err(e) = self.start_as(role.clone(), view).await {
+        if let Err(e) = self.start_as(role.clone(), view, asked).await {
             tracing::error!(error = %e, ?role, "cannot restart the broker in its new role; retrying next round");
             // Serve reads meanwhile, following nobody; the next round
             // compares the controller's view with this role again.
             self.role = Role::Slave { master: None };
             if self.running.is_none() {
-                if let Err(e) = self.start_as(Role::Slave { master: None }, None).await {
+                if let Err(e) = self
+                    .start_as(Role::Slave { master: None }, None, asked)
+                    .await
+                {
                     tracing::error!(error = %e, "cannot start the broker as a replica either");
                 }
             }
@@ -471,7 +493,14 @@ impl Supervisor {
     }
 
     /// Stops the running broker (if any) and starts it in `role`.
-    async fn start_as(&mut self, role: Role, view: Option<&ReplicaView>) -> Result<()> {
+    /// `asked`: when the view naming this role was asked for; a master's
+    /// lease runs from then, not from the end of a slow restart.
+    async fn start_as(
+        &mut self,
+        role: Role,
+        view: Option<&ReplicaView>,
+        asked: Instant,
+    ) -> Result<()> {
         let mut local_max = None;
         *self.lease.master.lock() = None;
         *self.beat.running.lock() = None;
@@ -539,9 +568,10 @@ impl Supervisor {
                     }
                 }
                 *self.lease.master.lock() = Some(Arc::clone(&ctx));
-                self.lease.confirm(Instant::now());
+                self.lease.confirm(asked);
                 self.caught_up.clear();
                 self.grow_barrier = None;
+                self.my_epoch = Some((epoch, start));
                 self.prev_max = start;
                 ctx.write_fenced.store(false, Ordering::Release);
                 tracing::info!(
@@ -596,6 +626,14 @@ impl Supervisor {
                 "{master} does not run as master yet; will retry"
             )));
         }
+        if body.epoch_list.last().map(|e| e.epoch) != Some(view.master_epoch) {
+            // It has not recorded this epoch yet: aligning with an older
+            // list would leave this slave unable to join the SyncStateSet.
+            return Err(BrokerError::Start(format!(
+                "{master} has not recorded epoch {} yet; will retry",
+                view.master_epoch
+            )));
+        }
         let remote: Vec<EpochEntry> = body
             .epoch_list
             .iter()
@@ -647,6 +685,18 @@ impl Supervisor {
             return;
         };
         let my_max = broker.context().store.commit_log_max_offset().max(0) as u64;
+        // Highest offset acked on a live HA link (none: nobody caught up).
+        let ha_ack = broker
+            .context()
+            .ha_server()
+            .map(|ha| {
+                ha.slaves()
+                    .iter()
+                    .map(|s| s.ack_offset.max(0) as u64)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
         let replicas = match self.replica_addresses().await {
             Ok(r) => r,
             Err(e) => {
@@ -669,7 +719,19 @@ impl Supervisor {
             else {
                 continue;
             };
-            let off = body.max_offset.max(0) as u64;
+            // Apache expands only from the offset acked on the HA link,
+            // which exists after the slave truncated its divergent tail.
+            // The HA link carries no broker id, so bound the reported offset
+            // by the best live link's ack, and require the slave's epoch
+            // cache to end with this master's epoch (it aligned with us).
+            let aligned = match (self.my_epoch, body.epoch_list.last()) {
+                (Some((ep, start)), Some(last)) => last.epoch == ep && last.start_offset == start,
+                _ => false,
+            };
+            if !aligned {
+                continue;
+            }
+            let off = (body.max_offset.max(0) as u64).min(ha_ack);
             if off >= self.prev_max {
                 self.caught_up.insert(id, now);
             }
@@ -697,7 +759,10 @@ impl Supervisor {
                 // First stop acknowledging alone, then note where the log
                 // ends: a joiner must hold at least that.
                 if let Some(b) = &self.running {
-                    b.context().ack_alone.store(false, Ordering::Release);
+                    // SeqCst pairs with the send's read after its put: a
+                    // put this read misses sees the flag cleared and waits.
+                    b.context().ack_alone.store(false, Ordering::SeqCst);
+                    std::sync::atomic::fence(Ordering::SeqCst);
                     self.grow_barrier =
                         Some(b.context().store.commit_log_max_offset().max(0) as u64);
                 }
@@ -850,6 +915,13 @@ impl Supervisor {
                     })?;
                     tracing::info!(id, "broker id applied from the controller");
                     return Ok(id);
+                }
+                // The set is full (at most two replicas in controller mode):
+                // waiting would not change that.
+                Err(ControllerCallError::Refused { code, remark })
+                    if code == rs::CONTROLLER_INVALID_REPLICAS =>
+                {
+                    return Err(BrokerError::config("brokerName", remark));
                 }
                 Err(e) if Instant::now() < deadline => {
                     throttled_warn!(NO_CONTROLLER, (), error = %e, "cannot get a broker id from the controller group; retrying");

@@ -694,11 +694,13 @@ async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes
         "a master without a controller quorum still takes writes: {}",
         dump(&[&broker])
     );
-    assert!(
-        broker.log_text().contains("refusing writes"),
-        "{}",
-        dump(&[&broker])
-    );
+    // A send checks the lease itself; the watchdog that logs the fence
+    // looks every 100 ms, so its line may come just after the refusal.
+    let logged = wait_for(Duration::from_secs(2), || async {
+        broker.log_text().contains("refusing writes")
+    })
+    .await;
+    assert!(logged, "{}", dump(&[&broker]));
     producer.shutdown().await;
     admin.shutdown().await;
     drop(broker);
@@ -997,7 +999,8 @@ async fn failover_rounds_lose_no_acknowledged_message() {
     // route) after any failure, as an application would retry: the time to
     // the first SEND_OK then measures the failover, not a client's route
     // refresh period.
-    type Acks = Arc<parking_lot::Mutex<Vec<((i32, i64), String, Instant)>>>;
+    // (queue, offset), body, when the send began, when SEND_OK came.
+    type Acks = Arc<parking_lot::Mutex<Vec<((i32, i64), String, Instant, Instant)>>>;
     let acks: Acks = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
@@ -1008,6 +1011,7 @@ async fn failover_rounds_lose_no_acknowledged_message() {
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
                 let body = format!("m-{i}");
                 i += 1;
+                let began = Instant::now();
                 match tokio::time::timeout(
                     Duration::from_secs(4),
                     producer.send(Message::new(TOPIC, body.clone())),
@@ -1019,6 +1023,7 @@ async fn failover_rounds_lose_no_acknowledged_message() {
                         acks.lock().push((
                             (r.queue.queue_id, r.queue_offset),
                             body,
+                            began,
                             Instant::now(),
                         ));
                     }
@@ -1061,7 +1066,6 @@ async fn failover_rounds_lose_no_acknowledged_message() {
         } else {
             None
         };
-        let t0 = Instant::now();
         {
             let p = brokers.get_mut(&master).unwrap();
             if freeze {
@@ -1073,14 +1077,18 @@ async fn failover_rounds_lose_no_acknowledged_message() {
                 p.kill9();
             }
         }
-        // The other replica is master and acknowledges a send.
+        // From when the kill returned: a send that began before it may
+        // still have been acknowledged by the old master.
+        let t0 = Instant::now();
+        // The other replica is master and acknowledges a send begun after
+        // the kill.
         let deadline = t0 + Duration::from_secs(20);
         let took = loop {
             let after = acks
                 .lock()
                 .iter()
-                .find(|(_, _, at)| *at > t0)
-                .map(|(_, _, at)| *at - t0);
+                .find(|(_, _, began, _)| *began > t0)
+                .map(|(_, _, _, at)| *at - t0);
             // A new epoch: the controller's answers never go back in time.
             let moved = matches!(replica_info(&raw, &group.addrs).await,
                 Some((m, _, e)) if m == other && e > epoch0);
@@ -1130,8 +1138,8 @@ async fn failover_rounds_lose_no_acknowledged_message() {
     let on_master = read_all(&admin, &master).await;
     let lost: Vec<_> = acked
         .iter()
-        .filter(|(k, v, _)| on_master.get(k) != Some(v))
-        .map(|(k, v, _)| (*k, v.clone()))
+        .filter(|(k, v, _, _)| on_master.get(k) != Some(v))
+        .map(|(k, v, _, _)| (*k, v.clone()))
         .collect();
     let mut seen = std::collections::HashMap::new();
     for v in on_master.values() {

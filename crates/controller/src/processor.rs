@@ -67,7 +67,9 @@ fn refusal_code(r: &Refusal) -> i32 {
         Refusal::FencedMasterEpoch { .. } => rs::CONTROLLER_FENCED_MASTER_EPOCH,
         Refusal::FencedSyncStateSetEpoch { .. } => rs::CONTROLLER_FENCED_SYNC_STATE_SET_EPOCH,
         Refusal::NotMaster { .. } => rs::CONTROLLER_INVALID_MASTER,
-        Refusal::InvalidReplicas(_) => rs::CONTROLLER_INVALID_REPLICAS,
+        Refusal::InvalidReplicas(_) | Refusal::TooManyReplicas { .. } => {
+            rs::CONTROLLER_INVALID_REPLICAS
+        }
     }
 }
 
@@ -206,6 +208,11 @@ async fn register_broker(shared: &Shared, req: RemotingCommand) -> ProcessResult
             .is_some_and(|r| r.address == address && r.ha_address == ha_address)
     });
     let mut set = if known {
+        // Answered from local state: confirm leadership first, so that a
+        // leader cut off from the quorum never answers from stale state.
+        if let Err(e) = shared.linearizable().await {
+            return propose_failed(e);
+        }
         shared.state(|s| s.set(&name).cloned()).unwrap_or_default()
     } else {
         match shared
@@ -323,6 +330,18 @@ async fn elect_master(shared: &Shared, req: RemotingCommand) -> ProcessResult {
         );
     };
     let master_alive = set.master.is_some_and(|m| shared.alive(&name, m));
+    // With a live master, only a SyncStateSet member that heartbeats may be
+    // designated (never an unclean pick): it holds every acknowledged message.
+    if designate && master_alive && (!set.sync_state_set.contains(&id) || !shared.alive(&name, id))
+    {
+        return respond(
+            rs::CONTROLLER_ELECT_MASTER_FAILED,
+            format!(
+                "broker {id} is not a live member of the SyncStateSet {:?} and the master is alive",
+                set.sync_state_set
+            ),
+        );
+    }
     if set.master == Some(id) || (master_alive && !designate) {
         let mut resp = RemotingCommand::response(
             rs::CONTROLLER_MASTER_STILL_EXIST,

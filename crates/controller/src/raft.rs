@@ -90,6 +90,69 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     }
 }
 
+/// What is wrong with `raft-log.jsonl`.
+#[derive(Debug, thiserror::Error)]
+pub enum LogParseError {
+    #[error("line {line} is not a Raft entry (and not a torn last line): {source}")]
+    BadLine {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("last purged index {0} has no successor")]
+    PurgedIndexOverflow(u64),
+}
+
+/// A [`LogParseError`] with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct LogFileError {
+    path: String,
+    #[source]
+    source: LogParseError,
+}
+
+impl LogFileError {
+    fn at(path: &Path, source: LogParseError) -> LogFileError {
+        LogFileError {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Splits the log's raw bytes on `\n` and parses each line. Only the last,
+/// unterminated line may be bad (a torn append, possibly cut inside a UTF-8
+/// character): it is dropped and `true` returned. Every terminated line
+/// was synced whole, so a bad one is corruption, reported as an error.
+fn parse_log(bytes: &[u8]) -> Result<(Vec<Entry<TypeConfig>>, bool), LogParseError> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut line_no = 0usize;
+    while !rest.is_empty() {
+        line_no += 1;
+        let (line, terminated, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], true, &rest[i + 1..]),
+            None => (rest, false, &rest[rest.len()..]),
+        };
+        rest = next;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Entry<TypeConfig>>(line) {
+            Ok(e) => out.push(e),
+            Err(_) if !terminated => return Ok((out, true)),
+            Err(source) => {
+                return Err(LogParseError::BadLine {
+                    line: line_no,
+                    source,
+                })
+            }
+        }
+    }
+    Ok((out, false))
+}
+
 /// Runs file work off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
@@ -122,8 +185,9 @@ pub struct LogStore {
 
 impl LogStore {
     /// Loads the log from `dir` (created if missing). A torn last line (a
-    /// crash in the middle of an append) was never acknowledged as durable:
-    /// it is dropped.
+    /// crash in the middle of an append, no newline yet) was never
+    /// acknowledged as durable: it is dropped. Any other bad line is an
+    /// error: it may hold committed entries.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let mut inner = LogInner {
@@ -134,29 +198,37 @@ impl LogStore {
             ..LogInner::default()
         };
         let log_path = dir.join("raft-log.jsonl");
-        let text = match std::fs::read_to_string(&log_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        let bytes = match std::fs::read(&log_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Created here, with the directory entry made durable once,
+                // so appends only need to sync the file's data.
+                std::fs::File::create(&log_path)?.sync_all()?;
+                std::fs::File::open(dir)?.sync_all()?;
+                Vec::new()
+            }
             Err(e) => return Err(e),
         };
-        let mut torn = false;
-        for line in text.lines() {
-            match serde_json::from_str::<Entry<TypeConfig>>(line) {
-                Ok(e) => {
-                    // A later line for an index replaces an earlier one (a
-                    // truncation followed by appends before a rewrite).
-                    inner.entries.split_off(&e.log_id.index);
-                    inner.entries.insert(e.log_id.index, e);
-                }
-                Err(e) => {
-                    tracing::warn!(file = %log_path.display(), error = %e, "dropping a torn Raft log line");
-                    torn = true;
-                    break;
-                }
-            }
+        let (entries, torn) = parse_log(&bytes).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, LogFileError::at(&log_path, e))
+        })?;
+        if torn {
+            tracing::warn!(file = %log_path.display(), "dropping a torn last Raft log line (crash mid-append)");
+        }
+        for e in entries {
+            // A later line for an index replaces an earlier one (a
+            // truncation followed by appends before a rewrite).
+            inner.entries.split_off(&e.log_id.index);
+            inner.entries.insert(e.log_id.index, e);
         }
         if let Some(p) = inner.last_purged {
-            inner.entries = inner.entries.split_off(&(p.index + 1));
+            let first = p.index.checked_add(1).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    LogFileError::at(&log_path, LogParseError::PurgedIndexOverflow(p.index)),
+                )
+            })?;
+            inner.entries = inner.entries.split_off(&first);
         }
         let store = LogStore {
             dir: dir.to_path_buf(),
@@ -276,10 +348,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let path = self.log_path();
         let res = blocking(move || {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
+            // open() created the file and synced the directory once.
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
             f.write_all(&bytes)?;
             f.sync_data()
         })
@@ -624,5 +694,75 @@ mod tests {
         assert_eq!(st.last_log_id.map(|l| l.index), Some(1));
         assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(1));
         assert!(store.try_get_log_entries(0..10).await.unwrap().is_empty());
+    }
+    fn line(term: u64, index: u64) -> Vec<u8> {
+        let mut l = serde_json::to_vec(&entry(term, index)).unwrap();
+        l.push(b'\n');
+        l
+    }
+
+    #[test]
+    fn a_bad_terminated_line_is_an_error_not_a_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = line(1, 1);
+        bytes.extend_from_slice(b"{\"garbage\n");
+        bytes.extend(line(1, 2));
+        std::fs::write(dir.path().join("raft-log.jsonl"), &bytes).unwrap();
+        let err = LogStore::open(dir.path()).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let inner = err
+            .get_ref()
+            .unwrap()
+            .downcast_ref::<LogFileError>()
+            .unwrap();
+        assert!(matches!(
+            inner.source,
+            LogParseError::BadLine { line: 2, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_tail_torn_inside_a_utf8_char_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = line(1, 1);
+        // The first byte of a two-byte character, then the crash.
+        bytes.extend_from_slice(b"{\"log_id\":\"\xc3");
+        std::fs::write(dir.path().join("raft-log.jsonl"), &bytes).unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id.map(|l| l.index), Some(1));
+        // Rewritten without the torn bytes: a second open sees a clean file.
+        let on_disk = std::fs::read(dir.path().join("raft-log.jsonl")).unwrap();
+        assert_eq!(on_disk, line(1, 1));
+    }
+
+    #[test]
+    fn open_creates_the_log_file() {
+        let dir = tempfile::tempdir().unwrap();
+        LogStore::open(dir.path()).unwrap();
+        assert!(dir.path().join("raft-log.jsonl").is_file());
+    }
+
+    #[test]
+    fn a_purged_index_at_u64_max_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = LogMeta {
+            last_purged: Some(LogId::new(CommittedLeaderId::new(1, 0), u64::MAX)),
+        };
+        std::fs::write(
+            dir.path().join("raft-log-meta.json"),
+            serde_json::to_vec(&meta).unwrap(),
+        )
+        .unwrap();
+        let err = LogStore::open(dir.path()).err().unwrap();
+        let inner = err
+            .get_ref()
+            .unwrap()
+            .downcast_ref::<LogFileError>()
+            .unwrap();
+        assert!(matches!(
+            inner.source,
+            LogParseError::PurgedIndexOverflow(u64::MAX)
+        ));
     }
 }

@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     pub sm: StateMachine,
     pub heartbeats: Mutex<HashMap<(String, u64), Heartbeat>>,
     pub started: Instant,
+    /// (term, first seen leading in it): a new leader's heartbeat table is
+    /// empty or stale while the old master may still hold its lease.
+    pub leader_since: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Shared {
@@ -66,12 +69,49 @@ impl Shared {
 
     /// Whether `id` of `broker_name` heartbeats. Right after this controller
     /// started, a replica it has not heard from yet is given the benefit of
-    /// the doubt for one timeout (it may have been heartbeating to others).
+    /// the doubt for one timeout. Right after it became leader, every
+    /// replica is, for its heartbeat timeout: this controller's table may be
+    /// stale, and a master keeps its lease (half that timeout) from its last
+    /// confirmation by the previous leader.
     pub fn alive(&self, broker_name: &str, id: u64) -> bool {
-        let hbs = self.heartbeats.lock();
-        match hbs.get(&(broker_name.to_string(), id)) {
-            Some(hb) => hb.at.elapsed() < hb.timeout,
+        let last = self
+            .heartbeats
+            .lock()
+            .get(&(broker_name.to_string(), id))
+            .map(|hb| (hb.at, hb.timeout));
+        let timeout = last.map_or(self.config.default_broker_heartbeat_timeout, |(_, t)| t);
+        if self
+            .leading_since()
+            .is_some_and(|at| at.elapsed() < timeout)
+        {
+            return true;
+        }
+        match last {
+            Some((at, timeout)) => at.elapsed() < timeout,
             None => self.started.elapsed() < self.config.default_broker_heartbeat_timeout,
+        }
+    }
+
+    /// When this controller was first seen leading in the current term
+    /// (None: not leader). Noted by the scanner every tick, so it is at
+    /// most one tick after the real takeover: the grace only grows.
+    pub fn leading_since(&self) -> Option<Instant> {
+        let (leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if leader != Some(self.self_id) {
+            return None;
+        }
+        let mut ls = self.leader_since.lock();
+        match *ls {
+            Some((t, at)) if t == term => Some(at),
+            _ => {
+                let now = Instant::now();
+                *ls = Some((term, now));
+                Some(now)
+            }
         }
     }
 
@@ -237,6 +277,7 @@ impl ControllerServer {
             sm,
             heartbeats: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            leader_since: Mutex::new(None),
         });
 
         let peer_registry = ProcessorRegistry::new();
@@ -376,7 +417,7 @@ fn spawn_scanner(shared: Arc<Shared>) -> JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if !shared.is_leader() {
+            if shared.leading_since().is_none() {
                 continue;
             }
             let sets: Vec<BrokerSet> = shared.state(|s| s.sets.values().cloned().collect());

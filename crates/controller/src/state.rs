@@ -106,7 +106,14 @@ pub enum Refusal {
     NotMaster { broker_name: String, got: u64 },
     #[error("invalid SyncStateSet: {0}")]
     InvalidReplicas(String),
+    #[error("broker set '{broker_name}' already has {limit} replicas; Apogee's controller mode supports at most {limit} per broker set (a SYNC_MASTER's acknowledgement does not yet wait for every SyncStateSet member)")]
+    TooManyReplicas { broker_name: String, limit: usize },
 }
+
+/// Replicas per broker set in controller mode. With more, a SYNC_MASTER
+/// acknowledged by one slave could lose the message to the election of
+/// another member (no `allAckInSyncStateSet` yet).
+pub const MAX_REPLICAS: usize = 2;
 
 /// What a command's application answers.
 pub type Outcome = Result<BrokerSet, Refusal>;
@@ -132,6 +139,13 @@ impl ControllerState {
                 check_code,
             } => {
                 let set = self.entry(cluster, broker_name);
+                if !set.applied_ids.contains_key(broker_id) && set.applied_ids.len() >= MAX_REPLICAS
+                {
+                    return Err(Refusal::TooManyReplicas {
+                        broker_name: broker_name.clone(),
+                        limit: MAX_REPLICAS,
+                    });
+                }
                 match set.applied_ids.get(broker_id) {
                     Some(code) if code != check_code => {
                         return Err(Refusal::IdTaken {
@@ -152,6 +166,12 @@ impl ControllerState {
                 ha_address,
             } => {
                 let set = self.entry(cluster, broker_name);
+                if !set.replicas.contains_key(broker_id) && set.replicas.len() >= MAX_REPLICAS {
+                    return Err(Refusal::TooManyReplicas {
+                        broker_name: broker_name.clone(),
+                        limit: MAX_REPLICAS,
+                    });
+                }
                 set.replicas.insert(
                     *broker_id,
                     Replica {
@@ -376,10 +396,15 @@ mod tests {
     #[test]
     fn choose_master_takes_only_live_in_sync_replicas_unless_unclean() {
         let mut s = ControllerState::default();
-        for id in 1..=3 {
+        for id in 1..=2 {
             register(&mut s, id);
         }
         let mut set = s.set("b").unwrap().clone();
+        // A third replica, beyond what registration admits, to exercise
+        // the choice alone.
+        let mut third = set.replicas[&2].clone();
+        third.broker_id = 3;
+        set.replicas.insert(3, third);
         set.master = Some(1);
         set.sync_state_set = BTreeSet::from([1, 2]);
         let offsets = |id: u64| [0, 100, 50, 900][id as usize];
@@ -418,5 +443,42 @@ mod tests {
             Err(Refusal::IdTaken { .. })
         ));
         assert_eq!(s.set("b").unwrap().next_broker_id(), 2);
+    }
+
+    #[test]
+    fn a_third_replica_is_refused_by_name() {
+        let mut s = ControllerState::default();
+        register(&mut s, 1);
+        register(&mut s, 2);
+        // Re-registering a known replica (a new address) still works.
+        register(&mut s, 2);
+        let third = s.apply(&Command::Register {
+            cluster: "C".into(),
+            broker_name: "b".into(),
+            broker_id: 3,
+            address: "127.0.0.1:10003".into(),
+            ha_address: None,
+        });
+        assert!(matches!(
+            third,
+            Err(Refusal::TooManyReplicas {
+                limit: MAX_REPLICAS,
+                ..
+            })
+        ));
+        let apply = |s: &mut ControllerState, id, code: &str| {
+            s.apply(&Command::ApplyBrokerId {
+                cluster: "C".into(),
+                broker_name: "b".into(),
+                broker_id: id,
+                check_code: code.into(),
+            })
+        };
+        assert!(apply(&mut s, 1, "x").is_ok());
+        assert!(apply(&mut s, 2, "y").is_ok());
+        assert!(matches!(
+            apply(&mut s, 3, "z"),
+            Err(Refusal::TooManyReplicas { .. })
+        ));
     }
 }

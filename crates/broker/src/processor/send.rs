@@ -649,10 +649,7 @@ pub(super) async fn store_or_reject(
     input: StoreInput,
     meter: Option<&TopicMeter>,
 ) -> Result<(PutResult, Option<SyncOutcome>), Reject> {
-    // Controller mode: with a SyncStateSet of this master alone, only it
-    // can be elected, so its own copy is the acknowledgement.
-    let wait_slave = ctx.config.is_sync_master()
-        && !ctx.acks_alone()
+    let wants_wait = ctx.config.is_sync_master()
         && match &input {
             StoreInput::One(m) => waits_for_store(m),
             StoreInput::Batch(ms) => ms.iter().all(waits_for_store),
@@ -661,6 +658,11 @@ pub(super) async fn store_or_reject(
         StoreInput::One(msg) => put_one(ctx, msg, meter).await,
         StoreInput::Batch(msgs) => put_batch(ctx, msgs, meter).await,
     };
+    // Controller mode: with a SyncStateSet of this master alone, only it
+    // can be elected, so its own copy is the acknowledgement. Read after
+    // the put (SeqCst, paired with the supervisor's store before it reads
+    // the grow barrier): a put the barrier missed sees the flag cleared.
+    let wait_slave = wants_wait && !ctx.acks_alone();
     let r = res.map_err(|e| store_error_reject(ctx, &e))?;
     let ha = match ctx.ha_server() {
         Some(ha) if wait_slave => {
