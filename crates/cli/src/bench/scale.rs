@@ -78,8 +78,9 @@ pub struct ScaleArgs {
     /// Sends in flight during the produce runs.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
-    /// The broker counts as idle when its CPU time grew by less than this
-    /// share of one core over the last three seconds.
+    /// The broker counts as idle when its CPU time over the last three
+    /// seconds grew by less than this share of one core more than it did
+    /// before the first topic was created.
     #[arg(long, default_value_t = 2.0)]
     idle_cpu_pct: f64,
     /// Give up waiting for idleness or routability after this many seconds.
@@ -344,7 +345,14 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
         (last, all)
     };
     let (idle_after, (last_routable_after, all_routable_after)) = tokio::join!(
-        wait_idle(pid, args.idle_cpu_pct, last_answer, settle),
+        // Idle means back within --idle-cpu-pct of what the empty broker
+        // burned (flush threads and timers tick at a few % of a core).
+        wait_idle(
+            pid,
+            baseline_pct.unwrap_or(0.0) + args.idle_cpu_pct,
+            last_answer,
+            settle
+        ),
         routes,
     );
     let after = ProcSample::read(pid);
