@@ -206,6 +206,15 @@ pub struct BrokerConfig {
     pub transaction_check_max: i32,
     /// `transactionCheckInterval`: period of the check-back scan (30 s).
     pub transaction_check_interval: Duration,
+    /// `defaultMessageRequestMode`: how QUERY_ASSIGNMENT tells a group to
+    /// read a topic when SET_MESSAGE_REQUEST_MODE chose nothing (PULL).
+    pub default_message_request_mode: apogee_protocol::body::MessageRequestMode,
+    /// `defaultPopShareQueueNum`: the POP queue sharing of that default (-1:
+    /// every client pops every queue).
+    pub default_pop_share_queue_num: i32,
+    /// `serverLoadBalancerEnabled`: QUERY_ASSIGNMENT splits a topic's queues
+    /// among the group's clients; off, each client gets them all.
+    pub server_load_balancer_enabled: bool,
     /// `slaveReadEnable`: a master answers a consumer pulling old data (more
     /// than `accessMessageInMemoryMaxRatio` of RAM behind the CommitLog
     /// end) with `suggestWhichBrokerId` = the group's
@@ -302,6 +311,9 @@ impl Default for BrokerConfig {
             transaction_timeout: Duration::from_millis(6000),
             transaction_check_max: 15,
             transaction_check_interval: Duration::from_millis(30_000),
+            default_message_request_mode: apogee_protocol::body::MessageRequestMode::Pull,
+            default_pop_share_queue_num: -1,
+            server_load_balancer_enabled: true,
             slave_read_enable: false,
             ha_listen_port: None,
             ha_master_address: None,
@@ -535,6 +547,17 @@ impl BrokerConfig {
                     self.transaction_check_max = positive(k, parse::<i32>(k, v)?)?
                 }
                 "transactionCheckInterval" => self.transaction_check_interval = positive_ms(k, v)?,
+                "defaultMessageRequestMode" => {
+                    self.default_message_request_mode =
+                        apogee_protocol::body::MessageRequestMode::from_java_name(v.trim())
+                            .ok_or_else(|| {
+                                BrokerError::config(k, format!("{v:?} is not PULL or POP"))
+                            })?
+                }
+                "defaultPopShareQueueNum" => self.default_pop_share_queue_num = parse(k, v)?,
+                "serverLoadBalancerEnabled" => {
+                    self.server_load_balancer_enabled = parse_bool(k, v)?
+                }
                 // Store keys.
                 "storePathRootDir" => {
                     self.store.store_path_root_dir = PathBuf::from(non_empty(k, v)?)
@@ -894,6 +917,18 @@ impl BrokerConfig {
         put(
             "transactionCheckInterval",
             ms(self.transaction_check_interval),
+        );
+        put(
+            "defaultMessageRequestMode",
+            self.default_message_request_mode.java_name().to_string(),
+        );
+        put(
+            "defaultPopShareQueueNum",
+            self.default_pop_share_queue_num.to_string(),
+        );
+        put(
+            "serverLoadBalancerEnabled",
+            self.server_load_balancer_enabled.to_string(),
         );
         let s = &self.store;
         put(

@@ -76,6 +76,10 @@ pub struct BrokerContext {
     pub lease_until_ms: std::sync::atomic::AtomicU64,
     /// Transactions being committed or recently committed, by origin.
     pub tx_origins: crate::transaction::RecentOrigins,
+    /// SET_MESSAGE_REQUEST_MODE choices (`messageRequestMode.json`).
+    pub request_modes: crate::assignment::RequestModes,
+    /// Topics' queues across brokers, for QUERY_ASSIGNMENT.
+    pub route_queues: crate::assignment::RouteQueues,
     register_signal: Arc<RegisterSignal>,
     watched: Mutex<HashSet<ChannelId>>,
 }
@@ -108,7 +112,9 @@ impl BrokerContext {
         let topics =
             TopicConfigManager::with_vfs(&config, Arc::clone(&register_signal), vfs.clone())?;
         let groups = SubscriptionGroupManager::with_vfs(&config, vfs.clone())?;
-        let offsets = ConsumerOffsetManager::with_vfs(&config, vfs)?;
+        let offsets = ConsumerOffsetManager::with_vfs(&config, vfs.clone())?;
+        let request_modes = crate::assignment::RequestModes::with_vfs(&config, vfs)?;
+        let route_queues = crate::assignment::RouteQueues::new(config.namesrv_addrs());
         let consumers = ConsumerManager::new(config.channel_expired_timeout);
         let producers = ProducerManager::new(config.channel_expired_timeout);
         let locks = RebalanceLockManager::new(config.rebalance_lock_max_live_time);
@@ -147,6 +153,8 @@ impl BrokerContext {
             tx_origins: crate::transaction::RecentOrigins::new(
                 crate::transaction::RECENT_ORIGINS_CAPACITY,
             ),
+            request_modes,
+            route_queues,
             register_signal,
             watched: Mutex::new(HashSet::new()),
         }))

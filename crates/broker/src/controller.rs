@@ -303,6 +303,7 @@ fn register_processors(registry: &Arc<ProcessorRegistry>, ctx: &Arc<BrokerContex
     processor::query::register(registry, ctx);
     crate::transaction::register(registry, ctx);
     crate::pop::register(registry, ctx);
+    crate::assignment::register(registry, ctx);
     // Java's VIP ("fast") server has no pull processor: refuse there.
     for &code in NOT_ON_VIP {
         let Some(inner) = registry.lookup(code) else {

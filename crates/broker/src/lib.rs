@@ -6,6 +6,7 @@
 //! queries and admin) and the controller that starts and stops it all on
 //! top of apogee-store and apogee-remoting.
 
+pub mod assignment;
 pub mod client;
 pub mod config;
 pub mod context;

@@ -5,6 +5,7 @@
 //! Nothing here touches a socket or a file; every decoder returns an error
 //! instead of panicking on bad input.
 
+pub mod allocate;
 pub mod body;
 pub mod code;
 pub mod codec;

@@ -7,7 +7,6 @@ pub mod lite_pull;
 pub mod offset_store;
 pub mod process_queue;
 pub mod push;
-pub mod rebalance;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -19,14 +18,14 @@ use apogee_protocol::message::keys;
 use apogee_protocol::topic;
 use futures::future::BoxFuture;
 
+pub use apogee_protocol::allocate::{
+    AllocateAveragely, AllocateAveragelyByCircle, AllocateConsistentHash, AllocateStrategy,
+};
 pub use apogee_protocol::body::{ConsumeFromWhere, MessageModel};
 pub use lite_pull::{LitePullConsumer, LitePullConsumerBuilder};
 pub use offset_store::{LocalOffsetStore, OffsetStore, RemoteOffsetStore};
 pub use process_queue::ProcessQueue;
 pub use push::{PushConsumer, PushConsumerBuilder};
-pub use rebalance::{
-    AllocateAveragely, AllocateAveragelyByCircle, AllocateConsistentHash, AllocateStrategy,
-};
 
 use crate::error::{ClientError, Result};
 use crate::instance::{now_millis, ClientInstance};

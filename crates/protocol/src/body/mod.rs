@@ -110,12 +110,14 @@ macro_rules! java_enum {
 }
 
 pub mod admin;
+pub mod assignment;
 pub mod fastjson;
 pub mod heartbeat;
 pub mod route;
 pub mod topic;
 
 pub use admin::*;
+pub use assignment::*;
 pub use fastjson::Dialect;
 pub use heartbeat::*;
 pub use route::*;

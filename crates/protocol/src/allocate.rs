@@ -2,13 +2,14 @@
 //! averagely, averagely-by-circle and consistent hash. Every member of a
 //! group runs the same strategy over the same sorted inputs, so together
 //! they cover each queue exactly once; the results match the Java client's,
-//! so Java and Rust members can share a group.
+//! so Java and Rust members can share a group. The broker runs the same
+//! strategies for QUERY_ASSIGNMENT (server-side rebalancing).
 
 use std::collections::BTreeMap;
 
 use md5::{Digest, Md5};
 
-use crate::message::MessageQueue;
+use crate::body::MessageQueue;
 
 /// Picks this client's share of a topic's queues.
 pub trait AllocateStrategy: Send + Sync {
