@@ -46,6 +46,9 @@ const ROUTE_CACHE_MAX: usize = 4096;
 /// One NameServer call's deadline.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A topic's queues and when they were fetched.
+type CachedQueues = (Instant, Arc<Vec<MessageQueue>>);
+
 type ModeMap = BTreeMap<String, BTreeMap<String, SetMessageRequestModeRequestBody>>;
 
 /// The (topic, group) -> request mode table, saved in the background.
@@ -111,7 +114,7 @@ impl RequestModes {
 pub struct RouteQueues {
     client: RemotingClient,
     addrs: Vec<String>,
-    cache: Mutex<HashMap<String, (Instant, Arc<Vec<MessageQueue>>)>>,
+    cache: Mutex<HashMap<String, CachedQueues>>,
 }
 
 /// Why a topic's queues are unknown.
