@@ -37,7 +37,8 @@ pub use consumer::{
     ConcurrentlyFn, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, ConsumeFromWhere,
     ConsumeOrderlyContext, ConsumeOrderlyStatus, ConsumerConfig, LitePullConsumer,
     LitePullConsumerBuilder, MessageListenerConcurrently, MessageListenerOrderly, MessageModel,
-    OrderlyFn, PushConsumer, PushConsumerBuilder,
+    OrderlyFn, PushConsumer, PushConsumerBuilder, ReceivedMessage, SimpleConsumer,
+    SimpleConsumerBuilder,
 };
 pub use error::{ClientError, Result};
 pub use instance::{ClientInstance, ClientOptions};

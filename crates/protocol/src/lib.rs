@@ -17,6 +17,7 @@ pub mod header;
 pub mod java_properties;
 mod json_header;
 pub mod message;
+pub mod pop;
 pub mod topic;
 
 pub use codec::FrameCodec;

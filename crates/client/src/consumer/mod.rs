@@ -7,6 +7,7 @@ pub mod lite_pull;
 pub mod offset_store;
 pub mod process_queue;
 pub mod push;
+pub mod simple;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ pub use lite_pull::{LitePullConsumer, LitePullConsumerBuilder};
 pub use offset_store::{LocalOffsetStore, OffsetStore, RemoteOffsetStore};
 pub use process_queue::ProcessQueue;
 pub use push::{PushConsumer, PushConsumerBuilder};
+pub use simple::{ReceivedMessage, SimpleConsumer, SimpleConsumerBuilder};
 
 use crate::error::{ClientError, Result};
 use crate::instance::{now_millis, ClientInstance};

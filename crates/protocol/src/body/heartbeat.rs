@@ -152,6 +152,17 @@ impl SubscriptionData {
         sd
     }
 
+    /// An SQL92 subscription (Java `FilterAPI.build(topic, expr, "SQL92")`):
+    /// the expression is kept as written; the broker compiles it.
+    pub fn sql(topic: impl Into<String>, expression: &str) -> Self {
+        SubscriptionData {
+            topic: topic.into(),
+            sub_string: expression.trim().to_string(),
+            expression_type: EXPRESSION_TYPE_SQL92.to_string(),
+            ..SubscriptionData::default()
+        }
+    }
+
     /// Whether the expression type is TAG (the default when absent or empty).
     pub fn is_tag_type(&self) -> bool {
         self.expression_type.is_empty()
