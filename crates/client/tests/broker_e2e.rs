@@ -646,3 +646,76 @@ async fn producer_avoids_a_stopped_broker() {
     p.shutdown().await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql92_subscriptions_push_and_lite_pull() {
+    let c = Cluster::start(&["broker-a"]).await;
+    c.create_topic("Sql", 2).await;
+    let p = producer(&c, "sql-pg");
+    p.start().await.unwrap();
+    for i in 0..12 {
+        let m = Message::new("Sql", format!("s{i}")).with_property("n", i.to_string());
+        assert_eq!(p.send(m).await.unwrap().status, SendStatus::SendOk);
+    }
+    let want: BTreeSet<String> = ["s2", "s5", "s8", "s11"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let expr = "n IN ('2', '5', '8', '11')";
+
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let push = PushConsumer::builder()
+        .namesrv_addr(c.ns_addr.clone())
+        .group("sql-push")
+        .subscribe_sql("Sql", expr)
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .rebalance_interval(Duration::from_secs(2))
+        .broker_suspend_max_time(Duration::from_secs(2))
+        .listener_concurrently(ConcurrentlyFn(move |msgs: &[MessageExt], _ctx: &mut _| {
+            s.lock().extend(msgs.iter().cloned());
+            ConsumeConcurrentlyStatus::Success
+        }))
+        .build()
+        .unwrap();
+    push.start().await.unwrap();
+
+    let lite = LitePullConsumer::builder()
+        .namesrv_addr(c.ns_addr.clone())
+        .group("sql-lite")
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .broker_suspend_max_time(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    lite.subscribe_sql("Sql", expr).await.unwrap();
+    lite.start().await.unwrap();
+    let mut lite_got = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lite_got.len() < want.len() && std::time::Instant::now() < deadline {
+        for m in lite.poll(Duration::from_millis(500)).await.unwrap() {
+            lite_got.insert(String::from_utf8_lossy(&m.body).into_owned());
+        }
+    }
+    assert!(wait_until(20, || bodies(&seen).len() >= want.len()).await);
+    // Anything that does not match would have arrived by now too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for m in lite.poll(Duration::from_millis(500)).await.unwrap() {
+        lite_got.insert(String::from_utf8_lossy(&m.body).into_owned());
+    }
+    assert_eq!(bodies(&seen), want, "push consumer");
+    assert_eq!(lite_got, want, "lite pull consumer");
+    // A malformed expression is refused, not ignored.
+    assert!(PushConsumer::builder()
+        .namesrv_addr(c.ns_addr.clone())
+        .group("sql-bad")
+        .subscribe_sql("Sql", "  ")
+        .listener_concurrently(ConcurrentlyFn(|_: &[MessageExt], _ctx: &mut _| {
+            ConsumeConcurrentlyStatus::Success
+        }))
+        .build()
+        .is_err());
+    push.shutdown().await;
+    lite.shutdown().await;
+    p.shutdown().await;
+    c.shutdown().await;
+}

@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 
 use super::offset_store::{LocalOffsetStore, OffsetStore, RemoteOffsetStore};
 use super::{
-    allocate_for_topic, build_subscription, compute_pull_from_where, tag_matches, AllocateStrategy,
-    ConsumeFromWhere, ConsumerConfig, MessageModel,
+    allocate_for_topic, build_sql_subscription, build_subscription, compute_pull_from_where,
+    tag_matches, AllocateStrategy, ConsumeFromWhere, ConsumerConfig, MessageModel,
 };
 use crate::api::PullStatus;
 use crate::error::{ClientError, Result};
@@ -221,12 +221,24 @@ impl LitePullConsumer {
 
     /// Subscribes (before or after start); queues come from rebalancing.
     pub async fn subscribe(&self, topic: &str, expression: &str) -> Result<()> {
+        self.subscribe_with(build_subscription(topic, expression)?)
+            .await
+    }
+
+    /// Subscribes with an SQL92 expression over message properties.
+    pub async fn subscribe_sql(&self, topic: &str, sql: &str) -> Result<()> {
+        self.subscribe_with(build_sql_subscription(topic, sql)?)
+            .await
+    }
+
+    async fn subscribe_with(&self, sd: SubscriptionData) -> Result<()> {
         if self.inner.assigned.lock().is_some() {
             return Err(ClientError::InvalidArgument(
                 "consumer uses assign(), not subscribe()".into(),
             ));
         }
-        let sd = build_subscription(topic, expression)?;
+        let topic = sd.topic.clone();
+        let topic = topic.as_str();
         self.inner
             .subscriptions
             .write()

@@ -241,6 +241,18 @@ pub(crate) fn build_subscription(topic: &str, expr: &str) -> Result<Subscription
     Ok(SubscriptionData::tag(topic, expr))
 }
 
+/// An SQL92 subscription; the broker compiles and checks the expression
+/// (a malformed one is refused at the first heartbeat or pull).
+pub(crate) fn build_sql_subscription(topic: &str, sql: &str) -> Result<SubscriptionData> {
+    topic::validate_topic(topic).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+    if sql.trim().is_empty() {
+        return Err(ClientError::InvalidArgument(format!(
+            "empty SQL92 expression for topic {topic}"
+        )));
+    }
+    Ok(SubscriptionData::sql(topic, sql))
+}
+
 /// Client-side tag check after a pull (the broker filters by hash code only).
 pub(crate) fn tag_matches(sd: &SubscriptionData, msg: &MessageExt) -> bool {
     if sd.tags_set.is_empty() || sd.sub_string == "*" || sd.class_filter_mode {

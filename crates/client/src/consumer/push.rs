@@ -30,10 +30,10 @@ use tokio::task::JoinHandle;
 use super::offset_store::{LocalOffsetStore, OffsetStore, RemoteOffsetStore};
 use super::process_queue::ProcessQueue;
 use super::{
-    allocate_for_topic, build_subscription, compute_pull_from_where, reset_retry_topic,
-    tag_matches, AllocateStrategy, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus,
-    ConsumeFromWhere, ConsumeOrderlyContext, ConsumeOrderlyStatus, ConsumerConfig,
-    MessageListenerConcurrently, MessageListenerOrderly, MessageModel,
+    allocate_for_topic, build_sql_subscription, build_subscription, compute_pull_from_where,
+    reset_retry_topic, tag_matches, AllocateStrategy, ConsumeConcurrentlyContext,
+    ConsumeConcurrentlyStatus, ConsumeFromWhere, ConsumeOrderlyContext, ConsumeOrderlyStatus,
+    ConsumerConfig, MessageListenerConcurrently, MessageListenerOrderly, MessageModel,
 };
 use crate::api::PullStatus;
 use crate::error::{ClientError, Result};
@@ -62,7 +62,8 @@ enum Listener {
 pub struct PushConsumerBuilder {
     options: ClientOptions,
     config: ConsumerConfig,
-    subscriptions: Vec<(String, String)>,
+    /// (topic, expression, SQL92?).
+    subscriptions: Vec<(String, String, bool)>,
     listener: Option<Listener>,
 }
 
@@ -95,7 +96,15 @@ impl PushConsumerBuilder {
 
     /// Subscribes to `topic` with `"*"` or `"TagA || TagB"`.
     pub fn subscribe(mut self, topic: impl Into<String>, expression: impl Into<String>) -> Self {
-        self.subscriptions.push((topic.into(), expression.into()));
+        self.subscriptions
+            .push((topic.into(), expression.into(), false));
+        self
+    }
+
+    /// Subscribes to `topic` with an SQL92 expression over message
+    /// properties (Java `MessageSelector.bySql`); the broker filters.
+    pub fn subscribe_sql(mut self, topic: impl Into<String>, sql: impl Into<String>) -> Self {
+        self.subscriptions.push((topic.into(), sql.into(), true));
         self
     }
 
@@ -164,8 +173,13 @@ impl PushConsumerBuilder {
             return Err(ClientError::InvalidArgument("no subscription".into()));
         }
         let mut subs = BTreeMap::new();
-        for (t, e) in &self.subscriptions {
-            subs.insert(t.clone(), build_subscription(t, e)?);
+        for (t, e, sql) in &self.subscriptions {
+            let sd = if *sql {
+                build_sql_subscription(t, e)?
+            } else {
+                build_subscription(t, e)?
+            };
+            subs.insert(t.clone(), sd);
         }
         if self.config.message_model == MessageModel::Clustering {
             let retry = topic::retry_topic(&self.config.group);
