@@ -28,7 +28,9 @@ pub mod fault;
 pub mod instance;
 pub mod message;
 pub mod producer;
+pub mod request_reply;
 pub mod route;
+pub mod transaction;
 
 pub use admin::{consume_lag, AdminClient, AdminClientBuilder, BrokerOutcome};
 pub use api::{PullResult, PullStatus};
@@ -47,3 +49,5 @@ pub use producer::{
     HashQueueSelector, Producer, ProducerBuilder, ProducerConfig, QueueSelector,
     RandomQueueSelector, SendResult, SendStatus,
 };
+pub use request_reply::create_reply;
+pub use transaction::{LocalTransactionState, TransactionChecker, TransactionSendResult};

@@ -225,6 +225,27 @@ impl MessageExt {
         MessageQueue::new(self.topic.clone(), self.broker_name.clone(), self.queue_id)
     }
 
+    /// A reply pushed by the broker (PUSH_REPLY_MESSAGE_TO_CLIENT): the
+    /// message plus what its header says of where and when it was stored.
+    pub(crate) fn from_reply(
+        message: Message,
+        h: &apogee_protocol::header::ReplyMessageRequestHeader,
+    ) -> Self {
+        let host = |s: &str| {
+            s.parse()
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        };
+        let mut ext = MessageExt::from_message(message);
+        ext.queue_id = h.queue_id;
+        ext.sys_flag = h.sys_flag;
+        ext.born_timestamp = h.born_timestamp;
+        ext.store_timestamp = h.store_timestamp;
+        ext.born_host = host(&h.born_host);
+        ext.store_host = host(&h.store_host);
+        ext.reconsume_times = h.reconsume_times.unwrap_or(0);
+        ext
+    }
+
     /// A placeholder with only the message part set (tests, direct consumption).
     pub fn from_message(message: Message) -> Self {
         let unspecified = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);

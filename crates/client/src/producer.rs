@@ -26,8 +26,10 @@ use tokio::task::JoinHandle;
 use crate::error::{ClientError, Result};
 use crate::fault::FaultStrategy;
 use crate::instance::{now_millis, ClientInstance, ClientOptions, AUTO_CREATE_TOPIC_KEY};
-use crate::message::{Message, MessageQueue};
+use crate::message::{Message, MessageExt, MessageQueue};
+use crate::request_reply::PendingReplies;
 use crate::route::TopicPublishInfo;
+use crate::transaction::{LocalTransactionState, TransactionChecker, TransactionSendResult};
 
 /// Java's default producer group.
 pub const DEFAULT_PRODUCER_GROUP: &str = "DEFAULT_PRODUCER";
@@ -163,6 +165,17 @@ impl Default for ProducerConfig {
 pub struct ProducerBuilder {
     options: ClientOptions,
     config: ProducerConfig,
+    checker: Option<Checker>,
+}
+
+/// The transaction checker, shown by name only.
+#[derive(Clone)]
+struct Checker(Arc<dyn TransactionChecker>);
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransactionChecker")
+    }
 }
 
 macro_rules! setters {
@@ -209,6 +222,14 @@ impl ProducerBuilder {
         self
     }
 
+    /// Makes this a transactional producer: `checker` answers the broker's
+    /// check-backs for half messages left undecided (needed by
+    /// [`Producer::send_in_transaction`]).
+    pub fn transaction_checker(mut self, checker: impl TransactionChecker) -> Self {
+        self.checker = Some(Checker(Arc::new(checker)));
+        self
+    }
+
     setters!(options;
         api_timeout: Duration,
         poll_name_server_interval: Duration,
@@ -234,10 +255,19 @@ impl ProducerBuilder {
     pub fn build(self) -> Result<Producer> {
         topic::validate_group(&self.config.group)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-        let instance = ClientInstance::new(self.options, ProcessorRegistry::new())?;
+        let processors = ProcessorRegistry::new();
+        let replies = Arc::new(PendingReplies::default());
+        crate::request_reply::register(&processors, Arc::clone(&replies));
+        let transactional = self.checker.is_some();
+        if let Some(Checker(c)) = self.checker {
+            crate::transaction::register_checker(&processors, c);
+        }
+        let instance = ClientInstance::new(self.options, processors)?;
         Ok(Producer {
             inner: ProducerInner::new(instance, self.config),
             tasks: parking_lot::Mutex::new(Vec::new()),
+            replies,
+            transactional,
         })
     }
 }
@@ -250,6 +280,10 @@ const STOPPED: u8 = 2;
 pub struct Producer {
     inner: Arc<ProducerInner>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    /// Requests waiting for replies ([`Producer::request`]).
+    replies: Arc<PendingReplies>,
+    /// Built with a transaction checker.
+    transactional: bool,
 }
 
 impl std::fmt::Debug for Producer {
@@ -334,6 +368,85 @@ impl Producer {
     /// Sends synchronously, retrying on another broker after a failure.
     pub async fn send(&self, msg: Message) -> Result<SendResult> {
         self.inner.send(msg, self.inner.config.send_timeout).await
+    }
+
+    /// Sends `msg` as a half message (invisible to consumers), runs
+    /// `execute` (the local transaction) once it is stored, and commits or
+    /// rolls it back as `execute` decides; `Unknown` leaves it to the
+    /// check-back. A half message that was not stored is rolled back
+    /// without running `execute`. Needs a
+    /// [`transaction_checker`](ProducerBuilder::transaction_checker).
+    pub async fn send_in_transaction(
+        &self,
+        mut msg: Message,
+        execute: impl FnOnce(&Message, &SendResult) -> LocalTransactionState,
+    ) -> Result<TransactionSendResult> {
+        if !self.transactional {
+            return Err(ClientError::InvalidArgument(
+                "send_in_transaction needs a producer built with a transaction_checker".into(),
+            ));
+        }
+        // Half messages cannot be delayed (Java clears the level too).
+        msg.properties.remove(keys::DELAY_TIME_LEVEL);
+        msg.properties
+            .insert(keys::TRANSACTION_PREPARED.into(), "true".into());
+        msg.properties
+            .insert(keys::PRODUCER_GROUP.into(), self.inner.config.group.clone());
+        let send = self.send(msg.clone()).await?;
+        let state = if send.status == SendStatus::SendOk {
+            execute(&msg, &send)
+        } else {
+            LocalTransactionState::Rollback
+        };
+        if let Err(e) = crate::transaction::end_after_send(
+            &self.inner.instance,
+            &self.inner.config.group,
+            &send,
+            state,
+            None,
+        )
+        .await
+        {
+            // The broker's check-back settles it.
+            tracing::warn!(msg_id = %send.msg_id, error = %e, "END_TRANSACTION not sent; the broker will check back");
+        }
+        Ok(TransactionSendResult { send, state })
+    }
+
+    /// Sends a request and waits up to `timeout` for its reply (Java
+    /// `DefaultMQProducer.request`); the responder answers with
+    /// [`create_reply`](crate::create_reply).
+    pub async fn request(&self, mut msg: Message, timeout: Duration) -> Result<MessageExt> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let id = UniqIdGenerator::global().next_id();
+        msg.properties
+            .insert(keys::CORRELATION_ID.into(), id.clone());
+        msg.properties.insert(
+            keys::MESSAGE_REPLY_TO_CLIENT.into(),
+            self.inner.instance.client_id.clone(),
+        );
+        msg.properties
+            .insert(keys::MESSAGE_TTL.into(), timeout.as_millis().to_string());
+        if self.inner.instance.cached_route(&msg.topic).is_none() {
+            // The broker pushes the reply down the connection it knows this
+            // client by: heartbeat before the first request to a topic.
+            self.inner.publish_info(&msg.topic).await?;
+            self.inner.heartbeat().await;
+        }
+        let reply = self.replies.wait(&id);
+        if let Err(e) = self.inner.send(msg, timeout).await {
+            self.replies.forget(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout_at(deadline, reply).await {
+            Ok(Ok(m)) => Ok(m),
+            _ => {
+                self.replies.forget(&id);
+                Err(ClientError::Timeout(format!(
+                    "no reply to request {id} within {timeout:?}"
+                )))
+            }
+        }
     }
 
     /// Like [`send`](Self::send) with an explicit timeout for all attempts.
@@ -433,6 +546,8 @@ struct Prepared {
     flag: i32,
     msg_id: String,
     batch: bool,
+    /// A reply of request-reply: sent with SEND_REPLY_MESSAGE_V2.
+    reply: bool,
     reconsume_times: i32,
     max_reconsume_times: Option<i32>,
 }
@@ -608,6 +723,15 @@ impl ProducerInner {
         }
         properties::check_len(&props).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let mut sys_flag = 0;
+        if msg
+            .properties
+            .get(keys::TRANSACTION_PREPARED)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            sys_flag |= sysflag::TRANSACTION_PREPARED_TYPE;
+        }
+        let reply = msg.properties.get(keys::MESSAGE_TYPE).map(String::as_str)
+            == Some(keys::REPLY_MESSAGE_FLAG);
         let body = if msg.body.len() > self.config.compress_msg_body_over_howmuch {
             sys_flag |= sysflag::COMPRESSED | sysflag::COMPRESSION_ZLIB;
             Bytes::from(compress_zlib(&msg.body, self.config.compress_level))
@@ -622,6 +746,7 @@ impl ProducerInner {
             flag: msg.flag,
             msg_id,
             batch: false,
+            reply,
             reconsume_times,
             max_reconsume_times,
         })
@@ -881,6 +1006,8 @@ impl ProducerInner {
 fn send_command(config: &ProducerConfig, p: &Prepared, born_timestamp: i64) -> RemotingCommand {
     let code = if p.batch {
         request_code::SEND_BATCH_MESSAGE
+    } else if p.reply {
+        request_code::SEND_REPLY_MESSAGE_V2
     } else {
         request_code::SEND_MESSAGE_V2
     };
@@ -1021,6 +1148,7 @@ fn prepare_batches(
             flag: 0,
             msg_id: ids.join(","),
             batch: true,
+            reply: false,
             reconsume_times: 0,
             max_reconsume_times: None,
         });
@@ -1133,6 +1261,7 @@ mod tests {
                 flag: 7,
                 msg_id: String::new(),
                 batch,
+                reply: false,
                 reconsume_times: 2,
                 max_reconsume_times: max,
             };

@@ -34,6 +34,9 @@ pub fn broker_config(root: &std::path::Path, ns: &str, name: &str) -> BrokerConf
     cfg.store.disk_max_used_space_ratio = 100;
     cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
     cfg.store.mapped_file_size_consume_queue = 20 * 1000;
+    // Check-backs within a test's patience.
+    cfg.transaction_timeout = Duration::from_millis(1000);
+    cfg.transaction_check_interval = Duration::from_millis(500);
     cfg
 }
 
