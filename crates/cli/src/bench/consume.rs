@@ -2,6 +2,8 @@
 //! a topic and reports throughput and end-to-end latency (born timestamp to
 //! receipt), live every second and as a summary at the end. It only speaks
 //! the remoting protocol, so it runs against any RocketMQ-compatible broker.
+//! With `--pop` a simple consumer receives through POP instead, acking
+//! every message, so the two ways of consuming compare on the same broker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use apogee_client::{
     AdminClient, ConcurrentlyFn, ConsumeConcurrentlyStatus, ConsumeFromWhere, PushConsumer,
+    SimpleConsumer,
 };
 use clap::{Args, ValueEnum};
 
@@ -59,6 +62,16 @@ pub struct ConsumeArgs {
     /// Messages handed to the listener per call.
     #[arg(long, default_value_t = 1)]
     consume_batch: usize,
+    /// Receive through POP (a simple consumer: receive, then ack each
+    /// message) instead of a push consumer pulling.
+    #[arg(long)]
+    pop: bool,
+    /// With --pop: concurrent receive loops.
+    #[arg(long, default_value_t = 4)]
+    pop_receivers: usize,
+    /// With --pop: messages asked for per receive (1..=32).
+    #[arg(long, default_value_t = 32)]
+    pop_batch: i32,
     /// Print the summary as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -84,6 +97,9 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     if args.count == Some(0) {
         bail!("--count must be at least 1");
+    }
+    if args.pop && (args.pop_receivers == 0 || !(1..=32).contains(&args.pop_batch)) {
+        bail!("--pop-receivers must be at least 1 and --pop-batch within 1..=32");
     }
     super::report::run_async_bench("consume", run_async(args))
 }
@@ -116,55 +132,15 @@ async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
         limit: args.count,
         reached: tokio::sync::Notify::new(),
     });
-    let listener = {
-        let shared = Arc::clone(&shared);
-        ConcurrentlyFn(
-            move |msgs: &[apogee_client::MessageExt],
-                  ctx: &mut apogee_client::ConsumeConcurrentlyContext| {
-                let now = now_millis();
-                let shard = ctx.queue.queue_id.unsigned_abs() as usize;
-                let mut bytes = 0u64;
-                let mut store_ms = 0u64;
-                for m in msgs {
-                    let e2e_ms = (now - m.born_timestamp).max(0) as u64;
-                    shared.latency.record(shard, e2e_ms.saturating_mul(1000));
-                    store_ms += (m.store_timestamp - m.born_timestamp).max(0) as u64;
-                    bytes += m.body.len() as u64;
-                }
-                let at = (shared.started.elapsed().as_micros() as u64).max(1);
-                let _ =
-                    shared
-                        .first_us
-                        .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
-                shared.last_us.fetch_max(at, Ordering::Relaxed);
-                shared.store_ms_sum.fetch_add(store_ms, Ordering::Relaxed);
-                shared.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
-                let n = msgs.len() as u64;
-                let total = shared.progress.done.fetch_add(n, Ordering::Relaxed) + n;
-                if shared.limit.is_some_and(|l| total >= l) {
-                    shared.reached.notify_one();
-                }
-                ConsumeConcurrentlyStatus::Success
-            },
-        )
+    let from = match args.from {
+        StartFrom::First => ConsumeFromWhere::ConsumeFromFirstOffset,
+        StartFrom::Last => ConsumeFromWhere::ConsumeFromLastOffset,
     };
-    let consumer = PushConsumer::builder()
-        .namesrv_addr(args.namesrv.clone())
-        .group(args.group.clone())
-        .subscribe(args.topic.clone(), args.tag.clone())
-        .consume_from_where(match args.from {
-            StartFrom::First => ConsumeFromWhere::ConsumeFromFirstOffset,
-            StartFrom::Last => ConsumeFromWhere::ConsumeFromLastOffset,
-        })
-        .consume_thread_max(args.threads)
-        .consume_message_batch_max_size(args.consume_batch)
-        .listener_concurrently(listener)
-        .build()
-        .context("cannot create the consumer")?;
-    consumer
-        .start()
-        .await
-        .context("cannot start the consumer")?;
+    let consumer = if args.pop {
+        Consumer::Pop(start_pop(&args, from, &shared).await?)
+    } else {
+        Consumer::Push(start_push(&args, from, &shared).await?)
+    };
 
     let reporter = Reporter::start_with(
         "consume",
@@ -193,7 +169,152 @@ async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
     let elapsed = shared.started.elapsed();
     drop(reporter);
     consumer.shutdown().await;
+    summarize(&args, &shared, elapsed)
+}
 
+impl Shared {
+    /// Counts a batch received at `now` (ms) from queue `shard`.
+    fn record<'a>(&self, shard: usize, msgs: impl Iterator<Item = &'a apogee_client::MessageExt>) {
+        let now = now_millis();
+        let mut bytes = 0u64;
+        let mut store_ms = 0u64;
+        let mut n = 0u64;
+        for m in msgs {
+            let e2e_ms = (now - m.born_timestamp).max(0) as u64;
+            self.latency.record(shard, e2e_ms.saturating_mul(1000));
+            store_ms += (m.store_timestamp - m.born_timestamp).max(0) as u64;
+            bytes += m.body.len() as u64;
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        let at = (self.started.elapsed().as_micros() as u64).max(1);
+        let _ = self
+            .first_us
+            .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+        self.last_us.fetch_max(at, Ordering::Relaxed);
+        self.store_ms_sum.fetch_add(store_ms, Ordering::Relaxed);
+        self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let total = self.progress.done.fetch_add(n, Ordering::Relaxed) + n;
+        if self.limit.is_some_and(|l| total >= l) {
+            self.reached.notify_one();
+        }
+    }
+}
+
+enum Consumer {
+    Push(PushConsumer),
+    Pop(PopLoops),
+}
+
+impl Consumer {
+    async fn shutdown(self) {
+        match self {
+            Consumer::Push(c) => c.shutdown().await,
+            Consumer::Pop(p) => {
+                p.stop.store(true, Ordering::Relaxed);
+                for t in p.loops {
+                    let _ = t.await;
+                }
+                p.consumer.shutdown().await;
+            }
+        }
+    }
+}
+
+struct PopLoops {
+    consumer: Arc<SimpleConsumer>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn start_push(
+    args: &ConsumeArgs,
+    from: ConsumeFromWhere,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<PushConsumer> {
+    let listener = {
+        let shared = Arc::clone(shared);
+        ConcurrentlyFn(
+            move |msgs: &[apogee_client::MessageExt],
+                  ctx: &mut apogee_client::ConsumeConcurrentlyContext| {
+                shared.record(ctx.queue.queue_id.unsigned_abs() as usize, msgs.iter());
+                ConsumeConcurrentlyStatus::Success
+            },
+        )
+    };
+    let consumer = PushConsumer::builder()
+        .namesrv_addr(args.namesrv.clone())
+        .group(args.group.clone())
+        .subscribe(args.topic.clone(), args.tag.clone())
+        .consume_from_where(from)
+        .consume_thread_max(args.threads)
+        .consume_message_batch_max_size(args.consume_batch)
+        .listener_concurrently(listener)
+        .build()
+        .context("cannot create the consumer")?;
+    consumer
+        .start()
+        .await
+        .context("cannot start the consumer")?;
+    Ok(consumer)
+}
+
+/// `--pop`: receive loops over one simple consumer, each acking its batch
+/// (acks in parallel) before the next receive.
+async fn start_pop(
+    args: &ConsumeArgs,
+    from: ConsumeFromWhere,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<PopLoops> {
+    let consumer = SimpleConsumer::builder()
+        .namesrv_addr(args.namesrv.clone())
+        .group(args.group.clone())
+        .subscribe(args.topic.clone(), args.tag.clone())
+        .consume_from_where(from)
+        .await_duration(Duration::from_secs(2))
+        .build()
+        .context("cannot create the simple consumer")?;
+    consumer
+        .start()
+        .await
+        .context("cannot start the simple consumer")?;
+    let consumer = Arc::new(consumer);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops = (0..args.pop_receivers)
+        .map(|i| {
+            let (c, stop, shared) = (Arc::clone(&consumer), Arc::clone(&stop), Arc::clone(shared));
+            let batch = args.pop_batch;
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let got = match c.receive(batch, Duration::from_secs(60)).await {
+                        Ok(got) => got,
+                        Err(e) => {
+                            eprintln!("receive failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
+                    shared.record(i, got.iter().map(|m| &m.message));
+                    let acks = futures::future::join_all(got.iter().map(|m| c.ack(m))).await;
+                    if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
+                        eprintln!("ack failed: {e}");
+                    }
+                }
+            })
+        })
+        .collect();
+    Ok(PopLoops {
+        consumer,
+        stop,
+        loops,
+    })
+}
+
+fn summarize(args: &ConsumeArgs, shared: &Shared, elapsed: Duration) -> anyhow::Result<()> {
+    let progress = &shared.progress;
+    let latency = &shared.latency;
     let received = progress.done.load(Ordering::Relaxed);
     let bytes = progress.bytes.load(Ordering::Relaxed);
     let h = latency.total();
@@ -216,7 +337,7 @@ async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     if args.json {
         let summary = serde_json::json!({
-            "bench": "consume",
+            "bench": if args.pop { "consume-pop" } else { "consume" },
             "topic": args.topic,
             "group": args.group,
             "elapsed_s": round3(elapsed.as_secs_f64()),
@@ -235,8 +356,15 @@ async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
         println!("{summary}");
     } else {
         println!(
-            "bench consume: topic {}, group {}, subscription {}",
-            args.topic, args.group, args.tag
+            "bench consume{}: topic {}, group {}, subscription {}",
+            if args.pop {
+                " (POP: receive + ack)"
+            } else {
+                ""
+            },
+            args.topic,
+            args.group,
+            args.tag
         );
         println!(
             "  received    {received} messages in {:.2} s",
