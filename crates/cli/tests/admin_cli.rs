@@ -126,6 +126,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("deleteTopic", "delete-topic"),
     ("updateSubGroup", "update-sub-group"),
     ("deleteSubGroup", "delete-sub-group"),
+    ("setConsumeMode", "set-consume-mode"),
     ("consumerProgress", "consumer-progress"),
     ("consumerConnection", "consumer-connection"),
     ("brokerStatus", "broker-status"),
@@ -545,6 +546,70 @@ fn groups_and_brokers_end_to_end() {
     assert_eq!(v["brokers"][0]["ok"], true, "{v}");
     assert_eq!(v["group_config"]["retryMaxTimes"], 3);
     assert_eq!(v["group_config"]["groupName"], "AdminGroup");
+
+    // setConsumeMode: POP for (GroupTopic, AdminGroup); retry topics refused.
+    let v = admin(
+        &ns,
+        &[
+            "setConsumeMode",
+            "-c",
+            "DefaultCluster",
+            "-t",
+            "GroupTopic",
+            "-g",
+            "AdminGroup",
+            "-m",
+            "pop",
+            "--json",
+        ],
+    )
+    .json();
+    assert_eq!(v["brokers"][0]["ok"], true, "{v}");
+    assert_eq!(v["mode"], "POP", "{v}");
+    let r = admin(
+        &ns,
+        &[
+            "setConsumeMode",
+            "-c",
+            "DefaultCluster",
+            "-t",
+            "%RETRY%AdminGroup",
+            "-g",
+            "AdminGroup",
+            "-m",
+            "POP",
+        ],
+    );
+    assert_ne!(
+        r.code,
+        Some(0),
+        "a retry topic's mode is refused: {}",
+        r.stdout
+    );
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("retry topic"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert_ne!(
+        admin(
+            &ns,
+            &[
+                "setConsumeMode",
+                "-c",
+                "DefaultCluster",
+                "-t",
+                "GroupTopic",
+                "-g",
+                "AdminGroup",
+                "-m",
+                "PUSH"
+            ]
+        )
+        .code,
+        Some(0)
+    );
 
     // Reset to the beginning: every queue at 0, so the lag is all 3 messages.
     let v = admin(

@@ -306,6 +306,18 @@ impl AdminClient {
         self.instance.invoke_ok(broker_addr, cmd).await.map(|_| ())
     }
 
+    /// SET_MESSAGE_REQUEST_MODE on one broker: whether `group` PULLs or
+    /// POPs `topic` when it leaves rebalancing to the broker.
+    pub async fn set_message_request_mode(
+        &self,
+        broker_addr: &str,
+        body: &apogee_protocol::body::SetMessageRequestModeRequestBody,
+    ) -> Result<()> {
+        let cmd = ClientInstance::request(request_code::SET_MESSAGE_REQUEST_MODE)
+            .with_body(body.encode());
+        self.instance.invoke_ok(broker_addr, cmd).await.map(|_| ())
+    }
+
     /// … on every master of `cluster`.
     pub async fn create_subscription_group_in_cluster(
         &self,

@@ -106,6 +106,72 @@ pub struct ResetOffsetArgs {
     force: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum RequestMode {
+    Pull,
+    Pop,
+}
+
+#[derive(Args, Debug)]
+#[command(group = ArgGroup::new("target").required(true).multiple(false))]
+pub struct SetConsumeModeArgs {
+    /// On this broker (host:port).
+    #[arg(short = 'b', long = "broker-addr", group = "target")]
+    broker: Option<String>,
+    /// On every master broker of this cluster.
+    #[arg(short = 'c', long = "cluster", group = "target")]
+    cluster: Option<String>,
+    /// Topic.
+    #[arg(short = 't', long = "topic")]
+    topic: String,
+    /// Consumer group.
+    #[arg(short = 'g', long = "group")]
+    group: String,
+    /// PULL or POP.
+    #[arg(short = 'm', long = "mode", value_enum, ignore_case = true)]
+    mode: RequestMode,
+    /// POP only: how many following clients' queues each client also pops
+    /// (0: every client pops every queue).
+    #[arg(short = 'q', long = "pop-share-queue-num", default_value_t = 0)]
+    pop_share_queue_num: i32,
+}
+
+/// mqadmin setConsumeMode: how a group reads a topic when the broker
+/// assigns its queues (RocketMQ 5 clients with client-side rebalancing off).
+pub async fn set_consume_mode(ctx: &Ctx, a: SetConsumeModeArgs) -> anyhow::Result<()> {
+    apogee_protocol::topic::validate_group(&a.group)
+        .map_err(|e| anyhow!("invalid group name {}: {e}", a.group))?;
+    apogee_protocol::topic::validate_topic(&a.topic)
+        .map_err(|e| anyhow!("invalid topic name {}: {e}", a.topic))?;
+    let body = apogee_protocol::body::SetMessageRequestModeRequestBody {
+        topic: a.topic.clone(),
+        consumer_group: a.group.clone(),
+        mode: match a.mode {
+            RequestMode::Pull => apogee_protocol::body::MessageRequestMode::Pull,
+            RequestMode::Pop => apogee_protocol::body::MessageRequestMode::Pop,
+        },
+        pop_share_queue_num: a.pop_share_queue_num,
+    };
+    let addrs = ctx.targets(&a.broker, &a.cluster).await?;
+    let mut outcomes = Vec::new();
+    for addr in addrs {
+        let r = ctx.admin.set_message_request_mode(&addr, &body).await;
+        outcomes.push((addr, r.map_err(|e| e.to_string())));
+    }
+    report_outcomes(
+        ctx,
+        &format!(
+            "set consume mode of group {} on topic {} to {}",
+            a.group,
+            a.topic,
+            body.mode.java_name()
+        ),
+        outcomes,
+        json!({"topic": a.topic, "group": a.group, "mode": body.mode.java_name(), "pop_share_queue_num": a.pop_share_queue_num}),
+    )
+}
+
 pub async fn update_sub_group(ctx: &Ctx, a: UpdateSubGroupArgs) -> anyhow::Result<()> {
     let mut config = SubscriptionGroupConfig::new(a.group.clone());
     if let Some(v) = a.consume_enable {

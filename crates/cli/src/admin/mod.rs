@@ -125,6 +125,15 @@ pub enum AdminCommand {
                       apogee admin deleteSubGroup -b 127.0.0.1:10911 -g GroupA -r true   (also drop its offsets)"
     )]
     DeleteSubGroup(group::DeleteSubGroupArgs),
+    /// Choose whether a group PULLs or POPs a topic when the broker assigns
+    /// its queues (RocketMQ 5 clients that leave rebalancing to the broker).
+    #[command(
+        name = "setConsumeMode",
+        visible_alias = "set-consume-mode",
+        after_help = "Examples:\n  apogee admin setConsumeMode -c DefaultCluster -t TopicTest -g GroupA -m POP\n  \
+                      apogee admin setConsumeMode -b 127.0.0.1:10911 -t TopicTest -g GroupA -m POP -q 1"
+    )]
+    SetConsumeMode(group::SetConsumeModeArgs),
     /// Show a consumer group's progress: offsets and lag per queue, and the total lag.
     #[command(
         name = "consumerProgress",
@@ -354,6 +363,7 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
         UpdateTopic(a) => topic::update_topic(ctx, a).await,
         DeleteTopic(a) => topic::delete_topic(ctx, a).await,
         UpdateSubGroup(a) => group::update_sub_group(ctx, a).await,
+        SetConsumeMode(a) => group::set_consume_mode(ctx, a).await,
         DeleteSubGroup(a) => group::delete_sub_group(ctx, a).await,
         ConsumerProgress(a) => group::consumer_progress(ctx, a).await,
         ConsumerConnection(a) => group::consumer_connection(ctx, a).await,
