@@ -142,6 +142,16 @@ class MqAdminTest {
     }
 
     @Test
+    void setConsumeMode() {
+        String out = Admin.run("setConsumeMode", "-b", brokerAddr, "-t", topic, "-g", group, "-m", "POP", "-q", "1").ok().out();
+        assertTrue(out.contains("set consume mode to " + brokerAddr + " success"), out);
+        assertTrue(out.contains("consume mode[POP] popShareQueueNum[1]"), out);
+        // Back to PULL: the other tests' consumer reads this topic.
+        out = Admin.run("setConsumeMode", "-c", CLUSTER, "-t", topic, "-g", group, "-m", "PULL").ok().out();
+        assertTrue(out.contains("success") && out.contains("consume mode[PULL]"), out);
+    }
+
+    @Test
     void consumerProgress() {
         String out = Admin.run("consumerProgress", "-g", group).ok().out();
         int rows = 0;
