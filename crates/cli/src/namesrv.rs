@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use apogee_controller::{ControllerConfig, ControllerServer};
 use apogee_namesrv::{NameServer, NamesrvConfig};
+use apogee_remoting::ProcessorRegistry;
 use clap::Args;
 
 use crate::settings;
@@ -29,12 +31,49 @@ pub fn run(args: NamesrvArgs) -> anyhow::Result<()> {
     if let Some(port) = args.listen_port {
         props.insert("listenPort".into(), port.to_string());
     }
+    // enableControllerInNamesrv: a controller group member in this process,
+    // its client API on the NameServer's port, configured from the same
+    // file (controllerDLegerGroup, controllerDLegerPeers, ...).
+    let embed = match props.remove("enableControllerInNamesrv") {
+        None => false,
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" => false,
+            _ => bail!("enableControllerInNamesrv: '{v}' is not true or false"),
+        },
+    };
     let mut config = NamesrvConfig::default();
-    for key in config.apply(&props)? {
-        tracing::warn!("ignoring unknown namesrv config key '{key}'");
-    }
+    let unknown = config.apply(&props)?;
+    let controller = if embed {
+        let mut ctl = ControllerConfig::default();
+        let ctl_props = props
+            .iter()
+            .filter(|(k, _)| unknown.contains(k) || k.as_str() == "bindAddress")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for key in ctl
+            .apply(&ctl_props)
+            .context("the embedded controller's configuration (enableControllerInNamesrv=true)")?
+        {
+            tracing::warn!("ignoring unknown namesrv config key '{key}'");
+        }
+        Some(ctl)
+    } else {
+        for key in unknown {
+            tracing::warn!("ignoring unknown namesrv config key '{key}'");
+        }
+        None
+    };
     if args.print_config {
-        settings::print(&config.to_properties());
+        let mut all = config.to_properties();
+        all.insert("enableControllerInNamesrv".into(), embed.to_string());
+        if let Some(ctl) = &controller {
+            for (k, v) in ctl.to_properties() {
+                // listenPort is the NameServer's.
+                all.entry(k).or_insert(v);
+            }
+        }
+        settings::print(&all);
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -43,11 +82,37 @@ pub fn run(args: NamesrvArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let server = NameServer::start(config).await?;
+        let registry = ProcessorRegistry::new();
+        let controller = match controller {
+            Some(ctl) => Some(
+                ControllerServer::start_embedded(ctl, &registry)
+                    .await
+                    .context("cannot start the embedded controller")?,
+            ),
+            None => None,
+        };
+        let server = match NameServer::start_with(config, registry).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(c) = controller {
+                    c.shutdown().await;
+                }
+                return Err(e.into());
+            }
+        };
         println!("apogee namesrv listening on {}", server.local_addr());
+        if let Some(c) = &controller {
+            println!(
+                "apogee controller (in the namesrv) peer port {}",
+                c.local_addr()
+            );
+        }
         apogee_remoting::shutdown_signal().await;
         tracing::info!("shutting down");
         server.shutdown().await;
+        if let Some(c) = controller {
+            c.shutdown().await;
+        }
         Ok(())
     })
 }

@@ -209,13 +209,33 @@ impl Shared {
 /// A running controller.
 pub struct ControllerServer {
     shared: Arc<Shared>,
-    server: RemotingServer,
+    /// The client API's own listener; `None` when embedded in another
+    /// server's port ([`ControllerServer::start_embedded`]).
+    server: Option<RemotingServer>,
     peer_server: RemotingServer,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl ControllerServer {
+    /// Starts a controller serving its client API on `listenPort`.
     pub async fn start(config: ControllerConfig) -> Result<ControllerServer, ControllerError> {
+        Self::start_inner(config, None).await
+    }
+
+    /// Starts a controller whose client API is registered on `registry`,
+    /// served by another server (the NameServer's port, as with Apache's
+    /// `enableControllerInNamesrv`); peers still talk on the peer port.
+    pub async fn start_embedded(
+        config: ControllerConfig,
+        registry: &Arc<ProcessorRegistry>,
+    ) -> Result<ControllerServer, ControllerError> {
+        Self::start_inner(config, Some(registry)).await
+    }
+
+    async fn start_inner(
+        config: ControllerConfig,
+        host: Option<&Arc<ProcessorRegistry>>,
+    ) -> Result<ControllerServer, ControllerError> {
         let Some(self_id) = config.self_index() else {
             return Err(ControllerError::config(
                 "controllerDLegerSelfId",
@@ -298,21 +318,29 @@ impl ControllerServer {
             )
         })?;
 
-        let registry = ProcessorRegistry::new();
-        crate::processor::register(&registry, &shared);
-        let server = match RemotingServer::bind(
-            ServerConfig::new(SocketAddr::new(bind_ip, config.listen_port)),
-            registry,
-        )
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                peer_server.shutdown().await;
-                return Err(ControllerError::config(
-                    "listenPort",
-                    format!("cannot listen on {}: {e}", config.listen_port),
-                ));
+        let server = match host {
+            Some(registry) => {
+                crate::processor::register(registry, &shared);
+                None
+            }
+            None => {
+                let registry = ProcessorRegistry::new();
+                crate::processor::register(&registry, &shared);
+                match RemotingServer::bind(
+                    ServerConfig::new(SocketAddr::new(bind_ip, config.listen_port)),
+                    registry,
+                )
+                .await
+                {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        peer_server.shutdown().await;
+                        return Err(ControllerError::config(
+                            "listenPort",
+                            format!("cannot listen on {}: {e}", config.listen_port),
+                        ));
+                    }
+                }
             }
         };
 
@@ -339,7 +367,7 @@ impl ControllerServer {
             spawn_quorum_watch(Arc::clone(&shared)),
         ];
         tracing::info!(
-            addr = %server.local_addr(),
+            addr = ?server.as_ref().map(RemotingServer::local_addr),
             peer = %peer_server.local_addr(),
             id = %config.self_id,
             group = %config.group,
@@ -354,8 +382,12 @@ impl ControllerServer {
         })
     }
 
+    /// Where the client API listens; for an embedded controller, its peer
+    /// port (the host server's address is the one clients use).
     pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
+        self.server
+            .as_ref()
+            .map_or_else(|| self.peer_server.local_addr(), RemotingServer::local_addr)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -366,7 +398,9 @@ impl ControllerServer {
         for t in &self.tasks {
             t.abort();
         }
-        self.server.shutdown().await;
+        if let Some(server) = self.server {
+            server.shutdown().await;
+        }
         if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }

@@ -22,6 +22,16 @@ pub struct NameServer {
 impl NameServer {
     /// Loads the KV config, binds the port and starts the liveness scan.
     pub async fn start(config: NamesrvConfig) -> Result<NameServer, NamesrvError> {
+        Self::start_with(config, ProcessorRegistry::new()).await
+    }
+
+    /// [`NameServer::start`] serving, beside its own codes, whatever
+    /// `registry` already holds (a controller embedded in the NameServer,
+    /// `enableControllerInNamesrv`); the NameServer's codes win a clash.
+    pub async fn start_with(
+        config: NamesrvConfig,
+        registry: Arc<ProcessorRegistry>,
+    ) -> Result<NameServer, NamesrvError> {
         let ip: IpAddr = config
             .bind_address
             .parse()
@@ -40,7 +50,6 @@ impl NameServer {
         let scan_every = config.scan_not_active_broker_interval;
 
         let state = Arc::new(NamesrvProcessor::new(config, Arc::clone(&routes), kv));
-        let registry = ProcessorRegistry::new();
         registry.register_shared(HANDLED_CODES, Arc::new(Dispatcher(Arc::clone(&state))));
         let server = RemotingServer::bind(server_config, registry)
             .await
