@@ -8,7 +8,7 @@ mod ba_common;
 
 use std::time::{Duration, Instant};
 
-use apogee_broker::pop::build_extra_info;
+use apogee_broker::pop::{build_extra_info, revive_topic, REVIVE_GROUP, REVIVE_QUEUE_NUM};
 use apogee_broker::schedule::now_ms;
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::flags::PullSysFlag;
@@ -140,6 +140,31 @@ async fn wait_queue(b: &Broker, topic: &str, queue_id: i32, n: i64) {
     }
 }
 
+/// Waits until the revive service has passed every revive-topic record
+/// stored so far (every checkpoint in it revived or settled).
+async fn wait_revive_settled(b: &Broker) {
+    let ctx = b.ctx();
+    let rt = revive_topic(&ctx.config.broker_cluster_name);
+    let ends: Vec<i64> = (0..REVIVE_QUEUE_NUM)
+        .map(|q| ctx.store.max_offset(&rt, q))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (q, end) in (0..REVIVE_QUEUE_NUM).zip(ends) {
+        while ctx
+            .offsets
+            .query(REVIVE_GROUP, &rt, q)
+            .unwrap_or_else(|| ctx.store.min_offset(&rt, q))
+            < end
+        {
+            assert!(
+                Instant::now() < deadline,
+                "revive queue {q} never reached {end}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 fn queue_offset_of(p: &Popped) -> i64 {
     // A retry copy carries its retry-queue offset as the last handle field.
     p.handle
@@ -203,7 +228,7 @@ async fn acked_messages_stay_gone_unacked_come_back_with_reconsume_times() {
     // Invisible now: a second pop gets nothing.
     assert!(pop(&b, "G1", "PopT", 2000, 0).await.is_empty());
 
-    let back = pop_until(&b, "G1", "PopT", 60_000, 1, Duration::from_secs(10)).await;
+    let back = pop_until(&b, "G1", "PopT", 1000, 1, Duration::from_secs(10)).await;
     assert_eq!(back.len(), 1, "the un-acked message came back");
     let p = &back[0];
     assert_eq!(&p.msg.body[..], b"m2");
@@ -232,8 +257,9 @@ async fn acked_messages_stay_gone_unacked_come_back_with_reconsume_times() {
     let pulled = decode_stored_many_strict(&resp.body.unwrap_or_default(), false).unwrap();
     assert_eq!(pulled.len(), 3);
 
-    // Everything acked: nothing comes back after the invisible times.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Everything acked: nothing comes back once the revive service has
+    // passed every checkpoint (the retry copy's 1 s one included).
+    wait_revive_settled(&b).await;
     assert!(pop(&b, "G1", "PopT", 2000, 0).await.is_empty());
     b.stop().await;
 }
@@ -296,15 +322,26 @@ async fn long_polling_pop_wakes_on_arrival() {
     let (b, _dir) = start().await;
     send(&b, "PopL", 0, b"first").await;
     wait_queue(&b, "PopL", 0, 1).await;
-    assert_eq!(pop(&b, "GL", "PopL", 60_000, 0).await.len(), 1);
+    let first = pop(&b, "GL", "PopL", 1000, 0).await;
+    assert_eq!(first.len(), 1);
     let t0 = Instant::now();
-    let (got, ()) = tokio::join!(pop(&b, "GL", "PopL", 60_000, 5000), async {
+    let (got, ()) = tokio::join!(pop(&b, "GL", "PopL", 1000, 20_000), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         send(&b, "PopL", 2, b"late").await;
     });
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].msg.body[..], b"late");
-    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    // Woken by the arrival, not by the end of the 20 s poll.
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    // Acked with handles built from the response headers (as Apache's
+    // client does): neither may come back once the revive service has
+    // passed their checkpoints.
+    for p in first.iter().chain(&got) {
+        let r = ack(&b, "GL", "PopL", p).await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    }
+    wait_revive_settled(&b).await;
+    assert!(pop(&b, "GL", "PopL", 1000, 0).await.is_empty());
     b.stop().await;
 }
 

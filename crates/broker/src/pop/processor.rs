@@ -174,7 +174,7 @@ async fn pop_message(
         Ok(f) => Arc::new(f),
         Err(r) => return Some(*r),
     };
-    let pop_time = now_ms();
+    let mut pop_time = now_ms();
     let revive_qid = if h.order == Some(true) {
         POP_ORDER_REVIVE_QUEUE
     } else {
@@ -208,7 +208,10 @@ async fn pop_message(
                 _ = rc.channel().closed() => return None,
             }
             drop(held);
-            got = match pop_all(ctx, &h, &filter, now_ms(), revive_qid).await {
+            // The header's popTime is the one the checkpoints carry: the
+            // client builds its receipt handles from it.
+            pop_time = now_ms();
+            got = match pop_all(ctx, &h, &filter, pop_time, revive_qid).await {
                 Ok(g) => g,
                 Err(r) => return Some(*r),
             };
