@@ -212,6 +212,11 @@ pub struct BrokerConfig {
     /// `defaultPopShareQueueNum`: the POP queue sharing of that default (-1:
     /// every client pops every queue).
     pub default_pop_share_queue_num: i32,
+    /// `reviveInterval`: how often the POP revive service looks (1 s).
+    pub revive_interval: Duration,
+    /// `maxPopPollingSize`: most POP requests held by long polling, in all
+    /// and per topic@group@queue (100000); more are answered POLLING_FULL.
+    pub max_pop_polling_size: usize,
     /// `serverLoadBalancerEnabled`: QUERY_ASSIGNMENT splits a topic's queues
     /// among the group's clients; off, each client gets them all.
     pub server_load_balancer_enabled: bool,
@@ -313,6 +318,8 @@ impl Default for BrokerConfig {
             transaction_check_interval: Duration::from_millis(30_000),
             default_message_request_mode: apogee_protocol::body::MessageRequestMode::Pull,
             default_pop_share_queue_num: -1,
+            revive_interval: Duration::from_millis(1000),
+            max_pop_polling_size: 100_000,
             server_load_balancer_enabled: true,
             slave_read_enable: false,
             ha_listen_port: None,
@@ -555,6 +562,8 @@ impl BrokerConfig {
                             })?
                 }
                 "defaultPopShareQueueNum" => self.default_pop_share_queue_num = parse(k, v)?,
+                "reviveInterval" => self.revive_interval = positive_ms(k, v)?,
+                "maxPopPollingSize" => self.max_pop_polling_size = parse(k, v)?,
                 "serverLoadBalancerEnabled" => {
                     self.server_load_balancer_enabled = parse_bool(k, v)?
                 }
@@ -926,6 +935,8 @@ impl BrokerConfig {
             "defaultPopShareQueueNum",
             self.default_pop_share_queue_num.to_string(),
         );
+        put("reviveInterval", ms(self.revive_interval));
+        put("maxPopPollingSize", self.max_pop_polling_size.to_string());
         put(
             "serverLoadBalancerEnabled",
             self.server_load_balancer_enabled.to_string(),

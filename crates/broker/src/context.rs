@@ -49,6 +49,8 @@ pub struct BrokerContext {
     pub pop_order: crate::pop::order::OrderTable,
     /// POP requests held by long polling (POLLING_INFO).
     pub pop_polling: crate::pop::processor::PollingCounts,
+    /// The POP revive service's per-queue scan state.
+    pub pop_revive: crate::pop::revive::ReviveStates,
     pub stats: BrokerStats,
     /// `brokerIP1:port`, written into stored records as the store host.
     pub store_host: SocketAddr,
@@ -139,6 +141,7 @@ impl BrokerContext {
             pop_locks: Default::default(),
             pop_order: Default::default(),
             pop_polling: Default::default(),
+            pop_revive: Default::default(),
             stats,
             store_host,
             started_at: Instant::now(),

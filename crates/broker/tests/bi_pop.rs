@@ -8,7 +8,11 @@ mod ba_common;
 
 use std::time::{Duration, Instant};
 
-use apogee_broker::pop::{build_extra_info, revive_topic, REVIVE_GROUP, REVIVE_QUEUE_NUM};
+use apogee_broker::pop::processor::{write_ack, write_ck};
+use apogee_broker::pop::revive::revive_queue;
+use apogee_broker::pop::{
+    build_extra_info, revive_topic, AckMsg, CheckPoint, REVIVE_GROUP, REVIVE_QUEUE_NUM,
+};
 use apogee_broker::schedule::now_ms;
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::flags::PullSysFlag;
@@ -268,29 +272,60 @@ async fn acked_messages_stay_gone_unacked_come_back_with_reconsume_times() {
 async fn change_invisible_time_brings_a_message_back_sooner() {
     let (b, _dir) = start().await;
     send(&b, "PopC", 1, b"c0").await;
-    wait_queue(&b, "PopC", 1, 1).await;
+    send(&b, "PopC", 1, b"c1").await;
+    wait_queue(&b, "PopC", 1, 2).await;
     let got = pop(&b, "G", "PopC", 600_000, 0).await;
-    assert_eq!(got.len(), 1);
-    let p = &got[0];
-    let h = ChangeInvisibleTimeRequestHeader {
+    assert_eq!(got.len(), 2);
+    let change = |p: &Popped, invisible: i64| ChangeInvisibleTimeRequestHeader {
         consumer_group: "G".into(),
         topic: "PopC".into(),
         queue_id: p.msg.queue_id,
         extra_info: p.handle.clone(),
         offset: p.msg.queue_offset,
-        invisible_time: 500,
+        invisible_time: invisible,
         ..Default::default()
     };
-    let resp = b
-        .call(RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME).with_header(&h))
-        .await;
-    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
-    let rh: ChangeInvisibleTimeResponseHeader = resp.decode_header().unwrap();
-    assert_eq!(rh.invisible_time, 500);
-    let back = pop_until(&b, "G", "PopC", 600_000, 1, Duration::from_secs(8)).await;
+    let mut new_handles = Vec::new();
+    for (p, invisible) in got.iter().zip([500, 1000]) {
+        let h = change(p, invisible);
+        let resp = b
+            .call(
+                RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME)
+                    .with_header(&h),
+            )
+            .await;
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+        let rh: ChangeInvisibleTimeResponseHeader = resp.decode_header().unwrap();
+        assert_eq!(rh.invisible_time, invisible);
+        // The handle Apache's client builds from the response.
+        new_handles.push(build_extra_info(
+            h.offset,
+            rh.pop_time,
+            rh.invisible_time,
+            rh.revive_qid,
+            "PopC",
+            &b.ctx().config.broker_name,
+            h.queue_id,
+            h.offset,
+        ));
+    }
+    // c1 acked with its new handle: it must not come back.
+    let c1 = Popped {
+        msg: got[1].msg.clone(),
+        handle: new_handles[1].clone(),
+    };
+    let r = ack(&b, "G", "PopC", &c1).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let back = pop_until(&b, "G", "PopC", 1000, 1, Duration::from_secs(8)).await;
     assert_eq!(back.len(), 1, "back after the new invisible time");
     assert_eq!(&back[0].msg.body[..], b"c0");
     assert_eq!(back[0].msg.reconsume_times, 1);
+    let r = ack(&b, "G", "PopC", &back[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    // The old 600 s checkpoint was settled by the change (else the revive
+    // progress would stay before it), and nothing else comes back.
+    wait_revive_settled(&b).await;
+    assert!(pop(&b, "G", "PopC", 1000, 0).await.is_empty());
     b.stop().await;
 }
 
@@ -629,5 +664,156 @@ async fn polling_info_counts_held_pops() {
     assert!(got.is_empty());
     assert_eq!(seen, 1, "one pop held while it polled");
     assert_eq!(count().await, 0, "released after the poll time");
+    b.stop().await;
+}
+
+/// A broker whose revive service never runs on its own: the tests drive
+/// `revive_queue` themselves.
+async fn start_manual_revive(dir: &std::path::Path) -> Broker {
+    let mut cfg = ba_common::broker_config(dir, None);
+    cfg.revive_interval = Duration::from_secs(3600);
+    Broker::start(cfg).await
+}
+
+fn checkpoint(topic: &str, group: &str, start: i64, pop_time: i64, invisible: i64) -> CheckPoint {
+    CheckPoint {
+        start_offset: start,
+        pop_time,
+        invisible_time: invisible,
+        bit_map: 0,
+        num: 1,
+        queue_id: 0,
+        topic: topic.into(),
+        cid: group.into(),
+        revive_offset: 0,
+        queue_offset_diff: Some(vec![0]),
+        broker_name: None,
+        re_put_times: None,
+    }
+}
+
+async fn wait_revive_queue(b: &Broker, q: i32, n: i64) {
+    let rt = revive_topic(&b.ctx().config.broker_cluster_name);
+    wait_queue(b, &rt, q, n).await;
+}
+
+fn revive_progress(b: &Broker, q: i32) -> (i64, i64) {
+    let ctx = b.ctx();
+    let rt = revive_topic(&ctx.config.broker_cluster_name);
+    (
+        ctx.offsets.query(REVIVE_GROUP, &rt, q).unwrap_or(0),
+        ctx.store.max_offset(&rt, q),
+    )
+}
+
+#[tokio::test]
+async fn revive_retries_a_message_it_cannot_read_yet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    send(&b, "PopR", 0, b"r0").await;
+    wait_queue(&b, "PopR", 0, 1).await;
+    b.ctx().groups.find_or_create("GR").expect("group");
+    // A checkpoint of offset 3, not in the queue yet (as when the
+    // dispatch lags): not a gone message, so the pass fails and keeps it.
+    let ck = checkpoint("PopR", "GR", 3, now_ms() - 10_000, 1000);
+    write_ck(b.ctx(), &ck, 0).await.expect("checkpoint stored");
+    wait_revive_queue(&b, 0, 1).await;
+    assert!(revive_queue(b.ctx(), 0).await.is_err());
+    let (progress, end) = revive_progress(&b, 0);
+    assert!(progress < end, "the checkpoint is not settled");
+    for body in [b"r1" as &[u8], b"r2", b"r3"] {
+        send(&b, "PopR", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopR", 0, 4).await;
+    let pass = revive_queue(b.ctx(), 0).await.expect("pass");
+    assert_eq!(pass.revived, 1);
+    wait_queue(&b, "%RETRY%GR_PopR", 0, 1).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_ack_stored_right_after_the_revive_time_is_honoured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    send(&b, "PopA", 0, b"a0").await;
+    wait_queue(&b, "PopA", 0, 1).await;
+    b.ctx().groups.find_or_create("GA").expect("group");
+    // Due 100 ms ago: its ack may still be on the way, so no revive yet.
+    let ck = checkpoint("PopA", "GA", 0, now_ms() - 1100, 1000);
+    write_ck(b.ctx(), &ck, 1).await.expect("checkpoint stored");
+    wait_revive_queue(&b, 1, 1).await;
+    assert_eq!(revive_queue(b.ctx(), 1).await.expect("pass").revived, 0);
+    let ack = AckMsg {
+        ack_offset: 0,
+        start_offset: 0,
+        consumer_group: "GA".into(),
+        topic: "PopA".into(),
+        queue_id: 0,
+        pop_time: ck.pop_time,
+        broker_name: None,
+        ack_offset_list: None,
+    };
+    write_ack(b.ctx(), &ack, 1, "ack")
+        .await
+        .expect("ack stored");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert_eq!(revive_queue(b.ctx(), 1).await.expect("pass").revived, 0);
+        let (progress, end) = revive_progress(&b, 1);
+        if progress >= end {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b.ctx().topics.get("%RETRY%GA_PopA").is_none());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_checkpoint_neither_blocks_nor_is_reread_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    send(&b, "PopW", 0, b"w0").await;
+    wait_queue(&b, "PopW", 0, 1).await;
+    b.ctx().groups.find_or_create("GW").expect("group");
+    // An hour-long checkpoint, then one long due.
+    let long = checkpoint("PopW", "GW", 0, now_ms(), 3_600_000);
+    write_ck(b.ctx(), &long, 2)
+        .await
+        .expect("checkpoint stored");
+    let due = checkpoint("PopW", "GW", 0, now_ms() - 10_000, 1000);
+    write_ck(b.ctx(), &due, 2).await.expect("checkpoint stored");
+    wait_revive_queue(&b, 2, 2).await;
+    let p = revive_queue(b.ctx(), 2).await.expect("pass");
+    assert_eq!((p.revived, p.scanned), (1, 2));
+    // The settle record of the revived one is read once, then nothing.
+    wait_revive_queue(&b, 2, 3).await;
+    assert_eq!(revive_queue(b.ctx(), 2).await.expect("pass").scanned, 1);
+    assert_eq!(revive_queue(b.ctx(), 2).await.expect("pass").scanned, 0);
+    let (progress, end) = revive_progress(&b, 2);
+    assert_eq!((progress, end), (0, 3), "held at the open checkpoint");
+    b.stop().await;
+
+    // After a restart the open one is read again; the revived one is not
+    // revived twice.
+    let b = start_manual_revive(dir.path()).await;
+    let p = revive_queue(b.ctx(), 2).await.expect("pass");
+    assert_eq!((p.revived, p.scanned), (0, 3));
+    wait_queue(&b, "%RETRY%GW_PopW", 0, 1).await;
+    assert_eq!(b.ctx().store.max_offset("%RETRY%GW_PopW", 0), 1);
+    // Too long an invisible time is refused.
+    let h = PopMessageRequestHeader {
+        consumer_group: "GW".into(),
+        topic: "PopW".into(),
+        queue_id: -1,
+        max_msg_nums: 1,
+        invisible_time: 13 * 3600 * 1000,
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
     b.stop().await;
 }

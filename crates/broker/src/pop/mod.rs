@@ -60,6 +60,15 @@ pub enum PopError {
     },
     #[error("encoding a revive-topic record failed: {0}")]
     Encode(String),
+    #[error("reading {topic}:{queue_id} offset {offset} to revive it failed: {why}")]
+    ReviveRead {
+        topic: String,
+        queue_id: i32,
+        offset: i64,
+        why: &'static str,
+    },
+    #[error("the revive scan thread failed: {0}")]
+    Scan(String),
     #[error("storing {what} failed: {status}")]
     Put {
         what: &'static str,

@@ -38,6 +38,10 @@ fn refuse(code: i32, remark: impl Into<String>) -> Refusal {
 /// Apache refuses pops of more than 32 messages.
 const MAX_POP_NUMS: i32 = 32;
 
+/// The longest invisible time accepted (Apache's clients stay within
+/// 12 h): an open checkpoint is kept by the revive service until then.
+pub const MAX_INVISIBLE_TIME_MS: i64 = 12 * 3600 * 1000;
+
 /// Queues being popped right now (`topic@group@queue`): two pops of the
 /// same queue at once would hand out the same messages (Apache's
 /// `QueueLockManager`); a busy queue is skipped, not waited for.
@@ -264,10 +268,13 @@ fn pre_check(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Result<(), Ref
             ),
         ));
     }
-    if h.invisible_time <= 0 {
+    if h.invisible_time <= 0 || h.invisible_time > MAX_INVISIBLE_TIME_MS {
         return Err(refuse(
             response_code::INVALID_PARAMETER,
-            format!("invisibleTime must be positive, got {}", h.invisible_time),
+            format!(
+                "invisibleTime must be within 1..={MAX_INVISIBLE_TIME_MS} ms, got {}",
+                h.invisible_time
+            ),
         ));
     }
     Ok(())
@@ -662,7 +669,8 @@ async fn put_revive(
     Ok(())
 }
 
-pub(crate) async fn write_ck(
+/// Stores a checkpoint in revive queue `revive_qid`.
+pub async fn write_ck(
     ctx: &BrokerContext,
     ck: &CheckPoint,
     revive_qid: i32,
@@ -676,7 +684,8 @@ pub(crate) async fn write_ck(
     .await
 }
 
-pub(crate) async fn write_ack(
+/// Stores an ack record in revive queue `revive_qid`.
+pub async fn write_ack(
     ctx: &BrokerContext,
     ack: &AckMsg,
     revive_qid: i32,
@@ -788,11 +797,11 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
         Ok(h) => h,
         Err(e) => return bad_header(req.code, &e),
     };
-    if h.invisible_time < 0 {
+    if h.invisible_time < 0 || h.invisible_time > MAX_INVISIBLE_TIME_MS {
         return error_response(
             response_code::INVALID_PARAMETER,
             format!(
-                "invisibleTime must not be negative, got {}",
+                "invisibleTime must be within 0..={MAX_INVISIBLE_TIME_MS} ms, got {}",
                 h.invisible_time
             ),
         );
