@@ -946,17 +946,45 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The offsets `start + i` for every bit `i` set in a BitSet's bytes.
-fn bit_offsets(bytes: &[u8], start: i64) -> Vec<i64> {
+/// Most offsets one BATCH_ACK_MESSAGE may ack (a client's batch ack covers
+/// pops of at most 32 messages each; this leaves ample room).
+const MAX_BATCH_ACK_OFFSETS: usize = 65_536;
+
+/// The offsets `start + i` for every bit `i` set in a BitSet's bytes that
+/// lie in `[lo, hi]`; only the bytes covering that range are looked at,
+/// and at most `limit` offsets are returned (`None`: more were set).
+fn bit_offsets(bytes: &[u8], start: i64, lo: i64, hi: i64, limit: usize) -> Option<Vec<i64>> {
     let mut v = Vec::new();
-    for (i, b) in bytes.iter().enumerate() {
-        for bit in 0..8 {
-            if b & (1 << bit) != 0 {
-                v.push(start + (i * 8 + bit) as i64);
-            }
-        }
+    let from = lo.max(start);
+    if from > hi {
+        return Some(v);
     }
-    v
+    // Bit indexes relative to `start`, clamped to the bytes present.
+    // i128: `from - start` may not fit an i64.
+    let bits = (bytes.len() as u64).saturating_mul(8);
+    let rel = |o: i64| (i128::from(o) - i128::from(start)).clamp(0, i128::from(u64::MAX)) as u64;
+    let first = rel(from).min(bits);
+    let last = rel(hi).min(bits.saturating_sub(1));
+    let mut i = first;
+    while i <= last && i < bits {
+        let byte = bytes[(i / 8) as usize];
+        if byte == 0 {
+            // Skip the rest of an empty byte.
+            i = (i / 8 + 1) * 8;
+            continue;
+        }
+        if byte & (1 << (i % 8)) != 0 {
+            let Some(o) = i64::try_from(i).ok().and_then(|d| start.checked_add(d)) else {
+                break;
+            };
+            if v.len() == limit {
+                return None;
+            }
+            v.push(o);
+        }
+        i += 1;
+    }
+    Some(v)
 }
 
 /// BATCH_ACK_MESSAGE (200151): one `bAck` record per entry, with the acked
@@ -981,6 +1009,7 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
     if acks.is_empty() {
         return error_response(response_code::NO_MESSAGE, "the batch ack has no acks");
     }
+    let mut budget = MAX_BATCH_ACK_OFFSETS;
     for a in &acks {
         let topic = match a.retry.as_str() {
             "0" => a.topic.clone(),
@@ -1018,10 +1047,14 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
             ctx.store.min_offset(&topic, a.queue_id),
             ctx.store.max_offset(&topic, a.queue_id),
         );
-        let offsets: Vec<i64> = bit_offsets(&bytes, a.start_offset)
-            .into_iter()
-            .filter(|o| (min..=max).contains(o))
-            .collect();
+        // Apache skips offsets outside the queue.
+        let Some(offsets) = bit_offsets(&bytes, a.start_offset, min, max, budget) else {
+            return error_response(
+                response_code::INVALID_PARAMETER,
+                format!("a batch ack may ack at most {MAX_BATCH_ACK_OFFSETS} offsets"),
+            );
+        };
+        budget -= offsets.len();
         if offsets.is_empty() {
             continue;
         }
@@ -1051,9 +1084,28 @@ mod tests {
         // BitSet {0, 2, 9}: bytes [0b101, 0b10] = "BQI=".
         let b = base64_decode("BQI=").unwrap();
         assert_eq!(b, vec![5, 2]);
-        assert_eq!(bit_offsets(&b, 10), vec![10, 12, 19]);
+        assert_eq!(bit_offsets(&b, 10, 0, 100, 10), Some(vec![10, 12, 19]));
+        // Clamped to the queue's range.
+        assert_eq!(bit_offsets(&b, 10, 11, 18, 10), Some(vec![12]));
+        assert_eq!(bit_offsets(&b, 10, 20, 100, 10), Some(vec![]));
+        assert_eq!(bit_offsets(&b, 10, 0, 5, 10), Some(vec![]));
         assert_eq!(base64_decode("AQ").unwrap(), vec![1]);
         assert!(base64_decode("*").is_none());
         assert_eq!(base64_decode("").unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn bit_offsets_neither_overflow_nor_explode() {
+        // Start near i64::MAX: no overflow, only what fits.
+        let all = vec![0xffu8; 4];
+        let v = bit_offsets(&all, i64::MAX - 3, 0, i64::MAX, 100).unwrap();
+        assert_eq!(v, vec![i64::MAX - 3, i64::MAX - 2, i64::MAX - 1, i64::MAX]);
+        // A huge set bit range is cut to the queue's range, not listed.
+        let big = vec![0xffu8; 16 << 20];
+        assert_eq!(bit_offsets(&big, 0, 5, 7, 100), Some(vec![5, 6, 7]));
+        // More set bits in range than allowed: refused.
+        assert_eq!(bit_offsets(&big, 0, 0, i64::MAX, 1000), None);
+        assert_eq!(bit_offsets(&big, i64::MIN, i64::MIN, 3, 100), None);
+        assert_eq!(bit_offsets(&big, i64::MIN, 5, 7, 100), Some(vec![]));
     }
 }
