@@ -217,6 +217,12 @@ pub struct BrokerConfig {
     /// `maxPopPollingSize`: most POP requests held by long polling, in all
     /// and per topic@group@queue (100000); more are answered POLLING_FULL.
     pub max_pop_polling_size: usize,
+    /// `initPopOffsetByCheckMsgInMem`: a group's first POP of a queue whose
+    /// first message is still in memory starts at 0 (true).
+    pub init_pop_offset_by_check_msg_in_mem: bool,
+    /// `popFromRetryProbability`: percent of POPs that read the group's
+    /// retry topics first (20).
+    pub pop_from_retry_probability: u32,
     /// `serverLoadBalancerEnabled`: QUERY_ASSIGNMENT splits a topic's queues
     /// among the group's clients; off, each client gets them all.
     pub server_load_balancer_enabled: bool,
@@ -320,6 +326,8 @@ impl Default for BrokerConfig {
             default_pop_share_queue_num: -1,
             revive_interval: Duration::from_millis(1000),
             max_pop_polling_size: 100_000,
+            init_pop_offset_by_check_msg_in_mem: true,
+            pop_from_retry_probability: 20,
             server_load_balancer_enabled: true,
             slave_read_enable: false,
             ha_listen_port: None,
@@ -564,6 +572,10 @@ impl BrokerConfig {
                 "defaultPopShareQueueNum" => self.default_pop_share_queue_num = parse(k, v)?,
                 "reviveInterval" => self.revive_interval = positive_ms(k, v)?,
                 "maxPopPollingSize" => self.max_pop_polling_size = parse(k, v)?,
+                "initPopOffsetByCheckMsgInMem" => {
+                    self.init_pop_offset_by_check_msg_in_mem = parse_bool(k, v)?
+                }
+                "popFromRetryProbability" => self.pop_from_retry_probability = percent(k, v)?,
                 "serverLoadBalancerEnabled" => {
                     self.server_load_balancer_enabled = parse_bool(k, v)?
                 }
@@ -937,6 +949,14 @@ impl BrokerConfig {
         );
         put("reviveInterval", ms(self.revive_interval));
         put("maxPopPollingSize", self.max_pop_polling_size.to_string());
+        put(
+            "initPopOffsetByCheckMsgInMem",
+            self.init_pop_offset_by_check_msg_in_mem.to_string(),
+        );
+        put(
+            "popFromRetryProbability",
+            self.pop_from_retry_probability.to_string(),
+        );
         put(
             "serverLoadBalancerEnabled",
             self.server_load_balancer_enabled.to_string(),

@@ -817,3 +817,35 @@ async fn an_open_checkpoint_neither_blocks_nor_is_reread_and_survives_a_restart(
     assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn init_mode_max_starts_at_a_young_queues_start_else_at_its_last_message() {
+    let (b, _dir) = start().await;
+    for body in [b"x0" as &[u8], b"x1", b"x2"] {
+        send(&b, "PopX", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopX", 0, 3).await;
+    let max_pop = |group: &str| PopMessageRequestHeader {
+        consumer_group: group.into(),
+        topic: "PopX".into(),
+        queue_id: 0,
+        max_msg_nums: 32,
+        invisible_time: 60_000,
+        born_time: now_ms(),
+        init_mode: 1,
+        ..Default::default()
+    };
+    // The queue's first message is in memory: a new group reads it all.
+    let (got, _) = pop_req(&b, max_pop("GX1")).await;
+    let bodies: Vec<&[u8]> = got.iter().map(|p| &p.msg.body[..]).collect();
+    assert_eq!(bodies, [b"x0" as &[u8], b"x1", b"x2"]);
+    // Not in memory (no memory allowed): Apache's "pop last one".
+    b.ctx()
+        .runtime_config
+        .write()
+        .access_message_in_memory_max_ratio = 0;
+    let (got, _) = pop_req(&b, max_pop("GX2")).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"x2");
+    b.stop().await;
+}

@@ -448,13 +448,7 @@ async fn pop_queue(
     let mut offset = match ctx.offsets.query(group, topic, qid) {
         Some(o) if o >= 0 => o,
         _ => {
-            // Apache: retry topics and initMode MIN start at the first
-            // offset, others at the end; the start is committed.
-            let o = if is_retry || h.init_mode == 0 {
-                ctx.store.min_offset(topic, qid)
-            } else {
-                ctx.store.max_offset(topic, qid)
-            };
+            let o = init_offset(ctx, topic, qid, is_retry, h.init_mode);
             ctx.offsets.commit(group, topic, qid, o);
             o
         }
@@ -530,6 +524,28 @@ async fn pop_queue(
         ctx, h, topic, qid, is_retry, offset, &r, pop_time, revive_qid, got,
     );
     Ok(())
+}
+
+/// Where a group's first POP of a queue starts (Apache `getInitOffset`):
+/// retry topics and initMode MIN at the first offset; otherwise at 0 when
+/// the queue is young (its first message still in memory), else at the
+/// last message ("pop last one").
+fn init_offset(ctx: &BrokerContext, topic: &str, qid: i32, is_retry: bool, init_mode: i32) -> i64 {
+    let min = ctx.store.min_offset(topic, qid);
+    if is_retry || init_mode == 0 {
+        return min;
+    }
+    let check_mem = ctx
+        .runtime_config
+        .read()
+        .init_pop_offset_by_check_msg_in_mem;
+    if check_mem
+        && min <= 0
+        && crate::processor::consumer_manage::first_message_in_memory(ctx, topic, qid)
+    {
+        return 0;
+    }
+    ctx.store.max_offset(topic, qid).saturating_sub(1).max(0)
 }
 
 /// Stores the checkpoint of a batch, then moves the group's offset past it.
