@@ -214,9 +214,11 @@ pub struct BrokerConfig {
     pub default_pop_share_queue_num: i32,
     /// `reviveInterval`: how often the POP revive service looks (1 s).
     pub revive_interval: Duration,
-    /// `maxPopPollingSize`: most POP requests held by long polling, in all
-    /// and per topic@group@queue (100000); more are answered POLLING_FULL.
+    /// `maxPopPollingSize`: most POP requests held by long polling in all
+    /// (100000); more are answered POLLING_FULL.
     pub max_pop_polling_size: usize,
+    /// `popPollingSize`: most POP requests held per topic@group@queue (1024).
+    pub pop_polling_size: usize,
     /// `initPopOffsetByCheckMsgInMem`: a group's first POP of a queue whose
     /// first message is still in memory starts at 0 (true).
     pub init_pop_offset_by_check_msg_in_mem: bool,
@@ -326,6 +328,7 @@ impl Default for BrokerConfig {
             default_pop_share_queue_num: -1,
             revive_interval: Duration::from_millis(1000),
             max_pop_polling_size: 100_000,
+            pop_polling_size: 1024,
             init_pop_offset_by_check_msg_in_mem: true,
             pop_from_retry_probability: 20,
             server_load_balancer_enabled: true,
@@ -572,6 +575,7 @@ impl BrokerConfig {
                 "defaultPopShareQueueNum" => self.default_pop_share_queue_num = parse(k, v)?,
                 "reviveInterval" => self.revive_interval = positive_ms(k, v)?,
                 "maxPopPollingSize" => self.max_pop_polling_size = parse(k, v)?,
+                "popPollingSize" => self.pop_polling_size = parse(k, v)?,
                 "initPopOffsetByCheckMsgInMem" => {
                     self.init_pop_offset_by_check_msg_in_mem = parse_bool(k, v)?
                 }
@@ -949,6 +953,7 @@ impl BrokerConfig {
         );
         put("reviveInterval", ms(self.revive_interval));
         put("maxPopPollingSize", self.max_pop_polling_size.to_string());
+        put("popPollingSize", self.pop_polling_size.to_string());
         put(
             "initPopOffsetByCheckMsgInMem",
             self.init_pop_offset_by_check_msg_in_mem.to_string(),

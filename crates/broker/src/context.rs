@@ -49,6 +49,8 @@ pub struct BrokerContext {
     pub pop_order: crate::pop::order::OrderTable,
     /// POP requests held by long polling (POLLING_INFO).
     pub pop_polling: crate::pop::processor::PollingCounts,
+    /// NOTIFICATION requests held by long polling.
+    pub pop_notify_polling: crate::pop::processor::PollingCounts,
     /// The POP revive service's per-queue scan state.
     pub pop_revive: crate::pop::revive::ReviveStates,
     pub stats: BrokerStats,
@@ -141,6 +143,7 @@ impl BrokerContext {
             pop_locks: Default::default(),
             pop_order: Default::default(),
             pop_polling: Default::default(),
+            pop_notify_polling: Default::default(),
             pop_revive: Default::default(),
             stats,
             store_host,

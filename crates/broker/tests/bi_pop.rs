@@ -849,3 +849,55 @@ async fn init_mode_max_starts_at_a_young_queues_start_else_at_its_last_message()
     assert_eq!(&got[0].msg.body[..], b"x2");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn held_pops_are_limited_and_stale_requests_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ba_common::broker_config(dir.path(), None);
+    cfg.max_pop_polling_size = 1;
+    let b = Broker::start(cfg).await;
+    send(&b, "PopF", 0, b"f0").await;
+    wait_queue(&b, "PopF", 0, 1).await;
+    assert_eq!(pop(&b, "GF", "PopF", 60_000, 0).await.len(), 1);
+    let poll = |poll: i64| PopMessageRequestHeader {
+        consumer_group: "GF".into(),
+        topic: "PopF".into(),
+        queue_id: -1,
+        max_msg_nums: 1,
+        invisible_time: 60_000,
+        poll_time: poll,
+        born_time: now_ms(),
+        ..Default::default()
+    };
+    let call = |h: PopMessageRequestHeader| {
+        b.call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
+    };
+    // One held pop fills the broker: the next one is answered at once.
+    let (first, second) = tokio::join!(call(poll(1500)), async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.ctx().pop_polling.get("PopF@GF@-1") == 0 {
+            assert!(Instant::now() < deadline, "the first pop was never held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        call(poll(1500)).await
+    });
+    assert_eq!(
+        first.code,
+        response_code::POLLING_TIMEOUT,
+        "{:?}",
+        first.remark
+    );
+    assert_eq!(
+        second.code,
+        response_code::POLLING_FULL,
+        "{:?}",
+        second.remark
+    );
+    // A request whose poll time ended long ago is not served.
+    let mut stale = poll(1000);
+    stale.born_time = now_ms() - 10_000;
+    let r = call(stale).await;
+    assert_eq!(r.code, response_code::POLLING_TIMEOUT, "{:?}", r.remark);
+    assert!(r.remark.unwrap_or_default().contains("timeout too much"));
+    b.stop().await;
+}

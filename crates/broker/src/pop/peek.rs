@@ -137,8 +137,32 @@ async fn notification(
     if let Err(r) = check_common(ctx, &h.topic, &h.consumer_group, h.queue_id) {
         return Some(*r);
     }
+    if super::processor::timeout_too_much(h.born_time, h.poll_time) {
+        return Some(crate::processor::error_response(
+            response_code::POLLING_TIMEOUT,
+            format!(
+                "the broker[{}] notification is timeout too much",
+                ctx.broker_addr
+            ),
+        ));
+    }
     let mut found = has_msg(ctx, &h);
     if !found && h.poll_time > 0 {
+        let (max_total, per_key) = {
+            let rc = ctx.runtime_config.read();
+            (rc.max_pop_polling_size, rc.pop_polling_size)
+        };
+        let key = format!("{}@{}@{}", h.topic, h.consumer_group, h.queue_id);
+        // Apache answers a full poll at once: SUCCESS with pollingFull.
+        let Some(_held) = ctx.pop_notify_polling.hold(key, max_total, per_key) else {
+            let header = NotificationResponseHeader {
+                has_msg: false,
+                polling_full: true,
+            };
+            return Some(
+                RemotingCommand::response(response_code::SUCCESS, None).with_header(&header),
+            );
+        };
         // Held like a pop: woken when a queue it could read grows.
         let hold = ctx.pull_hold.hold_time(Duration::from_millis(
             u64::try_from(h.poll_time).unwrap_or(0),

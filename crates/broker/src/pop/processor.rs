@@ -71,10 +71,16 @@ impl Drop for QueueGuard<'_> {
 }
 
 /// POP requests held by long polling, per `topic@group@queueId` (the
-/// request's queue id, -1 included), for POLLING_INFO.
+/// request's queue id, -1 included), for POLLING_INFO and the limits.
 #[derive(Default)]
 pub struct PollingCounts {
-    counts: Mutex<std::collections::HashMap<String, i32>>,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_key: std::collections::HashMap<String, usize>,
 }
 
 /// Counts one held request while it lives.
@@ -84,27 +90,47 @@ pub(crate) struct Held<'a> {
 }
 
 impl PollingCounts {
-    pub(crate) fn hold(&self, key: String) -> Held<'_> {
-        *self.counts.lock().entry(key.clone()).or_insert(0) += 1;
-        Held { counts: self, key }
+    /// Counts a request held for `key`; `None` (POLLING_FULL) when
+    /// `max_total` are held already, or `per_key` for this key (Apache's
+    /// `maxPopPollingSize` and `popPollingSize`).
+    pub(crate) fn hold(&self, key: String, max_total: usize, per_key: usize) -> Option<Held<'_>> {
+        let mut c = self.counts.lock();
+        if c.total >= max_total || c.per_key.get(&key).copied().unwrap_or(0) >= per_key {
+            return None;
+        }
+        c.total += 1;
+        *c.per_key.entry(key.clone()).or_insert(0) += 1;
+        Some(Held { counts: self, key })
     }
 
     /// Requests held for `key` now.
     pub fn get(&self, key: &str) -> i32 {
-        self.counts.lock().get(key).copied().unwrap_or(0)
+        let n = self.counts.lock().per_key.get(key).copied().unwrap_or(0);
+        i32::try_from(n).unwrap_or(i32::MAX)
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let mut c = self.counts.counts.lock();
-        if let Some(n) = c.get_mut(&self.key) {
-            *n -= 1;
-            if *n <= 0 {
-                c.remove(&self.key);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_key.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_key.remove(&self.key);
             }
         }
     }
+}
+
+/// Apache's `isTimeoutTooMuch`: the request's poll time ended more than
+/// 500 ms ago by the broker's clock (a request that waited in a queue or a
+/// stale retry); answered POLLING_TIMEOUT without reading anything.
+pub(crate) fn timeout_too_much(born_time: i64, poll_time: i64) -> bool {
+    now_ms()
+        .saturating_sub(born_time)
+        .saturating_sub(poll_time.max(0))
+        > 500
 }
 
 /// Registers POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE and
@@ -178,6 +204,15 @@ async fn pop_message(
         Ok(f) => Arc::new(f),
         Err(r) => return Some(*r),
     };
+    if timeout_too_much(h.born_time, h.poll_time) {
+        return Some(error_response(
+            response_code::POLLING_TIMEOUT,
+            format!(
+                "the broker[{}] pop message is timeout too much",
+                ctx.broker_addr
+            ),
+        ));
+    }
     let mut pop_time = now_ms();
     let revive_qid = if h.order == Some(true) {
         POP_ORDER_REVIVE_QUEUE
@@ -194,6 +229,25 @@ async fn pop_message(
         let hold = ctx.pull_hold.hold_time(Duration::from_millis(
             u64::try_from(h.poll_time).unwrap_or(0),
         ));
+        let (max_total, per_key) = {
+            let rc = ctx.runtime_config.read();
+            (rc.max_pop_polling_size, rc.pop_polling_size)
+        };
+        let Some(held) = ctx.pop_polling.hold(
+            format!("{}@{}@{}", h.topic, h.consumer_group, h.queue_id),
+            max_total,
+            per_key,
+        ) else {
+            return Some(
+                RemotingCommand::response(response_code::POLLING_FULL, "POLLING_FULL".to_owned())
+                    .with_header(&PopMessageResponseHeader {
+                        pop_time,
+                        invisible_time: h.invisible_time,
+                        revive_qid,
+                        ..Default::default()
+                    }),
+            );
+        };
         let mut parked = Vec::new();
         for (topic, qid) in queues_of(ctx, &h) {
             let max = ctx.store.max_offset(&topic, qid);
@@ -204,14 +258,10 @@ async fn pop_message(
             ));
         }
         if !parked.is_empty() {
-            let held = ctx
-                .pop_polling
-                .hold(format!("{}@{}@{}", h.topic, h.consumer_group, h.queue_id));
             tokio::select! {
                 _ = futures::future::select_all(parked) => {}
                 _ = rc.channel().closed() => return None,
             }
-            drop(held);
             // The header's popTime is the one the checkpoints carry: the
             // client builds its receipt handles from it.
             pop_time = now_ms();
@@ -220,6 +270,7 @@ async fn pop_message(
                 Err(r) => return Some(*r),
             };
         }
+        drop(held);
     }
     let header = PopMessageResponseHeader {
         pop_time,
