@@ -901,3 +901,52 @@ async fn held_pops_are_limited_and_stale_requests_refused() {
     assert!(r.remark.unwrap_or_default().contains("timeout too much"));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn under_sync_flush_a_pop_and_its_ack_are_on_disk_when_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ba_common::broker_config(dir.path(), None);
+    cfg.store.flush_disk_type = apogee_store::FlushDiskType::SyncFlush;
+    let b = Broker::start(cfg).await;
+    send(&b, "PopS", 0, b"s0").await;
+    wait_queue(&b, "PopS", 0, 1).await;
+    let store = &b.ctx().store;
+    let before = store.commit_log_max_offset();
+    let got = pop(&b, "GS", "PopS", 60_000, 0).await;
+    assert_eq!(got.len(), 1);
+    let after_pop = store.commit_log_max_offset();
+    assert!(after_pop > before, "the checkpoint was stored");
+    assert!(
+        store.commit_log_flushed_offset() >= after_pop,
+        "the checkpoint is flushed before the pop is answered"
+    );
+    let r = ack(&b, "GS", "PopS", &got[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let after_ack = store.commit_log_max_offset();
+    assert!(after_ack > after_pop, "the ack was stored");
+    assert!(store.commit_log_flushed_offset() >= after_ack);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_raises_pop_offsets_to_the_newest_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    for body in [b"k0" as &[u8], b"k1", b"k2"] {
+        send(&b, "PopK", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopK", 0, 3).await;
+    let got = pop(&b, "GK", "PopK", 60_000, 0).await;
+    assert_eq!(got.len(), 3);
+    for p in &got {
+        let r = ack(&b, "GK", "PopK", p).await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    }
+    // As if the pop progress had not been flushed before a kill.
+    b.ctx().offsets.commit("GK", "PopK", 0, 0);
+    b.stop().await;
+    let b = start_manual_revive(dir.path()).await;
+    assert_eq!(b.ctx().offsets.query("GK", "PopK", 0), Some(3));
+    assert!(pop(&b, "GK", "PopK", 60_000, 0).await.is_empty());
+    b.stop().await;
+}

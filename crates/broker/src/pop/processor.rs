@@ -699,8 +699,9 @@ fn push_records(
 /// A bookkeeping record for the revive topic.
 fn revive_record(ctx: &BrokerContext, revive_qid: i32, tag: &str, body: Vec<u8>) -> MessageToStore {
     let mut props = String::new();
+    // No WAIT_STORE_MSG_OK=false: under SYNC_FLUSH a pop, ack or change
+    // is answered only once its record is on disk.
     properties::append(&mut props, keys::TAGS, tag);
-    properties::append(&mut props, keys::WAIT_STORE_MSG_OK, "false");
     let mut m = MessageToStore {
         topic: revive_topic(&ctx.config.broker_cluster_name),
         queue_id: revive_qid,

@@ -359,6 +359,73 @@ async fn revive_due(
     Ok(())
 }
 
+/// After a restart, raises each group's POP offset on a queue to the end
+/// of its newest checkpoint in the revive topic: consume offsets are
+/// flushed every few seconds, checkpoints are in the store, so a kill
+/// within that window must not hand out popped (and maybe acked) messages
+/// again. Reads each revive queue from the revive progress (older
+/// checkpoints are settled and their offsets were flushed with it).
+pub async fn recover_pop_offsets(ctx: &Arc<BrokerContext>) {
+    let c = Arc::clone(ctx);
+    let r = tokio::task::spawn_blocking(move || {
+        let rt = revive_topic(&c.config.broker_cluster_name);
+        let mut ends: HashMap<(String, String, i32), i64> = HashMap::new();
+        for q in 0..REVIVE_QUEUE_NUM {
+            let min = c.store.min_offset(&rt, q);
+            let max = c.store.max_offset(&rt, q);
+            let mut off = c
+                .offsets
+                .query(REVIVE_GROUP, &rt, q)
+                .unwrap_or(min)
+                .max(min);
+            while off < max {
+                let r = c
+                    .store
+                    .get_messages(REVIVE_GROUP, &rt, q, off, BATCH, usize::MAX, None);
+                if r.messages.is_empty() {
+                    if r.next_begin_offset > off {
+                        off = r.next_begin_offset;
+                        continue;
+                    }
+                    break;
+                }
+                for rec in &r.messages {
+                    let Ok(m) = stored::check_record(rec, false) else {
+                        continue;
+                    };
+                    if m.property(keys::TAGS) != Some(CK_TAG) {
+                        continue;
+                    }
+                    let Ok(ck) = serde_json::from_slice::<CheckPoint>(m.body) else {
+                        continue;
+                    };
+                    let Some(last) = usize::from(ck.num).checked_sub(1) else {
+                        continue;
+                    };
+                    let end = ck.offset_at(last).saturating_add(1);
+                    let e = ends.entry((ck.cid, ck.topic, ck.queue_id)).or_insert(end);
+                    *e = (*e).max(end);
+                }
+                off = r.next_begin_offset.max(off + 1);
+            }
+        }
+        let mut raised = 0usize;
+        for ((group, topic, q), end) in ends {
+            if c.offsets.query(&group, &topic, q).is_none_or(|o| o < end) {
+                c.offsets.commit(&group, &topic, q, end);
+                raised += 1;
+            }
+        }
+        raised
+    })
+    .await;
+    match r {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(queues = n, "pop offsets raised to their newest checkpoints"),
+        Err(e) => tracing::warn!(error = %e, "pop offset recovery failed"),
+    }
+}
+
 /// Records that the checkpoint's `offsets` were revived (a `bAck` record).
 async fn settle(
     ctx: &BrokerContext,
@@ -459,7 +526,8 @@ async fn revive_one(ctx: &BrokerContext, ck: &CheckPoint, qo: i64) -> Result<boo
     if dlq {
         properties::append(&mut props, keys::DLQ_ORIGIN_TOPIC, &origin);
     }
-    properties::append(&mut props, keys::WAIT_STORE_MSG_OK, "false");
+    // Waited for under SYNC_FLUSH: the revive progress moves past the
+    // checkpoint only once the revived copy is durable.
     m.properties = props;
     m.reconsume_times = info.reconsume_times.saturating_add(1);
     m.store_host = ctx.store_host;
