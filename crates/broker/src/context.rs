@@ -117,6 +117,7 @@ impl BrokerContext {
             TopicConfigManager::with_vfs(&config, Arc::clone(&register_signal), vfs.clone())?;
         let groups = SubscriptionGroupManager::with_vfs(&config, vfs.clone())?;
         let offsets = ConsumerOffsetManager::with_vfs(&config, vfs.clone())?;
+        let pop_order = crate::pop::order::OrderTable::with_vfs(&config, vfs.clone())?;
         let request_modes = crate::assignment::RequestModes::with_vfs(&config, vfs)?;
         let route_queues = crate::assignment::RouteQueues::new(config.namesrv_addrs());
         let consumers = ConsumerManager::new(config.channel_expired_timeout);
@@ -141,7 +142,7 @@ impl BrokerContext {
             sql_filters: SqlFilterCache::new(),
             schedule,
             pop_locks: Default::default(),
-            pop_order: Default::default(),
+            pop_order,
             pop_polling: Default::default(),
             pop_notify_polling: Default::default(),
             pop_revive: Default::default(),

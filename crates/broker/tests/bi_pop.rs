@@ -950,3 +950,112 @@ async fn a_restart_raises_pop_offsets_to_the_newest_checkpoint() {
     assert!(pop(&b, "GK", "PopK", 60_000, 0).await.is_empty());
     b.stop().await;
 }
+
+#[tokio::test]
+async fn orderly_acks_check_the_pop_time_wake_parked_pops_and_batch_ack() {
+    let (b, _dir) = start().await;
+    for body in [b"q0" as &[u8], b"q1", b"q2", b"q3"] {
+        send(&b, "PopQ", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopQ", 0, 4).await;
+    // A delivery expires and q0 is handed out again: an ack with the first
+    // delivery's handle is stale and moves nothing.
+    let (first, _) = pop_req(&b, order_pop("GQ", "PopQ", 300)).await;
+    assert_eq!(&first[0].msg.body[..], b"q0");
+    let again = loop {
+        let (got, _) = pop_req(&b, order_pop("GQ", "PopQ", 60_000)).await;
+        if !got.is_empty() {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(&again[0].msg.body[..], b"q0");
+    let r = ack(&b, "GQ", "PopQ", &first[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(0));
+    assert!(pop_req(&b, order_pop("GQ", "PopQ", 60_000))
+        .await
+        .0
+        .is_empty());
+
+    // A parked orderly pop is woken by the ack that unblocks the queue.
+    let mut held = order_pop("GQ", "PopQ", 60_000);
+    held.poll_time = 20_000;
+    let t0 = Instant::now();
+    let ((got, _), ()) = tokio::join!(pop_req(&b, held), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = ack(&b, "GQ", "PopQ", &again[0]).await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    });
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"q1");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+
+    // A new invisible time keeps the handle valid (same popTime).
+    let h = ChangeInvisibleTimeRequestHeader {
+        consumer_group: "GQ".into(),
+        topic: "PopQ".into(),
+        queue_id: 0,
+        extra_info: got[0].handle.clone(),
+        offset: got[0].msg.queue_offset,
+        invisible_time: 60_000,
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME).with_header(&h))
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let r = ack(&b, "GQ", "PopQ", &got[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(2));
+    // No open batch any more: a change is refused, not a silent success.
+    let r = b
+        .call(RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME).with_header(&h))
+        .await;
+    assert_ne!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+
+    // BATCH_ACK of an orderly batch (reviveQid 999).
+    let mut two = order_pop("GQ", "PopQ", 60_000);
+    two.max_msg_nums = 2;
+    let (got, rh) = pop_req(&b, two).await;
+    assert_eq!(got.len(), 2);
+    let rh = rh.unwrap();
+    // BitSet {0, 1} from startOffset 2: the byte 0b11 ("Aw==").
+    let body = format!(
+        r#"{{"acks":[{{"c":"GQ","t":"PopQ","r":"0","so":2,"q":0,"rq":999,"pt":{},"it":60000,"b":"Aw=="}}],"brokerName":"{}"}}"#,
+        rh.pop_time,
+        b.ctx().config.broker_name
+    );
+    let r = b
+        .call(
+            RemotingCommand::request(request_code::BATCH_ACK_MESSAGE).with_body(Bytes::from(body)),
+        )
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(4));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_orderly_batch_stays_invisible_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
+    send(&b, "PopZ", 0, b"z0").await;
+    wait_queue(&b, "PopZ", 0, 1).await;
+    let (got, _) = pop_req(&b, order_pop("GZ", "PopZ", 60_000)).await;
+    assert_eq!(got.len(), 1);
+    b.stop().await;
+    let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
+    assert!(
+        pop_req(&b, order_pop("GZ", "PopZ", 60_000))
+            .await
+            .0
+            .is_empty(),
+        "the in-flight batch is not handed to another consumer"
+    );
+    // The handle from before the restart still acks it.
+    let r = ack(&b, "GZ", "PopZ", &got[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(b.ctx().offsets.query("GZ", "PopZ", 0), Some(1));
+    b.stop().await;
+}

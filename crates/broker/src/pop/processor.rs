@@ -18,6 +18,7 @@ use apogee_store::GetStatus;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
+use super::order::OrderAck;
 use super::{
     build_extra_info, retry_topic_v1, retry_topic_v2, revive_topic, AckMsg, CheckPoint, ExtraInfo,
     PopError, ACK_TAG, BATCH_ACK_TAG, CK_TAG, POP_ORDER_REVIVE_QUEUE, REVIVE_QUEUE_NUM,
@@ -213,6 +214,12 @@ async fn pop_message(
             ),
         ));
     }
+    let order = h.order == Some(true);
+    // Registered before the first look, so an ack completing the blocking
+    // batch in between still wakes a parked orderly pop.
+    let unblocked = ctx.pop_order.unblocked();
+    tokio::pin!(unblocked);
+    unblocked.as_mut().enable();
     let mut pop_time = now_ms();
     let revive_qid = if h.order == Some(true) {
         POP_ORDER_REVIVE_QUEUE
@@ -260,6 +267,7 @@ async fn pop_message(
         if !parked.is_empty() {
             tokio::select! {
                 _ = futures::future::select_all(parked) => {}
+                _ = &mut unblocked, if order => {}
                 _ = rc.channel().closed() => return None,
             }
             // The header's popTime is the one the checkpoints carry: the
@@ -841,8 +849,19 @@ async fn ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingComm
         Err(r) => return *r,
     };
     if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
-        ack_orderly(ctx, &h.consumer_group, &real, h.queue_id, h.offset);
-        return RemotingCommand::response(response_code::SUCCESS, None);
+        return match ack_orderly(
+            ctx,
+            &h.consumer_group,
+            &real,
+            h.queue_id,
+            h.offset,
+            e.pop_time,
+        )
+        .await
+        {
+            Ok(()) => RemotingCommand::response(response_code::SUCCESS, None),
+            Err(r) => *r,
+        };
     }
     let ack = AckMsg {
         ack_offset: h.offset,
@@ -888,14 +907,26 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
     // Apache's order: the new checkpoint first (the message must not be
     // lost), then the ack of the old one.
     if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
-        // Orderly: the open batch just stays invisible longer.
-        let pop_time = now_ms();
+        // Orderly: the open batch stays invisible longer; its popTime
+        // stays, so the client's handle still acks (Apache's
+        // updateNextVisibleTime).
         let key = super::order::key(&real, &h.consumer_group, h.queue_id);
-        ctx.pop_order
-            .change(&key, h.offset, pop_time, h.invisible_time);
+        let _guard = lock_queue(ctx, key.clone()).await;
+        let Some((pop_time, invisible_time)) =
+            ctx.pop_order
+                .change(&key, h.offset, e.pop_time, now_ms(), h.invisible_time)
+        else {
+            return error_response(
+                response_code::NO_MESSAGE,
+                format!(
+                    "no open orderly batch of {real}@{} popped at {} holds offset {}",
+                    h.queue_id, e.pop_time, h.offset
+                ),
+            );
+        };
         let rh = ChangeInvisibleTimeResponseHeader {
             pop_time,
-            invisible_time: h.invisible_time,
+            invisible_time,
             revive_qid: POP_ORDER_REVIVE_QUEUE,
         };
         return RemotingCommand::response(response_code::SUCCESS, None).with_header(&rh);
@@ -942,20 +973,68 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
     RemotingCommand::response(response_code::SUCCESS, None).with_header(&rh)
 }
 
-/// An orderly ack: once every message of the open batch is acked the
-/// group's offset moves past it. An ack no open batch knows (after a
-/// restart) moves the offset one past itself when it is the next message.
-fn ack_orderly(ctx: &BrokerContext, group: &str, topic: &str, queue_id: i32, offset: i64) {
+/// Waits for the queue's pop lock (pops hold it only briefly).
+async fn lock_queue(ctx: &BrokerContext, key: String) -> QueueGuard<'_> {
+    loop {
+        if let Some(g) = ctx.pop_locks.try_lock(key.clone()) {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// An orderly ack (Apache's `ackOrderly`): under the queue's lock, the
+/// group's offset moves to the first un-acked message of the open batch.
+/// An ack of an earlier delivery (another popTime) changes nothing; an
+/// ack no open batch knows (the table lost) moves the offset one past
+/// itself when it is the next message.
+async fn ack_orderly(
+    ctx: &BrokerContext,
+    group: &str,
+    topic: &str,
+    queue_id: i32,
+    offset: i64,
+    pop_time: i64,
+) -> Result<(), Refusal> {
+    let consumed = |ctx: &BrokerContext| {
+        ctx.offsets
+            .query(group, topic, queue_id)
+            .is_some_and(|o| offset < o)
+    };
+    if consumed(ctx) {
+        return Ok(());
+    }
     let key = super::order::key(topic, group, queue_id);
-    match ctx.pop_order.ack(&key, offset) {
-        Some(Some(next)) => ctx.offsets.commit(group, topic, queue_id, next),
-        Some(None) => {}
-        None => {
+    let _guard = lock_queue(ctx, key.clone()).await;
+    if consumed(ctx) {
+        return Ok(());
+    }
+    match ctx.pop_order.ack(&key, offset, pop_time) {
+        OrderAck::Next { offset: next, .. } => ctx.offsets.commit(group, topic, queue_id, next),
+        OrderAck::Stale => {
+            tracing::debug!(
+                group,
+                topic,
+                queue_id,
+                offset,
+                pop_time,
+                "stale orderly ack ignored"
+            );
+        }
+        OrderAck::NotInBatch => {
+            return Err(refuse(
+                response_code::MESSAGE_ILLEGAL,
+                format!("offset is illegal, key:{key}, commit:{offset}: not in the open batch"),
+            ))
+        }
+        OrderAck::NoBatch => {
             if ctx.offsets.query(group, topic, queue_id) == Some(offset) {
-                ctx.offsets.commit(group, topic, queue_id, offset + 1);
+                ctx.offsets
+                    .commit(group, topic, queue_id, offset.saturating_add(1));
             }
         }
     }
+    Ok(())
 }
 
 /// One entry of Apache's `BatchAckMessageRequestBody.acks` (`BatchAck`).
@@ -1090,13 +1169,8 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
                 )
             }
         };
-        if a.revive_queue_id == POP_ORDER_REVIVE_QUEUE {
-            return error_response(
-                response_code::INVALID_PARAMETER,
-                "orderly POP receipts are not supported by this broker yet",
-            );
-        }
-        if !(0..REVIVE_QUEUE_NUM).contains(&a.revive_queue_id) {
+        let orderly = a.revive_queue_id == POP_ORDER_REVIVE_QUEUE;
+        if !orderly && !(0..REVIVE_QUEUE_NUM).contains(&a.revive_queue_id) {
             return error_response(
                 response_code::INVALID_PARAMETER,
                 format!("reviveQid {} is out of range", a.revive_queue_id),
@@ -1123,6 +1197,16 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
             );
         };
         budget -= offsets.len();
+        if orderly {
+            for o in offsets {
+                if let Err(r) =
+                    ack_orderly(ctx, &a.consumer_group, &topic, a.queue_id, o, a.pop_time).await
+                {
+                    return *r;
+                }
+            }
+            continue;
+        }
         if offsets.is_empty() {
             continue;
         }
