@@ -1059,3 +1059,63 @@ async fn an_orderly_batch_stays_invisible_across_a_restart() {
     assert_eq!(b.ctx().offsets.query("GZ", "PopZ", 0), Some(1));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn retry_topics_are_read_first_only_in_some_pops() {
+    let (b, _dir) = start().await;
+    send(&b, "PopY", 0, b"y0").await;
+    wait_queue(&b, "PopY", 0, 1).await;
+    assert_eq!(pop(&b, "GY", "PopY", 300, 0).await.len(), 1);
+    // Not acked: revived to the retry topic.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.ctx().store.max_offset("%RETRY%GY_PopY", 0) < 1 {
+        assert!(Instant::now() < deadline, "never revived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send(&b, "PopY", 0, b"y1").await;
+    wait_queue(&b, "PopY", 0, 2).await;
+    let one = |group: &str| PopMessageRequestHeader {
+        consumer_group: group.into(),
+        topic: "PopY".into(),
+        queue_id: -1,
+        max_msg_nums: 1,
+        invisible_time: 60_000,
+        born_time: now_ms(),
+        ..Default::default()
+    };
+    b.ctx().runtime_config.write().pop_from_retry_probability = 0;
+    let (got, _) = pop_req(&b, one("GY")).await;
+    assert_eq!(&got[0].msg.body[..], b"y1", "the topic first");
+    b.ctx().runtime_config.write().pop_from_retry_probability = 100;
+    let (got, _) = pop_req(&b, one("GY")).await;
+    assert_eq!(&got[0].msg.body[..], b"y0", "the retry topic first");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn system_topics_and_groups_cannot_be_popped() {
+    let (b, _dir) = start().await;
+    send(&b, "PopSys", 0, b"x").await;
+    let rt = revive_topic(&b.ctx().config.broker_cluster_name);
+    for (topic, group) in [(rt.as_str(), "G"), ("PopSys", "CID_RMQ_SYS_X")] {
+        let h = PopMessageRequestHeader {
+            consumer_group: group.into(),
+            topic: topic.into(),
+            queue_id: -1,
+            max_msg_nums: 1,
+            invisible_time: 60_000,
+            born_time: now_ms(),
+            ..Default::default()
+        };
+        let r = b
+            .call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
+            .await;
+        assert_eq!(
+            r.code,
+            response_code::NO_PERMISSION,
+            "{topic} {group}: {:?}",
+            r.remark
+        );
+    }
+    b.stop().await;
+}

@@ -10,40 +10,34 @@ use apogee_protocol::header::{
     PollingInfoRequestHeader, PollingInfoResponseHeader, PopMessageResponseHeader,
 };
 use apogee_protocol::RemotingCommand;
-use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
+use apogee_remoting::{ProcessorRegistry, RequestContext};
 use bytes::BytesMut;
 
 use super::processor::{candidate_queues, check_common};
 use crate::context::BrokerContext;
 use crate::filter::SubscriptionFilter;
-use crate::processor::bad_header;
+use crate::processor::{bad_header, register_with};
 use crate::schedule::now_ms;
 
 /// Registers PEEK_MESSAGE, NOTIFICATION and POLLING_INFO.
 pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::PEEK_MESSAGE,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(peek_message(&ctx, &req))) }
-        }),
+        |ctx, _, req| async move { Some(peek_message(&ctx, &req)) },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::POLLING_INFO,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(polling_info(&ctx, &req))) }
-        }),
+        |ctx, _, req| async move { Some(polling_info(&ctx, &req)) },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::NOTIFICATION,
-        processor_fn(move |rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(notification(&ctx, &rc, &req).await) }
-        }),
+        |ctx, rc, req| async move { notification(&ctx, &rc, &req).await },
     );
 }
 

@@ -13,7 +13,7 @@ use apogee_protocol::header::{
 use apogee_protocol::message::stored::{self, MessageToStore};
 use apogee_protocol::message::{keys, properties};
 use apogee_protocol::RemotingCommand;
-use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
+use apogee_remoting::{ProcessorRegistry, RequestContext};
 use apogee_store::GetStatus;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -26,7 +26,7 @@ use super::{
 use crate::context::BrokerContext;
 use crate::filter::{is_sql92, SubscriptionFilter, TagMessageFilter};
 use crate::processor::send::store_messages;
-use crate::processor::{bad_header, error_response};
+use crate::processor::{bad_header, error_response, register_with};
 use crate::schedule::now_ms;
 
 /// A refusal; boxed so the `Result`s carrying it stay small.
@@ -137,37 +137,29 @@ pub(crate) fn timeout_too_much(born_time: i64, poll_time: i64) -> bool {
 /// Registers POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE and
 /// CHANGE_MESSAGE_INVISIBLETIME.
 pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::POP_MESSAGE,
-        processor_fn(move |rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(pop_message(&ctx, &rc, &req).await) }
-        }),
+        |ctx, rc, req| async move { pop_message(&ctx, &rc, &req).await },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::ACK_MESSAGE,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(ack_message(&ctx, &req).await)) }
-        }),
+        |ctx, _, req| async move { Some(ack_message(&ctx, &req).await) },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::BATCH_ACK_MESSAGE,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(batch_ack_message(&ctx, &req).await)) }
-        }),
+        |ctx, _, req| async move { Some(batch_ack_message(&ctx, &req).await) },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::CHANGE_MESSAGE_INVISIBLETIME,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(change_invisible_time(&ctx, &req).await)) }
-        }),
+        |ctx, _, req| async move { Some(change_invisible_time(&ctx, &req).await) },
     );
 }
 
@@ -347,6 +339,19 @@ pub(crate) fn check_common(
     group: &str,
     queue_id: i32,
 ) -> Result<(), Refusal> {
+    // The revive log and system groups are the broker's own bookkeeping.
+    if apogee_protocol::topic::is_system_topic(topic) {
+        return Err(refuse(
+            response_code::NO_PERMISSION,
+            format!("the topic[{topic}] is a system topic: POP is not allowed"),
+        ));
+    }
+    if apogee_protocol::topic::is_sys_consumer_group(group) {
+        return Err(refuse(
+            response_code::NO_PERMISSION,
+            format!("the group[{group}] is a system group: POP is not allowed"),
+        ));
+    }
     if !PermName::is_readable(ctx.runtime_config.read().broker_permission) {
         return Err(refuse(
             response_code::NO_PERMISSION,
@@ -407,15 +412,27 @@ fn pop_filter(
         .map_err(|e| refuse(response_code::SUBSCRIPTION_PARSE_FAILED, e.to_string()))
 }
 
-/// The (topic, queue) pairs a pop may read.
+/// The (topic, queue) pairs a pop may read. The group's retry topics come
+/// first in `popFromRetryProbability` percent of pops, else after the
+/// topic (Apache), so neither starves the other.
 fn queues_of(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Vec<(String, i32)> {
-    candidate_queues(
+    static POPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let p = ctx.runtime_config.read().pop_from_retry_probability;
+    let n = POPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut v = candidate_queues(
         ctx,
         &h.topic,
         &h.consumer_group,
         h.queue_id,
         h.order == Some(true),
-    )
+    );
+    if n % 100 >= p {
+        // Retry topics last: a stable partition keeps each group's order.
+        let (retry, normal): (Vec<_>, Vec<_>) = v.into_iter().partition(|(t, _)| *t != h.topic);
+        v = normal;
+        v.extend(retry);
+    }
+    v
 }
 
 /// The (topic, queue) pairs a POP-family request may read: the group's
@@ -468,21 +485,34 @@ async fn pop_all(
         // Retry copies were filtered on their first delivery.
         let f: &SubscriptionFilter = if is_retry { &all } else { filter };
         if want == 0 {
-            got.rest_num += ctx.store.max_offset(&topic, qid)
-                - ctx
-                    .offsets
-                    .query(&h.consumer_group, &topic, qid)
-                    .unwrap_or(0);
+            let done = match ctx.offsets.query(&h.consumer_group, &topic, qid) {
+                Some(o) if o >= 0 => o,
+                _ => ctx.store.min_offset(&topic, qid),
+            };
+            let rest = ctx
+                .store
+                .max_offset(&topic, qid)
+                .saturating_sub(done)
+                .max(0);
+            got.rest_num = got.rest_num.saturating_add(rest);
             continue;
         }
-        pop_queue(
+        if let Err(e) = pop_queue(
             ctx, h, &topic, qid, is_retry, f, want, pop_time, revive_qid, &mut got,
         )
         .await
-        .map_err(|e| {
-            tracing::warn!(group = %h.consumer_group, topic, queue = qid, error = %e, "pop failed");
-            refuse(response_code::SYSTEM_ERROR, e.to_string())
-        })?;
+        {
+            static FAIL: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("pop failed");
+            apogee_throttle::throttled_warn!(FAIL, qid, group = %h.consumer_group, topic, queue = qid,
+                error = %e, "pop failed");
+            // Messages of earlier queues have their checkpoints: hand them
+            // out rather than leave them invisible until revived.
+            if got.records.is_empty() {
+                return Err(refuse(response_code::SYSTEM_ERROR, e.to_string()));
+            }
+            break;
+        }
     }
     Ok(got)
 }
@@ -540,7 +570,9 @@ async fn pop_queue(
             .store
             .get_messages(group, topic, qid, offset, want, usize::MAX, use_filter);
     }
-    got.rest_num += (r.max_offset - r.next_begin_offset).max(0);
+    got.rest_num = got
+        .rest_num
+        .saturating_add(r.max_offset.saturating_sub(r.next_begin_offset).max(0));
     if r.messages.is_empty() {
         if r.next_begin_offset > offset {
             // Filtered-out entries: nothing to hand out, skip past them.
