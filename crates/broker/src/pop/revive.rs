@@ -329,7 +329,8 @@ async fn revive_due(
         .filter(|(_, o)| o.ck.revive_time() < cutoff)
         .map(|(&ro, _)| ro)
         .collect();
-    for ro in due {
+    let mut unreadable = None;
+    'cks: for ro in due {
         let Some(open) = st.open.get_mut(&ro) else {
             continue;
         };
@@ -338,8 +339,17 @@ async fn revive_due(
             if open.done.contains(&qo) {
                 continue;
             }
-            if revive_one(ctx, &open.ck, qo).await? {
-                pass.revived += 1;
+            match revive_one(ctx, &open.ck, qo).await {
+                Ok(true) => pass.revived += 1,
+                Ok(false) => {}
+                // This checkpoint stays open (and holds the saved
+                // progress); later ones are still revived.
+                Err(e @ PopError::ReviveRead { .. }) => {
+                    unreadable.get_or_insert(e);
+                    continue 'cks;
+                }
+                // A failing store fails the rest too: stop the pass.
+                Err(e) => return Err(e),
             }
             open.done.insert(qo);
             open.revived.push(qo);
@@ -356,7 +366,7 @@ async fn revive_due(
             st.index.remove(&ck_key(&open.ck));
         }
     }
-    Ok(())
+    unreadable.map_or(Ok(()), Err)
 }
 
 /// After a restart, raises each group's POP offset on a queue to the end
