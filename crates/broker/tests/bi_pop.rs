@@ -1068,6 +1068,13 @@ async fn an_orderly_batch_stays_invisible_across_a_restart() {
     let r = ack(&b, "GZ", "PopZ", &got[0]).await;
     assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
     assert_eq!(b.ctx().offsets.query("GZ", "PopZ", 0), Some(1));
+    // As if the consume offset had not been flushed before a kill: the
+    // acked message is still not handed out again.
+    b.ctx().offsets.commit("GZ", "PopZ", 0, 0);
+    b.stop().await;
+    let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
+    assert_eq!(b.ctx().offsets.query("GZ", "PopZ", 0), Some(1));
+    assert!(pop_req(&b, order_pop("GZ", "PopZ", 60_000)).await.0.is_empty());
     b.stop().await;
 }
 

@@ -61,10 +61,30 @@ pub enum OrderAck {
     Next { offset: i64, unblocked: bool },
 }
 
+/// The offset an orderly ack committed for a (group, topic, queue): the
+/// consume offsets are flushed every few seconds, this table at once, so
+/// a restart raises them to it (`committed`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Committed {
+    group: String,
+    topic: String,
+    queue_id: i32,
+    offset: i64,
+}
+
+/// What `popOrderInfo.json` holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Table {
+    #[serde(default)]
+    batches: HashMap<String, Batch>,
+    #[serde(default)]
+    committed: HashMap<String, Committed>,
+}
+
 /// Open orderly batches per `topic@group@queue`.
 #[derive(Default)]
 pub struct OrderTable {
-    batches: Arc<Mutex<HashMap<String, Batch>>>,
+    batches: Arc<Mutex<Table>>,
     writer: Option<TableWriter>,
     /// Woken when an ack completes a batch (parked orderly pops re-check).
     unblocked: tokio::sync::Notify,
@@ -81,7 +101,7 @@ impl OrderTable {
     /// Loads `config/popOrderInfo.json` if present; saves on changes.
     pub fn with_vfs(config: &BrokerConfig, vfs: apogee_store::vfs::VfsRef) -> Result<Self> {
         let path = persist::config_path(&config.store.store_path_root_dir, FILE);
-        let mut table = HashMap::new();
+        let mut table = Table::default();
         if let Some(data) = persist::read_optional(&*vfs, &path)? {
             table = serde_json::from_slice(&data).map_err(|e| BrokerError::Corrupt {
                 path: path.clone(),
@@ -119,7 +139,7 @@ impl OrderTable {
     /// the same pop request (same `attemptId`) is not blocked.
     pub fn blocked(&self, key: &str, attempt_id: Option<&str>, now: i64) -> bool {
         let t = self.batches.lock();
-        let Some(b) = t.get(key) else {
+        let Some(b) = t.batches.get(key) else {
             return false;
         };
         if b.acked.iter().all(|&a| a) {
@@ -145,12 +165,12 @@ impl OrderTable {
         attempt_id: Option<String>,
     ) -> i32 {
         let mut t = self.batches.lock();
-        let redelivered = match t.get(&key) {
+        let redelivered = match t.batches.get(&key) {
             Some(b) if b.start == start => b.redelivered.saturating_add(1),
             _ => 0,
         };
         let acked = vec![false; offsets.len()];
-        t.insert(
+        t.batches.insert(
             key,
             Batch {
                 start,
@@ -168,10 +188,19 @@ impl OrderTable {
         redelivered
     }
 
-    /// Marks `offset` of the batch popped at `pop_time` acked.
-    pub fn ack(&self, key: &str, offset: i64, pop_time: i64) -> OrderAck {
+    /// Marks `offset` of the batch of (topic, group, queue) popped at
+    /// `pop_time` acked.
+    pub fn ack(
+        &self,
+        topic: &str,
+        group: &str,
+        queue_id: i32,
+        offset: i64,
+        pop_time: i64,
+    ) -> OrderAck {
+        let k = key(topic, group, queue_id);
         let mut t = self.batches.lock();
-        let Some(b) = t.get_mut(key) else {
+        let Some(b) = t.batches.get_mut(&k) else {
             return OrderAck::NoBatch;
         };
         if b.pop_time != pop_time {
@@ -184,8 +213,17 @@ impl OrderTable {
         let next = b.next_offset();
         let done = b.acked.iter().all(|&a| a);
         if done {
-            t.remove(key);
+            t.batches.remove(&k);
         }
+        t.committed.insert(
+            k,
+            Committed {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                queue_id,
+                offset: next,
+            },
+        );
         drop(t);
         self.changed();
         if done {
@@ -195,6 +233,16 @@ impl OrderTable {
             offset: next,
             unblocked: done,
         }
+    }
+
+    /// The offsets orderly acks committed: (group, topic, queue, offset).
+    pub fn committed(&self) -> Vec<(String, String, i32, i64)> {
+        self.batches
+            .lock()
+            .committed
+            .values()
+            .map(|c| (c.group.clone(), c.topic.clone(), c.queue_id, c.offset))
+            .collect()
     }
 
     /// Keeps the open batch holding `offset` (popped at `pop_time`)
@@ -211,7 +259,7 @@ impl OrderTable {
         invisible_time: i64,
     ) -> Option<(i64, i64)> {
         let mut t = self.batches.lock();
-        let b = t.get_mut(key)?;
+        let b = t.batches.get_mut(key)?;
         if b.pop_time != pop_time || !b.offsets.contains(&offset) {
             return None;
         }
@@ -240,28 +288,33 @@ mod tests {
         assert!(!t.blocked(&k, Some("a"), 1050), "same attempt");
         assert!(!t.blocked(&k, None, 1100), "invisible time passed");
         assert_eq!(t.record(k.clone(), 5, 7, vec![5, 6], 1100, 100, None), 1);
-        assert_eq!(t.ack(&k, 5, 1000), OrderAck::Stale, "an earlier delivery");
         assert_eq!(
-            t.ack(&k, 5, 1100),
+            t.ack("T", "G", 0, 5, 1000),
+            OrderAck::Stale,
+            "an earlier delivery"
+        );
+        assert_eq!(
+            t.ack("T", "G", 0, 5, 1100),
             OrderAck::Next {
                 offset: 6,
                 unblocked: false
             }
         );
         assert!(t.blocked(&k, None, 1150));
-        assert_eq!(t.ack(&k, 9, 1100), OrderAck::NotInBatch);
+        assert_eq!(t.ack("T", "G", 0, 9, 1100), OrderAck::NotInBatch);
         assert_eq!(t.change(&k, 6, 1100, 1150, 500), Some((1100, 550)));
         assert!(t.blocked(&k, None, 1600));
         assert_eq!(t.change(&k, 6, 1000, 1150, 500), None, "stale handle");
         assert_eq!(
-            t.ack(&k, 6, 1100),
+            t.ack("T", "G", 0, 6, 1100),
             OrderAck::Next {
                 offset: 7,
                 unblocked: true
             }
         );
         assert!(!t.blocked(&k, None, 1150));
-        assert_eq!(t.ack(&k, 6, 1100), OrderAck::NoBatch);
+        assert_eq!(t.ack("T", "G", 0, 6, 1100), OrderAck::NoBatch);
         assert_eq!(t.change(&k, 6, 1100, 1150, 500), None);
+        assert_eq!(t.committed(), vec![("G".into(), "T".into(), 0, 7)]);
     }
 }

@@ -1041,7 +1041,7 @@ async fn ack_orderly(
     if consumed(ctx) {
         return Ok(());
     }
-    match ctx.pop_order.ack(&key, offset, pop_time) {
+    match ctx.pop_order.ack(topic, group, queue_id, offset, pop_time) {
         OrderAck::Next { offset: next, .. } => ctx.offsets.commit(group, topic, queue_id, next),
         OrderAck::Stale => {
             tracing::debug!(

@@ -370,7 +370,8 @@ async fn revive_due(
 }
 
 /// After a restart, raises each group's POP offset on a queue to the end
-/// of its newest checkpoint in the revive topic: consume offsets are
+/// of its newest checkpoint in the revive topic (and to what orderly acks
+/// committed, from the order table): consume offsets are
 /// flushed every few seconds, checkpoints are in the store, so a kill
 /// within that window must not hand out popped (and maybe acked) messages
 /// again. Reads each revive queue from the revive progress (older
@@ -418,6 +419,11 @@ pub async fn recover_pop_offsets(ctx: &Arc<BrokerContext>) {
                 }
                 off = r.next_begin_offset.max(off + 1);
             }
+        }
+        // Orderly acks record their offsets in the order table at once.
+        for (group, topic, q, o) in c.pop_order.committed() {
+            let e = ends.entry((group, topic, q)).or_insert(o);
+            *e = (*e).max(o);
         }
         let mut raised = 0usize;
         for ((group, topic, q), end) in ends {
