@@ -212,6 +212,19 @@ pub struct BrokerConfig {
     /// `defaultPopShareQueueNum`: the POP queue sharing of that default (-1:
     /// every client pops every queue).
     pub default_pop_share_queue_num: i32,
+    /// `reviveInterval`: how often the POP revive service looks (1 s).
+    pub revive_interval: Duration,
+    /// `maxPopPollingSize`: most POP requests held by long polling in all
+    /// (100000); more are answered POLLING_FULL.
+    pub max_pop_polling_size: usize,
+    /// `popPollingSize`: most POP requests held per topic@group@queue (1024).
+    pub pop_polling_size: usize,
+    /// `initPopOffsetByCheckMsgInMem`: a group's first POP of a queue whose
+    /// first message is still in memory starts at 0 (true).
+    pub init_pop_offset_by_check_msg_in_mem: bool,
+    /// `popFromRetryProbability`: percent of POPs that read the group's
+    /// retry topics first (20).
+    pub pop_from_retry_probability: u32,
     /// `serverLoadBalancerEnabled`: QUERY_ASSIGNMENT splits a topic's queues
     /// among the group's clients; off, each client gets them all.
     pub server_load_balancer_enabled: bool,
@@ -313,6 +326,11 @@ impl Default for BrokerConfig {
             transaction_check_interval: Duration::from_millis(30_000),
             default_message_request_mode: apogee_protocol::body::MessageRequestMode::Pull,
             default_pop_share_queue_num: -1,
+            revive_interval: Duration::from_millis(1000),
+            max_pop_polling_size: 100_000,
+            pop_polling_size: 1024,
+            init_pop_offset_by_check_msg_in_mem: true,
+            pop_from_retry_probability: 20,
             server_load_balancer_enabled: true,
             slave_read_enable: false,
             ha_listen_port: None,
@@ -555,6 +573,13 @@ impl BrokerConfig {
                             })?
                 }
                 "defaultPopShareQueueNum" => self.default_pop_share_queue_num = parse(k, v)?,
+                "reviveInterval" => self.revive_interval = positive_ms(k, v)?,
+                "maxPopPollingSize" => self.max_pop_polling_size = parse(k, v)?,
+                "popPollingSize" => self.pop_polling_size = parse(k, v)?,
+                "initPopOffsetByCheckMsgInMem" => {
+                    self.init_pop_offset_by_check_msg_in_mem = parse_bool(k, v)?
+                }
+                "popFromRetryProbability" => self.pop_from_retry_probability = percent(k, v)?,
                 "serverLoadBalancerEnabled" => {
                     self.server_load_balancer_enabled = parse_bool(k, v)?
                 }
@@ -925,6 +950,17 @@ impl BrokerConfig {
         put(
             "defaultPopShareQueueNum",
             self.default_pop_share_queue_num.to_string(),
+        );
+        put("reviveInterval", ms(self.revive_interval));
+        put("maxPopPollingSize", self.max_pop_polling_size.to_string());
+        put("popPollingSize", self.pop_polling_size.to_string());
+        put(
+            "initPopOffsetByCheckMsgInMem",
+            self.init_pop_offset_by_check_msg_in_mem.to_string(),
+        );
+        put(
+            "popFromRetryProbability",
+            self.pop_from_retry_probability.to_string(),
         );
         put(
             "serverLoadBalancerEnabled",

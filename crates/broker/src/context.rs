@@ -49,6 +49,10 @@ pub struct BrokerContext {
     pub pop_order: crate::pop::order::OrderTable,
     /// POP requests held by long polling (POLLING_INFO).
     pub pop_polling: crate::pop::processor::PollingCounts,
+    /// NOTIFICATION requests held by long polling.
+    pub pop_notify_polling: crate::pop::processor::PollingCounts,
+    /// The POP revive service's per-queue scan state.
+    pub pop_revive: crate::pop::revive::ReviveStates,
     pub stats: BrokerStats,
     /// `brokerIP1:port`, written into stored records as the store host.
     pub store_host: SocketAddr,
@@ -113,6 +117,7 @@ impl BrokerContext {
             TopicConfigManager::with_vfs(&config, Arc::clone(&register_signal), vfs.clone())?;
         let groups = SubscriptionGroupManager::with_vfs(&config, vfs.clone())?;
         let offsets = ConsumerOffsetManager::with_vfs(&config, vfs.clone())?;
+        let pop_order = crate::pop::order::OrderTable::with_vfs(&config, vfs.clone())?;
         let request_modes = crate::assignment::RequestModes::with_vfs(&config, vfs)?;
         let route_queues = crate::assignment::RouteQueues::new(config.namesrv_addrs());
         let consumers = ConsumerManager::new(config.channel_expired_timeout);
@@ -137,8 +142,10 @@ impl BrokerContext {
             sql_filters: SqlFilterCache::new(),
             schedule,
             pop_locks: Default::default(),
-            pop_order: Default::default(),
+            pop_order,
             pop_polling: Default::default(),
+            pop_notify_polling: Default::default(),
+            pop_revive: Default::default(),
             stats,
             store_host,
             started_at: Instant::now(),

@@ -113,6 +113,10 @@ impl BrokerController {
             let _ = store.shutdown();
             return Err(e);
         }
+        if ctx.config.is_master() {
+            // Before the first POP is served.
+            crate::pop::revive::recover_pop_offsets(&ctx).await;
+        }
         register_processors(&registry, &ctx, vip_addr.port());
         // The listener refers to the hold service only, so the store does not
         // keep the context alive.

@@ -8,7 +8,11 @@ mod ba_common;
 
 use std::time::{Duration, Instant};
 
-use apogee_broker::pop::build_extra_info;
+use apogee_broker::pop::processor::{write_ack, write_ck};
+use apogee_broker::pop::revive::revive_queue;
+use apogee_broker::pop::{
+    build_extra_info, revive_topic, AckMsg, CheckPoint, REVIVE_GROUP, REVIVE_QUEUE_NUM,
+};
 use apogee_broker::schedule::now_ms;
 use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::flags::PullSysFlag;
@@ -140,6 +144,31 @@ async fn wait_queue(b: &Broker, topic: &str, queue_id: i32, n: i64) {
     }
 }
 
+/// Waits until the revive service has passed every revive-topic record
+/// stored so far (every checkpoint in it revived or settled).
+async fn wait_revive_settled(b: &Broker) {
+    let ctx = b.ctx();
+    let rt = revive_topic(&ctx.config.broker_cluster_name);
+    let ends: Vec<i64> = (0..REVIVE_QUEUE_NUM)
+        .map(|q| ctx.store.max_offset(&rt, q))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (q, end) in (0..REVIVE_QUEUE_NUM).zip(ends) {
+        while ctx
+            .offsets
+            .query(REVIVE_GROUP, &rt, q)
+            .unwrap_or_else(|| ctx.store.min_offset(&rt, q))
+            < end
+        {
+            assert!(
+                Instant::now() < deadline,
+                "revive queue {q} never reached {end}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 fn queue_offset_of(p: &Popped) -> i64 {
     // A retry copy carries its retry-queue offset as the last handle field.
     p.handle
@@ -203,7 +232,7 @@ async fn acked_messages_stay_gone_unacked_come_back_with_reconsume_times() {
     // Invisible now: a second pop gets nothing.
     assert!(pop(&b, "G1", "PopT", 2000, 0).await.is_empty());
 
-    let back = pop_until(&b, "G1", "PopT", 60_000, 1, Duration::from_secs(10)).await;
+    let back = pop_until(&b, "G1", "PopT", 1000, 1, Duration::from_secs(10)).await;
     assert_eq!(back.len(), 1, "the un-acked message came back");
     let p = &back[0];
     assert_eq!(&p.msg.body[..], b"m2");
@@ -232,8 +261,9 @@ async fn acked_messages_stay_gone_unacked_come_back_with_reconsume_times() {
     let pulled = decode_stored_many_strict(&resp.body.unwrap_or_default(), false).unwrap();
     assert_eq!(pulled.len(), 3);
 
-    // Everything acked: nothing comes back after the invisible times.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Everything acked: nothing comes back once the revive service has
+    // passed every checkpoint (the retry copy's 1 s one included).
+    wait_revive_settled(&b).await;
     assert!(pop(&b, "G1", "PopT", 2000, 0).await.is_empty());
     b.stop().await;
 }
@@ -242,29 +272,60 @@ async fn acked_messages_stay_gone_unacked_come_back_with_reconsume_times() {
 async fn change_invisible_time_brings_a_message_back_sooner() {
     let (b, _dir) = start().await;
     send(&b, "PopC", 1, b"c0").await;
-    wait_queue(&b, "PopC", 1, 1).await;
+    send(&b, "PopC", 1, b"c1").await;
+    wait_queue(&b, "PopC", 1, 2).await;
     let got = pop(&b, "G", "PopC", 600_000, 0).await;
-    assert_eq!(got.len(), 1);
-    let p = &got[0];
-    let h = ChangeInvisibleTimeRequestHeader {
+    assert_eq!(got.len(), 2);
+    let change = |p: &Popped, invisible: i64| ChangeInvisibleTimeRequestHeader {
         consumer_group: "G".into(),
         topic: "PopC".into(),
         queue_id: p.msg.queue_id,
         extra_info: p.handle.clone(),
         offset: p.msg.queue_offset,
-        invisible_time: 500,
+        invisible_time: invisible,
         ..Default::default()
     };
-    let resp = b
-        .call(RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME).with_header(&h))
-        .await;
-    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
-    let rh: ChangeInvisibleTimeResponseHeader = resp.decode_header().unwrap();
-    assert_eq!(rh.invisible_time, 500);
-    let back = pop_until(&b, "G", "PopC", 600_000, 1, Duration::from_secs(8)).await;
+    let mut new_handles = Vec::new();
+    for (p, invisible) in got.iter().zip([500, 1000]) {
+        let h = change(p, invisible);
+        let resp = b
+            .call(
+                RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME)
+                    .with_header(&h),
+            )
+            .await;
+        assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+        let rh: ChangeInvisibleTimeResponseHeader = resp.decode_header().unwrap();
+        assert_eq!(rh.invisible_time, invisible);
+        // The handle Apache's client builds from the response.
+        new_handles.push(build_extra_info(
+            h.offset,
+            rh.pop_time,
+            rh.invisible_time,
+            rh.revive_qid,
+            "PopC",
+            &b.ctx().config.broker_name,
+            h.queue_id,
+            h.offset,
+        ));
+    }
+    // c1 acked with its new handle: it must not come back.
+    let c1 = Popped {
+        msg: got[1].msg.clone(),
+        handle: new_handles[1].clone(),
+    };
+    let r = ack(&b, "G", "PopC", &c1).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let back = pop_until(&b, "G", "PopC", 1000, 1, Duration::from_secs(8)).await;
     assert_eq!(back.len(), 1, "back after the new invisible time");
     assert_eq!(&back[0].msg.body[..], b"c0");
     assert_eq!(back[0].msg.reconsume_times, 1);
+    let r = ack(&b, "G", "PopC", &back[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    // The old 600 s checkpoint was settled by the change (else the revive
+    // progress would stay before it), and nothing else comes back.
+    wait_revive_settled(&b).await;
+    assert!(pop(&b, "G", "PopC", 1000, 0).await.is_empty());
     b.stop().await;
 }
 
@@ -296,15 +357,26 @@ async fn long_polling_pop_wakes_on_arrival() {
     let (b, _dir) = start().await;
     send(&b, "PopL", 0, b"first").await;
     wait_queue(&b, "PopL", 0, 1).await;
-    assert_eq!(pop(&b, "GL", "PopL", 60_000, 0).await.len(), 1);
+    let first = pop(&b, "GL", "PopL", 1000, 0).await;
+    assert_eq!(first.len(), 1);
     let t0 = Instant::now();
-    let (got, ()) = tokio::join!(pop(&b, "GL", "PopL", 60_000, 5000), async {
+    let (got, ()) = tokio::join!(pop(&b, "GL", "PopL", 1000, 20_000), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         send(&b, "PopL", 2, b"late").await;
     });
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].msg.body[..], b"late");
-    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    // Woken by the arrival, not by the end of the 20 s poll.
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    // Acked with handles built from the response headers (as Apache's
+    // client does): neither may come back once the revive service has
+    // passed their checkpoints.
+    for p in first.iter().chain(&got) {
+        let r = ack(&b, "GL", "PopL", p).await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    }
+    wait_revive_settled(&b).await;
+    assert!(pop(&b, "GL", "PopL", 1000, 0).await.is_empty());
     b.stop().await;
 }
 
@@ -592,5 +664,476 @@ async fn polling_info_counts_held_pops() {
     assert!(got.is_empty());
     assert_eq!(seen, 1, "one pop held while it polled");
     assert_eq!(count().await, 0, "released after the poll time");
+    b.stop().await;
+}
+
+/// A broker whose revive service never runs on its own: the tests drive
+/// `revive_queue` themselves.
+async fn start_manual_revive(dir: &std::path::Path) -> Broker {
+    let mut cfg = ba_common::broker_config(dir, None);
+    cfg.revive_interval = Duration::from_secs(3600);
+    Broker::start(cfg).await
+}
+
+fn checkpoint(topic: &str, group: &str, start: i64, pop_time: i64, invisible: i64) -> CheckPoint {
+    CheckPoint {
+        start_offset: start,
+        pop_time,
+        invisible_time: invisible,
+        bit_map: 0,
+        num: 1,
+        queue_id: 0,
+        topic: topic.into(),
+        cid: group.into(),
+        revive_offset: 0,
+        queue_offset_diff: Some(vec![0]),
+        broker_name: None,
+        re_put_times: None,
+    }
+}
+
+async fn wait_revive_queue(b: &Broker, q: i32, n: i64) {
+    let rt = revive_topic(&b.ctx().config.broker_cluster_name);
+    wait_queue(b, &rt, q, n).await;
+}
+
+fn revive_progress(b: &Broker, q: i32) -> (i64, i64) {
+    let ctx = b.ctx();
+    let rt = revive_topic(&ctx.config.broker_cluster_name);
+    (
+        ctx.offsets.query(REVIVE_GROUP, &rt, q).unwrap_or(0),
+        ctx.store.max_offset(&rt, q),
+    )
+}
+
+#[tokio::test]
+async fn revive_retries_a_message_it_cannot_read_yet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    send(&b, "PopR", 0, b"r0").await;
+    wait_queue(&b, "PopR", 0, 1).await;
+    b.ctx().groups.find_or_create("GR").expect("group");
+    // A checkpoint of offset 3, not in the queue yet (as when the
+    // dispatch lags): not a gone message, so the pass fails and keeps it.
+    let ck = checkpoint("PopR", "GR", 3, now_ms() - 10_000, 1000);
+    write_ck(b.ctx(), &ck, 0).await.expect("checkpoint stored");
+    // A later due checkpoint of a readable message is not held up by it.
+    let ok = checkpoint("PopR", "GR", 0, now_ms() - 10_000, 1000);
+    write_ck(b.ctx(), &ok, 0).await.expect("checkpoint stored");
+    wait_revive_queue(&b, 0, 2).await;
+    assert!(revive_queue(b.ctx(), 0).await.is_err());
+    assert_eq!(
+        revive_progress(&b, 0).0,
+        0,
+        "the unreadable checkpoint is not settled"
+    );
+    // The revived one was settled with a batch ack.
+    wait_revive_queue(&b, 0, 3).await;
+    wait_queue(&b, "%RETRY%GR_PopR", 0, 1).await;
+    for body in [b"r1" as &[u8], b"r2", b"r3"] {
+        send(&b, "PopR", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopR", 0, 4).await;
+    let pass = revive_queue(b.ctx(), 0).await.expect("pass");
+    assert_eq!(pass.revived, 1);
+    wait_queue(&b, "%RETRY%GR_PopR", 0, 2).await;
+    let (progress, end) = revive_progress(&b, 0);
+    assert_eq!(progress, end, "everything settled");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_ack_stored_right_after_the_revive_time_is_honoured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    send(&b, "PopA", 0, b"a0").await;
+    wait_queue(&b, "PopA", 0, 1).await;
+    b.ctx().groups.find_or_create("GA").expect("group");
+    // Due 100 ms ago: its ack may still be on the way, so no revive yet.
+    let ck = checkpoint("PopA", "GA", 0, now_ms() - 1100, 1000);
+    write_ck(b.ctx(), &ck, 1).await.expect("checkpoint stored");
+    wait_revive_queue(&b, 1, 1).await;
+    assert_eq!(revive_queue(b.ctx(), 1).await.expect("pass").revived, 0);
+    let ack = AckMsg {
+        ack_offset: 0,
+        start_offset: 0,
+        consumer_group: "GA".into(),
+        topic: "PopA".into(),
+        queue_id: 0,
+        pop_time: ck.pop_time,
+        broker_name: None,
+        ack_offset_list: None,
+    };
+    write_ack(b.ctx(), &ack, 1, "ack")
+        .await
+        .expect("ack stored");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert_eq!(revive_queue(b.ctx(), 1).await.expect("pass").revived, 0);
+        let (progress, end) = revive_progress(&b, 1);
+        if progress >= end {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b.ctx().topics.get("%RETRY%GA_PopA").is_none());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_checkpoint_neither_blocks_nor_is_reread_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    send(&b, "PopW", 0, b"w0").await;
+    wait_queue(&b, "PopW", 0, 1).await;
+    b.ctx().groups.find_or_create("GW").expect("group");
+    // An hour-long checkpoint, then one long due.
+    let long = checkpoint("PopW", "GW", 0, now_ms(), 3_600_000);
+    write_ck(b.ctx(), &long, 2)
+        .await
+        .expect("checkpoint stored");
+    let due = checkpoint("PopW", "GW", 0, now_ms() - 10_000, 1000);
+    write_ck(b.ctx(), &due, 2).await.expect("checkpoint stored");
+    wait_revive_queue(&b, 2, 2).await;
+    let p = revive_queue(b.ctx(), 2).await.expect("pass");
+    assert_eq!((p.revived, p.scanned), (1, 2));
+    // The settle record of the revived one is read once, then nothing.
+    wait_revive_queue(&b, 2, 3).await;
+    assert_eq!(revive_queue(b.ctx(), 2).await.expect("pass").scanned, 1);
+    assert_eq!(revive_queue(b.ctx(), 2).await.expect("pass").scanned, 0);
+    let (progress, end) = revive_progress(&b, 2);
+    assert_eq!((progress, end), (0, 3), "held at the open checkpoint");
+    b.stop().await;
+
+    // After a restart the open one is read again; the revived one is not
+    // revived twice.
+    let b = start_manual_revive(dir.path()).await;
+    let p = revive_queue(b.ctx(), 2).await.expect("pass");
+    assert_eq!((p.revived, p.scanned), (0, 3));
+    wait_queue(&b, "%RETRY%GW_PopW", 0, 1).await;
+    assert_eq!(b.ctx().store.max_offset("%RETRY%GW_PopW", 0), 1);
+    // Too long an invisible time is refused.
+    let h = PopMessageRequestHeader {
+        consumer_group: "GW".into(),
+        topic: "PopW".into(),
+        queue_id: -1,
+        max_msg_nums: 1,
+        invisible_time: 13 * 3600 * 1000,
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
+        .await;
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn init_mode_max_starts_at_a_young_queues_start_else_at_its_last_message() {
+    let (b, _dir) = start().await;
+    for body in [b"x0" as &[u8], b"x1", b"x2"] {
+        send(&b, "PopX", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopX", 0, 3).await;
+    let max_pop = |group: &str| PopMessageRequestHeader {
+        consumer_group: group.into(),
+        topic: "PopX".into(),
+        queue_id: 0,
+        max_msg_nums: 32,
+        invisible_time: 60_000,
+        born_time: now_ms(),
+        init_mode: 1,
+        ..Default::default()
+    };
+    // The queue's first message is in memory: a new group reads it all.
+    let (got, _) = pop_req(&b, max_pop("GX1")).await;
+    let bodies: Vec<&[u8]> = got.iter().map(|p| &p.msg.body[..]).collect();
+    assert_eq!(bodies, [b"x0" as &[u8], b"x1", b"x2"]);
+    // Not in memory (no memory allowed): Apache's "pop last one".
+    b.ctx()
+        .runtime_config
+        .write()
+        .access_message_in_memory_max_ratio = 0;
+    let (got, _) = pop_req(&b, max_pop("GX2")).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"x2");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn held_pops_are_limited_and_stale_requests_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ba_common::broker_config(dir.path(), None);
+    cfg.max_pop_polling_size = 1;
+    let b = Broker::start(cfg).await;
+    send(&b, "PopF", 0, b"f0").await;
+    wait_queue(&b, "PopF", 0, 1).await;
+    assert_eq!(pop(&b, "GF", "PopF", 60_000, 0).await.len(), 1);
+    let poll = |poll: i64| PopMessageRequestHeader {
+        consumer_group: "GF".into(),
+        topic: "PopF".into(),
+        queue_id: -1,
+        max_msg_nums: 1,
+        invisible_time: 60_000,
+        poll_time: poll,
+        born_time: now_ms(),
+        ..Default::default()
+    };
+    let call = |h: PopMessageRequestHeader| {
+        b.call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
+    };
+    // One held pop fills the broker: the next one is answered at once.
+    let (first, second) = tokio::join!(call(poll(1500)), async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.ctx().pop_polling.get("PopF@GF@-1") == 0 {
+            assert!(Instant::now() < deadline, "the first pop was never held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        call(poll(1500)).await
+    });
+    assert_eq!(
+        first.code,
+        response_code::POLLING_TIMEOUT,
+        "{:?}",
+        first.remark
+    );
+    assert_eq!(
+        second.code,
+        response_code::POLLING_FULL,
+        "{:?}",
+        second.remark
+    );
+    // A request whose poll time ended long ago is not served.
+    let mut stale = poll(1000);
+    stale.born_time = now_ms() - 10_000;
+    let r = call(stale).await;
+    assert_eq!(r.code, response_code::POLLING_TIMEOUT, "{:?}", r.remark);
+    assert!(r.remark.unwrap_or_default().contains("timeout too much"));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn under_sync_flush_a_pop_and_its_ack_are_on_disk_when_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ba_common::broker_config(dir.path(), None);
+    cfg.store.flush_disk_type = apogee_store::FlushDiskType::SyncFlush;
+    let b = Broker::start(cfg).await;
+    send(&b, "PopS", 0, b"s0").await;
+    wait_queue(&b, "PopS", 0, 1).await;
+    let store = &b.ctx().store;
+    let before = store.commit_log_max_offset();
+    let got = pop(&b, "GS", "PopS", 60_000, 0).await;
+    assert_eq!(got.len(), 1);
+    let after_pop = store.commit_log_max_offset();
+    assert!(after_pop > before, "the checkpoint was stored");
+    assert!(
+        store.commit_log_flushed_offset() >= after_pop,
+        "the checkpoint is flushed before the pop is answered"
+    );
+    let r = ack(&b, "GS", "PopS", &got[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let after_ack = store.commit_log_max_offset();
+    assert!(after_ack > after_pop, "the ack was stored");
+    assert!(store.commit_log_flushed_offset() >= after_ack);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_raises_pop_offsets_to_the_newest_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    for body in [b"k0" as &[u8], b"k1", b"k2"] {
+        send(&b, "PopK", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopK", 0, 3).await;
+    let got = pop(&b, "GK", "PopK", 60_000, 0).await;
+    assert_eq!(got.len(), 3);
+    for p in &got {
+        let r = ack(&b, "GK", "PopK", p).await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    }
+    // As if the pop progress had not been flushed before a kill.
+    b.ctx().offsets.commit("GK", "PopK", 0, 0);
+    b.stop().await;
+    let b = start_manual_revive(dir.path()).await;
+    assert_eq!(b.ctx().offsets.query("GK", "PopK", 0), Some(3));
+    assert!(pop(&b, "GK", "PopK", 60_000, 0).await.is_empty());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn orderly_acks_check_the_pop_time_wake_parked_pops_and_batch_ack() {
+    let (b, _dir) = start().await;
+    for body in [b"q0" as &[u8], b"q1", b"q2", b"q3"] {
+        send(&b, "PopQ", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
+    }
+    wait_queue(&b, "PopQ", 0, 4).await;
+    // A delivery expires and q0 is handed out again: an ack with the first
+    // delivery's handle is stale and moves nothing.
+    let (first, _) = pop_req(&b, order_pop("GQ", "PopQ", 300)).await;
+    assert_eq!(&first[0].msg.body[..], b"q0");
+    let again = loop {
+        let (got, _) = pop_req(&b, order_pop("GQ", "PopQ", 60_000)).await;
+        if !got.is_empty() {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(&again[0].msg.body[..], b"q0");
+    let r = ack(&b, "GQ", "PopQ", &first[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(0));
+    assert!(pop_req(&b, order_pop("GQ", "PopQ", 60_000))
+        .await
+        .0
+        .is_empty());
+
+    // A parked orderly pop is woken by the ack that unblocks the queue.
+    let mut held = order_pop("GQ", "PopQ", 60_000);
+    held.poll_time = 20_000;
+    let t0 = Instant::now();
+    let ((got, _), ()) = tokio::join!(pop_req(&b, held), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = ack(&b, "GQ", "PopQ", &again[0]).await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    });
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].msg.body[..], b"q1");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+
+    // A new invisible time keeps the handle valid (same popTime).
+    let h = ChangeInvisibleTimeRequestHeader {
+        consumer_group: "GQ".into(),
+        topic: "PopQ".into(),
+        queue_id: 0,
+        extra_info: got[0].handle.clone(),
+        offset: got[0].msg.queue_offset,
+        invisible_time: 60_000,
+        ..Default::default()
+    };
+    let r = b
+        .call(RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME).with_header(&h))
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    let r = ack(&b, "GQ", "PopQ", &got[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(2));
+    // No open batch any more: a change is refused, not a silent success.
+    let r = b
+        .call(RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME).with_header(&h))
+        .await;
+    assert_ne!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+
+    // BATCH_ACK of an orderly batch (reviveQid 999).
+    let mut two = order_pop("GQ", "PopQ", 60_000);
+    two.max_msg_nums = 2;
+    let (got, rh) = pop_req(&b, two).await;
+    assert_eq!(got.len(), 2);
+    let rh = rh.unwrap();
+    // BitSet {0, 1} from startOffset 2: the byte 0b11 ("Aw==").
+    let body = format!(
+        r#"{{"acks":[{{"c":"GQ","t":"PopQ","r":"0","so":2,"q":0,"rq":999,"pt":{},"it":60000,"b":"Aw=="}}],"brokerName":"{}"}}"#,
+        rh.pop_time,
+        b.ctx().config.broker_name
+    );
+    let r = b
+        .call(
+            RemotingCommand::request(request_code::BATCH_ACK_MESSAGE).with_body(Bytes::from(body)),
+        )
+        .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(4));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_orderly_batch_stays_invisible_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
+    send(&b, "PopZ", 0, b"z0").await;
+    wait_queue(&b, "PopZ", 0, 1).await;
+    let (got, _) = pop_req(&b, order_pop("GZ", "PopZ", 60_000)).await;
+    assert_eq!(got.len(), 1);
+    b.stop().await;
+    let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
+    assert!(
+        pop_req(&b, order_pop("GZ", "PopZ", 60_000))
+            .await
+            .0
+            .is_empty(),
+        "the in-flight batch is not handed to another consumer"
+    );
+    // The handle from before the restart still acks it.
+    let r = ack(&b, "GZ", "PopZ", &got[0]).await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(b.ctx().offsets.query("GZ", "PopZ", 0), Some(1));
+    // As if the consume offset had not been flushed before a kill: the
+    // acked message is still not handed out again.
+    b.ctx().offsets.commit("GZ", "PopZ", 0, 0);
+    b.stop().await;
+    let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
+    assert_eq!(b.ctx().offsets.query("GZ", "PopZ", 0), Some(1));
+    assert!(pop_req(&b, order_pop("GZ", "PopZ", 60_000)).await.0.is_empty());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn retry_topics_are_read_first_only_in_some_pops() {
+    let (b, _dir) = start().await;
+    send(&b, "PopY", 0, b"y0").await;
+    wait_queue(&b, "PopY", 0, 1).await;
+    assert_eq!(pop(&b, "GY", "PopY", 300, 0).await.len(), 1);
+    // Not acked: revived to the retry topic.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.ctx().store.max_offset("%RETRY%GY_PopY", 0) < 1 {
+        assert!(Instant::now() < deadline, "never revived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send(&b, "PopY", 0, b"y1").await;
+    wait_queue(&b, "PopY", 0, 2).await;
+    let one = |group: &str| PopMessageRequestHeader {
+        consumer_group: group.into(),
+        topic: "PopY".into(),
+        queue_id: -1,
+        max_msg_nums: 1,
+        invisible_time: 60_000,
+        born_time: now_ms(),
+        ..Default::default()
+    };
+    b.ctx().runtime_config.write().pop_from_retry_probability = 0;
+    let (got, _) = pop_req(&b, one("GY")).await;
+    assert_eq!(&got[0].msg.body[..], b"y1", "the topic first");
+    b.ctx().runtime_config.write().pop_from_retry_probability = 100;
+    let (got, _) = pop_req(&b, one("GY")).await;
+    assert_eq!(&got[0].msg.body[..], b"y0", "the retry topic first");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn system_topics_and_groups_cannot_be_popped() {
+    let (b, _dir) = start().await;
+    send(&b, "PopSys", 0, b"x").await;
+    let rt = revive_topic(&b.ctx().config.broker_cluster_name);
+    for (topic, group) in [(rt.as_str(), "G"), ("PopSys", "CID_RMQ_SYS_X")] {
+        let h = PopMessageRequestHeader {
+            consumer_group: group.into(),
+            topic: topic.into(),
+            queue_id: -1,
+            max_msg_nums: 1,
+            invisible_time: 60_000,
+            born_time: now_ms(),
+            ..Default::default()
+        };
+        let r = b
+            .call(RemotingCommand::request(request_code::POP_MESSAGE).with_header(&h))
+            .await;
+        assert_eq!(
+            r.code,
+            response_code::NO_PERMISSION,
+            "{topic} {group}: {:?}",
+            r.remark
+        );
+    }
     b.stop().await;
 }

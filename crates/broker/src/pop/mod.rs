@@ -4,14 +4,19 @@
 //! or their invisible time passes; then the revive service puts them back
 //! in the group's retry topic (or `%DLQ%group` after `retryMaxTimes`).
 //!
-//! All state is in the store, so kill -9 loses nothing:
-//! * the pop progress is the group's consume offset on each queue, moved
-//!   only after the checkpoint is stored;
+//! The state is in the store:
 //! * a checkpoint (tag `ck`, Apache's `PopCheckPoint` JSON) and every ack
 //!   (tag `ack`, Apache's `AckMsg` JSON) are messages in
 //!   `rmq_sys_REVIVE_LOG_<cluster>` on the queue named by `reviveQid`;
+//!   under SYNC_FLUSH a pop or ack is answered once its record is flushed;
+//! * the pop progress is the group's consume offset on each queue, moved
+//!   only after the checkpoint is stored; consume offsets are flushed every
+//!   `flushConsumerOffsetInterval`, so at start each group's offset is
+//!   raised to the end of its newest checkpoint (`revive::recover_pop_offsets`)
+//!   and a kill -9 hands out no popped message as new;
 //! * the revive service's progress is the consume offset of
-//!   `CID_RMQ_SYS_REVIVE_GROUP` on each revive queue.
+//!   `CID_RMQ_SYS_REVIVE_GROUP` on each revive queue (the oldest open
+//!   checkpoint; see `revive`).
 //!
 //! Orderly POP (`order=true`) writes no checkpoint: see `order`.
 //! PEEK_MESSAGE, NOTIFICATION and POLLING_INFO are in `peek`.
@@ -60,6 +65,15 @@ pub enum PopError {
     },
     #[error("encoding a revive-topic record failed: {0}")]
     Encode(String),
+    #[error("reading {topic}:{queue_id} offset {offset} to revive it failed: {why}")]
+    ReviveRead {
+        topic: String,
+        queue_id: i32,
+        offset: i64,
+        why: &'static str,
+    },
+    #[error("the revive scan thread failed: {0}")]
+    Scan(String),
     #[error("storing {what} failed: {status}")]
     Put {
         what: &'static str,

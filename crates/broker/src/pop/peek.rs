@@ -10,40 +10,34 @@ use apogee_protocol::header::{
     PollingInfoRequestHeader, PollingInfoResponseHeader, PopMessageResponseHeader,
 };
 use apogee_protocol::RemotingCommand;
-use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
+use apogee_remoting::{ProcessorRegistry, RequestContext};
 use bytes::BytesMut;
 
 use super::processor::{candidate_queues, check_common};
 use crate::context::BrokerContext;
 use crate::filter::SubscriptionFilter;
-use crate::processor::bad_header;
+use crate::processor::{bad_header, register_with};
 use crate::schedule::now_ms;
 
 /// Registers PEEK_MESSAGE, NOTIFICATION and POLLING_INFO.
 pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::PEEK_MESSAGE,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(peek_message(&ctx, &req))) }
-        }),
+        |ctx, _, req| async move { Some(peek_message(&ctx, &req)) },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::POLLING_INFO,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(polling_info(&ctx, &req))) }
-        }),
+        |ctx, _, req| async move { Some(polling_info(&ctx, &req)) },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::NOTIFICATION,
-        processor_fn(move |rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(notification(&ctx, &rc, &req).await) }
-        }),
+        |ctx, rc, req| async move { notification(&ctx, &rc, &req).await },
     );
 }
 
@@ -137,8 +131,32 @@ async fn notification(
     if let Err(r) = check_common(ctx, &h.topic, &h.consumer_group, h.queue_id) {
         return Some(*r);
     }
+    if super::processor::timeout_too_much(h.born_time, h.poll_time) {
+        return Some(crate::processor::error_response(
+            response_code::POLLING_TIMEOUT,
+            format!(
+                "the broker[{}] notification is timeout too much",
+                ctx.broker_addr
+            ),
+        ));
+    }
     let mut found = has_msg(ctx, &h);
     if !found && h.poll_time > 0 {
+        let (max_total, per_key) = {
+            let rc = ctx.runtime_config.read();
+            (rc.max_pop_polling_size, rc.pop_polling_size)
+        };
+        let key = format!("{}@{}@{}", h.topic, h.consumer_group, h.queue_id);
+        // Apache answers a full poll at once: SUCCESS with pollingFull.
+        let Some(_held) = ctx.pop_notify_polling.hold(key, max_total, per_key) else {
+            let header = NotificationResponseHeader {
+                has_msg: false,
+                polling_full: true,
+            };
+            return Some(
+                RemotingCommand::response(response_code::SUCCESS, None).with_header(&header),
+            );
+        };
         // Held like a pop: woken when a queue it could read grows.
         let hold = ctx.pull_hold.hold_time(Duration::from_millis(
             u64::try_from(h.poll_time).unwrap_or(0),

@@ -13,11 +13,12 @@ use apogee_protocol::header::{
 use apogee_protocol::message::stored::{self, MessageToStore};
 use apogee_protocol::message::{keys, properties};
 use apogee_protocol::RemotingCommand;
-use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
+use apogee_remoting::{ProcessorRegistry, RequestContext};
 use apogee_store::GetStatus;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
+use super::order::OrderAck;
 use super::{
     build_extra_info, retry_topic_v1, retry_topic_v2, revive_topic, AckMsg, CheckPoint, ExtraInfo,
     PopError, ACK_TAG, BATCH_ACK_TAG, CK_TAG, POP_ORDER_REVIVE_QUEUE, REVIVE_QUEUE_NUM,
@@ -25,7 +26,7 @@ use super::{
 use crate::context::BrokerContext;
 use crate::filter::{is_sql92, SubscriptionFilter, TagMessageFilter};
 use crate::processor::send::store_messages;
-use crate::processor::{bad_header, error_response};
+use crate::processor::{bad_header, error_response, register_with};
 use crate::schedule::now_ms;
 
 /// A refusal; boxed so the `Result`s carrying it stay small.
@@ -37,6 +38,10 @@ fn refuse(code: i32, remark: impl Into<String>) -> Refusal {
 
 /// Apache refuses pops of more than 32 messages.
 const MAX_POP_NUMS: i32 = 32;
+
+/// The longest invisible time accepted (Apache's clients stay within
+/// 12 h): an open checkpoint is kept by the revive service until then.
+pub const MAX_INVISIBLE_TIME_MS: i64 = 12 * 3600 * 1000;
 
 /// Queues being popped right now (`topic@group@queue`): two pops of the
 /// same queue at once would hand out the same messages (Apache's
@@ -67,10 +72,16 @@ impl Drop for QueueGuard<'_> {
 }
 
 /// POP requests held by long polling, per `topic@group@queueId` (the
-/// request's queue id, -1 included), for POLLING_INFO.
+/// request's queue id, -1 included), for POLLING_INFO and the limits.
 #[derive(Default)]
 pub struct PollingCounts {
-    counts: Mutex<std::collections::HashMap<String, i32>>,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_key: std::collections::HashMap<String, usize>,
 }
 
 /// Counts one held request while it lives.
@@ -80,63 +91,75 @@ pub(crate) struct Held<'a> {
 }
 
 impl PollingCounts {
-    pub(crate) fn hold(&self, key: String) -> Held<'_> {
-        *self.counts.lock().entry(key.clone()).or_insert(0) += 1;
-        Held { counts: self, key }
+    /// Counts a request held for `key`; `None` (POLLING_FULL) when
+    /// `max_total` are held already, or `per_key` for this key (Apache's
+    /// `maxPopPollingSize` and `popPollingSize`).
+    pub(crate) fn hold(&self, key: String, max_total: usize, per_key: usize) -> Option<Held<'_>> {
+        let mut c = self.counts.lock();
+        if c.total >= max_total || c.per_key.get(&key).copied().unwrap_or(0) >= per_key {
+            return None;
+        }
+        c.total += 1;
+        *c.per_key.entry(key.clone()).or_insert(0) += 1;
+        Some(Held { counts: self, key })
     }
 
     /// Requests held for `key` now.
     pub fn get(&self, key: &str) -> i32 {
-        self.counts.lock().get(key).copied().unwrap_or(0)
+        let n = self.counts.lock().per_key.get(key).copied().unwrap_or(0);
+        i32::try_from(n).unwrap_or(i32::MAX)
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let mut c = self.counts.counts.lock();
-        if let Some(n) = c.get_mut(&self.key) {
-            *n -= 1;
-            if *n <= 0 {
-                c.remove(&self.key);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_key.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_key.remove(&self.key);
             }
         }
     }
 }
 
+/// Apache's `isTimeoutTooMuch`: the request's poll time ended more than
+/// 500 ms ago by the broker's clock (a request that waited in a queue or a
+/// stale retry); answered POLLING_TIMEOUT without reading anything.
+pub(crate) fn timeout_too_much(born_time: i64, poll_time: i64) -> bool {
+    now_ms()
+        .saturating_sub(born_time)
+        .saturating_sub(poll_time.max(0))
+        > 500
+}
+
 /// Registers POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE and
 /// CHANGE_MESSAGE_INVISIBLETIME.
 pub fn register(registry: &ProcessorRegistry, ctx: &Arc<BrokerContext>) {
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::POP_MESSAGE,
-        processor_fn(move |rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(pop_message(&ctx, &rc, &req).await) }
-        }),
+        |ctx, rc, req| async move { pop_message(&ctx, &rc, &req).await },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::ACK_MESSAGE,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(ack_message(&ctx, &req).await)) }
-        }),
+        |ctx, _, req| async move { Some(ack_message(&ctx, &req).await) },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::BATCH_ACK_MESSAGE,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(batch_ack_message(&ctx, &req).await)) }
-        }),
+        |ctx, _, req| async move { Some(batch_ack_message(&ctx, &req).await) },
     );
-    let c = Arc::clone(ctx);
-    registry.register(
+    register_with(
+        registry,
+        ctx,
         request_code::CHANGE_MESSAGE_INVISIBLETIME,
-        processor_fn(move |_rc: RequestContext, req: RemotingCommand| {
-            let ctx = Arc::clone(&c);
-            async move { Ok(Some(change_invisible_time(&ctx, &req).await)) }
-        }),
+        |ctx, _, req| async move { Some(change_invisible_time(&ctx, &req).await) },
     );
 }
 
@@ -174,7 +197,22 @@ async fn pop_message(
         Ok(f) => Arc::new(f),
         Err(r) => return Some(*r),
     };
-    let pop_time = now_ms();
+    if timeout_too_much(h.born_time, h.poll_time) {
+        return Some(error_response(
+            response_code::POLLING_TIMEOUT,
+            format!(
+                "the broker[{}] pop message is timeout too much",
+                ctx.broker_addr
+            ),
+        ));
+    }
+    let order = h.order == Some(true);
+    // Registered before the first look, so an ack completing the blocking
+    // batch in between still wakes a parked orderly pop.
+    let unblocked = ctx.pop_order.unblocked();
+    tokio::pin!(unblocked);
+    unblocked.as_mut().enable();
+    let mut pop_time = now_ms();
     let revive_qid = if h.order == Some(true) {
         POP_ORDER_REVIVE_QUEUE
     } else {
@@ -190,6 +228,25 @@ async fn pop_message(
         let hold = ctx.pull_hold.hold_time(Duration::from_millis(
             u64::try_from(h.poll_time).unwrap_or(0),
         ));
+        let (max_total, per_key) = {
+            let rc = ctx.runtime_config.read();
+            (rc.max_pop_polling_size, rc.pop_polling_size)
+        };
+        let Some(held) = ctx.pop_polling.hold(
+            format!("{}@{}@{}", h.topic, h.consumer_group, h.queue_id),
+            max_total,
+            per_key,
+        ) else {
+            return Some(
+                RemotingCommand::response(response_code::POLLING_FULL, "POLLING_FULL".to_owned())
+                    .with_header(&PopMessageResponseHeader {
+                        pop_time,
+                        invisible_time: h.invisible_time,
+                        revive_qid,
+                        ..Default::default()
+                    }),
+            );
+        };
         let mut parked = Vec::new();
         for (topic, qid) in queues_of(ctx, &h) {
             let max = ctx.store.max_offset(&topic, qid);
@@ -200,19 +257,20 @@ async fn pop_message(
             ));
         }
         if !parked.is_empty() {
-            let held = ctx
-                .pop_polling
-                .hold(format!("{}@{}@{}", h.topic, h.consumer_group, h.queue_id));
             tokio::select! {
                 _ = futures::future::select_all(parked) => {}
+                _ = &mut unblocked, if order => {}
                 _ = rc.channel().closed() => return None,
             }
-            drop(held);
-            got = match pop_all(ctx, &h, &filter, now_ms(), revive_qid).await {
+            // The header's popTime is the one the checkpoints carry: the
+            // client builds its receipt handles from it.
+            pop_time = now_ms();
+            got = match pop_all(ctx, &h, &filter, pop_time, revive_qid).await {
                 Ok(g) => g,
                 Err(r) => return Some(*r),
             };
         }
+        drop(held);
     }
     let header = PopMessageResponseHeader {
         pop_time,
@@ -261,10 +319,13 @@ fn pre_check(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Result<(), Ref
             ),
         ));
     }
-    if h.invisible_time <= 0 {
+    if h.invisible_time <= 0 || h.invisible_time > MAX_INVISIBLE_TIME_MS {
         return Err(refuse(
             response_code::INVALID_PARAMETER,
-            format!("invisibleTime must be positive, got {}", h.invisible_time),
+            format!(
+                "invisibleTime must be within 1..={MAX_INVISIBLE_TIME_MS} ms, got {}",
+                h.invisible_time
+            ),
         ));
     }
     Ok(())
@@ -278,6 +339,19 @@ pub(crate) fn check_common(
     group: &str,
     queue_id: i32,
 ) -> Result<(), Refusal> {
+    // The revive log and system groups are the broker's own bookkeeping.
+    if apogee_protocol::topic::is_system_topic(topic) {
+        return Err(refuse(
+            response_code::NO_PERMISSION,
+            format!("the topic[{topic}] is a system topic: POP is not allowed"),
+        ));
+    }
+    if apogee_protocol::topic::is_sys_consumer_group(group) {
+        return Err(refuse(
+            response_code::NO_PERMISSION,
+            format!("the group[{group}] is a system group: POP is not allowed"),
+        ));
+    }
     if !PermName::is_readable(ctx.runtime_config.read().broker_permission) {
         return Err(refuse(
             response_code::NO_PERMISSION,
@@ -338,15 +412,27 @@ fn pop_filter(
         .map_err(|e| refuse(response_code::SUBSCRIPTION_PARSE_FAILED, e.to_string()))
 }
 
-/// The (topic, queue) pairs a pop may read.
+/// The (topic, queue) pairs a pop may read. The group's retry topics come
+/// first in `popFromRetryProbability` percent of pops, else after the
+/// topic (Apache), so neither starves the other.
 fn queues_of(ctx: &BrokerContext, h: &PopMessageRequestHeader) -> Vec<(String, i32)> {
-    candidate_queues(
+    static POPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let p = ctx.runtime_config.read().pop_from_retry_probability;
+    let n = POPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut v = candidate_queues(
         ctx,
         &h.topic,
         &h.consumer_group,
         h.queue_id,
         h.order == Some(true),
-    )
+    );
+    if n % 100 >= p {
+        // Retry topics last: a stable partition keeps each group's order.
+        let (retry, normal): (Vec<_>, Vec<_>) = v.into_iter().partition(|(t, _)| *t != h.topic);
+        v = normal;
+        v.extend(retry);
+    }
+    v
 }
 
 /// The (topic, queue) pairs a POP-family request may read: the group's
@@ -399,21 +485,34 @@ async fn pop_all(
         // Retry copies were filtered on their first delivery.
         let f: &SubscriptionFilter = if is_retry { &all } else { filter };
         if want == 0 {
-            got.rest_num += ctx.store.max_offset(&topic, qid)
-                - ctx
-                    .offsets
-                    .query(&h.consumer_group, &topic, qid)
-                    .unwrap_or(0);
+            let done = match ctx.offsets.query(&h.consumer_group, &topic, qid) {
+                Some(o) if o >= 0 => o,
+                _ => ctx.store.min_offset(&topic, qid),
+            };
+            let rest = ctx
+                .store
+                .max_offset(&topic, qid)
+                .saturating_sub(done)
+                .max(0);
+            got.rest_num = got.rest_num.saturating_add(rest);
             continue;
         }
-        pop_queue(
+        if let Err(e) = pop_queue(
             ctx, h, &topic, qid, is_retry, f, want, pop_time, revive_qid, &mut got,
         )
         .await
-        .map_err(|e| {
-            tracing::warn!(group = %h.consumer_group, topic, queue = qid, error = %e, "pop failed");
-            refuse(response_code::SYSTEM_ERROR, e.to_string())
-        })?;
+        {
+            static FAIL: apogee_throttle::LogThrottle =
+                apogee_throttle::LogThrottle::new("pop failed");
+            apogee_throttle::throttled_warn!(FAIL, qid, group = %h.consumer_group, topic, queue = qid,
+                error = %e, "pop failed");
+            // Messages of earlier queues have their checkpoints: hand them
+            // out rather than leave them invisible until revived.
+            if got.records.is_empty() {
+                return Err(refuse(response_code::SYSTEM_ERROR, e.to_string()));
+            }
+            break;
+        }
     }
     Ok(got)
 }
@@ -438,13 +537,7 @@ async fn pop_queue(
     let mut offset = match ctx.offsets.query(group, topic, qid) {
         Some(o) if o >= 0 => o,
         _ => {
-            // Apache: retry topics and initMode MIN start at the first
-            // offset, others at the end; the start is committed.
-            let o = if is_retry || h.init_mode == 0 {
-                ctx.store.min_offset(topic, qid)
-            } else {
-                ctx.store.max_offset(topic, qid)
-            };
+            let o = init_offset(ctx, topic, qid, is_retry, h.init_mode);
             ctx.offsets.commit(group, topic, qid, o);
             o
         }
@@ -477,7 +570,9 @@ async fn pop_queue(
             .store
             .get_messages(group, topic, qid, offset, want, usize::MAX, use_filter);
     }
-    got.rest_num += (r.max_offset - r.next_begin_offset).max(0);
+    got.rest_num = got
+        .rest_num
+        .saturating_add(r.max_offset.saturating_sub(r.next_begin_offset).max(0));
     if r.messages.is_empty() {
         if r.next_begin_offset > offset {
             // Filtered-out entries: nothing to hand out, skip past them.
@@ -520,6 +615,28 @@ async fn pop_queue(
         ctx, h, topic, qid, is_retry, offset, &r, pop_time, revive_qid, got,
     );
     Ok(())
+}
+
+/// Where a group's first POP of a queue starts (Apache `getInitOffset`):
+/// retry topics and initMode MIN at the first offset; otherwise at 0 when
+/// the queue is young (its first message still in memory), else at the
+/// last message ("pop last one").
+fn init_offset(ctx: &BrokerContext, topic: &str, qid: i32, is_retry: bool, init_mode: i32) -> i64 {
+    let min = ctx.store.min_offset(topic, qid);
+    if is_retry || init_mode == 0 {
+        return min;
+    }
+    let check_mem = ctx
+        .runtime_config
+        .read()
+        .init_pop_offset_by_check_msg_in_mem;
+    if check_mem
+        && min <= 0
+        && crate::processor::consumer_manage::first_message_in_memory(ctx, topic, qid)
+    {
+        return 0;
+    }
+    ctx.store.max_offset(topic, qid).saturating_sub(1).max(0)
 }
 
 /// Stores the checkpoint of a batch, then moves the group's offset past it.
@@ -622,8 +739,9 @@ fn push_records(
 /// A bookkeeping record for the revive topic.
 fn revive_record(ctx: &BrokerContext, revive_qid: i32, tag: &str, body: Vec<u8>) -> MessageToStore {
     let mut props = String::new();
+    // No WAIT_STORE_MSG_OK=false: under SYNC_FLUSH a pop, ack or change
+    // is answered only once its record is on disk.
     properties::append(&mut props, keys::TAGS, tag);
-    properties::append(&mut props, keys::WAIT_STORE_MSG_OK, "false");
     let mut m = MessageToStore {
         topic: revive_topic(&ctx.config.broker_cluster_name),
         queue_id: revive_qid,
@@ -659,7 +777,8 @@ async fn put_revive(
     Ok(())
 }
 
-pub(crate) async fn write_ck(
+/// Stores a checkpoint in revive queue `revive_qid`.
+pub async fn write_ck(
     ctx: &BrokerContext,
     ck: &CheckPoint,
     revive_qid: i32,
@@ -673,7 +792,8 @@ pub(crate) async fn write_ck(
     .await
 }
 
-pub(crate) async fn write_ack(
+/// Stores an ack record in revive queue `revive_qid`.
+pub async fn write_ack(
     ctx: &BrokerContext,
     ack: &AckMsg,
     revive_qid: i32,
@@ -761,8 +881,19 @@ async fn ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingComm
         Err(r) => return *r,
     };
     if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
-        ack_orderly(ctx, &h.consumer_group, &real, h.queue_id, h.offset);
-        return RemotingCommand::response(response_code::SUCCESS, None);
+        return match ack_orderly(
+            ctx,
+            &h.consumer_group,
+            &real,
+            h.queue_id,
+            h.offset,
+            e.pop_time,
+        )
+        .await
+        {
+            Ok(()) => RemotingCommand::response(response_code::SUCCESS, None),
+            Err(r) => *r,
+        };
     }
     let ack = AckMsg {
         ack_offset: h.offset,
@@ -785,11 +916,11 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
         Ok(h) => h,
         Err(e) => return bad_header(req.code, &e),
     };
-    if h.invisible_time < 0 {
+    if h.invisible_time < 0 || h.invisible_time > MAX_INVISIBLE_TIME_MS {
         return error_response(
             response_code::INVALID_PARAMETER,
             format!(
-                "invisibleTime must not be negative, got {}",
+                "invisibleTime must be within 0..={MAX_INVISIBLE_TIME_MS} ms, got {}",
                 h.invisible_time
             ),
         );
@@ -808,14 +939,26 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
     // Apache's order: the new checkpoint first (the message must not be
     // lost), then the ack of the old one.
     if e.revive_qid == POP_ORDER_REVIVE_QUEUE {
-        // Orderly: the open batch just stays invisible longer.
-        let pop_time = now_ms();
+        // Orderly: the open batch stays invisible longer; its popTime
+        // stays, so the client's handle still acks (Apache's
+        // updateNextVisibleTime).
         let key = super::order::key(&real, &h.consumer_group, h.queue_id);
-        ctx.pop_order
-            .change(&key, h.offset, pop_time, h.invisible_time);
+        let _guard = lock_queue(ctx, key.clone()).await;
+        let Some((pop_time, invisible_time)) =
+            ctx.pop_order
+                .change(&key, h.offset, e.pop_time, now_ms(), h.invisible_time)
+        else {
+            return error_response(
+                response_code::NO_MESSAGE,
+                format!(
+                    "no open orderly batch of {real}@{} popped at {} holds offset {}",
+                    h.queue_id, e.pop_time, h.offset
+                ),
+            );
+        };
         let rh = ChangeInvisibleTimeResponseHeader {
             pop_time,
-            invisible_time: h.invisible_time,
+            invisible_time,
             revive_qid: POP_ORDER_REVIVE_QUEUE,
         };
         return RemotingCommand::response(response_code::SUCCESS, None).with_header(&rh);
@@ -862,20 +1005,68 @@ async fn change_invisible_time(ctx: &BrokerContext, req: &RemotingCommand) -> Re
     RemotingCommand::response(response_code::SUCCESS, None).with_header(&rh)
 }
 
-/// An orderly ack: once every message of the open batch is acked the
-/// group's offset moves past it. An ack no open batch knows (after a
-/// restart) moves the offset one past itself when it is the next message.
-fn ack_orderly(ctx: &BrokerContext, group: &str, topic: &str, queue_id: i32, offset: i64) {
+/// Waits for the queue's pop lock (pops hold it only briefly).
+async fn lock_queue(ctx: &BrokerContext, key: String) -> QueueGuard<'_> {
+    loop {
+        if let Some(g) = ctx.pop_locks.try_lock(key.clone()) {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// An orderly ack (Apache's `ackOrderly`): under the queue's lock, the
+/// group's offset moves to the first un-acked message of the open batch.
+/// An ack of an earlier delivery (another popTime) changes nothing; an
+/// ack no open batch knows (the table lost) moves the offset one past
+/// itself when it is the next message.
+async fn ack_orderly(
+    ctx: &BrokerContext,
+    group: &str,
+    topic: &str,
+    queue_id: i32,
+    offset: i64,
+    pop_time: i64,
+) -> Result<(), Refusal> {
+    let consumed = |ctx: &BrokerContext| {
+        ctx.offsets
+            .query(group, topic, queue_id)
+            .is_some_and(|o| offset < o)
+    };
+    if consumed(ctx) {
+        return Ok(());
+    }
     let key = super::order::key(topic, group, queue_id);
-    match ctx.pop_order.ack(&key, offset) {
-        Some(Some(next)) => ctx.offsets.commit(group, topic, queue_id, next),
-        Some(None) => {}
-        None => {
+    let _guard = lock_queue(ctx, key.clone()).await;
+    if consumed(ctx) {
+        return Ok(());
+    }
+    match ctx.pop_order.ack(topic, group, queue_id, offset, pop_time) {
+        OrderAck::Next { offset: next, .. } => ctx.offsets.commit(group, topic, queue_id, next),
+        OrderAck::Stale => {
+            tracing::debug!(
+                group,
+                topic,
+                queue_id,
+                offset,
+                pop_time,
+                "stale orderly ack ignored"
+            );
+        }
+        OrderAck::NotInBatch => {
+            return Err(refuse(
+                response_code::MESSAGE_ILLEGAL,
+                format!("offset is illegal, key:{key}, commit:{offset}: not in the open batch"),
+            ))
+        }
+        OrderAck::NoBatch => {
             if ctx.offsets.query(group, topic, queue_id) == Some(offset) {
-                ctx.offsets.commit(group, topic, queue_id, offset + 1);
+                ctx.offsets
+                    .commit(group, topic, queue_id, offset.saturating_add(1));
             }
         }
     }
+    Ok(())
 }
 
 /// One entry of Apache's `BatchAckMessageRequestBody.acks` (`BatchAck`).
@@ -934,17 +1125,45 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The offsets `start + i` for every bit `i` set in a BitSet's bytes.
-fn bit_offsets(bytes: &[u8], start: i64) -> Vec<i64> {
+/// Most offsets one BATCH_ACK_MESSAGE may ack (a client's batch ack covers
+/// pops of at most 32 messages each; this leaves ample room).
+const MAX_BATCH_ACK_OFFSETS: usize = 65_536;
+
+/// The offsets `start + i` for every bit `i` set in a BitSet's bytes that
+/// lie in `[lo, hi]`; only the bytes covering that range are looked at,
+/// and at most `limit` offsets are returned (`None`: more were set).
+fn bit_offsets(bytes: &[u8], start: i64, lo: i64, hi: i64, limit: usize) -> Option<Vec<i64>> {
     let mut v = Vec::new();
-    for (i, b) in bytes.iter().enumerate() {
-        for bit in 0..8 {
-            if b & (1 << bit) != 0 {
-                v.push(start + (i * 8 + bit) as i64);
-            }
-        }
+    let from = lo.max(start);
+    if from > hi {
+        return Some(v);
     }
-    v
+    // Bit indexes relative to `start`, clamped to the bytes present.
+    // i128: `from - start` may not fit an i64.
+    let bits = (bytes.len() as u64).saturating_mul(8);
+    let rel = |o: i64| (i128::from(o) - i128::from(start)).clamp(0, i128::from(u64::MAX)) as u64;
+    let first = rel(from).min(bits);
+    let last = rel(hi).min(bits.saturating_sub(1));
+    let mut i = first;
+    while i <= last && i < bits {
+        let byte = bytes[(i / 8) as usize];
+        if byte == 0 {
+            // Skip the rest of an empty byte.
+            i = (i / 8 + 1) * 8;
+            continue;
+        }
+        if byte & (1 << (i % 8)) != 0 {
+            let Some(o) = i64::try_from(i).ok().and_then(|d| start.checked_add(d)) else {
+                break;
+            };
+            if v.len() == limit {
+                return None;
+            }
+            v.push(o);
+        }
+        i += 1;
+    }
+    Some(v)
 }
 
 /// BATCH_ACK_MESSAGE (200151): one `bAck` record per entry, with the acked
@@ -969,6 +1188,7 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
     if acks.is_empty() {
         return error_response(response_code::NO_MESSAGE, "the batch ack has no acks");
     }
+    let mut budget = MAX_BATCH_ACK_OFFSETS;
     for a in &acks {
         let topic = match a.retry.as_str() {
             "0" => a.topic.clone(),
@@ -981,13 +1201,8 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
                 )
             }
         };
-        if a.revive_queue_id == POP_ORDER_REVIVE_QUEUE {
-            return error_response(
-                response_code::INVALID_PARAMETER,
-                "orderly POP receipts are not supported by this broker yet",
-            );
-        }
-        if !(0..REVIVE_QUEUE_NUM).contains(&a.revive_queue_id) {
+        let orderly = a.revive_queue_id == POP_ORDER_REVIVE_QUEUE;
+        if !orderly && !(0..REVIVE_QUEUE_NUM).contains(&a.revive_queue_id) {
             return error_response(
                 response_code::INVALID_PARAMETER,
                 format!("reviveQid {} is out of range", a.revive_queue_id),
@@ -1006,10 +1221,24 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
             ctx.store.min_offset(&topic, a.queue_id),
             ctx.store.max_offset(&topic, a.queue_id),
         );
-        let offsets: Vec<i64> = bit_offsets(&bytes, a.start_offset)
-            .into_iter()
-            .filter(|o| (min..=max).contains(o))
-            .collect();
+        // Apache skips offsets outside the queue.
+        let Some(offsets) = bit_offsets(&bytes, a.start_offset, min, max, budget) else {
+            return error_response(
+                response_code::INVALID_PARAMETER,
+                format!("a batch ack may ack at most {MAX_BATCH_ACK_OFFSETS} offsets"),
+            );
+        };
+        budget -= offsets.len();
+        if orderly {
+            for o in offsets {
+                if let Err(r) =
+                    ack_orderly(ctx, &a.consumer_group, &topic, a.queue_id, o, a.pop_time).await
+                {
+                    return *r;
+                }
+            }
+            continue;
+        }
         if offsets.is_empty() {
             continue;
         }
@@ -1039,9 +1268,28 @@ mod tests {
         // BitSet {0, 2, 9}: bytes [0b101, 0b10] = "BQI=".
         let b = base64_decode("BQI=").unwrap();
         assert_eq!(b, vec![5, 2]);
-        assert_eq!(bit_offsets(&b, 10), vec![10, 12, 19]);
+        assert_eq!(bit_offsets(&b, 10, 0, 100, 10), Some(vec![10, 12, 19]));
+        // Clamped to the queue's range.
+        assert_eq!(bit_offsets(&b, 10, 11, 18, 10), Some(vec![12]));
+        assert_eq!(bit_offsets(&b, 10, 20, 100, 10), Some(vec![]));
+        assert_eq!(bit_offsets(&b, 10, 0, 5, 10), Some(vec![]));
         assert_eq!(base64_decode("AQ").unwrap(), vec![1]);
         assert!(base64_decode("*").is_none());
         assert_eq!(base64_decode("").unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn bit_offsets_neither_overflow_nor_explode() {
+        // Start near i64::MAX: no overflow, only what fits.
+        let all = vec![0xffu8; 4];
+        let v = bit_offsets(&all, i64::MAX - 3, 0, i64::MAX, 100).unwrap();
+        assert_eq!(v, vec![i64::MAX - 3, i64::MAX - 2, i64::MAX - 1, i64::MAX]);
+        // A huge set bit range is cut to the queue's range, not listed.
+        let big = vec![0xffu8; 16 << 20];
+        assert_eq!(bit_offsets(&big, 0, 5, 7, 100), Some(vec![5, 6, 7]));
+        // More set bits in range than allowed: refused.
+        assert_eq!(bit_offsets(&big, 0, 0, i64::MAX, 1000), None);
+        assert_eq!(bit_offsets(&big, i64::MIN, i64::MIN, 3, 100), None);
+        assert_eq!(bit_offsets(&big, i64::MIN, 5, 7, 100), Some(vec![]));
     }
 }

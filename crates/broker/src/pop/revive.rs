@@ -1,20 +1,26 @@
-//! The revive service: reads each revive queue from its saved progress,
-//! pairs acks with checkpoints, and once a checkpoint's invisible time has
-//! passed writes its un-acked messages to the group's retry topic
-//! (reconsumeTimes + 1) or to `%DLQ%group` after `retryMaxTimes`. The
-//! progress (consume offset of `REVIVE_GROUP`) only moves past checkpoints
-//! that are settled, so a restart reads the open ones again; a crash
-//! between a revive and the saved progress may revive a message twice
-//! (at-least-once), never zero times.
+//! The revive service: reads each revive queue, pairs acks with
+//! checkpoints, and once a checkpoint's invisible time has passed writes
+//! its un-acked messages to the group's retry topic (reconsumeTimes + 1)
+//! or to `%DLQ%group` after `retryMaxTimes`.
+//!
+//! Each queue is read once: the checkpoints still open are kept in memory
+//! (`ReviveStates`) with the acks seen for them, so a checkpoint with a
+//! long invisible time does not make every pass re-read what follows it.
+//! The saved progress (consume offset of `REVIVE_GROUP`) is the offset of
+//! the oldest open checkpoint, so a restart reads the open ones again;
+//! a checkpoint revived while an older one is still open is settled with
+//! a `bAck` record so that the re-read skips it. A crash between a revive
+//! and the saved progress may revive a message twice (at-least-once),
+//! never zero times.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use apogee_protocol::flags::PermName;
 use apogee_protocol::message::stored::{self, MessageToStore};
 use apogee_protocol::message::{keys, properties};
 use apogee_protocol::topic;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -30,10 +36,12 @@ use crate::schedule::now_ms;
 const BATCH: usize = 256;
 /// Most records examined per queue and pass.
 const MAX_PER_PASS: i64 = 200_000;
-/// How often the service looks (Apache's `reviveInterval` default).
-const INTERVAL: Duration = Duration::from_millis(1000);
+/// A checkpoint is revived only this long after its revive time (Apache's
+/// `ackTimeInterval` + 1 s): an ack sent before the revive time is stored
+/// by then, so the pass that revives it has read the ack.
+pub const REVIVE_MARGIN_MS: i64 = 2000;
 
-/// Runs a revive pass every second until `stop`.
+/// Runs a revive pass every `reviveInterval` until `stop`.
 pub fn spawn_revive_loop(
     ctx: Arc<BrokerContext>,
     mut stop: watch::Receiver<bool>,
@@ -41,7 +49,7 @@ pub fn spawn_revive_loop(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(INTERVAL) => {}
+                _ = tokio::time::sleep(ctx.config.revive_interval) => {}
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() {
                         return;
@@ -56,8 +64,14 @@ pub fn spawn_revive_loop(
             }
             for q in 0..REVIVE_QUEUE_NUM {
                 match revive_queue(&ctx, q).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(revive_queue = q, revived = n, "pop messages revived"),
+                    Ok(p) if p.revived == 0 => {}
+                    Ok(p) => {
+                        tracing::info!(
+                            revive_queue = q,
+                            revived = p.revived,
+                            "pop messages revived"
+                        )
+                    }
                     Err(e) => {
                         static FAIL: apogee_throttle::LogThrottle =
                             apogee_throttle::LogThrottle::new("pop revive failed");
@@ -73,27 +87,98 @@ pub fn spawn_revive_loop(
 /// (topic, group, queue, startOffset, popTime): how acks find their checkpoint.
 type CkKey = (String, String, i32, i64, i64);
 
-/// One pass over revive queue `q`; the number of messages revived.
-pub async fn revive_queue(ctx: &BrokerContext, q: i32) -> Result<usize, PopError> {
-    let rt = revive_topic(&ctx.config.broker_cluster_name);
-    let min = ctx.store.min_offset(&rt, q);
-    let max = ctx.store.max_offset(&rt, q);
-    let start = ctx
-        .offsets
-        .query(REVIVE_GROUP, &rt, q)
-        .unwrap_or(min)
-        .max(min);
-    if start >= max {
-        return Ok(0);
+fn ck_key(ck: &CheckPoint) -> CkKey {
+    (
+        ck.topic.clone(),
+        ck.cid.clone(),
+        ck.queue_id,
+        ck.start_offset,
+        ck.pop_time,
+    )
+}
+
+/// A checkpoint read but not yet settled.
+#[derive(Debug)]
+struct Open {
+    ck: CheckPoint,
+    /// Queue offsets acked (or revived already).
+    done: HashSet<i64>,
+    /// Queue offsets revived by this service (settled with a `bAck`).
+    revived: Vec<i64>,
+}
+
+impl Open {
+    fn finished(&self) -> bool {
+        (0..usize::from(self.ck.num)).all(|i| self.done.contains(&self.ck.offset_at(i)))
     }
-    let end = max.min(start.saturating_add(MAX_PER_PASS));
-    let mut cks: Vec<(i64, CheckPoint)> = Vec::new();
-    let mut acked: HashMap<CkKey, HashSet<i64>> = HashMap::new();
-    let mut off = start;
+}
+
+/// What a revive queue's passes carry over.
+#[derive(Debug, Default)]
+struct QueueState {
+    /// Next revive-topic offset to read; 0 with `open` empty: not started.
+    scanned: i64,
+    /// Open checkpoints by their revive-topic offset.
+    open: BTreeMap<i64, Open>,
+    index: HashMap<CkKey, i64>,
+}
+
+/// The revive service's per-queue state (see the module doc). A pass takes
+/// a queue's state out and puts it back; a second pass of the same queue
+/// at once finds nothing and does nothing.
+#[derive(Default)]
+pub struct ReviveStates {
+    slots: Mutex<HashMap<i32, Option<QueueState>>>,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Messages written to a retry topic or a DLQ.
+    pub revived: usize,
+    /// Revive-topic records read.
+    pub scanned: usize,
+}
+
+/// Holds a queue's state during a pass and puts it back when dropped.
+struct Taken<'a> {
+    states: &'a ReviveStates,
+    q: i32,
+    state: Option<QueueState>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.states.slots.lock().insert(self.q, self.state.take());
+    }
+}
+
+impl ReviveStates {
+    fn take(&self, q: i32) -> Option<Taken<'_>> {
+        let mut slots = self.slots.lock();
+        let slot = slots
+            .entry(q)
+            .or_insert_with(|| Some(QueueState::default()));
+        let state = Some(slot.take()?);
+        Some(Taken {
+            states: self,
+            q,
+            state,
+        })
+    }
+}
+
+/// Reads `[st.scanned, end)` of the revive queue into `st`; returns the
+/// records read and the store time of the last one. Blocking work: runs
+/// on a blocking thread.
+fn scan(ctx: &BrokerContext, rt: &str, q: i32, st: &mut QueueState, end: i64) -> (usize, i64) {
+    let mut off = st.scanned;
+    let mut read = 0usize;
+    let mut last_ts = 0i64;
     while off < end {
         let r = ctx
             .store
-            .get_messages(REVIVE_GROUP, &rt, q, off, BATCH, usize::MAX, None);
+            .get_messages(REVIVE_GROUP, rt, q, off, BATCH, usize::MAX, None);
         if r.messages.is_empty() {
             if r.next_begin_offset > off {
                 off = r.next_begin_offset;
@@ -102,12 +187,24 @@ pub async fn revive_queue(ctx: &BrokerContext, q: i32) -> Result<usize, PopError
             break;
         }
         for (rec, &ro) in r.messages.iter().zip(&r.queue_offsets) {
+            read += 1;
             let Ok(m) = stored::check_record(rec, false) else {
                 continue;
             };
+            last_ts = m.store_timestamp;
             match m.property(keys::TAGS) {
                 Some(CK_TAG) => match serde_json::from_slice::<CheckPoint>(m.body) {
-                    Ok(ck) => cks.push((ro, ck)),
+                    Ok(ck) => {
+                        st.index.insert(ck_key(&ck), ro);
+                        st.open.insert(
+                            ro,
+                            Open {
+                                ck,
+                                done: HashSet::new(),
+                                revived: Vec::new(),
+                            },
+                        );
+                    }
                     Err(e) => {
                         tracing::warn!(revive_queue = q, offset = ro, error = %e, "bad checkpoint skipped")
                     }
@@ -115,20 +212,30 @@ pub async fn revive_queue(ctx: &BrokerContext, q: i32) -> Result<usize, PopError
                 Some(ACK_TAG) | Some(BATCH_ACK_TAG) => {
                     match serde_json::from_slice::<AckMsg>(m.body) {
                         Ok(a) => {
-                            let set = acked
-                                .entry((
-                                    a.topic,
-                                    a.consumer_group,
-                                    a.queue_id,
-                                    a.start_offset,
-                                    a.pop_time,
-                                ))
-                                .or_default();
+                            let key = (
+                                a.topic,
+                                a.consumer_group,
+                                a.queue_id,
+                                a.start_offset,
+                                a.pop_time,
+                            );
+                            // An ack of no open checkpoint is for one
+                            // settled already (acks follow their checkpoint).
+                            let Some(&at) = st.index.get(&key) else {
+                                continue;
+                            };
+                            let Some(open) = st.open.get_mut(&at) else {
+                                continue;
+                            };
                             match a.ack_offset_list {
-                                Some(list) => set.extend(list),
+                                Some(list) => open.done.extend(list),
                                 None => {
-                                    set.insert(a.ack_offset);
+                                    open.done.insert(a.ack_offset);
                                 }
+                            }
+                            if open.finished() && open.revived.is_empty() {
+                                st.open.remove(&at);
+                                st.index.remove(&key);
                             }
                         }
                         Err(e) => {
@@ -141,50 +248,198 @@ pub async fn revive_queue(ctx: &BrokerContext, q: i32) -> Result<usize, PopError
         }
         off = r.next_begin_offset.max(off + 1);
     }
+    st.scanned = off;
+    (read, last_ts)
+}
+
+/// The time before which a checkpoint's revive time (plus the margin) must
+/// lie for it to be revived by a pass that started at `now` and read up
+/// to a record stored at `last_ts`. When the pass stopped before the end
+/// of the queue (`truncated`), acks stored after `last_ts` were not read:
+/// only checkpoints due before then are safe.
+pub fn revive_cutoff(now: i64, last_ts: i64, truncated: bool) -> i64 {
+    let t = if truncated { now.min(last_ts) } else { now };
+    t.saturating_sub(REVIVE_MARGIN_MS)
+}
+
+/// One pass over revive queue `q`.
+pub async fn revive_queue(ctx: &Arc<BrokerContext>, q: i32) -> Result<Pass, PopError> {
+    // The time first, the end of the queue after: every ack stored before
+    // `now` is below `max` and read by this pass.
     let now = now_ms();
-    let mut revived = 0;
-    // Progress: up to the first checkpoint still invisible. Later due
-    // checkpoints are revived now and settled with a batch ack of what was
-    // revived, so that the re-read from the held-back progress skips them.
-    let mut progress = off;
-    for (ro, ck) in &cks {
-        if ck.revive_time() > now {
-            progress = progress.min(*ro);
+    let rt = revive_topic(&ctx.config.broker_cluster_name);
+    let min = ctx.store.min_offset(&rt, q);
+    let max = ctx.store.max_offset(&rt, q);
+    let start = ctx
+        .offsets
+        .query(REVIVE_GROUP, &rt, q)
+        .unwrap_or(min)
+        .max(min);
+    let Some(mut taken) = ctx.pop_revive.take(q) else {
+        return Ok(Pass::default());
+    };
+    let mut st = taken.state.take().unwrap_or_default();
+    if st.scanned < start || st.scanned > max {
+        // First pass, or the saved progress moved (reset, retention):
+        // read again from it.
+        st = QueueState {
+            scanned: start,
+            ..Default::default()
+        };
+    }
+    let end = max.min(st.scanned.saturating_add(MAX_PER_PASS));
+    let c = Arc::clone(ctx);
+    let rt2 = rt.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let r = scan(&c, &rt2, q, &mut st, end);
+        (st, r)
+    })
+    .await;
+    let (mut st, (read, last_ts)) = match joined {
+        Ok(v) => v,
+        // The state is lost with the thread: the next pass reads again
+        // from the saved progress.
+        Err(e) => return Err(PopError::Scan(e.to_string())),
+    };
+    let cutoff = revive_cutoff(now, last_ts, st.scanned < max);
+    let mut pass = Pass {
+        revived: 0,
+        scanned: read,
+    };
+    let result = revive_due(ctx, q, &mut st, cutoff, &mut pass).await;
+    let progress = st.open.keys().next().copied().unwrap_or(st.scanned);
+    if progress > start {
+        ctx.offsets.commit(REVIVE_GROUP, &rt, q, progress);
+    }
+    taken.state = Some(st);
+    result.map(|()| pass)
+}
+
+/// Revives the due open checkpoints, oldest first.
+async fn revive_due(
+    ctx: &BrokerContext,
+    q: i32,
+    st: &mut QueueState,
+    cutoff: i64,
+    pass: &mut Pass,
+) -> Result<(), PopError> {
+    let due: Vec<i64> = st
+        .open
+        .iter()
+        .filter(|(_, o)| o.ck.revive_time() < cutoff)
+        .map(|(&ro, _)| ro)
+        .collect();
+    let mut unreadable = None;
+    'cks: for ro in due {
+        let Some(open) = st.open.get_mut(&ro) else {
             continue;
-        }
-        let key = (
-            ck.topic.clone(),
-            ck.cid.clone(),
-            ck.queue_id,
-            ck.start_offset,
-            ck.pop_time,
-        );
-        let acks = acked.get(&key);
-        let mut done = Vec::new();
-        for i in 0..usize::from(ck.num) {
-            let qo = ck.offset_at(i);
-            if acks.is_some_and(|a| a.contains(&qo)) {
+        };
+        for i in 0..usize::from(open.ck.num) {
+            let qo = open.ck.offset_at(i);
+            if open.done.contains(&qo) {
                 continue;
             }
-            match revive_one(ctx, ck, qo).await {
-                Ok(true) => {
-                    revived += 1;
-                    done.push(qo);
+            match revive_one(ctx, &open.ck, qo).await {
+                Ok(true) => pass.revived += 1,
+                Ok(false) => {}
+                // This checkpoint stays open (and holds the saved
+                // progress); later ones are still revived.
+                Err(e @ PopError::ReviveRead { .. }) => {
+                    unreadable.get_or_insert(e);
+                    continue 'cks;
                 }
-                Ok(false) => done.push(qo),
-                Err(e) => {
-                    // Keep the progress before this checkpoint: retried next pass.
-                    commit(ctx, &rt, q, start, progress.min(*ro));
-                    return Err(e);
-                }
+                // A failing store fails the rest too: stop the pass.
+                Err(e) => return Err(e),
+            }
+            open.done.insert(qo);
+            open.revived.push(qo);
+        }
+        // An older open checkpoint holds the saved progress back: a
+        // restart reads this one again, so record what was revived.
+        let older_open = st.open.range(..ro).next().is_some();
+        if let Some(open) = st.open.get(&ro) {
+            if older_open && !open.revived.is_empty() {
+                settle(ctx, q, &open.ck, open.revived.clone()).await?;
             }
         }
-        if !done.is_empty() && progress < *ro {
-            settle(ctx, q, ck, done).await?;
+        if let Some(open) = st.open.remove(&ro) {
+            st.index.remove(&ck_key(&open.ck));
         }
     }
-    commit(ctx, &rt, q, start, progress);
-    Ok(revived)
+    unreadable.map_or(Ok(()), Err)
+}
+
+/// After a restart, raises each group's POP offset on a queue to the end
+/// of its newest checkpoint in the revive topic (and to what orderly acks
+/// committed, from the order table): consume offsets are
+/// flushed every few seconds, checkpoints are in the store, so a kill
+/// within that window must not hand out popped (and maybe acked) messages
+/// again. Reads each revive queue from the revive progress (older
+/// checkpoints are settled and their offsets were flushed with it).
+pub async fn recover_pop_offsets(ctx: &Arc<BrokerContext>) {
+    let c = Arc::clone(ctx);
+    let r = tokio::task::spawn_blocking(move || {
+        let rt = revive_topic(&c.config.broker_cluster_name);
+        let mut ends: HashMap<(String, String, i32), i64> = HashMap::new();
+        for q in 0..REVIVE_QUEUE_NUM {
+            let min = c.store.min_offset(&rt, q);
+            let max = c.store.max_offset(&rt, q);
+            let mut off = c
+                .offsets
+                .query(REVIVE_GROUP, &rt, q)
+                .unwrap_or(min)
+                .max(min);
+            while off < max {
+                let r = c
+                    .store
+                    .get_messages(REVIVE_GROUP, &rt, q, off, BATCH, usize::MAX, None);
+                if r.messages.is_empty() {
+                    if r.next_begin_offset > off {
+                        off = r.next_begin_offset;
+                        continue;
+                    }
+                    break;
+                }
+                for rec in &r.messages {
+                    let Ok(m) = stored::check_record(rec, false) else {
+                        continue;
+                    };
+                    if m.property(keys::TAGS) != Some(CK_TAG) {
+                        continue;
+                    }
+                    let Ok(ck) = serde_json::from_slice::<CheckPoint>(m.body) else {
+                        continue;
+                    };
+                    let Some(last) = usize::from(ck.num).checked_sub(1) else {
+                        continue;
+                    };
+                    let end = ck.offset_at(last).saturating_add(1);
+                    let e = ends.entry((ck.cid, ck.topic, ck.queue_id)).or_insert(end);
+                    *e = (*e).max(end);
+                }
+                off = r.next_begin_offset.max(off + 1);
+            }
+        }
+        // Orderly acks record their offsets in the order table at once.
+        for (group, topic, q, o) in c.pop_order.committed() {
+            let e = ends.entry((group, topic, q)).or_insert(o);
+            *e = (*e).max(o);
+        }
+        let mut raised = 0usize;
+        for ((group, topic, q), end) in ends {
+            if c.offsets.query(&group, &topic, q).is_none_or(|o| o < end) {
+                c.offsets.commit(&group, &topic, q, end);
+                raised += 1;
+            }
+        }
+        raised
+    })
+    .await;
+    match r {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(queues = n, "pop offsets raised to their newest checkpoints"),
+        Err(e) => tracing::warn!(error = %e, "pop offset recovery failed"),
+    }
 }
 
 /// Records that the checkpoint's `offsets` were revived (a `bAck` record).
@@ -207,15 +462,13 @@ async fn settle(
     super::processor::write_ack(ctx, &ack, q, BATCH_ACK_TAG).await
 }
 
-fn commit(ctx: &BrokerContext, rt: &str, q: i32, start: i64, to: i64) {
-    if to > start {
-        ctx.offsets.commit(REVIVE_GROUP, rt, q, to);
-    }
-}
-
 /// Writes the message at `qo` of the checkpoint's queue to the retry topic
-/// or the DLQ. `Ok(false)` when the message is gone (retention).
+/// or the DLQ. `Ok(false)` when the message or its group is gone.
 async fn revive_one(ctx: &BrokerContext, ck: &CheckPoint, qo: i64) -> Result<bool, PopError> {
+    if ctx.topics.get(&ck.topic).is_none() {
+        tracing::info!(topic = %ck.topic, offset = qo, "pop message of a deleted topic dropped");
+        return Ok(false);
+    }
     let r = ctx.store.get_messages(
         REVIVE_GROUP,
         &ck.topic,
@@ -225,20 +478,37 @@ async fn revive_one(ctx: &BrokerContext, ck: &CheckPoint, qo: i64) -> Result<boo
         usize::MAX,
         None,
     );
+    let gone_or = |why: &'static str| {
+        // Only a message below the queue's first offset is gone
+        // (retention); anything else is retried by the next pass.
+        if qo < ctx.store.min_offset(&ck.topic, ck.queue_id) {
+            Ok(false)
+        } else {
+            Err(PopError::ReviveRead {
+                topic: ck.topic.clone(),
+                queue_id: ck.queue_id,
+                offset: qo,
+                why,
+            })
+        }
+    };
     let (Some(rec), Some(&got)) = (r.messages.first(), r.queue_offsets.first()) else {
-        return Ok(false);
+        return gone_or("no message at the offset");
     };
     if got != qo {
-        return Ok(false);
+        return gone_or("the store returned another offset");
     }
-    let Ok(info) = stored::check_record(rec, false) else {
-        return Ok(false);
+    let info = match stored::check_record(rec, false) {
+        Ok(i) => i,
+        Err(_) => return gone_or("the stored record does not decode"),
     };
     let group = ck.cid.as_str();
-    let max_times = ctx
-        .groups
-        .find_or_create(group)
-        .map_or(16, |g| g.retry_max_times);
+    // A deleted group or topic is not created again by the revive.
+    let Some(gc) = ctx.groups.get(group) else {
+        tracing::info!(group, topic = %ck.topic, offset = qo, "pop message of a deleted group dropped");
+        return Ok(false);
+    };
+    let max_times = gc.retry_max_times;
     let origin = info
         .property(keys::RETRY_TOPIC)
         .map(str::to_owned)
@@ -272,7 +542,8 @@ async fn revive_one(ctx: &BrokerContext, ck: &CheckPoint, qo: i64) -> Result<boo
     if dlq {
         properties::append(&mut props, keys::DLQ_ORIGIN_TOPIC, &origin);
     }
-    properties::append(&mut props, keys::WAIT_STORE_MSG_OK, "false");
+    // Waited for under SYNC_FLUSH: the revive progress moves past the
+    // checkpoint only once the revived copy is durable.
     m.properties = props;
     m.reconsume_times = info.reconsume_times.saturating_add(1);
     m.store_host = ctx.store_host;
@@ -287,4 +558,20 @@ async fn revive_one(ctx: &BrokerContext, ck: &CheckPoint, qo: i64) -> Result<boo
         });
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_pass_only_revives_what_its_acks_cover() {
+        assert_eq!(
+            revive_cutoff(10_000, 9_000, false),
+            10_000 - REVIVE_MARGIN_MS
+        );
+        assert_eq!(revive_cutoff(10_000, 6_000, true), 6_000 - REVIVE_MARGIN_MS);
+        assert_eq!(revive_cutoff(10_000, 0, true), -REVIVE_MARGIN_MS);
+        assert_eq!(revive_cutoff(i64::MIN, 0, false), i64::MIN);
+    }
 }

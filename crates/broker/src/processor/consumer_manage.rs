@@ -131,7 +131,7 @@ fn query_offset(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
 /// the page cache: within `accessMessageInMemoryMaxRatio` percent of RAM of
 /// the CommitLog's end (Java's in-memory test), so a new group reads a young
 /// queue from its start.
-fn first_message_in_memory(ctx: &BrokerContext, topic: &str, queue_id: i32) -> bool {
+pub(crate) fn first_message_in_memory(ctx: &BrokerContext, topic: &str, queue_id: i32) -> bool {
     let got = ctx
         .store
         .get_messages("", topic, queue_id, 0, 1, usize::MAX, None);

@@ -19,6 +19,35 @@ use apogee_throttle::{throttled_warn, LogThrottle};
 static BAD_HEADER: LogThrottle = LogThrottle::new("bad request header");
 static BAD_BODY: LogThrottle = LogThrottle::new("bad request body");
 
+/// Registers `code`, served by `f` with the broker context, the request's
+/// connection and the request (the one closure shape every processor here
+/// repeats).
+pub fn register_with<F, Fut>(
+    registry: &apogee_remoting::ProcessorRegistry,
+    ctx: &std::sync::Arc<crate::context::BrokerContext>,
+    code: i32,
+    f: F,
+) where
+    F: Fn(
+            std::sync::Arc<crate::context::BrokerContext>,
+            apogee_remoting::RequestContext,
+            RemotingCommand,
+        ) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = Option<RemotingCommand>> + Send + 'static,
+{
+    let c = std::sync::Arc::clone(ctx);
+    registry.register(
+        code,
+        apogee_remoting::processor_fn(move |rc, req| {
+            let fut = f(std::sync::Arc::clone(&c), rc, req);
+            async move { Ok(fut.await) }
+        }),
+    );
+}
+
 /// A response with `code` and `remark`.
 pub fn error_response(code: i32, remark: impl Into<String>) -> RemotingCommand {
     RemotingCommand::response(code, Some(remark.into()))
