@@ -15,13 +15,18 @@ use tonic::transport::Channel;
 struct Harness {
     namesrv: NameServer,
     ns_addr: String,
-    broker: BrokerController,
+    brokers: Vec<BrokerController>,
     proxy: ProxyServer,
     _dir: tempfile::TempDir,
 }
 
 impl Harness {
     async fn start() -> Harness {
+        Self::start_with(&["broker-a"]).await
+    }
+
+    /// A NameServer, one broker per name, and the proxy in front of them.
+    async fn start_with(names: &[&str]) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let namesrv = NameServer::start(NamesrvConfig {
             listen_port: 0,
@@ -32,27 +37,31 @@ impl Harness {
         .await
         .unwrap();
         let ns_addr = namesrv.local_addr().to_string();
-        let mut cfg = BrokerConfig {
-            namesrv_addr: Some(ns_addr.clone()),
-            broker_ip1: "127.0.0.1".into(),
-            bind_address: "127.0.0.1".into(),
-            listen_port: 0,
-            ..Default::default()
-        };
-        cfg.store.store_path_root_dir = dir.path().join("broker");
-        cfg.store.disk_space_warning_level_ratio = 100;
-        cfg.store.disk_space_clean_forcibly_ratio = 100;
-        cfg.store.disk_max_used_space_ratio = 100;
-        cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
-        cfg.store.mapped_file_size_consume_queue = 20 * 1000;
-        let broker = BrokerController::start(cfg).await.unwrap();
+        let mut brokers = Vec::new();
+        for name in names {
+            let mut cfg = BrokerConfig {
+                namesrv_addr: Some(ns_addr.clone()),
+                broker_ip1: "127.0.0.1".into(),
+                bind_address: "127.0.0.1".into(),
+                listen_port: 0,
+                broker_name: (*name).to_owned(),
+                ..Default::default()
+            };
+            cfg.store.store_path_root_dir = dir.path().join(name);
+            cfg.store.disk_space_warning_level_ratio = 100;
+            cfg.store.disk_space_clean_forcibly_ratio = 100;
+            cfg.store.disk_max_used_space_ratio = 100;
+            cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
+            cfg.store.mapped_file_size_consume_queue = 20 * 1000;
+            brokers.push(BrokerController::start(cfg).await.unwrap());
+        }
         let mut pc = ProxyConfig::new(ns_addr.clone(), SocketAddr::from(([127, 0, 0, 1], 0)));
         pc.max_body_size = 1024;
         let proxy = ProxyServer::start(pc).await.unwrap();
         Harness {
             namesrv,
             ns_addr,
-            broker,
+            brokers,
             proxy,
             _dir: dir,
         }
@@ -66,7 +75,9 @@ impl Harness {
 
     async fn shutdown(self) {
         self.proxy.shutdown().await;
-        self.broker.shutdown().await;
+        for b in self.brokers {
+            b.shutdown().await;
+        }
         self.namesrv.shutdown().await;
     }
 }
@@ -476,5 +487,104 @@ async fn messages_cross_protocols_both_ways() {
     assert!(bodies.iter().any(|b| b == b"from-grpc"), "{bodies:?}");
     found.shutdown().await;
     admin.shutdown().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_in_front_of_two_brokers() {
+    use pb::receive_message_response::Content;
+    let h = Harness::start_with(&["broker-a", "broker-b"]).await;
+    let mut c = h.client().await;
+    let topic = "TwoBrokers";
+
+    // Both brokers registered TBW102: the auto-created topic spans both.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let route = loop {
+        let r = c
+            .query_route(req(pb::QueryRouteRequest {
+                topic: res(topic),
+                endpoints: None,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if code(&r.status) == Code::Ok || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let names: std::collections::BTreeSet<String> = route
+        .message_queues
+        .iter()
+        .filter_map(|q| q.broker.as_ref().map(|b| b.name.clone()))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let assignment = c
+        .query_assignment(req(pb::QueryAssignmentRequest {
+            topic: res(topic),
+            group: res("GID-two"),
+            endpoints: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(assignment.assignments.len(), 2);
+
+    let mut sent = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        let id = format!("TWO-{i}");
+        let r = send(&mut c, message(topic, &id, id.as_bytes())).await;
+        assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+        sent.insert(id);
+    }
+    // Receive from each broker's assignment until everything came back.
+    let mut got = std::collections::BTreeSet::new();
+    let mut from = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < sent.len() && Instant::now() < deadline {
+        for a in &assignment.assignments {
+            let mq = a.message_queue.clone().unwrap();
+            let broker = mq.broker.as_ref().unwrap().name.clone();
+            let mut r = req(pb::ReceiveMessageRequest {
+                group: res("GID-two"),
+                message_queue: Some(mq),
+                batch_size: 16,
+                invisible_duration: Some(prost_types::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+                long_polling_timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            });
+            r.set_timeout(Duration::from_secs(4));
+            let mut stream = c.receive_message(r).await.unwrap().into_inner();
+            while let Some(item) = stream.message().await.unwrap() {
+                if let Some(Content::Message(m)) = item.content {
+                    let sys = m.system_properties.unwrap();
+                    got.insert(sys.message_id.clone());
+                    from.insert(broker.clone());
+                    let ack = c
+                        .ack_message(req(pb::AckMessageRequest {
+                            group: res("GID-two"),
+                            topic: res(topic),
+                            entries: vec![pb::AckMessageEntry {
+                                message_id: sys.message_id,
+                                receipt_handle: sys.receipt_handle.unwrap_or_default(),
+                                ..Default::default()
+                            }],
+                        }))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(code(&ack.status), Code::Ok, "{:?}", ack.status);
+                }
+            }
+        }
+    }
+    assert_eq!(got, sent);
+    assert_eq!(from.len(), 2, "messages came from both brokers");
     h.shutdown().await;
 }
