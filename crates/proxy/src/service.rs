@@ -487,10 +487,8 @@ impl MessagingService {
             }
             None => {}
         }
-        s.metric = Some(pb::Metric {
-            on: false,
-            endpoints: None,
-        });
+        // Metric export is not offered: the client's own setting is echoed
+        // (the Python push consumer fails on a server-sent Metric it cannot use).
         s
     }
 }
@@ -760,9 +758,16 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
         if popped.messages.is_empty() {
             return one(status(Code::MessageNotFound, "no new message"));
         }
-        let (tx, rx) = mpsc::channel(popped.messages.len() + 1);
+        let (tx, rx) = mpsc::channel(popped.messages.len() + 2);
         let _ = tx.try_send(Ok(pb::ReceiveMessageResponse {
             content: Some(pb::receive_message_response::Content::Status(ok())),
+        }));
+        // When the broker handed the messages over: clients measure delivery
+        // latency from it (the Python client requires it).
+        let _ = tx.try_send(Ok(pb::ReceiveMessageResponse {
+            content: Some(pb::receive_message_response::Content::DeliveryTimestamp(
+                convert::timestamp(now_ms()),
+            )),
         }));
         for m in popped.messages {
             let pm = to_pb_message(m, resource.clone(), Some(popped.invisible_time));
