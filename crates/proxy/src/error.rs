@@ -24,27 +24,38 @@ pub enum ProxyError {
 impl ProxyError {
     /// The status code a client sees for this error.
     pub fn code(&self) -> Code {
-        use apogee_protocol::code::response_code as rc;
         match self {
             ProxyError::TopicNotFound(_) => Code::TopicNotFound,
             ProxyError::BrokerNotFound(_) => Code::NotFound,
             ProxyError::BadRequest(_) => Code::BadRequest,
             ProxyError::BadReceiptHandle(_) => Code::InvalidReceiptHandle,
-            ProxyError::Broker { code, .. } => match *code {
-                rc::TOPIC_NOT_EXIST => Code::TopicNotFound,
-                rc::SUBSCRIPTION_GROUP_NOT_EXIST => Code::ConsumerGroupNotFound,
-                rc::NO_PERMISSION => Code::Forbidden,
-                rc::SYSTEM_BUSY => Code::TooManyRequests,
-                rc::MESSAGE_ILLEGAL => Code::BadRequest,
-                rc::INVALID_PARAMETER => Code::BadRequest,
-                rc::NO_MESSAGE => Code::MessageNotFound,
-                rc::FLUSH_DISK_TIMEOUT => Code::MasterPersistenceTimeout,
-                rc::FLUSH_SLAVE_TIMEOUT | rc::SLAVE_NOT_AVAILABLE => Code::SlavePersistenceTimeout,
-                _ => Code::InternalServerError,
-            },
+            ProxyError::Broker { code, .. } => broker_code(*code),
+            ProxyError::Client(apogee_client::ClientError::Broker { code, .. }) => {
+                broker_code(*code)
+            }
             ProxyError::Client(_) => Code::ProxyTimeout,
             ProxyError::Protocol(_) => Code::InternalServerError,
         }
+    }
+}
+
+/// A remoting response code as the status a gRPC client sees.
+fn broker_code(code: i32) -> Code {
+    use apogee_protocol::code::response_code as rc;
+    match code {
+        rc::TOPIC_NOT_EXIST => Code::TopicNotFound,
+        rc::SUBSCRIPTION_GROUP_NOT_EXIST => Code::ConsumerGroupNotFound,
+        rc::NO_PERMISSION => Code::Forbidden,
+        rc::SYSTEM_BUSY => Code::TooManyRequests,
+        rc::MESSAGE_ILLEGAL => Code::BadRequest,
+        rc::INVALID_PARAMETER => Code::BadRequest,
+        rc::NO_MESSAGE => Code::MessageNotFound,
+        rc::FLUSH_DISK_TIMEOUT => Code::MasterPersistenceTimeout,
+        rc::FLUSH_SLAVE_TIMEOUT | rc::SLAVE_NOT_AVAILABLE => Code::SlavePersistenceTimeout,
+        rc::SUBSCRIPTION_NOT_EXIST | rc::SUBSCRIPTION_NOT_LATEST => Code::ConsumerGroupNotFound,
+        rc::PULL_OFFSET_MOVED => Code::IllegalOffset,
+        rc::REQUEST_CODE_NOT_SUPPORTED => Code::Unsupported,
+        _ => Code::InternalServerError,
     }
 }
 

@@ -37,6 +37,12 @@ const DEFAULT_INVISIBLE_MS: i64 = 30_000;
 const DEFAULT_LONG_POLLING_MS: i64 = 20_000;
 /// Part of the call's deadline kept for the answer to travel back.
 const DEADLINE_MARGIN_MS: i64 = 500;
+/// Deliveries of a message when the group's config cannot be read
+/// (remoting's default of 16 retries).
+const DEFAULT_MAX_ATTEMPTS: i32 = 17;
+/// Pull sysFlag bits (Java `PullSysFlag`).
+const PULL_FLAG_SUSPEND: i32 = 0x2;
+const PULL_FLAG_SUBSCRIPTION: i32 = 0x4;
 /// Most messages one receive returns.
 const MAX_BATCH: i32 = 32;
 /// How long a client may take to send its first Settings on Telemetry.
@@ -172,19 +178,28 @@ impl MessagingService {
         }
     }
 
-    /// Whether the group consumes in FIFO order (its `consumeMessageOrderly`).
-    async fn group_is_fifo(&self, topic: &str, group: &str) -> bool {
-        let Ok(route) = self.backend.route(topic).await else {
-            return false;
-        };
+    /// The group's config on the first broker of `topic` that has one.
+    async fn group_config(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Option<apogee_protocol::body::SubscriptionGroupConfig> {
+        let route = self.backend.route(topic).await.ok()?;
         for bd in &route.broker_datas {
             if let Some(addr) = bd.broker_addrs.get(&0) {
                 if let Some(c) = self.backend.group_config(addr, group).await {
-                    return c.consume_message_orderly;
+                    return Some(c);
                 }
             }
         }
-        false
+        None
+    }
+
+    /// Whether the group consumes in FIFO order (its `consumeMessageOrderly`).
+    async fn group_is_fifo(&self, topic: &str, group: &str) -> bool {
+        self.group_config(topic, group)
+            .await
+            .is_some_and(|c| c.consume_message_orderly)
     }
 
     async fn send_one(&self, msg: pb::Message) -> pb::SendResultEntry {
@@ -454,10 +469,16 @@ impl MessagingService {
                     .subscriptions
                     .iter()
                     .find_map(|e| name_of(&e.topic).map(str::to_owned));
-                let fifo = match (&group, &topic) {
-                    (Some(g), Some(t)) => self.group_is_fifo(t, g).await,
-                    _ => false,
+                let config = match (&group, &topic) {
+                    (Some(g), Some(t)) => self.group_config(t, g).await,
+                    _ => None,
                 };
+                let fifo = config.as_ref().is_some_and(|c| c.consume_message_orderly);
+                // Deliveries before the client forwards to the DLQ: the
+                // first one plus the group's retries (remoting's rule).
+                let max_attempts = config.as_ref().map_or(DEFAULT_MAX_ATTEMPTS, |c| {
+                    c.retry_max_times.saturating_add(1).max(1)
+                });
                 sub.fifo = Some(fifo);
                 sub.receive_batch_size = Some(MAX_BATCH);
                 sub.long_polling_timeout = Some(duration(DEFAULT_LONG_POLLING_MS));
@@ -470,7 +491,7 @@ impl MessagingService {
                 .map(|s| duration(s * 1000))
                 .collect();
                 s.backoff_policy = Some(pb::RetryPolicy {
-                    max_attempts: 17,
+                    max_attempts,
                     strategy: Some(if fifo {
                         pb::retry_policy::Strategy::ExponentialBackoff(pb::ExponentialBackoff {
                             initial: Some(duration(1000)),
@@ -915,8 +936,9 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
             queue_id,
             queue_offset: r.offset,
             max_msg_nums: r.batch_size.clamp(1, MAX_BATCH),
-            // Suspend flag only: offsets are committed by UpdateOffset.
-            sys_flag: if poll > 0 { 0x2 } else { 0 },
+            // The subscription travels with the request (gRPC consumers
+            // send no remoting heartbeat); offsets move by UpdateOffset only.
+            sys_flag: PULL_FLAG_SUBSCRIPTION | if poll > 0 { PULL_FLAG_SUSPEND } else { 0 },
             commit_offset: 0,
             suspend_timeout_millis: poll,
             subscription: Some(exp),
@@ -1418,7 +1440,7 @@ impl MessagingService {
             queue_id: handle.queue_id,
             queue_offset: handle.queue_offset,
             max_msg_nums: 1,
-            sys_flag: 0,
+            sys_flag: PULL_FLAG_SUBSCRIPTION,
             commit_offset: 0,
             suspend_timeout_millis: 0,
             subscription: Some("*".to_owned()),

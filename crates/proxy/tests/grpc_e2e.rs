@@ -588,3 +588,158 @@ async fn proxy_in_front_of_two_brokers() {
     assert_eq!(from.len(), 2, "messages came from both brokers");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topic_type_dlq_recall_and_polling() {
+    use pb::receive_message_response::Content;
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    let broker_addr = h.brokers[0].local_addr().to_string();
+
+    // A topic created as FIFO accepts FIFO only.
+    let admin = apogee_client::AdminClient::builder()
+        .namesrv_addr(h.ns_addr.clone())
+        .build()
+        .unwrap();
+    let mut tc = apogee_protocol::body::TopicConfig::new("OnlyFifo");
+    tc.read_queue_nums = 2;
+    tc.write_queue_nums = 2;
+    tc.perm = 6;
+    tc.attributes.insert("message.type".into(), "FIFO".into());
+    admin.create_topic(&broker_addr, &tc).await.unwrap();
+    h.brokers[0].register_now().await;
+    let route = c
+        .query_route(req(pb::QueryRouteRequest {
+            topic: res("OnlyFifo"),
+            endpoints: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&route.status), Code::Ok, "{:?}", route.status);
+    assert_eq!(route.message_queues.len(), 2);
+    for q in &route.message_queues {
+        assert_eq!(q.accept_message_types, vec![pb::MessageType::Fifo as i32]);
+    }
+    admin.shutdown().await;
+
+    // Long polling is cut to the call's deadline: a 20 s poll in a 2 s call
+    // answers "no message" in time instead of timing out.
+    let started = Instant::now();
+    let mut r = req(pb::ReceiveMessageRequest {
+        group: res("GID-poll"),
+        message_queue: Some(pb::MessageQueue {
+            topic: res("OnlyFifo"),
+            id: -1,
+            ..Default::default()
+        }),
+        batch_size: 1,
+        invisible_duration: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        long_polling_timeout: Some(prost_types::Duration {
+            seconds: 20,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    r.set_timeout(Duration::from_secs(2));
+    let mut stream = c.receive_message(r).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.content, Some(Content::Status(ref s)) if s.code == Code::MessageNotFound as i32),
+        "{first:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // ForwardMessageToDeadLetterQueue: the message lands in %DLQ%group.
+    let sent = send(&mut c, message("DlqTopic", "ID-dlq", b"to-dlq")).await;
+    assert_eq!(code(&sent.status), Code::Ok, "{:?}", sent.status);
+    let msgs = receive_some(&mut c, "DlqTopic", "GID-dlq").await;
+    assert_eq!(msgs.len(), 1);
+    let sys = msgs[0].system_properties.clone().unwrap();
+    let fwd = c
+        .forward_message_to_dead_letter_queue(req(pb::ForwardMessageToDeadLetterQueueRequest {
+            group: res("GID-dlq"),
+            topic: res("DlqTopic"),
+            receipt_handle: sys.receipt_handle.clone().unwrap(),
+            message_id: sys.message_id.clone(),
+            delivery_attempt: 1,
+            max_delivery_attempts: 1,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&fwd.status), Code::Ok, "{:?}", fwd.status);
+    let inst = apogee_client::ClientInstance::new(
+        apogee_client::ClientOptions {
+            namesrv_addr: h.ns_addr.clone(),
+            ..Default::default()
+        },
+        apogee_remoting::ProcessorRegistry::new(),
+    )
+    .unwrap();
+    let pull = apogee_protocol::header::PullMessageRequestHeader {
+        consumer_group: "dlq-reader".into(),
+        topic: "%DLQ%GID-dlq".into(),
+        queue_id: 0,
+        queue_offset: 0,
+        max_msg_nums: 8,
+        // FLAG_SUBSCRIPTION: no heartbeat needed for this reader.
+        sys_flag: 0x4,
+        subscription: Some("*".into()),
+        expression_type: Some("TAG".into()),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dlq = loop {
+        let r = inst
+            .pull(
+                &broker_addr,
+                "broker-a",
+                apogee_protocol::code::request_code::PULL_MESSAGE,
+                &pull,
+                Duration::from_secs(3),
+            )
+            .await;
+        match r {
+            Ok(p) if !p.messages.is_empty() => break p.messages,
+            _ if Instant::now() > deadline => panic!("nothing in the DLQ: {r:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(dlq[0].body.as_ref(), b"to-dlq");
+    inst.close().await;
+
+    // RecallMessage: the broker has no RECALL_MESSAGE yet, so a delayed
+    // message carries no recall handle and a recall is a clear status.
+    let mut late = message("RecallTopic", "ID-recall", b"recall-me");
+    late.system_properties.as_mut().unwrap().delivery_timestamp =
+        Some(apogee_proxy::convert::timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+                + 60_000,
+        ));
+    late.system_properties.as_mut().unwrap().message_type = pb::MessageType::Delay as i32;
+    let sent = send(&mut c, late).await;
+    assert_eq!(code(&sent.status), Code::Ok, "{:?}", sent.status);
+    let recalled = c
+        .recall_message(req(pb::RecallMessageRequest {
+            topic: res("RecallTopic"),
+            recall_handle: "not-a-handle".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(code(&recalled.status), Code::Ok);
+    assert!(!recalled.status.unwrap().message.is_empty());
+    h.shutdown().await;
+}
