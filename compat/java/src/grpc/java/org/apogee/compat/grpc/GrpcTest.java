@@ -185,6 +185,56 @@ class GrpcTest {
     }
 
     @Test
+    void pushConsumerFailureIsRetried() throws Exception {
+        String topic = Support.unique("GrpcPushRetry");
+        String group = Support.unique("GID");
+        List<Integer> attempts = new CopyOnWriteArrayList<>();
+        try (Producer p = Grpc.producer(topic);
+             PushConsumer c = Grpc.PROVIDER.newPushConsumerBuilder()
+                 .setClientConfiguration(Grpc.config())
+                 .setConsumerGroup(group)
+                 .setSubscriptionExpressions(Map.of(topic, new FilterExpression("*", FilterExpressionType.TAG)))
+                 .setMessageListener(mv -> {
+                     attempts.add(mv.getDeliveryAttempt());
+                     return mv.getDeliveryAttempt() == 1 ? ConsumeResult.FAILURE : ConsumeResult.SUCCESS;
+                 })
+                 .build()) {
+            p.send(Grpc.message(topic, "T", "retry-me"));
+            Support.await(Duration.ofSeconds(40), "a second delivery", () -> attempts.contains(2));
+            Thread.sleep(2000);
+            assertEquals(List.of(1, 2), attempts);
+        }
+    }
+
+    @Test
+    void sqlFilter() throws Exception {
+        String topic = Support.unique("GrpcSql");
+        String group = Support.unique("GID");
+        try (Producer p = Grpc.producer(topic);
+             SimpleConsumer c = Grpc.PROVIDER.newSimpleConsumerBuilder()
+                 .setClientConfiguration(Grpc.config())
+                 .setConsumerGroup(group)
+                 .setAwaitDuration(Duration.ofSeconds(2))
+                 .setSubscriptionExpressions(Map.of(topic, new FilterExpression("a > 5", FilterExpressionType.SQL92)))
+                 .build()) {
+            for (int i = 0; i < 10; i++) {
+                p.send(Grpc.PROVIDER.newMessageBuilder().setTopic(topic).setTag("T").addProperty("a", String.valueOf(i))
+                    .setBody(("q" + i).getBytes(StandardCharsets.UTF_8)).build());
+            }
+            List<MessageView> got = Grpc.receive(c, 4, Duration.ofSeconds(30), Duration.ofSeconds(20));
+            Set<String> bodies = new HashSet<>();
+            for (MessageView mv : got) {
+                bodies.add(Grpc.body(mv));
+                c.ack(mv);
+            }
+            for (MessageView mv : c.receive(16, Duration.ofSeconds(30))) {
+                bodies.add(Grpc.body(mv));
+            }
+            assertEquals(Set.of("q6", "q7", "q8", "q9"), bodies);
+        }
+    }
+
+    @Test
     void transactionCommitIsDeliveredRollbackIsNot() throws Exception {
         String topic = Support.unique("GrpcTx");
         String group = Support.unique("GID");
