@@ -85,6 +85,8 @@ pub struct ProxyServer {
     backend: Arc<Backend>,
 }
 
+/// Smallest accepted gRPC frame limit.
+const MIN_FRAME_LIMIT: usize = 16 * 1024 * 1024;
 /// How often the proxy re-registers its producer group with brokers.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
@@ -106,6 +108,11 @@ impl ProxyServer {
         let backend = Backend::new(&config.namesrv_addr, Arc::clone(&processors))?;
         register_check_back(&processors, &backend, &sessions);
 
+        // tonic refuses frames over 4 MiB by default, which a body of
+        // exactly maxMessageSize already is once wrapped: leave room for a
+        // batch so that an oversized body gets MESSAGE_BODY_TOO_LARGE, not a
+        // transport error.
+        let max_frame = config.max_body_size.saturating_mul(4).max(MIN_FRAME_LIMIT);
         let svc =
             service::MessagingService::new(Arc::clone(&backend), Arc::clone(&sessions), config);
         let (tx, rx) = oneshot::channel::<()>();
@@ -113,9 +120,10 @@ impl ProxyServer {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let serve = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
-                .add_service(pb::messaging_service_server::MessagingServiceServer::new(
-                    svc,
-                ))
+                .add_service(
+                    pb::messaging_service_server::MessagingServiceServer::new(svc)
+                        .max_decoding_message_size(max_frame),
+                )
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;
                 })

@@ -307,6 +307,10 @@ async fn bad_input_gets_a_status_not_a_crash() {
     let r = send(&mut c, message("T1", "ID-big", &[7u8; 2048])).await;
     assert_eq!(code(&r.status), Code::MessageBodyTooLarge, "{:?}", r.status);
 
+    // Bigger than tonic's default 4 MiB frame: still a status, not a transport error.
+    let r = send(&mut c, message("T1", "ID-huge", &vec![1u8; 5 * 1024 * 1024])).await;
+    assert_eq!(code(&r.status), Code::MessageBodyTooLarge, "{:?}", r.status);
+
     // No message id.
     let r = send(&mut c, message("T1", "", b"x")).await;
     assert_eq!(code(&r.status), Code::IllegalMessageId);
