@@ -10,7 +10,7 @@ use crate::pb;
 
 /// Properties the gRPC message carries in its system properties; every
 /// other property is the user's.
-const SYSTEM_KEYS: &[&str] = &[
+pub(crate) const SYSTEM_KEYS: &[&str] = &[
     keys::TAGS,
     keys::KEYS,
     keys::UNIQ_KEY,

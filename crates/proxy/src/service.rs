@@ -35,6 +35,8 @@ const MAX_INVISIBLE_MS: i64 = 12 * 3600 * 1000;
 const DEFAULT_INVISIBLE_MS: i64 = 30_000;
 /// Long polling when the request names none.
 const DEFAULT_LONG_POLLING_MS: i64 = 20_000;
+/// Longest long polling a request may ask for.
+const MAX_LONG_POLLING_MS: i64 = 5 * 60 * 1000;
 /// Part of the call's deadline kept for the answer to travel back.
 const DEADLINE_MARGIN_MS: i64 = 500;
 /// Deliveries of a message when the group's config cannot be read
@@ -263,8 +265,37 @@ impl MessagingService {
             .master_addr(&route, &broker_name)
             .map_err(|e| err_status(&e))?;
 
+        // Values that would break the properties string (its separators).
+        for (what, v) in [
+            ("message_id", Some(sys.message_id.as_str())),
+            ("tag", sys.tag.as_deref()),
+            ("message_group", sys.message_group.as_deref()),
+            ("trace_context", sys.trace_context.as_deref()),
+        ]
+        .into_iter()
+        .chain(sys.keys.iter().map(|k| ("keys", Some(k.as_str()))))
+        {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                if properties::validate_pair(what, v).is_err() || v.contains('\u{1}') {
+                    let code = match what {
+                        "tag" => Code::IllegalMessageTag,
+                        "keys" => Code::IllegalMessageKey,
+                        "message_group" => Code::IllegalMessageGroup,
+                        "message_id" => Code::IllegalMessageId,
+                        _ => Code::BadRequest,
+                    };
+                    return Err(status(code, format!("{what} contains a control character")));
+                }
+            }
+        }
         let mut props = String::new();
         for (k, v) in &msg.user_properties {
+            if convert::SYSTEM_KEYS.contains(&k.as_str()) {
+                return Err(status(
+                    Code::IllegalMessagePropertyKey,
+                    format!("property {k:?} is reserved for the system"),
+                ));
+            }
             if properties::validate_pair(k, v).is_err() {
                 return Err(status(
                     Code::IllegalMessagePropertyKey,
@@ -731,11 +762,11 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
         let mut poll = match &r.long_polling_timeout {
             None => DEFAULT_LONG_POLLING_MS,
             Some(d) => match duration_ms(d) {
-                Some(ms) => ms,
-                None => {
+                Some(ms) if ms <= MAX_LONG_POLLING_MS => ms,
+                _ => {
                     return one(status(
                         Code::IllegalPollingTime,
-                        "long_polling_timeout must not be negative",
+                        format!("long_polling_timeout must be 0 to {MAX_LONG_POLLING_MS} ms"),
                     ))
                 }
             },
@@ -917,11 +948,16 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
                 "offset must not be negative",
             ))]);
         }
-        let mut poll = r
-            .long_polling_timeout
-            .as_ref()
-            .and_then(duration_ms)
-            .unwrap_or(0);
+        let mut poll = match r.long_polling_timeout.as_ref().map(duration_ms) {
+            None => 0,
+            Some(Some(ms)) if ms <= MAX_LONG_POLLING_MS => ms,
+            Some(_) => {
+                return one(vec![Content::Status(status(
+                    Code::IllegalPollingTime,
+                    format!("long_polling_timeout must be 0 to {MAX_LONG_POLLING_MS} ms"),
+                ))])
+            }
+        };
         if let Some(dl) = deadline {
             poll = poll.min((dl - DEADLINE_MARGIN_MS).max(0));
         }

@@ -308,8 +308,55 @@ async fn bad_input_gets_a_status_not_a_crash() {
     assert_eq!(code(&r.status), Code::MessageBodyTooLarge, "{:?}", r.status);
 
     // Bigger than tonic's default 4 MiB frame: still a status, not a transport error.
-    let r = send(&mut c, message("T1", "ID-huge", &vec![1u8; 5 * 1024 * 1024])).await;
+    let r = send(
+        &mut c,
+        message("T1", "ID-huge", &vec![1u8; 5 * 1024 * 1024]),
+    )
+    .await;
     assert_eq!(code(&r.status), Code::MessageBodyTooLarge, "{:?}", r.status);
+
+    // A tag with a separator, a reserved property key.
+    let mut m = message("T1", "ID-tag", b"x");
+    m.system_properties.as_mut().unwrap().tag = Some("a\u{2}b".into());
+    let r = send(&mut c, m).await;
+    assert_eq!(code(&r.status), Code::IllegalMessageTag, "{:?}", r.status);
+    let mut m = message("T1", "ID-key", b"x");
+    m.user_properties.insert("UNIQ_KEY".into(), "mine".into());
+    let r = send(&mut c, m).await;
+    assert_eq!(
+        code(&r.status),
+        Code::IllegalMessagePropertyKey,
+        "{:?}",
+        r.status
+    );
+
+    // A polling time no one means (and that would overflow the timers).
+    let r = c
+        .receive_message(req(pb::ReceiveMessageRequest {
+            group: res("G"),
+            message_queue: Some(pb::MessageQueue {
+                topic: res("T1"),
+                id: -1,
+                ..Default::default()
+            }),
+            batch_size: 1,
+            long_polling_timeout: Some(prost_types::Duration {
+                seconds: i64::MAX / 1000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        r.content,
+        Some(pb::receive_message_response::Content::Status(s)) if s.code == Code::IllegalPollingTime as i32
+    ));
 
     // No message id.
     let r = send(&mut c, message("T1", "", b"x")).await;
