@@ -193,10 +193,10 @@ fn register_check_back(
                     .as_deref()
                     .and_then(|n| backend.upgrade()?.master_addr_by_name(n).ok())
                     .unwrap_or_else(|| ctx.peer_addr().to_string());
-                let transaction_id = h
-                    .offset_msg_id
-                    .clone()
-                    .unwrap_or_else(|| msg.offset_msg_id());
+                let transaction_id = session::transaction_id(
+                    h.offset_msg_id.as_deref().unwrap_or(&msg.offset_msg_id()),
+                    h.tran_state_table_offset,
+                );
                 let topic = msg.topic.clone();
                 sessions.remember_tx(
                     &transaction_id,

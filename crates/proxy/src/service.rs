@@ -380,8 +380,9 @@ impl MessagingService {
         let transaction_id = if transactional {
             let (_, commit_log_offset) = decode_offset_msg_id(&resp.msg_id)
                 .unwrap_or_else(|_| (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), -1));
+            let id = crate::session::transaction_id(&resp.msg_id, resp.queue_offset);
             self.sessions.remember_tx(
-                &resp.msg_id,
+                &id,
                 TxInfo {
                     broker_addr: addr.clone(),
                     commit_log_offset,
@@ -390,7 +391,7 @@ impl MessagingService {
                     at: std::time::Instant::now(),
                 },
             );
-            resp.msg_id.clone()
+            id
         } else {
             String::new()
         };
@@ -1149,7 +1150,20 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
                 ))
             }
         };
-        let Some(tx) = self.sessions.take_tx(&r.transaction_id) else {
+        // Remembered here, else decoded from the id (another proxy, or this
+        // one before a restart, sent the half message).
+        let tx = self.sessions.take_tx(&r.transaction_id).or_else(|| {
+            let (host, commit_log_offset, queue_offset) =
+                crate::session::parse_transaction_id(&r.transaction_id)?;
+            Some(TxInfo {
+                broker_addr: host.to_string(),
+                commit_log_offset,
+                tran_state_table_offset: queue_offset,
+                topic: name_of(&r.topic).unwrap_or_default().to_owned(),
+                at: std::time::Instant::now(),
+            })
+        });
+        let Some(tx) = tx else {
             return reply(status(
                 Code::InvalidTransactionId,
                 format!("transaction {:?} is unknown here", r.transaction_id),

@@ -110,3 +110,46 @@ impl Sessions {
         self.transactions.lock().remove(transaction_id)
     }
 }
+
+/// Separates the parts of a transaction id.
+const TX_SEP: char = '.';
+
+/// A transaction id that carries what END_TRANSACTION needs: the half
+/// message's offset id (store host + CommitLog offset) and its queue offset.
+/// Any proxy in front of the cluster can end the transaction with it, even
+/// one that did not send the half message or was restarted since.
+pub fn transaction_id(offset_msg_id: &str, queue_offset: i64) -> String {
+    format!("{offset_msg_id}{TX_SEP}{queue_offset}")
+}
+
+/// The half message a transaction id names: (store host address, CommitLog
+/// offset, queue offset); `None` for an id this proxy did not make.
+pub fn parse_transaction_id(id: &str) -> Option<(std::net::SocketAddr, i64, i64)> {
+    let (msg_id, queue_offset) = id.rsplit_once(TX_SEP)?;
+    let queue_offset = queue_offset.parse::<i64>().ok().filter(|o| *o >= 0)?;
+    let (host, commit_log_offset) = apogee_protocol::message::decode_offset_msg_id(msg_id).ok()?;
+    Some((host, commit_log_offset, queue_offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_ids_round_trip() {
+        let host: std::net::SocketAddr = "127.0.0.1:10911".parse().unwrap();
+        let off = apogee_protocol::message::offset_msg_id(host, 4096);
+        let id = transaction_id(&off, 7);
+        assert_eq!(parse_transaction_id(&id), Some((host, 4096, 7)));
+        for bad in [
+            "",
+            "abc",
+            "abc.1",
+            &format!("{off}.-1"),
+            &format!("{off}.x"),
+            &off,
+        ] {
+            assert_eq!(parse_transaction_id(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -794,3 +794,59 @@ async fn topic_type_dlq_recall_and_polling() {
     assert!(!recalled.status.unwrap().message.is_empty());
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transaction_ended_through_another_proxy() {
+    let h = Harness::start().await;
+    let mut a = h.client().await;
+    // A second proxy that never saw the half message.
+    let other = ProxyServer::start(ProxyConfig::new(
+        h.ns_addr.clone(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    ))
+    .await
+    .unwrap();
+    let mut b = MessagingServiceClient::connect(format!("http://{}", other.local_addr()))
+        .await
+        .unwrap();
+
+    let mut m = message("TxTopic", "ID-tx", b"half");
+    m.system_properties.as_mut().unwrap().message_type = pb::MessageType::Transaction as i32;
+    let sent = send(&mut a, m).await;
+    assert_eq!(code(&sent.status), Code::Ok, "{:?}", sent.status);
+    let tx_id = sent.entries[0].transaction_id.clone();
+    assert!(!tx_id.is_empty());
+
+    let unknown = b
+        .end_transaction(req(pb::EndTransactionRequest {
+            topic: res("TxTopic"),
+            message_id: "ID-tx".into(),
+            transaction_id: "made-up".into(),
+            resolution: pb::TransactionResolution::Commit as i32,
+            source: pb::TransactionSource::SourceClient as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&unknown.status), Code::InvalidTransactionId);
+
+    let ended = b
+        .end_transaction(req(pb::EndTransactionRequest {
+            topic: res("TxTopic"),
+            message_id: "ID-tx".into(),
+            transaction_id: tx_id,
+            resolution: pb::TransactionResolution::Commit as i32,
+            source: pb::TransactionSource::SourceClient as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&ended.status), Code::Ok, "{:?}", ended.status);
+    let msgs = receive_some(&mut a, "TxTopic", "GID-tx").await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].body, b"half");
+    other.shutdown().await;
+    h.shutdown().await;
+}
