@@ -130,6 +130,13 @@ pub struct BrokerConfig {
     pub broker_permission: i32,
     /// `autoCreateTopicEnable`: create unknown topics on first send from TBW102.
     pub auto_create_topic_enable: bool,
+    /// `grpcServerPort` (8081): the RocketMQ 5 gRPC endpoint of
+    /// `apogee standalone` / `apogee broker`. With `listenPort=0` an unset
+    /// port is ephemeral too, like the VIP and HA ports.
+    pub grpc_server_port: Option<u16>,
+    /// `grpcAdvertisedAddress`: `host:port` gRPC routes give clients
+    /// instead of the address they dialled (NAT, containers).
+    pub grpc_advertised_address: Option<String>,
     /// `autoCreateSubscriptionGroup`: create unknown groups on first use.
     pub auto_create_subscription_group: bool,
     /// `defaultTopicQueueNums`: queues of TBW102 and auto-created topics (8).
@@ -291,6 +298,8 @@ impl Default for BrokerConfig {
             broker_role: "ASYNC_MASTER".into(),
             broker_permission: PermName::PERM_READ | PermName::PERM_WRITE,
             auto_create_topic_enable: true,
+            grpc_server_port: None,
+            grpc_advertised_address: None,
             auto_create_subscription_group: true,
             default_topic_queue_nums: 8,
             cluster_topic_enable: true,
@@ -503,6 +512,10 @@ impl BrokerConfig {
                     self.broker_permission = p;
                 }
                 "autoCreateTopicEnable" => self.auto_create_topic_enable = parse_bool(k, v)?,
+                "grpcServerPort" => self.grpc_server_port = Some(parse(k, v)?),
+                "grpcAdvertisedAddress" => {
+                    self.grpc_advertised_address = (!v.is_empty()).then(|| v.to_string())
+                }
                 "autoCreateSubscriptionGroup" => {
                     self.auto_create_subscription_group = parse_bool(k, v)?
                 }
@@ -737,6 +750,16 @@ impl BrokerConfig {
             .collect()
     }
 
+    /// The gRPC port: `grpcServerPort`, else 8081, else 0 (ephemeral) when
+    /// `listenPort` is 0 so that brokers on free ports never collide.
+    pub fn effective_grpc_server_port(&self) -> u16 {
+        match (self.grpc_server_port, self.listen_port) {
+            (Some(p), _) => p,
+            (None, 0) => 0,
+            (None, _) => 8081,
+        }
+    }
+
     /// `brokerIP1:listenPort` (with the configured port; the controller
     /// uses the bound port when `listenPort` is 0).
     pub fn broker_addr(&self) -> String {
@@ -805,6 +828,14 @@ impl BrokerConfig {
         put("brokerName", self.broker_name.clone());
         put("brokerId", self.broker_id.to_string());
         put("listenPort", self.listen_port.to_string());
+        put(
+            "grpcServerPort",
+            self.effective_grpc_server_port().to_string(),
+        );
+        put(
+            "grpcAdvertisedAddress",
+            self.grpc_advertised_address.clone().unwrap_or_default(),
+        );
         put("bindAddress", self.bind_address.clone());
         put("brokerIP1", self.broker_ip1.clone());
         put(

@@ -64,9 +64,20 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         return runtime()?.block_on(run_controller_mode(config));
     }
     runtime()?.block_on(async move {
+        let grpc_config = config.clone();
         let broker = start_broker(config).await?;
+        let grpc = match start_grpc(&grpc_config).await {
+            Ok(g) => g,
+            Err(e) => {
+                broker.shutdown().await;
+                return Err(e);
+            }
+        };
         apogee_remoting::shutdown_signal().await;
         tracing::info!("shutting down");
+        if let Some(g) = grpc {
+            g.shutdown().await;
+        }
         broker.shutdown().await;
         Ok(())
     })
@@ -149,4 +160,29 @@ pub async fn start_broker(config: BrokerConfig) -> anyhow::Result<BrokerControll
     }
     println!("apogee broker listening on {}", broker.local_addr());
     Ok(broker)
+}
+
+/// Starts the broker's local gRPC endpoint (`grpcServerPort`): the proxy
+/// code path, pointed at the NameServer(s) this broker registers with.
+/// None when the broker has no NameServer to find routes in.
+pub async fn start_grpc(
+    config: &BrokerConfig,
+) -> anyhow::Result<Option<apogee_proxy::ProxyServer>> {
+    let Some(namesrv) = config.namesrv_addr.clone().filter(|n| !n.trim().is_empty()) else {
+        tracing::warn!("no namesrvAddr: the gRPC endpoint is not started");
+        return Ok(None);
+    };
+    let ip: std::net::IpAddr = config
+        .bind_address
+        .parse()
+        .context("invalid broker config bindAddress")?;
+    let port = config.effective_grpc_server_port();
+    let mut pc = apogee_proxy::ProxyConfig::new(namesrv, std::net::SocketAddr::new(ip, port));
+    pc.advertised_addr = config.grpc_advertised_address.clone();
+    pc.max_body_size = config.store.max_message_size;
+    let server = apogee_proxy::ProxyServer::start(pc)
+        .await
+        .with_context(|| format!("cannot start the gRPC endpoint (grpcServerPort={port})"))?;
+    println!("apogee grpc listening on {}", server.local_addr());
+    Ok(Some(server))
 }

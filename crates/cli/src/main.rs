@@ -6,6 +6,7 @@ mod bench;
 mod broker;
 mod controller;
 mod namesrv;
+mod proxy;
 mod settings;
 mod standalone;
 
@@ -66,6 +67,12 @@ enum Command {
                             apogee standalone -c conf/broker.conf\n\n\
                             Clients then use the NameServer at 127.0.0.1:9876.")]
     Standalone(standalone::StandaloneArgs),
+    /// Run a RocketMQ 5 gRPC endpoint (default port 8081) in front of the
+    /// brokers a NameServer knows: official gRPC clients connect here.
+    #[command(after_help = "Examples:\n  apogee proxy -n 127.0.0.1:9876\n  \
+                            apogee proxy -n \"10.0.0.1:9876;10.0.0.2:9876\" --grpc-server-port 8081 \
+                            --advertised-address proxy.example.com:8081")]
+    Proxy(proxy::ProxyArgs),
     /// Operator tools: mqadmin's commands (clusterList, topicList, updateTopic,
     /// consumerProgress, queryMsgById, …) against a NameServer and its brokers.
     #[command(
@@ -92,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         Command::Broker(args) => broker::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Standalone(args) => standalone::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }

@@ -67,6 +67,7 @@ pub fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             ns_addr.ip()
         };
         config.namesrv_addr = Some(format!("{ip}:{}", ns_addr.port()));
+        let grpc_config = config.clone();
         let broker = match broker::start_broker(config).await {
             Ok(b) => b,
             Err(e) => {
@@ -74,8 +75,19 @@ pub fn run(args: StandaloneArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
         };
+        let grpc = match broker::start_grpc(&grpc_config).await {
+            Ok(g) => g,
+            Err(e) => {
+                broker.shutdown().await;
+                namesrv.shutdown().await;
+                return Err(e);
+            }
+        };
         apogee_remoting::shutdown_signal().await;
         tracing::info!("shutting down");
+        if let Some(g) = grpc {
+            g.shutdown().await;
+        }
         broker.shutdown().await;
         namesrv.shutdown().await;
         Ok(())

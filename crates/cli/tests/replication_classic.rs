@@ -56,6 +56,8 @@ fn spawn_broker(namesrv: &str, store: &Path, port: u16, extra: &[&str]) -> Broke
         "maxIndexNum=10000".to_string(),
         "maxHashSlotNum=1000".to_string(),
         "haSendHeartbeatInterval=1000".to_string(),
+        // Fixed broker ports: the gRPC port must not be the shared default.
+        "grpcServerPort=0".to_string(),
     ] {
         cmd.arg("--set").arg(kv);
     }

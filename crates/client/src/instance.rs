@@ -231,6 +231,17 @@ impl ClientInstance {
             .await?)
     }
 
+    /// Request/response to a broker with a timeout of the caller's (a
+    /// long-polling POP must outlive the default API timeout).
+    pub async fn invoke_timeout(
+        &self,
+        addr: &str,
+        cmd: RemotingCommand,
+        timeout: Duration,
+    ) -> Result<RemotingCommand> {
+        Ok(self.remoting.invoke(addr, cmd, timeout).await?)
+    }
+
     /// Like [`invoke`](Self::invoke) but a non-success code is an error.
     pub async fn invoke_ok(&self, addr: &str, cmd: RemotingCommand) -> Result<RemotingCommand> {
         let resp = self.invoke(addr, cmd).await?;

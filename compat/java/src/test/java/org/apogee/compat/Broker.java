@@ -25,11 +25,30 @@ public final class Broker {
     private final String namesrv;
     private final Process process;
     private final Path dir;
+    private final String grpc;
 
     private Broker(String namesrv, Process process, Path dir) {
+        this(namesrv, process, dir, null);
+    }
+
+    private Broker(String namesrv, Process process, Path dir, String grpc) {
         this.namesrv = namesrv;
         this.process = process;
         this.dir = dir;
+        this.grpc = grpc;
+    }
+
+    /** The gRPC endpoint (host:port) of the broker under test; -Dcompat.grpc overrides. */
+    public static synchronized String grpc() {
+        String external = System.getProperty("compat.grpc", "");
+        if (external != null && !external.isBlank()) {
+            return external.trim();
+        }
+        namesrv();
+        if (instance.grpc == null) {
+            throw new IllegalStateException("no gRPC endpoint: set -Dcompat.grpc=host:port");
+        }
+        return instance.grpc;
     }
 
     /** The NameServer address clients use. */
@@ -79,6 +98,7 @@ public final class Broker {
             Process p = pb.start();
             CompletableFuture<String> ns = new CompletableFuture<>();
             CompletableFuture<String> broker = new CompletableFuture<>();
+            CompletableFuture<String> grpc = new CompletableFuture<>();
             Thread reader = new Thread(() -> {
                 try (BufferedReader r = new BufferedReader(
                     new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
@@ -88,6 +108,8 @@ public final class Broker {
                             ns.complete(line.substring("apogee namesrv listening on ".length()).trim());
                         } else if (line.startsWith("apogee broker listening on ")) {
                             broker.complete(line.substring("apogee broker listening on ".length()).trim());
+                        } else if (line.startsWith("apogee grpc listening on ")) {
+                            grpc.complete(line.substring("apogee grpc listening on ".length()).trim());
                         }
                     }
                 } catch (IOException ignored) {
@@ -99,7 +121,7 @@ public final class Broker {
             reader.start();
             String addr = ns.get(30, TimeUnit.SECONDS);
             broker.get(30, TimeUnit.SECONDS);
-            return new Broker(addr, p, dir);
+            return new Broker(addr, p, dir, grpc.get(30, TimeUnit.SECONDS));
         } catch (Exception e) {
             throw new IllegalStateException("cannot start apogee standalone: " + e, e);
         }

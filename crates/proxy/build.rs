@@ -1,0 +1,20 @@
+//! Compiles the RocketMQ 5 `.proto` files with protox (a Rust protobuf
+//! compiler), so building needs no `protoc` on the machine.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/apache/rocketmq/v2/definition.proto",
+        "proto/apache/rocketmq/v2/service.proto",
+        "proto/apache/rocketmq/v2/admin.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        // The client stubs serve the crate's own tests and tools.
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
