@@ -1074,7 +1074,10 @@ async fn an_orderly_batch_stays_invisible_across_a_restart() {
     b.stop().await;
     let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
     assert_eq!(b.ctx().offsets.query("GZ", "PopZ", 0), Some(1));
-    assert!(pop_req(&b, order_pop("GZ", "PopZ", 60_000)).await.0.is_empty());
+    assert!(pop_req(&b, order_pop("GZ", "PopZ", 60_000))
+        .await
+        .0
+        .is_empty());
     b.stop().await;
 }
 
