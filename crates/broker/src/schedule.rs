@@ -560,6 +560,16 @@ pub fn rebuild_for_delivery(rec: &Bytes, info: &stored::RecordInfo<'_>) -> Optio
         .and_then(|q| q.trim().parse::<i32>().ok())
         .filter(|q| *q >= 0)
         .unwrap_or(0);
+    let due = info
+        .property(keys::TIMER_DELIVER_MS)
+        .or_else(|| info.property(keys::TIMER_OUT_MS))
+        .map(str::to_owned);
+    let mut add = vec![(keys::WAIT_STORE_MSG_OK, "false")];
+    // The time it was due, as Apache's timer leaves on delivered messages
+    // (gRPC clients show it as the delivery timestamp).
+    if let Some(due) = due.as_deref() {
+        add.push((keys::TIMER_OUT_MS, due));
+    }
     let props = rewrite_props(
         &info.properties,
         &[
@@ -571,7 +581,7 @@ pub fn rebuild_for_delivery(rec: &Bytes, info: &stored::RecordInfo<'_>) -> Optio
             keys::TIMER_DELAY_SEC,
             keys::TIMER_DELAY_MS,
         ],
-        &[(keys::WAIT_STORE_MSG_OK, "false")],
+        &add,
     );
     let end = info.body_pos + info.body.len();
     // Share the record's buffer instead of copying the body.

@@ -210,12 +210,14 @@ fn rebuild_restores_destination() {
     for k in [
         keys::REAL_TOPIC,
         keys::REAL_QUEUE_ID,
-        keys::TIMER_OUT_MS,
+        keys::TIMER_DELIVER_MS,
         keys::TIMER_DELAY_MS,
         keys::DELAY_TIME_LEVEL,
     ] {
         assert_eq!(properties::get(&out.properties, k), None, "{k}");
     }
+    // The due time stays, as Apache's timer leaves it.
+    assert_eq!(properties::get(&out.properties, keys::TIMER_OUT_MS), Some("510"));
     assert_eq!(
         properties::get(&out.properties, keys::WAIT_STORE_MSG_OK),
         Some("false")
