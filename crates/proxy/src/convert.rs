@@ -82,10 +82,29 @@ pub fn duration_ms(d: &PbDuration) -> Option<i64> {
     (ms >= 0).then_some(ms)
 }
 
-/// The CRC32 digest as the official clients write and check it: upper-case
-/// hex without leading zeros.
+/// The CRC32 digest as the Java client checks it: upper-case hex without
+/// leading zeros.
 pub fn crc32_hex(body: &[u8]) -> String {
     format!("{:X}", crc32fast::hash(body))
+}
+
+/// The body digest in the form the client's own check expects. The official
+/// clients disagree on how a CRC32 is written (Java: upper-case hex; Go:
+/// lower-case hex; Python: eight upper-case hex digits; Node.js: decimal),
+/// and a mismatch makes them drop the message as corrupted, so the form
+/// follows the language the client named in its Settings.
+pub fn body_digest(lang: pb::Language, body: &[u8]) -> pb::Digest {
+    let crc = crc32fast::hash(body);
+    let checksum = match lang {
+        pb::Language::Golang => format!("{crc:x}"),
+        pb::Language::Python => format!("{crc:08X}"),
+        pb::Language::NodeJs => crc.to_string(),
+        _ => crc32_hex(body),
+    };
+    pb::Digest {
+        r#type: pb::DigestType::Crc32 as i32,
+        checksum,
+    }
 }
 
 fn host(addr: &SocketAddr) -> String {
@@ -114,6 +133,7 @@ pub fn to_pb_message(
     mut m: DecodedMessage,
     topic: pb::Resource,
     invisible_ms: Option<i64>,
+    lang: pb::Language,
 ) -> pb::Message {
     if m.decompress(MAX_INFLATED).is_err() {
         // Handed over as stored; the digest below still matches the bytes.
@@ -126,18 +146,18 @@ pub fn to_pb_message(
             user.insert(k.clone(), v.clone());
         }
     }
+    // Before delivery the timer property; after, the due time the timer
+    // leaves (TIMER_OUT_MS).
     let delivery = m
         .property(keys::TIMER_DELIVER_MS)
+        .or_else(|| m.property(keys::TIMER_OUT_MS))
         .and_then(|v| v.trim().parse::<i64>().ok())
         .map(timestamp);
     let sys = pb::SystemProperties {
         tag: m.tags().map(str::to_owned),
         keys: m.keys().map(str::to_owned).collect(),
         message_id: m.msg_id(),
-        body_digest: Some(pb::Digest {
-            r#type: pb::DigestType::Crc32 as i32,
-            checksum: crc32_hex(&m.body),
-        }),
+        body_digest: Some(body_digest(lang, &m.body)),
         body_encoding: pb::Encoding::Identity as i32,
         message_type: ty as i32,
         born_timestamp: Some(timestamp(m.born_timestamp)),
@@ -177,7 +197,11 @@ pub fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, String> {
 }
 
 /// A pulled message (already inflated by the client crate) as a gRPC message.
-pub fn ext_to_pb(m: apogee_client::MessageExt, topic: pb::Resource) -> pb::Message {
+pub fn ext_to_pb(
+    m: apogee_client::MessageExt,
+    topic: pb::Resource,
+    lang: pb::Language,
+) -> pb::Message {
     let d = DecodedMessage {
         store_size: m.store_size,
         version: apogee_protocol::message::MessageVersion::V1,
@@ -198,7 +222,7 @@ pub fn ext_to_pb(m: apogee_client::MessageExt, topic: pb::Resource) -> pb::Messa
         properties_raw: String::new(),
         properties: m.message.properties,
     };
-    to_pb_message(d, topic, None)
+    to_pb_message(d, topic, None, lang)
 }
 
 #[cfg(test)]
@@ -231,5 +255,17 @@ mod tests {
     fn crc_is_upper_hex_without_padding() {
         assert_eq!(crc32_hex(b""), "0");
         assert_eq!(crc32_hex(b"hello"), "3610A686");
+        // Each client's own form, checked against what it computes.
+        let d = |l| body_digest(l, b"hello").checksum;
+        assert_eq!(d(pb::Language::Java), "3610A686");
+        assert_eq!(d(pb::Language::Golang), "3610a686");
+        assert_eq!(d(pb::Language::NodeJs), "907060870");
+        // A CRC below 0x10000000: Python pads to eight digits, Java does not.
+        let small = (0u32..)
+            .map(|i| i.to_le_bytes())
+            .find(|b| crc32fast::hash(b) < 0x1000_0000)
+            .unwrap_or_default();
+        assert_eq!(body_digest(pb::Language::Python, &small).checksum.len(), 8);
+        assert!(body_digest(pb::Language::Java, &small).checksum.len() < 8);
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod receipt;
 pub mod service;
 pub mod session;
+pub mod tls;
 
 /// The generated `apache.rocketmq.v2` types, server and client.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -50,6 +51,10 @@ pub struct ProxyConfig {
     pub advertised_addr: Option<String>,
     /// Largest message body accepted (`maxMessageSize`).
     pub max_body_size: usize,
+    /// PEM certificate chain and private key for TLS connections; `None`:
+    /// a self-signed certificate made at start (the official clients do
+    /// not verify the server's certificate unless told to).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl ProxyConfig {
@@ -59,6 +64,7 @@ impl ProxyConfig {
             listen,
             advertised_addr: None,
             max_body_size: 4 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -74,6 +80,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Backend(#[from] ProxyError),
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running gRPC endpoint.
@@ -103,6 +111,13 @@ impl ProxyServer {
             addr: config.listen,
             source,
         })?;
+        // One port for TLS and plaintext, as Apache's proxy: the Go client
+        // only speaks TLS, the Node.js and Python ones only plaintext.
+        let tls = match &config.tls {
+            Some((cert, key)) => tls::Tls::from_pem_files(cert, key)?,
+            None => tls::Tls::self_signed()?,
+        };
+
         let sessions = Arc::new(Sessions::default());
         let processors = ProcessorRegistry::new();
         let backend = Backend::new(&config.namesrv_addr, Arc::clone(&processors))?;
@@ -115,9 +130,9 @@ impl ProxyServer {
         let max_frame = config.max_body_size.saturating_mul(4).max(MIN_FRAME_LIMIT);
         let svc =
             service::MessagingService::new(Arc::clone(&backend), Arc::clone(&sessions), config);
+        let incoming = tls::incoming(listener, Some(tls));
         let (tx, rx) = oneshot::channel::<()>();
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+
         let serve = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(
@@ -208,7 +223,7 @@ fn register_check_back(
                         at: std::time::Instant::now(),
                     },
                 );
-                let Some(outbox) = sessions.producer_for(&topic) else {
+                let Some((outbox, lang)) = sessions.producer_for(&topic) else {
                     tracing::debug!(%topic, "transaction check: no gRPC producer connected");
                     return Ok(None);
                 };
@@ -221,7 +236,7 @@ fn register_check_back(
                     command: Some(
                         pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(
                             pb::RecoverOrphanedTransactionCommand {
-                                message: Some(convert::to_pb_message(msg, resource, None)),
+                                message: Some(convert::to_pb_message(msg, resource, None, lang)),
                                 transaction_id,
                             },
                         ),

@@ -732,9 +732,10 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
             };
             Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(item)]))))
         };
-        if let Err(s) = client_id(&req) {
-            return one(s);
-        }
+        let lang = match client_id(&req) {
+            Ok(cid) => self.sessions.language_of(&cid),
+            Err(s) => return one(s),
+        };
         let deadline = deadline_ms(&req);
         let r = req.into_inner();
         let Some(group) = name_of(&r.group).map(str::to_owned) else {
@@ -776,7 +777,10 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
             // Answer before the client gives up on the call.
             poll = poll.min((dl - DEADLINE_MARGIN_MS).max(0));
         }
-        let (topic, broker, addr, queue_id) = match self.locate(r.message_queue.as_ref()).await {
+        // Only the broker counts: like Apache's proxy, pop any queue of it
+        // (-1). Clients keep sending the queue their route gave them, and
+        // popping just that one would leave the others unread.
+        let (topic, broker, addr, _queue) = match self.locate(r.message_queue.as_ref()).await {
             Ok(v) => v,
             Err(s) => return one(s),
         };
@@ -789,7 +793,7 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
         let header = PopMessageRequestHeader {
             consumer_group: group,
             topic: topic.clone(),
-            queue_id: if queue_id < 0 { -1 } else { queue_id },
+            queue_id: -1,
             max_msg_nums: r.batch_size,
             invisible_time: invisible,
             poll_time: poll,
@@ -823,7 +827,7 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
             )),
         }));
         for m in popped.messages {
-            let pm = to_pb_message(m, resource.clone(), Some(popped.invisible_time));
+            let pm = to_pb_message(m, resource.clone(), Some(popped.invisible_time), lang);
             let _ = tx.try_send(Ok(pb::ReceiveMessageResponse {
                 content: Some(pb::receive_message_response::Content::Message(pm)),
             }));
@@ -922,9 +926,12 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
             Ok(Response::new(Box::pin(tokio_stream::iter(items))))
         };
         use pb::pull_message_response::Content;
-        if let Err(s) = client_id(&req) {
-            return one(vec![Content::Status(s)]);
-        }
+        let lang = match client_id(&req) {
+            Ok(cid) => self.sessions.language_of(&cid),
+            Err(s) => {
+                return one(vec![Content::Status(s)]);
+            }
+        };
         let deadline = deadline_ms(&req);
         let r = req.into_inner();
         let Some(group) = name_of(&r.group).map(str::to_owned) else {
@@ -1012,6 +1019,7 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
             items.push(Content::Message(crate::convert::ext_to_pb(
                 m,
                 resource.clone(),
+                lang,
             )));
         }
         items.push(Content::NextOffset(res.next_begin_offset));
@@ -1249,6 +1257,11 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
                                 group,
                                 outbox: tx.clone(),
                                 stream_id,
+                                language: s
+                                    .user_agent
+                                    .as_ref()
+                                    .and_then(|ua| pb::Language::try_from(ua.language).ok())
+                                    .unwrap_or(pb::Language::Unspecified),
                             },
                         );
                         let merged = this.merged_settings(s).await;

@@ -22,6 +22,8 @@ pub struct Session {
     pub outbox: Outbox,
     /// Tells streams of one client apart (a reconnect replaces the entry).
     pub stream_id: u64,
+    /// The client's language, from its Settings (decides the digest form).
+    pub language: pb::Language,
 }
 
 /// A transaction the proxy can end: where its half message is.
@@ -79,9 +81,17 @@ impl Sessions {
             .and_then(|s| s.group.clone())
     }
 
+    /// The language a client declared (Unspecified before its Settings).
+    pub fn language_of(&self, client_id: &str) -> pb::Language {
+        self.by_client
+            .lock()
+            .get(client_id)
+            .map_or(pb::Language::Unspecified, |s| s.language)
+    }
+
     /// A producer stream to ask about a transaction on `topic`: one that
-    /// declared the topic, else any producer.
-    pub fn producer_for(&self, topic: &str) -> Option<Outbox> {
+    /// declared the topic, else any producer; with its language.
+    pub fn producer_for(&self, topic: &str) -> Option<(Outbox, pb::Language)> {
         let m = self.by_client.lock();
         let producers = || {
             m.values()
@@ -90,7 +100,7 @@ impl Sessions {
         producers()
             .find(|s| s.topics.iter().any(|t| t == topic))
             .or_else(|| producers().next())
-            .map(|s| s.outbox.clone())
+            .map(|s| (s.outbox.clone(), s.language))
     }
 
     pub fn remember_tx(&self, transaction_id: &str, info: TxInfo) {
