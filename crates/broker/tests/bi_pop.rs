@@ -1074,7 +1074,10 @@ async fn an_orderly_batch_stays_invisible_across_a_restart() {
     b.stop().await;
     let b = Broker::start(ba_common::broker_config(dir.path(), None)).await;
     assert_eq!(b.ctx().offsets.query("GZ", "PopZ", 0), Some(1));
-    assert!(pop_req(&b, order_pop("GZ", "PopZ", 60_000)).await.0.is_empty());
+    assert!(pop_req(&b, order_pop("GZ", "PopZ", 60_000))
+        .await
+        .0
+        .is_empty());
     b.stop().await;
 }
 
@@ -1135,5 +1138,24 @@ async fn system_topics_and_groups_cannot_be_popped() {
             r.remark
         );
     }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn revive_does_not_recreate_a_deleted_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    send(&b, "PopG", 0, b"g0").await;
+    wait_queue(&b, "PopG", 0, 1).await;
+    assert!(b.ctx().groups.get("GGone").is_none());
+    let ck = checkpoint("PopG", "GGone", 0, now_ms() - 10_000, 1000);
+    write_ck(b.ctx(), &ck, 3).await.expect("checkpoint stored");
+    wait_revive_queue(&b, 3, 1).await;
+    let pass = revive_queue(b.ctx(), 3).await.expect("pass");
+    assert_eq!(pass.revived, 0);
+    assert!(b.ctx().groups.get("GGone").is_none(), "not created again");
+    assert!(b.ctx().topics.get("%RETRY%GGone_PopG").is_none());
+    let (progress, end) = revive_progress(&b, 3);
+    assert_eq!(progress, end, "the checkpoint is settled");
     b.stop().await;
 }
