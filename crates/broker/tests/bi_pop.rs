@@ -965,10 +965,10 @@ async fn a_restart_raises_pop_offsets_to_the_newest_checkpoint() {
 #[tokio::test]
 async fn orderly_acks_check_the_pop_time_wake_parked_pops_and_batch_ack() {
     let (b, _dir) = start().await;
-    for body in [b"q0" as &[u8], b"q1", b"q2", b"q3"] {
+    for body in [b"q0" as &[u8], b"q1", b"q2", b"q3", b"q4"] {
         send(&b, "PopQ", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
     }
-    wait_queue(&b, "PopQ", 0, 4).await;
+    wait_queue(&b, "PopQ", 0, 5).await;
     // A delivery expires and q0 is handed out again: an ack with the first
     // delivery's handle is stale and moves nothing.
     let (first, _) = pop_req(&b, order_pop("GQ", "PopQ", 300)).await;
@@ -1002,6 +1002,34 @@ async fn orderly_acks_check_the_pop_time_wake_parked_pops_and_batch_ack() {
     assert_eq!(&got[0].msg.body[..], b"q1");
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
 
+    // So is a held orderly NOTIFICATION.
+    {
+        use apogee_protocol::header::{NotificationRequestHeader, NotificationResponseHeader};
+        let n = NotificationRequestHeader {
+            consumer_group: "GQ".into(),
+            topic: "PopQ".into(),
+            queue_id: 0,
+            poll_time: 20_000,
+            born_time: now_ms(),
+            order: Some(true),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let (r, ()) = tokio::join!(
+            b.call(RemotingCommand::request(request_code::NOTIFICATION).with_header(&n)),
+            async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let r = ack(&b, "GQ", "PopQ", &got[0]).await;
+                assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+            }
+        );
+        let nh: NotificationResponseHeader = r.decode_header().unwrap();
+        assert!(nh.has_msg);
+        assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    }
+    let (got, _) = pop_req(&b, order_pop("GQ", "PopQ", 60_000)).await;
+    assert_eq!(&got[0].msg.body[..], b"q2");
+
     // A new invisible time keeps the handle valid (same popTime).
     let h = ChangeInvisibleTimeRequestHeader {
         consumer_group: "GQ".into(),
@@ -1018,7 +1046,7 @@ async fn orderly_acks_check_the_pop_time_wake_parked_pops_and_batch_ack() {
     assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
     let r = ack(&b, "GQ", "PopQ", &got[0]).await;
     assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
-    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(2));
+    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(3));
     // No open batch any more: a change is refused, not a silent success.
     let r = b
         .call(RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME).with_header(&h))
@@ -1031,9 +1059,9 @@ async fn orderly_acks_check_the_pop_time_wake_parked_pops_and_batch_ack() {
     let (got, rh) = pop_req(&b, two).await;
     assert_eq!(got.len(), 2);
     let rh = rh.unwrap();
-    // BitSet {0, 1} from startOffset 2: the byte 0b11 ("Aw==").
+    // BitSet {0, 1} from startOffset 3: the byte 0b11 ("Aw==").
     let body = format!(
-        r#"{{"acks":[{{"c":"GQ","t":"PopQ","r":"0","so":2,"q":0,"rq":999,"pt":{},"it":60000,"b":"Aw=="}}],"brokerName":"{}"}}"#,
+        r#"{{"acks":[{{"c":"GQ","t":"PopQ","r":"0","so":3,"q":0,"rq":999,"pt":{},"it":60000,"b":"Aw=="}}],"brokerName":"{}"}}"#,
         rh.pop_time,
         b.ctx().config.broker_name
     );
@@ -1043,7 +1071,7 @@ async fn orderly_acks_check_the_pop_time_wake_parked_pops_and_batch_ack() {
         )
         .await;
     assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
-    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(4));
+    assert_eq!(b.ctx().offsets.query("GQ", "PopQ", 0), Some(5));
     b.stop().await;
 }
 
@@ -1138,5 +1166,24 @@ async fn system_topics_and_groups_cannot_be_popped() {
             r.remark
         );
     }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn revive_does_not_recreate_a_deleted_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_manual_revive(dir.path()).await;
+    send(&b, "PopG", 0, b"g0").await;
+    wait_queue(&b, "PopG", 0, 1).await;
+    assert!(b.ctx().groups.get("GGone").is_none());
+    let ck = checkpoint("PopG", "GGone", 0, now_ms() - 10_000, 1000);
+    write_ck(b.ctx(), &ck, 3).await.expect("checkpoint stored");
+    wait_revive_queue(&b, 3, 1).await;
+    let pass = revive_queue(b.ctx(), 3).await.expect("pass");
+    assert_eq!(pass.revived, 0);
+    assert!(b.ctx().groups.get("GGone").is_none(), "not created again");
+    assert!(b.ctx().topics.get("%RETRY%GGone_PopG").is_none());
+    let (progress, end) = revive_progress(&b, 3);
+    assert_eq!(progress, end, "the checkpoint is settled");
     b.stop().await;
 }

@@ -140,6 +140,12 @@ async fn notification(
             ),
         ));
     }
+    // Registered before the first look (see pop_message): an ack that
+    // completes an orderly batch wakes a held orderly notification.
+    let order = h.order == Some(true);
+    let unblocked = ctx.pop_order.unblocked();
+    tokio::pin!(unblocked);
+    unblocked.as_mut().enable();
     let mut found = has_msg(ctx, &h);
     if !found && h.poll_time > 0 {
         let (max_total, per_key) = {
@@ -176,6 +182,7 @@ async fn notification(
         if !parked.is_empty() {
             tokio::select! {
                 _ = futures::future::select_all(parked) => {}
+                _ = &mut unblocked, if order => {}
                 _ = rc.channel().closed() => return None,
             }
             found = has_msg(ctx, &h);

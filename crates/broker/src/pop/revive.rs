@@ -36,6 +36,8 @@ use crate::schedule::now_ms;
 const BATCH: usize = 256;
 /// Most records examined per queue and pass.
 const MAX_PER_PASS: i64 = 200_000;
+/// Most open checkpoints kept per revive queue (a few hundred bytes each).
+const MAX_OPEN: usize = 500_000;
 /// A checkpoint is revived only this long after its revive time (Apache's
 /// `ackTimeInterval` + 1 s): an ack sent before the revive time is stored
 /// by then, so the pass that revives it has read the ack.
@@ -121,6 +123,8 @@ struct QueueState {
     /// Open checkpoints by their revive-topic offset.
     open: BTreeMap<i64, Open>,
     index: HashMap<CkKey, i64>,
+    /// Store time of the last record read.
+    last_ts: i64,
 }
 
 /// The revive service's per-queue state (see the module doc). A pass takes
@@ -169,13 +173,11 @@ impl ReviveStates {
 }
 
 /// Reads `[st.scanned, end)` of the revive queue into `st`; returns the
-/// records read and the store time of the last one. Blocking work: runs
-/// on a blocking thread.
-fn scan(ctx: &BrokerContext, rt: &str, q: i32, st: &mut QueueState, end: i64) -> (usize, i64) {
+/// records read. Blocking work: runs on a blocking thread.
+fn scan(ctx: &BrokerContext, rt: &str, q: i32, st: &mut QueueState, end: i64) -> usize {
     let mut off = st.scanned;
     let mut read = 0usize;
-    let mut last_ts = 0i64;
-    while off < end {
+    'read: while off < end {
         let r = ctx
             .store
             .get_messages(REVIVE_GROUP, rt, q, off, BATCH, usize::MAX, None);
@@ -187,11 +189,25 @@ fn scan(ctx: &BrokerContext, rt: &str, q: i32, st: &mut QueueState, end: i64) ->
             break;
         }
         for (rec, &ro) in r.messages.iter().zip(&r.queue_offsets) {
+            if st.open.len() >= MAX_OPEN {
+                // Bounded memory: the rest is read once older ones close.
+                static FULL: apogee_throttle::LogThrottle =
+                    apogee_throttle::LogThrottle::new("pop revive queue full");
+                apogee_throttle::throttled_warn!(
+                    FULL,
+                    q,
+                    revive_queue = q,
+                    open = MAX_OPEN,
+                    "too many open pop checkpoints; reading of the revive queue paused"
+                );
+                off = ro;
+                break 'read;
+            }
             read += 1;
             let Ok(m) = stored::check_record(rec, false) else {
                 continue;
             };
-            last_ts = m.store_timestamp;
+            st.last_ts = m.store_timestamp;
             match m.property(keys::TAGS) {
                 Some(CK_TAG) => match serde_json::from_slice::<CheckPoint>(m.body) {
                     Ok(ck) => {
@@ -249,7 +265,7 @@ fn scan(ctx: &BrokerContext, rt: &str, q: i32, st: &mut QueueState, end: i64) ->
         off = r.next_begin_offset.max(off + 1);
     }
     st.scanned = off;
-    (read, last_ts)
+    read
 }
 
 /// The time before which a checkpoint's revive time (plus the margin) must
@@ -295,13 +311,13 @@ pub async fn revive_queue(ctx: &Arc<BrokerContext>, q: i32) -> Result<Pass, PopE
         (st, r)
     })
     .await;
-    let (mut st, (read, last_ts)) = match joined {
+    let (mut st, read) = match joined {
         Ok(v) => v,
         // The state is lost with the thread: the next pass reads again
         // from the saved progress.
         Err(e) => return Err(PopError::Scan(e.to_string())),
     };
-    let cutoff = revive_cutoff(now, last_ts, st.scanned < max);
+    let cutoff = revive_cutoff(now, st.last_ts, st.scanned < max);
     let mut pass = Pass {
         revived: 0,
         scanned: read,
