@@ -82,10 +82,16 @@ pub fn duration_ms(d: &PbDuration) -> Option<i64> {
     (ms >= 0).then_some(ms)
 }
 
-/// The CRC32 digest as the official clients write and check it: upper-case
-/// hex without leading zeros.
-pub fn crc32_hex(body: &[u8]) -> String {
-    format!("{:X}", crc32fast::hash(body))
+/// The body digest handed to clients: MD5 as upper-case hex. The official
+/// clients disagree on CRC32's text (Java writes no leading zeros, Python
+/// pads to 8 digits) and mark a mismatch as corrupted, dropping the message;
+/// MD5 has one fixed-width form both read.
+pub fn md5_hex(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(body)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
 }
 
 fn host(addr: &SocketAddr) -> String {
@@ -135,8 +141,8 @@ pub fn to_pb_message(
         keys: m.keys().map(str::to_owned).collect(),
         message_id: m.msg_id(),
         body_digest: Some(pb::Digest {
-            r#type: pb::DigestType::Crc32 as i32,
-            checksum: crc32_hex(&m.body),
+            r#type: pb::DigestType::Md5 as i32,
+            checksum: md5_hex(&m.body),
         }),
         body_encoding: pb::Encoding::Identity as i32,
         message_type: ty as i32,
@@ -228,8 +234,8 @@ mod tests {
     }
 
     #[test]
-    fn crc_is_upper_hex_without_padding() {
-        assert_eq!(crc32_hex(b""), "0");
-        assert_eq!(crc32_hex(b"hello"), "3610A686");
+    fn md5_is_upper_hex_full_width() {
+        assert_eq!(md5_hex(b""), "D41D8CD98F00B204E9800998ECF8427E");
+        assert_eq!(md5_hex(b"hello"), "5D41402ABC4B2A76B9719D911017C592");
     }
 }

@@ -231,7 +231,8 @@ async fn route_send_receive_ack() {
     assert_eq!(sys.delivery_attempt, Some(1));
     assert_eq!(m.user_properties.get("k").map(String::as_str), Some("v"));
     let digest = sys.body_digest.as_ref().unwrap();
-    assert_eq!(digest.checksum, format!("{:X}", crc32fast::hash(b"hello")));
+    assert_eq!(digest.r#type, pb::DigestType::Md5 as i32);
+    assert_eq!(digest.checksum, "5D41402ABC4B2A76B9719D911017C592");
     let handle = sys.receipt_handle.clone().unwrap();
 
     let renewed = c
