@@ -353,7 +353,7 @@ impl MessagingService {
             }
             sys_flag |= sysflag::TRANSACTION_PREPARED_TYPE;
             // The broker checks back on the connection of the group.
-            self.backend.heartbeat().await;
+            self.backend.ensure_registered(&addr).await;
         }
         let header = SendMessageRequestHeaderV2 {
             producer_group: PROXY_PRODUCER_GROUP.to_owned(),
