@@ -851,3 +851,57 @@ async fn transaction_ended_through_another_proxy() {
     other.shutdown().await;
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_gone_mid_poll_does_not_hide_messages() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    let topic = "GoneMidPoll";
+    // Create the topic and the group's progress first.
+    let _ = receive(&mut c, topic, "GID-gone", 200).await;
+
+    // A long poll whose client goes away before anything arrives.
+    let mut r = req(pb::ReceiveMessageRequest {
+        group: res("GID-gone"),
+        message_queue: Some(pb::MessageQueue {
+            topic: res(topic),
+            id: -1,
+            ..Default::default()
+        }),
+        batch_size: 16,
+        invisible_duration: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        long_polling_timeout: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    r.set_timeout(Duration::from_secs(10));
+    let mut gone_client = h.client().await;
+    let call = tokio::spawn(async move {
+        let mut s = gone_client.receive_message(r).await.unwrap().into_inner();
+        while s.message().await.ok().flatten().is_some() {}
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call.abort();
+    let _ = call.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The parked POP takes this message for the vanished client; it is
+    // handed back instead of staying invisible for 60 s.
+    let sent = send(&mut c, message(topic, "ID-gone", b"not lost")).await;
+    assert_eq!(code(&sent.status), Code::Ok, "{:?}", sent.status);
+    // Let the parked POP (not a new one) take it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let msgs = receive_some(&mut c, topic, "GID-gone").await;
+    assert_eq!(msgs.len(), 1, "the message came back");
+    assert_eq!(msgs[0].body, b"not lost");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let attempt = msgs[0].system_properties.as_ref().unwrap().delivery_attempt;
+    assert_eq!(attempt, Some(2), "popped once for the vanished client");
+    h.shutdown().await;
+}
