@@ -51,7 +51,7 @@ def test_send_receive_ack(grpc_endpoint):
         sent = {f"m{i}" for i in range(4)}
         for b in sorted(sent):
             assert p.send(message(topic, b)).message_id
-        got = receive(c, 4, 30, 20)
+        got = receive(c, 4, 30, 40)
         assert {m.body.decode() for m in got} == sent
         for m in got:
             assert m.topic == topic
@@ -69,7 +69,7 @@ def test_redelivery_after_invisible_time_and_change(grpc_endpoint):
     c = started_simple(grpc_endpoint, group, topic)
     try:
         p.send(message(topic, "again"))
-        first = receive(c, 1, 2, 20)
+        first = receive(c, 1, 2, 40)
         assert len(first) == 1
         second = receive(c, 1, 30, 30)
         assert [m.body.decode() for m in second] == ["again"]
@@ -92,7 +92,7 @@ def test_fifo_and_tag_filter(grpc_endpoint):
             m.message_group = "order-1"
             p.send(m)
         p.send(message(topic, "other", "TagA"))
-        got = receive(c, 5, 30, 20)
+        got = receive(c, 5, 30, 40)
         assert [m.body.decode() for m in got] == [f"f{i}" for i in range(5)]
         for m in got:
             assert m.message_group == "order-1"
@@ -112,7 +112,7 @@ def test_delay(grpc_endpoint):
         m = message(topic, "late")
         m.delivery_timestamp = at
         p.send(m)
-        got = receive(c, 1, 30, 20)
+        got = receive(c, 1, 30, 40)
         assert [x.body.decode() for x in got] == ["late"]
         assert time.time() >= at - 0.1
         c.ack(got[0])

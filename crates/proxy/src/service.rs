@@ -808,7 +808,10 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
         // The POP runs on its own task and always completes: a client that
         // gives up mid-poll drops the stream, and what the broker popped for
         // it is handed back instead of staying invisible for nothing.
-        let (tx, rx) = mpsc::channel(MAX_BATCH as usize + 2);
+        // Capacity 1: a frame counts as sent only once the transport took
+        // the previous one, so a vanished client is noticed and its messages
+        // handed back rather than lost in a buffer.
+        let (tx, rx) = mpsc::channel(1);
         let backend = Arc::clone(&self.backend);
         tokio::spawn(async move {
             use pb::receive_message_response::Content;
