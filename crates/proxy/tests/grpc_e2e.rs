@@ -905,3 +905,56 @@ async fn a_client_gone_mid_poll_does_not_hide_messages() {
     assert_eq!(attempt, Some(2), "popped once for the vanished client");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_route_queue_can_be_received_by_id() {
+    use pb::receive_message_response::Content;
+    let h = Harness::start_with(&["broker-a", "broker-b"]).await;
+    let mut c = h.client().await;
+    let topic = "ById";
+    let route = c
+        .query_route(req(pb::QueryRouteRequest {
+            topic: res(topic),
+            endpoints: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(route.message_queues.len(), 8, "{:?}", route.status);
+    let mut sent = std::collections::BTreeSet::new();
+    for i in 0..16 {
+        let id = format!("BYID-{i}");
+        let r = send(&mut c, message(topic, &id, id.as_bytes())).await;
+        assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+        sent.insert(id);
+    }
+    // Like the Python SimpleConsumer: each route queue in turn, by its id.
+    let mut got = std::collections::BTreeSet::new();
+    for _round in 0..3 {
+        for q in &route.message_queues {
+            let mut r = req(pb::ReceiveMessageRequest {
+                group: res("GID-byid"),
+                message_queue: Some(q.clone()),
+                batch_size: 16,
+                invisible_duration: Some(prost_types::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+                long_polling_timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 300_000_000,
+                }),
+                ..Default::default()
+            });
+            r.set_timeout(Duration::from_secs(4));
+            let mut stream = c.receive_message(r).await.unwrap().into_inner();
+            while let Some(item) = stream.message().await.unwrap() {
+                if let Some(Content::Message(m)) = item.content {
+                    got.insert(m.system_properties.unwrap().message_id);
+                }
+            }
+        }
+    }
+    assert_eq!(got, sent);
+    h.shutdown().await;
+}
