@@ -48,6 +48,8 @@ pub struct Backend {
     instance: Arc<ClientInstance>,
     routes: Mutex<HashMap<String, (Instant, Arc<TopicRouteData>)>>,
     round_robin: AtomicUsize,
+    /// Brokers that have the proxy's producer group registered.
+    registered: Mutex<std::collections::HashSet<String>>,
 }
 
 fn request(code: i32) -> RemotingCommand {
@@ -81,6 +83,7 @@ impl Backend {
             instance: ClientInstance::new(options, processors)?,
             routes: Mutex::new(HashMap::new()),
             round_robin: AtomicUsize::new(0),
+            registered: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -356,6 +359,15 @@ impl Backend {
 
     /// Registers the proxy's producer group with every known master, so
     /// transaction check-backs reach this connection.
+    /// Registers the producer group with `addr` unless that was done: a
+    /// transactional send must not cost a heartbeat every time.
+    pub async fn ensure_registered(&self, addr: &str) {
+        if self.registered.lock().contains(addr) {
+            return;
+        }
+        self.heartbeat().await;
+    }
+
     pub async fn heartbeat(&self) -> usize {
         let data = HeartbeatData {
             client_id: self.instance.client_id().to_owned(),
@@ -364,7 +376,14 @@ impl Backend {
             }],
             ..Default::default()
         };
-        self.instance.send_heartbeat(&data, true).await
+        let ok = self.instance.send_heartbeat(&data, true).await;
+        let addrs = self.instance.all_broker_addrs(true);
+        let mut reg = self.registered.lock();
+        reg.clear();
+        if ok == addrs.len() {
+            reg.extend(addrs);
+        }
+        ok
     }
 
     pub async fn close(&self) {

@@ -353,7 +353,7 @@ impl MessagingService {
             }
             sys_flag |= sysflag::TRANSACTION_PREPARED_TYPE;
             // The broker checks back on the connection of the group.
-            self.backend.heartbeat().await;
+            self.backend.ensure_registered(&addr).await;
         }
         let header = SendMessageRequestHeaderV2 {
             producer_group: PROXY_PRODUCER_GROUP.to_owned(),
@@ -807,32 +807,60 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
             ..Default::default()
         };
         let wait = Duration::from_millis((poll + 3000) as u64);
-        let popped = match self.backend.pop(&addr, &broker, &header, wait).await {
-            Ok(p) => p,
-            Err(e) => return one(err_status(&e)),
-        };
         let resource = r.message_queue.and_then(|q| q.topic).unwrap_or_default();
-        if popped.messages.is_empty() {
-            return one(status(Code::MessageNotFound, "no new message"));
-        }
-        let (tx, rx) = mpsc::channel(popped.messages.len() + 2);
-        let _ = tx.try_send(Ok(pb::ReceiveMessageResponse {
-            content: Some(pb::receive_message_response::Content::Status(ok())),
-        }));
-        // When the broker handed the messages over: clients measure delivery
-        // latency from it (the Python client requires it).
-        let _ = tx.try_send(Ok(pb::ReceiveMessageResponse {
-            content: Some(pb::receive_message_response::Content::DeliveryTimestamp(
-                convert::timestamp(now_ms()),
-            )),
-        }));
-        for m in popped.messages {
-            let pm = to_pb_message(m, resource.clone(), Some(popped.invisible_time), lang);
-            let _ = tx.try_send(Ok(pb::ReceiveMessageResponse {
-                content: Some(pb::receive_message_response::Content::Message(pm)),
-            }));
-        }
-        drop(tx);
+        let group = header.consumer_group.clone();
+        // The POP runs on its own task and always completes: a client that
+        // gives up mid-poll drops the stream, and what the broker popped for
+        // it is handed back instead of staying invisible for nothing.
+        // Capacity 1: a frame counts as sent only once the transport took
+        // the previous one, so a vanished client is noticed and its messages
+        // handed back rather than lost in a buffer.
+        let (tx, rx) = mpsc::channel(1);
+        let backend = Arc::clone(&self.backend);
+        tokio::spawn(async move {
+            use pb::receive_message_response::Content;
+            let frame = |c| Ok(pb::ReceiveMessageResponse { content: Some(c) });
+            let popped = match backend.pop(&addr, &broker, &header, wait).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(frame(Content::Status(err_status(&e)))).await;
+                    return;
+                }
+            };
+            if popped.messages.is_empty() {
+                let s = status(Code::MessageNotFound, "no new message");
+                let _ = tx.send(frame(Content::Status(s))).await;
+                return;
+            }
+            // Status, then when the broker handed the messages over (clients
+            // measure delivery latency from it; Python requires it), then them.
+            let ts = convert::timestamp(now_ms());
+            let mut gone = tx.send(frame(Content::Status(ok()))).await.is_err()
+                || tx
+                    .send(frame(Content::DeliveryTimestamp(ts)))
+                    .await
+                    .is_err();
+            let mut undelivered = Vec::new();
+            for m in popped.messages {
+                if gone {
+                    undelivered.push(m);
+                    continue;
+                }
+                let receipt = m.property(keys::POP_CK).map(str::to_owned);
+                let pm = to_pb_message(m, resource.clone(), Some(popped.invisible_time), lang);
+                if tx.send(frame(Content::Message(pm))).await.is_err() {
+                    gone = true;
+                    if let Some(r) = receipt {
+                        give_back(&backend, &addr, &group, &topic, &r).await;
+                    }
+                }
+            }
+            for m in undelivered {
+                if let Some(r) = m.property(keys::POP_CK) {
+                    give_back(&backend, &addr, &group, &topic, r).await;
+                }
+            }
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -1539,5 +1567,31 @@ impl MessagingService {
             .await
             .map_err(|e| err_status(&e.into()))?;
         self.ack_one(group, topic, receipt).await
+    }
+}
+
+/// Makes a popped message visible again at once (the client that asked for
+/// it is gone); it comes back through the retry topic.
+async fn give_back(backend: &Backend, addr: &str, group: &str, topic: &str, receipt: &str) {
+    let Ok(handle) = ReceiptHandle::parse(receipt) else {
+        return;
+    };
+    let h = ChangeInvisibleTimeRequestHeader {
+        consumer_group: group.to_owned(),
+        topic: topic.to_owned(),
+        queue_id: handle.queue_id,
+        extra_info: receipt.to_owned(),
+        offset: handle.queue_offset,
+        invisible_time: 0,
+        rpc: RpcFields {
+            broker_name: Some(handle.broker_name.clone()),
+            ..Default::default()
+        },
+    };
+    match backend.change_invisible(addr, &h).await {
+        Ok(_) => tracing::debug!(group, topic, "client gone: popped message handed back"),
+        Err(e) => {
+            tracing::debug!(group, topic, error = %e, "handing back a popped message failed; it returns after its invisible time")
+        }
     }
 }

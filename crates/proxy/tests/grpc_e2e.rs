@@ -231,7 +231,9 @@ async fn route_send_receive_ack() {
     assert_eq!(sys.delivery_attempt, Some(1));
     assert_eq!(m.user_properties.get("k").map(String::as_str), Some("v"));
     let digest = sys.body_digest.as_ref().unwrap();
-    assert_eq!(digest.checksum, format!("{:X}", crc32fast::hash(b"hello")));
+    // No Settings named a language: Java's form of the CRC32.
+    assert_eq!(digest.r#type, pb::DigestType::Crc32 as i32);
+    assert_eq!(digest.checksum, "3610A686");
     let handle = sys.receipt_handle.clone().unwrap();
 
     let renewed = c
@@ -848,5 +850,112 @@ async fn transaction_ended_through_another_proxy() {
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].body, b"half");
     other.shutdown().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_gone_mid_poll_does_not_hide_messages() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    let topic = "GoneMidPoll";
+    // Create the topic and the group's progress first.
+    let _ = receive(&mut c, topic, "GID-gone", 200).await;
+
+    // A long poll whose client goes away before anything arrives.
+    let mut r = req(pb::ReceiveMessageRequest {
+        group: res("GID-gone"),
+        message_queue: Some(pb::MessageQueue {
+            topic: res(topic),
+            id: -1,
+            ..Default::default()
+        }),
+        batch_size: 16,
+        invisible_duration: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        long_polling_timeout: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    r.set_timeout(Duration::from_secs(10));
+    let mut gone_client = h.client().await;
+    let call = tokio::spawn(async move {
+        let mut s = gone_client.receive_message(r).await.unwrap().into_inner();
+        while s.message().await.ok().flatten().is_some() {}
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call.abort();
+    let _ = call.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The parked POP takes this message for the vanished client; it is
+    // handed back instead of staying invisible for 60 s.
+    let sent = send(&mut c, message(topic, "ID-gone", b"not lost")).await;
+    assert_eq!(code(&sent.status), Code::Ok, "{:?}", sent.status);
+    // Let the parked POP (not a new one) take it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let msgs = receive_some(&mut c, topic, "GID-gone").await;
+    assert_eq!(msgs.len(), 1, "the message came back");
+    assert_eq!(msgs[0].body, b"not lost");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let attempt = msgs[0].system_properties.as_ref().unwrap().delivery_attempt;
+    assert_eq!(attempt, Some(2), "popped once for the vanished client");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_route_queue_can_be_received_by_id() {
+    use pb::receive_message_response::Content;
+    let h = Harness::start_with(&["broker-a", "broker-b"]).await;
+    let mut c = h.client().await;
+    let topic = "ById";
+    let route = c
+        .query_route(req(pb::QueryRouteRequest {
+            topic: res(topic),
+            endpoints: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(route.message_queues.len(), 8, "{:?}", route.status);
+    let mut sent = std::collections::BTreeSet::new();
+    for i in 0..16 {
+        let id = format!("BYID-{i}");
+        let r = send(&mut c, message(topic, &id, id.as_bytes())).await;
+        assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+        sent.insert(id);
+    }
+    // Like the Python SimpleConsumer: each route queue in turn, by its id.
+    let mut got = std::collections::BTreeSet::new();
+    for _round in 0..3 {
+        for q in &route.message_queues {
+            let mut r = req(pb::ReceiveMessageRequest {
+                group: res("GID-byid"),
+                message_queue: Some(q.clone()),
+                batch_size: 16,
+                invisible_duration: Some(prost_types::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+                long_polling_timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 300_000_000,
+                }),
+                ..Default::default()
+            });
+            r.set_timeout(Duration::from_secs(4));
+            let mut stream = c.receive_message(r).await.unwrap().into_inner();
+            while let Some(item) = stream.message().await.unwrap() {
+                if let Some(Content::Message(m)) = item.content {
+                    got.insert(m.system_properties.unwrap().message_id);
+                }
+            }
+        }
+    }
+    assert_eq!(got, sent);
     h.shutdown().await;
 }

@@ -217,7 +217,10 @@ fn rebuild_restores_destination() {
         assert_eq!(properties::get(&out.properties, k), None, "{k}");
     }
     // The due time stays, as Apache's timer leaves it.
-    assert_eq!(properties::get(&out.properties, keys::TIMER_OUT_MS), Some("510"));
+    assert_eq!(
+        properties::get(&out.properties, keys::TIMER_OUT_MS),
+        Some("510")
+    );
     assert_eq!(
         properties::get(&out.properties, keys::WAIT_STORE_MSG_OK),
         Some("false")
