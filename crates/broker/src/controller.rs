@@ -239,6 +239,8 @@ impl BrokerController {
         self.server.shutdown().await;
         let ctx = Arc::clone(&self.ctx);
         let done = tokio::task::spawn_blocking(move || {
+            // Step times: a role switch waits for all of this.
+            let t = std::time::Instant::now();
             if let Err(e) = ctx.offsets.persist() {
                 tracing::error!(error = %e, "cannot persist consumer offsets");
             }
@@ -248,6 +250,7 @@ impl BrokerController {
             if let Err(e) = ctx.groups.persist() {
                 tracing::error!(error = %e, "cannot persist subscription groups");
             }
+            let persist_ms = t.elapsed().as_millis() as u64;
             // Links first: they read or write the store.
             if let Some(ha) = ctx.ha_server.get() {
                 ha.shutdown();
@@ -255,9 +258,16 @@ impl BrokerController {
             if let Some(ha) = ctx.ha_client.get() {
                 ha.shutdown();
             }
+            let links_ms = t.elapsed().as_millis() as u64 - persist_ms;
             if let Err(e) = ctx.store.shutdown() {
                 tracing::error!(error = %e, "store shutdown failed");
             }
+            tracing::debug!(
+                persist_ms,
+                links_ms,
+                store_ms = t.elapsed().as_millis() as u64 - persist_ms - links_ms,
+                "broker shutdown steps"
+            );
         })
         .await;
         if let Err(e) = done {

@@ -657,18 +657,24 @@ async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes
         "the lone broker never became master: {}",
         dump(&[&broker])
     );
-    admin
-        .create_topic(
-            &broker_addr,
-            &TopicConfig {
-                topic_name: TOPIC.into(),
-                read_queue_nums: 1,
-                write_queue_nums: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create topic");
+    // The controller names it master before its role switch (a restart
+    // inside the process) is done: retry while the listener comes back.
+    let created = wait_for(Duration::from_secs(20), || async {
+        admin
+            .create_topic(
+                &broker_addr,
+                &TopicConfig {
+                    topic_name: TOPIC.into(),
+                    read_queue_nums: 1,
+                    write_queue_nums: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(created, "create topic: {}", dump(&[&broker]));
     let producer = new_producer(&ns, "quorum-producer").await;
     let sent = wait_for(Duration::from_secs(20), || async {
         matches!(producer.send(Message::new(TOPIC, "m")).await,

@@ -254,6 +254,18 @@ fn spawn_in(ns: &str, args: &[String], log: &Path, prefix: &'static str) -> (Pro
     (Proc { child }, addr)
 }
 
+/// Wall-clock time of day (UTC) to line up with the processes' logs.
+fn chrono_now() -> String {
+    let ms = now_ms() % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
 fn now_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -599,12 +611,22 @@ async fn rounds_body(net: &Net, dir: &Path, rounds: usize) -> Result<(), String>
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
         let (acks, stop, ns) = (Arc::clone(&acks), Arc::clone(&stop), ns.clone());
+        let debug = std::env::var_os("APOGEE_FO_DEBUG").is_some();
         tokio::spawn(async move {
             let mut producer = None;
             let mut i = 0u64;
+            let mut failing = false;
             while !stop.load(Ordering::Acquire) {
                 let Some(p) = producer.as_ref() else {
+                    let t = Instant::now();
                     producer = new_producer(&ns).await;
+                    if debug {
+                        say(&format!(
+                            "{} new producer in {} ms",
+                            chrono_now(),
+                            t.elapsed().as_millis()
+                        ));
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -621,6 +643,14 @@ async fn rounds_body(net: &Net, dir: &Path, rounds: usize) -> Result<(), String>
                         let by = decode_offset_msg_id(&r.offset_msg_id)
                             .ok()
                             .map(|(a, _)| a.ip());
+                        if debug && failing {
+                            say(&format!(
+                                "{} send of {} ms acknowledged by {by:?}",
+                                chrono_now(),
+                                began.elapsed().as_millis()
+                            ));
+                        }
+                        failing = false;
                         acks.lock().push(Ack {
                             at: (r.queue.queue_id, r.queue_offset),
                             body,
@@ -629,9 +659,24 @@ async fn rounds_body(net: &Net, dir: &Path, rounds: usize) -> Result<(), String>
                             acked: Instant::now(),
                         });
                     }
-                    _ => {
+                    other => {
+                        failing = true;
+                        if debug {
+                            let why = match other {
+                                Ok(Ok(r)) => format!("{:?}", r.status),
+                                Ok(Err(e)) => e.to_string(),
+                                Err(_) => "no answer in 3 s".into(),
+                            };
+                            say(&format!(
+                                "{} send of {} ms failed: {why}",
+                                chrono_now(),
+                                began.elapsed().as_millis()
+                            ));
+                        }
                         if let Some(p) = producer.take() {
-                            p.shutdown().await;
+                            // Its goodbyes to a cut-off broker take a
+                            // timeout; the application goes on meanwhile.
+                            tokio::spawn(async move { p.shutdown().await });
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
