@@ -411,7 +411,16 @@ impl Supervisor {
             && view.sync_state_set.len() <= 1
             && view.sync_state_set.iter().all(|&id| id == self.broker_id);
         if let Some(b) = &self.running {
-            b.context().ack_alone.store(alone, Ordering::SeqCst);
+            let was = b.context().ack_alone.swap(alone, Ordering::SeqCst);
+            if was != alone {
+                tracing::info!(
+                    alone,
+                    sync_state_set = ?view.sync_state_set,
+                    sync_state_set_epoch = view.sync_state_set_epoch,
+                    "SYNC_MASTER acknowledges {}",
+                    if alone { "alone (SyncStateSet of this master only)" } else { "after a slave holds the message" }
+                );
+            }
         }
     }
 

@@ -298,6 +298,32 @@ async fn read_all(admin: &AdminClient, addr: &str) -> BTreeMap<(i32, i64), Strin
     out
 }
 
+/// Whether every thread of `pid` is stopped (state `T`) within `timeout`.
+fn wait_stopped(pid: u32, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        let all = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|s| {
+                            // State follows the parenthesised name.
+                            s.rsplit_once(") ")
+                                .and_then(|(_, rest)| rest.chars().next())
+                        })
+                        .is_some_and(|c| c == 'T' || c == 't')
+                })
+            })
+            .unwrap_or(false);
+        if all {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 async fn wait_for<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -820,6 +846,12 @@ async fn a_returning_master_cuts_the_tail_nobody_acknowledged() {
         .status()
         .expect("kill -STOP");
     assert!(stopped.success());
+    // kill returns before every thread has stopped (one busy in the kernel,
+    // say on a page fault, stops only on its way out): wait until all have.
+    assert!(
+        wait_stopped(slave.child.id(), Duration::from_secs(10)),
+        "the slave did not stop"
+    );
     let mut unacked = BTreeMap::new();
     for i in 0..4 {
         let body = format!("unacked-{i}");
