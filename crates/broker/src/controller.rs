@@ -292,6 +292,9 @@ fn start_replication(ctx: &Arc<BrokerContext>, cfg: HaConfig) -> Result<()> {
         })?;
         let _ = ctx.ha_server.set(Arc::new(server));
     } else {
+        // A slave appends the master's bytes in large batches: pwrite them
+        // rather than fault fresh mapped pages (and warm them) per append.
+        ctx.store.use_pwrite_appends();
         let master = ctx.config.ha_master_address.clone();
         if master.is_none() {
             tracing::info!("slave: the master's HA address comes from the NameServer registration");
