@@ -128,10 +128,16 @@ impl Net {
         }
         let veth = run_ip(&[
             "-n", &probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1",
-        ]);
+        ])
+        .map_err(|e| format!("veth pairs cannot be made here: {e}"));
+        // Processes are started with `ip netns exec`, which some
+        // containers refuse (it remounts /sys).
+        let exec = veth.and_then(|()| {
+            run_ip(&["netns", "exec", &probe, "true"])
+                .map_err(|e| format!("`ip netns exec` does not work here: {e}"))
+        });
         let _ = run_ip(&["netns", "del", &probe]);
-        veth.err()
-            .map(|e| format!("veth pairs cannot be made here: {e}"))
+        exec.err()
     }
 
     fn setup(prefix: &str) -> Result<Net, String> {
