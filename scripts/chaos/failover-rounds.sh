@@ -14,7 +14,7 @@
 # first SEND_OK from the new master) and a summary line
 #   FAILOVER_ROUNDS rounds=N acked=… lost=0 duplicates=… failover_ms_p50=… failover_ms_max=…
 # and exits non-zero if a message was lost or a failover took over 10 s.
-# Not yet: partitions with network namespaces (the test runs on loopback).
+# Partitions and separate hosts: scripts/chaos/failover-netns.sh.
 set -euo pipefail
 rounds=${1:-20}
 limit=${FAILOVER_TIMEOUT:-$((rounds * 40 + 120))}

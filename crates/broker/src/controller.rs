@@ -243,6 +243,8 @@ impl BrokerController {
         self.server.shutdown().await;
         let ctx = Arc::clone(&self.ctx);
         let done = tokio::task::spawn_blocking(move || {
+            // Step times: a role switch waits for all of this.
+            let t = std::time::Instant::now();
             if let Err(e) = ctx.offsets.persist() {
                 tracing::error!(error = %e, "cannot persist consumer offsets");
             }
@@ -252,6 +254,7 @@ impl BrokerController {
             if let Err(e) = ctx.groups.persist() {
                 tracing::error!(error = %e, "cannot persist subscription groups");
             }
+            let persist_ms = t.elapsed().as_millis() as u64;
             // Links first: they read or write the store.
             if let Some(ha) = ctx.ha_server.get() {
                 ha.shutdown();
@@ -259,9 +262,16 @@ impl BrokerController {
             if let Some(ha) = ctx.ha_client.get() {
                 ha.shutdown();
             }
+            let links_ms = t.elapsed().as_millis() as u64 - persist_ms;
             if let Err(e) = ctx.store.shutdown() {
                 tracing::error!(error = %e, "store shutdown failed");
             }
+            tracing::debug!(
+                persist_ms,
+                links_ms,
+                store_ms = t.elapsed().as_millis() as u64 - persist_ms - links_ms,
+                "broker shutdown steps"
+            );
         })
         .await;
         if let Err(e) = done {
@@ -286,6 +296,9 @@ fn start_replication(ctx: &Arc<BrokerContext>, cfg: HaConfig) -> Result<()> {
         })?;
         let _ = ctx.ha_server.set(Arc::new(server));
     } else {
+        // A slave appends the master's bytes in large batches: pwrite them
+        // rather than fault fresh mapped pages (and warm them) per append.
+        ctx.store.use_pwrite_appends();
         let master = ctx.config.ha_master_address.clone();
         if master.is_none() {
             tracing::info!("slave: the master's HA address comes from the NameServer registration");

@@ -371,10 +371,19 @@ impl Supervisor {
                         if view.master_id == Some(self.broker_id) {
                             self.lease.confirm(asked);
                         }
+                        let before = self.role.clone();
                         self.follow(view.clone(), asked).await;
                         if matches!(self.role, Role::Master { .. }) {
                             self.set_ack_alone(&view);
                             self.keep_sync_state_set(&view).await;
+                            if self.role != before {
+                                // Just became master: its lease runs from
+                                // before the restart, so renew it at once
+                                // rather than a heartbeat interval later
+                                // (it would lapse and refuse the first
+                                // writes of the new term).
+                                continue;
+                            }
                         }
                     }
                     Err(e) => {
@@ -402,7 +411,16 @@ impl Supervisor {
             && view.sync_state_set.len() <= 1
             && view.sync_state_set.iter().all(|&id| id == self.broker_id);
         if let Some(b) = &self.running {
-            b.context().ack_alone.store(alone, Ordering::SeqCst);
+            let was = b.context().ack_alone.swap(alone, Ordering::SeqCst);
+            if was != alone {
+                tracing::info!(
+                    alone,
+                    sync_state_set = ?view.sync_state_set,
+                    sync_state_set_epoch = view.sync_state_set_epoch,
+                    "SYNC_MASTER acknowledges {}",
+                    if alone { "alone (SyncStateSet of this master only)" } else { "after a slave holds the message" }
+                );
+            }
         }
     }
 
@@ -568,6 +586,8 @@ impl Supervisor {
                     }
                 }
                 *self.lease.master.lock() = Some(Arc::clone(&ctx));
+                // A fence logged in an earlier term is not this term's.
+                self.lease.logged.store(false, Ordering::Release);
                 self.lease.confirm(asked);
                 self.caught_up.clear();
                 self.grow_barrier = None;
@@ -704,14 +724,26 @@ impl Supervisor {
                 return;
             }
         };
+        // All replicas at once, each bounded well inside the lease: this
+        // runs on the loop that renews the lease, and a cut-off replica
+        // (packets dropped, no refusal) would otherwise hold it for the
+        // whole timeout per replica and make this master fence itself.
+        let probe_timeout =
+            (self.lease.length / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let me = self.broker_id;
+        let client = &self.client;
+        let answers =
+            futures::future::join_all(replicas.into_iter().filter(|(id, _)| *id != me).map(
+                |(id, addr)| async move {
+                    let req = RemotingCommand::request(rq::GET_BROKER_EPOCH_CACHE);
+                    (id, client.invoke(&addr, req, probe_timeout).await)
+                },
+            ))
+            .await;
         let now = Instant::now();
         let mut offsets = HashMap::new();
-        for (id, addr) in replicas {
-            if id == self.broker_id {
-                continue;
-            }
-            let req = RemotingCommand::request(rq::GET_BROKER_EPOCH_CACHE);
-            let Ok(resp) = self.client.invoke(&addr, req, Duration::from_secs(1)).await else {
+        for (id, resp) in answers {
+            let Ok(resp) = resp else {
                 continue;
             };
             let Ok(body) =

@@ -298,6 +298,32 @@ async fn read_all(admin: &AdminClient, addr: &str) -> BTreeMap<(i32, i64), Strin
     out
 }
 
+/// Whether every thread of `pid` is stopped (state `T`) within `timeout`.
+fn wait_stopped(pid: u32, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        let all = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|s| {
+                            // State follows the parenthesised name.
+                            s.rsplit_once(") ")
+                                .and_then(|(_, rest)| rest.chars().next())
+                        })
+                        .is_some_and(|c| c == 'T' || c == 't')
+                })
+            })
+            .unwrap_or(false);
+        if all {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 async fn wait_for<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -657,18 +683,24 @@ async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes
         "the lone broker never became master: {}",
         dump(&[&broker])
     );
-    admin
-        .create_topic(
-            &broker_addr,
-            &TopicConfig {
-                topic_name: TOPIC.into(),
-                read_queue_nums: 1,
-                write_queue_nums: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create topic");
+    // The controller names it master before its role switch (a restart
+    // inside the process) is done: retry while the listener comes back.
+    let created = wait_for(Duration::from_secs(20), || async {
+        admin
+            .create_topic(
+                &broker_addr,
+                &TopicConfig {
+                    topic_name: TOPIC.into(),
+                    read_queue_nums: 1,
+                    write_queue_nums: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(created, "create topic: {}", dump(&[&broker]));
     let producer = new_producer(&ns, "quorum-producer").await;
     let sent = wait_for(Duration::from_secs(20), || async {
         matches!(producer.send(Message::new(TOPIC, "m")).await,
@@ -814,6 +846,12 @@ async fn a_returning_master_cuts_the_tail_nobody_acknowledged() {
         .status()
         .expect("kill -STOP");
     assert!(stopped.success());
+    // kill returns before every thread has stopped (one busy in the kernel,
+    // say on a page fault, stops only on its way out): wait until all have.
+    assert!(
+        wait_stopped(slave.child.id(), Duration::from_secs(10)),
+        "the slave did not stop"
+    );
     let mut unacked = BTreeMap::new();
     for i in 0..4 {
         let body = format!("unacked-{i}");
@@ -1030,8 +1068,13 @@ async fn failover_rounds_lose_no_acknowledged_message() {
                     _ => {
                         failures += 1;
                         if failures >= 1 {
-                            producer.shutdown().await;
-                            producer = new_producer(&ns, "rounds-producer").await;
+                            let old = std::mem::replace(
+                                &mut producer,
+                                new_producer(&ns, "rounds-producer").await,
+                            );
+                            // Its goodbye to a frozen broker waits out a
+                            // timeout; the application goes on meanwhile.
+                            tokio::spawn(async move { old.shutdown().await });
                             failures = 0;
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;

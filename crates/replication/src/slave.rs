@@ -256,6 +256,45 @@ fn run(shared: Arc<Shared>) {
     tracing::info!("HA client stopped");
 }
 
+/// How long one connect attempt may take before stop is looked at again.
+const CONNECT_TRY: Duration = Duration::from_millis(250);
+/// How long all attempts of one connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to the master in short attempts, so that a stop or a new master
+/// address is seen within one: a role switch joins this thread, and a
+/// blocking connect to a cut-off master (SYNs dropped, no refusal) would
+/// hold the switch, and so the failover, for the whole timeout.
+/// `Ok(None)`: stopped or redirected meanwhile.
+fn connect(
+    shared: &Shared,
+    addr: &str,
+    target: &SocketAddr,
+    generation: u64,
+) -> Result<Option<TcpStream>, LinkError> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let try_for = left.min(CONNECT_TRY).max(Duration::from_millis(1));
+        match TcpStream::connect_timeout(target, try_for) {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && Instant::now() < deadline => {
+                if shared.stop.load(Ordering::Acquire)
+                    || shared.generation.load(Ordering::Acquire) != generation
+                {
+                    return Ok(None);
+                }
+            }
+            Err(source) => {
+                return Err(LinkError::Connect {
+                    addr: addr.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
 /// One link's buffers, kept across reconnects (no allocation per frame).
 #[derive(Default)]
 struct Link {
@@ -267,13 +306,9 @@ struct Link {
 impl Link {
     fn run(&mut self, shared: &Shared, addr: &str, generation: u64) -> Result<(), LinkError> {
         let target = resolve(addr)?;
-        let mut stream =
-            TcpStream::connect_timeout(&target, Duration::from_secs(3)).map_err(|source| {
-                LinkError::Connect {
-                    addr: addr.to_owned(),
-                    source,
-                }
-            })?;
+        let Some(mut stream) = connect(shared, addr, &target, generation)? else {
+            return Ok(());
+        };
         stream.set_nodelay(true)?;
         // Short reads so heartbeats, housekeeping and stop are timely.
         let tick = shared
@@ -309,11 +344,6 @@ impl Link {
             "HA client: connected to the master"
         );
         let mut got_any = false;
-        tracing::info!(
-            master = addr,
-            offset = raw_pos,
-            "HA client: connected to the master"
-        );
         let mut header = [0u8; TRANSFER_HEADER_SIZE];
         let mut header_got = 0usize;
         // Body being read: its size and the bytes of it received so far.

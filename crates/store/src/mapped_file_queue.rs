@@ -19,6 +19,8 @@ pub struct MappedFileQueue {
     prealloc: Mutex<Option<Arc<MappedFile>>>,
     /// Segments are written with pwrite (see `MappedFile::set_syscall_writes`).
     syscall_writes: std::sync::atomic::AtomicBool,
+    /// New segments get written zero blocks (SYNC_FLUSH; see `new_segment`).
+    zero_new: std::sync::atomic::AtomicBool,
 }
 
 impl MappedFileQueue {
@@ -75,6 +77,7 @@ impl MappedFileQueue {
             files: RwLock::new(files),
             prealloc: Mutex::new(None),
             syscall_writes: std::sync::atomic::AtomicBool::new(false),
+            zero_new: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -154,8 +157,31 @@ impl MappedFileQueue {
         Ok(f)
     }
 
-    /// Makes every segment, present and future, write through pwrite.
+    /// Makes every segment, present and future, write through pwrite, new
+    /// ones with written zero blocks (SYNC_FLUSH: an fdatasync then has no
+    /// extent to convert).
     pub fn set_syscall_writes(&self, on: bool) {
+        self.zero_new
+            .store(on, std::sync::atomic::Ordering::Release);
+        self.set_pwrite(on);
+    }
+
+    /// Makes every segment, present and future, write through pwrite, new
+    /// ones only reserved as usual. For a replica: its appends are large
+    /// replicated batches, and pwrite fills page-cache pages without the
+    /// kernel zeroing each fresh page first, as a store into the mapping
+    /// (or the warmer ahead of it) makes it do.
+    pub fn set_pwrite_appends(&self, on: bool) {
+        self.set_pwrite(on);
+    }
+
+    /// Whether segments are written with pwrite.
+    pub fn syscall_writes(&self) -> bool {
+        self.syscall_writes
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_pwrite(&self, on: bool) {
         use std::sync::atomic::Ordering;
         self.syscall_writes.store(on, Ordering::Release);
         for f in self.files.read().iter() {
@@ -168,15 +194,15 @@ impl MappedFileQueue {
 
     fn new_segment(&self, base: u64) -> Result<Arc<MappedFile>> {
         use std::sync::atomic::Ordering;
-        // Segments written with pwrite are SYNC_FLUSH ones: give them written
-        // blocks (see `MappedFile::create_with`).
+        // SYNC_FLUSH segments get written blocks (see
+        // `MappedFile::create_with`).
         let syscall = self.syscall_writes.load(Ordering::Acquire);
         let f = MappedFile::create_with(
             &self.vfs,
             &self.dir.join(segment_name(base)),
             base,
             self.file_size,
-            syscall,
+            self.zero_new.load(Ordering::Acquire),
         )?;
         f.set_syscall_writes(syscall);
         Ok(Arc::new(f))

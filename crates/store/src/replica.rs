@@ -54,6 +54,17 @@ impl MessageStore {
         self.inner().commit_log.segment_size()
     }
 
+    /// Makes the CommitLog take appends with pwrite (a replica: see
+    /// `MappedFileQueue::set_pwrite_appends`); the warmer then stops, as
+    /// there are no mapping faults left to take off the append path.
+    /// SYNC_FLUSH stores already write that way.
+    pub fn use_pwrite_appends(&self) {
+        let segments = self.inner().commit_log.segments();
+        if !segments.syscall_writes() {
+            segments.set_pwrite_appends(true);
+        }
+    }
+
     /// Whether the CommitLog holds no segment at all (a new replica).
     pub fn commit_log_is_empty(&self) -> bool {
         self.inner().commit_log.segments().is_empty()

@@ -23,6 +23,12 @@ pub(crate) fn run_warmer(inner: Arc<Inner>) {
     lower_priority();
     let segments = inner.commit_log.segments();
     while !inner.stop_service.load(Ordering::Acquire) {
+        // A replica's pwrite appends fault nothing in (see
+        // `MessageStore::use_pwrite_appends`).
+        if segments.syscall_writes() {
+            std::thread::park_timeout(Duration::from_millis(100));
+            continue;
+        }
         let pos = inner.commit_log.max_offset();
         let target = pos + WINDOW;
         let candidates = [
