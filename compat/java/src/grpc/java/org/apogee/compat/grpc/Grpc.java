@@ -25,7 +25,7 @@ final class Grpc {
     static ClientConfiguration config() {
         return ClientConfiguration.newBuilder()
             .setEndpoints(Broker.grpc())
-            .enableSsl(false)
+            // The client's default, TLS: the port takes TLS and plaintext.
             .setRequestTimeout(Duration.ofSeconds(5))
             .build();
     }
