@@ -175,11 +175,11 @@ impl Broker {
 }
 
 fn no_delay_props(m: &DecodedMessage) {
+    // TIMER_OUT_MS (the due time) stays, as Apache's timer leaves it.
     for k in [
         keys::DELAY_TIME_LEVEL,
         keys::REAL_TOPIC,
         keys::REAL_QUEUE_ID,
-        keys::TIMER_OUT_MS,
         keys::TIMER_DELIVER_MS,
         keys::TIMER_DELAY_MS,
         keys::TIMER_DELAY_SEC,
