@@ -180,9 +180,23 @@ pub async fn start_grpc(
     let mut pc = apogee_proxy::ProxyConfig::new(namesrv, std::net::SocketAddr::new(ip, port));
     pc.advertised_addr = config.grpc_advertised_address.clone();
     pc.max_body_size = config.store.max_message_size;
-    let server = apogee_proxy::ProxyServer::start(pc)
-        .await
-        .with_context(|| format!("cannot start the gRPC endpoint (grpcServerPort={port})"))?;
+    let server = match apogee_proxy::ProxyServer::start(pc).await {
+        Ok(s) => s,
+        // The default port taken (a second broker on this host): the
+        // broker runs without gRPC rather than not at all; a port that was
+        // asked for is honoured or the start fails.
+        Err(apogee_proxy::StartError::Bind { source, addr })
+            if config.grpc_server_port.is_none()
+                && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            tracing::warn!(%addr, "the default gRPC port is in use (another broker on this host?): no gRPC endpoint; set grpcServerPort to serve one");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot start the gRPC endpoint (grpcServerPort={port})")))
+        }
+    };
     println!("apogee grpc listening on {}", server.local_addr());
     Ok(Some(server))
 }
