@@ -193,8 +193,9 @@ pub async fn start_grpc(
             return Ok(None);
         }
         Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("cannot start the gRPC endpoint (grpcServerPort={port})")))
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot start the gRPC endpoint (grpcServerPort={port})"
+            )))
         }
     };
     println!("apogee grpc listening on {}", server.local_addr());
