@@ -55,8 +55,8 @@ pub const POP_ORDER_REVIVE_QUEUE: i32 = 999;
 /// Why a POP request or a revive step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PopError {
-    #[error("malformed extraInfo {0:?}: {1}")]
-    BadExtraInfo(String, &'static str),
+    #[error(transparent)]
+    BadExtraInfo(#[from] BadExtraInfo),
     #[error("storing {what} failed: {source}")]
     Store {
         what: &'static str,
@@ -86,112 +86,11 @@ pub fn revive_topic(cluster: &str) -> String {
     format!("{}{cluster}", crate::topic_config::REVIVE_TOPIC_PREFIX)
 }
 
-/// Apache `KeyBuilder.buildPopRetryTopicV1`: `%RETRY%group_topic`.
-pub fn retry_topic_v1(topic: &str, group: &str) -> String {
-    format!("{RETRY_GROUP_TOPIC_PREFIX}{group}_{topic}")
-}
-
-/// Apache `KeyBuilder.buildPopRetryTopicV2`: `%RETRY%group+topic`.
-pub fn retry_topic_v2(topic: &str, group: &str) -> String {
-    format!("{RETRY_GROUP_TOPIC_PREFIX}{group}+{topic}")
-}
-
-/// The retry flag of extraInfo and the offset infos: "0" normal topic,
-/// "1" retry v1, "2" retry v2 (Apache `ExtraInfoUtil.getRetry`).
-pub fn retry_flag(topic: &str) -> &'static str {
-    if !topic.starts_with(RETRY_GROUP_TOPIC_PREFIX) {
-        "0"
-    } else if topic.contains('+') {
-        "2"
-    } else {
-        "1"
-    }
-}
-
-/// A parsed receipt handle: `startOffset popTime invisibleTime reviveQid
-/// retryFlag brokerName queueId [queueOffset]`, space separated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtraInfo<'a> {
-    pub ck_offset: i64,
-    pub pop_time: i64,
-    pub invisible_time: i64,
-    pub revive_qid: i32,
-    pub retry: &'a str,
-    pub broker_name: &'a str,
-    pub queue_id: i32,
-    pub queue_offset: Option<i64>,
-}
-
-impl<'a> ExtraInfo<'a> {
-    /// Parses a receipt handle; every field is checked, nothing panics.
-    pub fn parse(s: &'a str) -> Result<Self, PopError> {
-        let bad = |why| PopError::BadExtraInfo(s.chars().take(200).collect(), why);
-        let mut it = s.split(' ');
-        let mut next = |what| it.next().filter(|f| !f.is_empty()).ok_or_else(|| bad(what));
-        let ck_offset = next("no checkpoint offset")?
-            .parse()
-            .map_err(|_| bad("checkpoint offset is not a number"))?;
-        let pop_time = next("no pop time")?
-            .parse()
-            .map_err(|_| bad("pop time is not a number"))?;
-        let invisible_time = next("no invisible time")?
-            .parse()
-            .map_err(|_| bad("invisible time is not a number"))?;
-        let revive_qid = next("no revive queue id")?
-            .parse()
-            .map_err(|_| bad("revive queue id is not a number"))?;
-        let retry = next("no retry flag")?;
-        if !matches!(retry, "0" | "1" | "2") {
-            return Err(bad("retry flag is not 0, 1 or 2"));
-        }
-        let broker_name = next("no broker name")?;
-        let queue_id = next("no queue id")?
-            .parse()
-            .map_err(|_| bad("queue id is not a number"))?;
-        let queue_offset = match it.next() {
-            None => None,
-            Some(o) => Some(o.parse().map_err(|_| bad("queue offset is not a number"))?),
-        };
-        Ok(ExtraInfo {
-            ck_offset,
-            pop_time,
-            invisible_time,
-            revive_qid,
-            retry,
-            broker_name,
-            queue_id,
-            queue_offset,
-        })
-    }
-
-    /// The topic the message was popped from (the real topic, or one of
-    /// the group's retry topics).
-    pub fn real_topic(&self, topic: &str, group: &str) -> String {
-        match self.retry {
-            "1" => retry_topic_v1(topic, group),
-            "2" => retry_topic_v2(topic, group),
-            _ => topic.to_owned(),
-        }
-    }
-}
-
-/// Builds a receipt handle (Apache `ExtraInfoUtil.buildExtraInfo`).
-#[allow(clippy::too_many_arguments)]
-pub fn build_extra_info(
-    ck_offset: i64,
-    pop_time: i64,
-    invisible_time: i64,
-    revive_qid: i32,
-    topic: &str,
-    broker_name: &str,
-    queue_id: i32,
-    queue_offset: i64,
-) -> String {
-    format!(
-        "{ck_offset} {pop_time} {invisible_time} {revive_qid} {} {broker_name} {queue_id} {queue_offset}",
-        retry_flag(topic)
-    )
-}
+// The receipt-handle format and retry-topic names are shared with clients
+// and the gRPC proxy.
+pub use apogee_protocol::pop::{
+    build_extra_info, retry_flag, retry_topic_v1, retry_topic_v2, BadExtraInfo, ExtraInfo,
+};
 
 /// Apache's `PopCheckPoint` JSON (short field names as fastjson writes them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
