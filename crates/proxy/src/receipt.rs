@@ -2,7 +2,7 @@
 //! is (`ckOffset popTime invisibleTime reviveQid retryFlag brokerName
 //! queueId queueOffset`), parsed here to route acks back to the broker.
 
-use apogee_protocol::topic::RETRY_GROUP_TOPIC_PREFIX;
+use apogee_protocol::pop::{self, ExtraInfo};
 
 use crate::error::{ProxyError, Result};
 
@@ -27,40 +27,23 @@ impl ReceiptHandle {
         if s.len() > MAX_LEN {
             return Err(bad("the receipt handle is too long"));
         }
-        let f: Vec<&str> = s.split(' ').collect();
-        if f.len() != 8 {
+        // The format is the broker's (protocol::pop); a gRPC handle must
+        // also name its message's queue offset.
+        let e = ExtraInfo::parse(s).map_err(|e| bad(e.why))?;
+        if s.split(' ').count() != 8 {
             return Err(bad("expected 8 space-separated fields"));
         }
-        for (i, what) in [
-            (0, "checkpoint offset"),
-            (1, "pop time"),
-            (2, "invisible time"),
-        ] {
-            f[i].parse::<i64>()
-                .map_err(|_| bad(&format!("{what} is not a number")))?;
+        if e.queue_id < 0 {
+            return Err(bad("queue id is not a non-negative number"));
         }
-        f[3].parse::<i32>()
-            .map_err(|_| bad("revive queue id is not a number"))?;
-        if !matches!(f[4], "0" | "1" | "2") {
-            return Err(bad("retry flag is not 0, 1 or 2"));
-        }
-        if f[5].is_empty() {
-            return Err(bad("broker name is empty"));
-        }
-        let queue_id = f[6]
-            .parse::<i32>()
-            .ok()
-            .filter(|q| *q >= 0)
-            .ok_or_else(|| bad("queue id is not a non-negative number"))?;
-        let queue_offset = f[7]
-            .parse::<i64>()
-            .ok()
+        let queue_offset = e
+            .queue_offset
             .filter(|o| *o >= 0)
             .ok_or_else(|| bad("queue offset is not a non-negative number"))?;
         Ok(ReceiptHandle {
-            retry: f[4].to_owned(),
-            broker_name: f[5].to_owned(),
-            queue_id,
+            retry: e.retry.to_owned(),
+            broker_name: e.broker_name.to_owned(),
+            queue_id: e.queue_id,
             queue_offset,
         })
     }
@@ -80,8 +63,8 @@ impl ReceiptHandle {
     /// The topic the message was popped from.
     pub fn real_topic(&self, topic: &str, group: &str) -> String {
         match self.retry.as_str() {
-            "1" => format!("{RETRY_GROUP_TOPIC_PREFIX}{group}_{topic}"),
-            "2" => format!("{RETRY_GROUP_TOPIC_PREFIX}{group}+{topic}"),
+            "1" => pop::retry_topic_v1(topic, group),
+            "2" => pop::retry_topic_v2(topic, group),
             _ => topic.to_owned(),
         }
     }
