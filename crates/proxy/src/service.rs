@@ -66,6 +66,25 @@ fn err_status(e: &ProxyError) -> pb::Status {
 }
 
 /// The `x-mq-client-id` every call must carry.
+/// The status of a call answered per entry: OK when every entry is, the
+/// entry's own when there is one, else MULTIPLE_RESULTS.
+fn overall_status<'a>(
+    entries: impl ExactSizeIterator<Item = Option<&'a pb::Status>>,
+    mixed: &str,
+) -> pb::Status {
+    let statuses: Vec<Option<&pb::Status>> = entries.collect();
+    if statuses
+        .iter()
+        .all(|s| s.is_some_and(|s| s.code == Code::Ok as i32))
+    {
+        ok()
+    } else if let [only] = statuses.as_slice() {
+        only.cloned().unwrap_or_default()
+    } else {
+        status(Code::MultipleResults, mixed)
+    }
+}
+
 fn client_id<T>(req: &Request<T>) -> Result<String, pb::Status> {
     req.metadata()
         .get("x-mq-client-id")
@@ -645,20 +664,10 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
         for m in r.messages {
             entries.push(self.send_one(m).await);
         }
-        let codes: Vec<i32> = entries
-            .iter()
-            .map(|e| e.status.as_ref().map_or(0, |s| s.code))
-            .collect();
-        let overall = if codes.iter().all(|&c| c == Code::Ok as i32) {
-            ok()
-        } else if entries.len() == 1 {
-            entries[0].status.clone().unwrap_or_default()
-        } else {
-            status(
-                Code::MultipleResults,
-                "some messages failed; see the entries",
-            )
-        };
+        let overall = overall_status(
+            entries.iter().map(|e| e.status.as_ref()),
+            "some messages failed; see the entries",
+        );
         Ok(Response::new(pb::SendMessageResponse {
             status: Some(overall),
             entries,
@@ -899,19 +908,10 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
                 status: Some(s),
             });
         }
-        let overall = if entries
-            .iter()
-            .all(|e| e.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32))
-        {
-            ok()
-        } else if entries.len() == 1 {
-            entries[0].status.clone().unwrap_or_default()
-        } else {
-            status(
-                Code::MultipleResults,
-                "some acknowledgements failed; see the entries",
-            )
-        };
+        let overall = overall_status(
+            entries.iter().map(|e| e.status.as_ref()),
+            "some acknowledgements failed; see the entries",
+        );
         Ok(Response::new(pb::AckMessageResponse {
             status: Some(overall),
             entries,
