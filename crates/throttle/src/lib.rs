@@ -242,6 +242,11 @@ impl Slot {
         }
         // A racing caller may add to the count between the restart and this
         // swap; it is then reported in this summary rather than the next, never lost.
+        // The first window has nothing to report: any count already there was
+        // added by a caller that lost this race, so it belongs to the new window.
+        if start == NEVER {
+            return Verdict::Log;
+        }
         match self.suppressed.swap(0, Ordering::AcqRel) {
             0 => Verdict::Log,
             n => Verdict::Summarize {
