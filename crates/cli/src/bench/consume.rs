@@ -4,6 +4,9 @@
 //! the remoting protocol, so it runs against any RocketMQ-compatible broker.
 //! With `--pop` a simple consumer receives through POP instead, acking
 //! every message, so the two ways of consuming compare on the same broker.
+//! With `--grpc ADDR` it receives through a RocketMQ 5 gRPC endpoint as the
+//! official simple consumer does: ReceiveMessage, then one AckMessage
+//! carrying the whole batch's receipt handles.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use apogee_client::{
 };
 use clap::{Args, ValueEnum};
 
+use super::grpc::GrpcClient;
 use super::produce::{now_millis, round3};
 use super::report::{ms_at, Progress, Reporter, ShardedLatency};
 
@@ -64,12 +68,19 @@ pub struct ConsumeArgs {
     consume_batch: usize,
     /// Receive through POP (a simple consumer: receive, then ack each
     /// message) instead of a push consumer pulling.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "grpc")]
     pop: bool,
-    /// With --pop: concurrent receive loops.
+    /// Receive through this RocketMQ 5 gRPC endpoint (`host:port`):
+    /// ReceiveMessage, then one AckMessage per received batch.
+    #[arg(long, value_name = "ADDR")]
+    grpc: Option<String>,
+    /// With --grpc: HTTP/2 connections to the endpoint, used round-robin.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    grpc_connections: usize,
+    /// With --pop or --grpc: concurrent receive loops.
     #[arg(long, default_value_t = 4)]
     pop_receivers: usize,
-    /// With --pop: messages asked for per receive (1..=32).
+    /// With --pop or --grpc: messages asked for per receive (1..=32).
     #[arg(long, default_value_t = 32)]
     pop_batch: i32,
     /// Print the summary as one JSON object on the last line.
@@ -89,6 +100,10 @@ struct Shared {
     store_ms_sum: AtomicU64,
     limit: Option<u64>,
     reached: tokio::sync::Notify,
+    /// --pop and --grpc: receive calls that returned messages, and the
+    /// acknowledgement of each batch (µs).
+    receive_latency: ShardedLatency,
+    ack_latency: ShardedLatency,
 }
 
 pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
@@ -98,15 +113,46 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         bail!("--count must be at least 1");
     }
-    if args.pop && (args.pop_receivers == 0 || !(1..=32).contains(&args.pop_batch)) {
+    if (args.pop || args.grpc.is_some())
+        && (args.pop_receivers == 0 || !(1..=32).contains(&args.pop_batch))
+    {
         bail!("--pop-receivers must be at least 1 and --pop-batch within 1..=32");
+    }
+    if args.grpc_connections == 0 {
+        bail!("--grpc-connections must be at least 1");
     }
     super::report::run_async_bench("consume", run_async(args))
 }
 
 async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
-    // Fail fast with one clear line when the NameServer or topic is missing;
-    // the consumer itself would just keep retrying.
+    // Fail fast with one clear line when the endpoint, NameServer or topic
+    // is missing; the consumer itself would just keep retrying.
+    let grpc = match &args.grpc {
+        Some(addr) => {
+            let client = GrpcClient::connect(addr, args.grpc_connections).await?;
+            let brokers = client
+                .assignments(&args.topic, &args.group)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot get an assignment for topic {} from {addr}",
+                        args.topic
+                    )
+                })?;
+            if brokers.is_empty() {
+                bail!("topic {} has no readable queue", args.topic);
+            }
+            Some((Arc::new(client), brokers))
+        }
+        None => {
+            remoting_route(&args).await?;
+            None
+        }
+    };
+    run_consumer(args, grpc).await
+}
+
+async fn remoting_route(args: &ConsumeArgs) -> anyhow::Result<()> {
     let admin = AdminClient::builder()
         .namesrv_addr(args.namesrv.clone())
         .build()
@@ -119,7 +165,13 @@ async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
             args.topic, args.namesrv
         )
     })?;
+    Ok(())
+}
 
+async fn run_consumer(
+    args: ConsumeArgs,
+    grpc: Option<(Arc<GrpcClient>, Vec<String>)>,
+) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::default());
     let latency = Arc::new(ShardedLatency::new(16));
     let shared = Arc::new(Shared {
@@ -131,12 +183,16 @@ async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
         store_ms_sum: AtomicU64::new(0),
         limit: args.count,
         reached: tokio::sync::Notify::new(),
+        receive_latency: ShardedLatency::new(args.pop_receivers),
+        ack_latency: ShardedLatency::new(args.pop_receivers),
     });
     let from = match args.from {
         StartFrom::First => ConsumeFromWhere::ConsumeFromFirstOffset,
         StartFrom::Last => ConsumeFromWhere::ConsumeFromLastOffset,
     };
-    let consumer = if args.pop {
+    let consumer = if let Some((client, brokers)) = grpc {
+        Consumer::Grpc(start_grpc(&args, client, brokers, &shared))
+    } else if args.pop {
         Consumer::Pop(start_pop(&args, from, &shared).await?)
     } else {
         Consumer::Push(start_push(&args, from, &shared).await?)
@@ -175,15 +231,23 @@ async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
 impl Shared {
     /// Counts a batch received at `now` (ms) from queue `shard`.
     fn record<'a>(&self, shard: usize, msgs: impl Iterator<Item = &'a apogee_client::MessageExt>) {
+        self.record_raw(
+            shard,
+            msgs.map(|m| (m.born_timestamp, m.store_timestamp, m.body.len())),
+        )
+    }
+
+    /// Counts a batch of (born ms, stored ms, body length) received now.
+    fn record_raw(&self, shard: usize, msgs: impl Iterator<Item = (i64, i64, usize)>) {
         let now = now_millis();
         let mut bytes = 0u64;
         let mut store_ms = 0u64;
         let mut n = 0u64;
-        for m in msgs {
-            let e2e_ms = (now - m.born_timestamp).max(0) as u64;
+        for (born, stored, len) in msgs {
+            let e2e_ms = (now - born).max(0) as u64;
             self.latency.record(shard, e2e_ms.saturating_mul(1000));
-            store_ms += (m.store_timestamp - m.born_timestamp).max(0) as u64;
-            bytes += m.body.len() as u64;
+            store_ms += (stored - born).max(0) as u64;
+            bytes += len as u64;
             n += 1;
         }
         if n == 0 {
@@ -206,6 +270,12 @@ impl Shared {
 enum Consumer {
     Push(PushConsumer),
     Pop(PopLoops),
+    Grpc(GrpcLoops),
+}
+
+struct GrpcLoops {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Consumer {
@@ -218,6 +288,12 @@ impl Consumer {
                     let _ = t.await;
                 }
                 p.consumer.shutdown().await;
+            }
+            Consumer::Grpc(g) => {
+                g.stop.store(true, Ordering::Relaxed);
+                for t in g.loops {
+                    let _ = t.await;
+                }
             }
         }
     }
@@ -288,6 +364,7 @@ async fn start_pop(
             let batch = args.pop_batch;
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
                     let got = match c.receive(batch, Duration::from_secs(60)).await {
                         Ok(got) => got,
                         Err(e) => {
@@ -296,8 +373,14 @@ async fn start_pop(
                             continue;
                         }
                     };
+                    if got.is_empty() {
+                        continue;
+                    }
+                    shared.receive_latency.record(i, micros(asked.elapsed()));
                     shared.record(i, got.iter().map(|m| &m.message));
+                    let acking = Instant::now();
                     let acks = futures::future::join_all(got.iter().map(|m| c.ack(m))).await;
+                    shared.ack_latency.record(i, micros(acking.elapsed()));
                     if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
                         eprintln!("ack failed: {e}");
                     }
@@ -312,12 +395,92 @@ async fn start_pop(
     })
 }
 
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Born and store timestamps (ms) of a received gRPC message (0 if absent).
+fn grpc_times(m: &apogee_proxy::pb::Message) -> (i64, i64) {
+    use apogee_proxy::convert::timestamp_ms;
+    let sys = m.system_properties.as_ref();
+    let born = sys.and_then(|s| s.born_timestamp.as_ref());
+    let stored = sys.and_then(|s| s.store_timestamp.as_ref());
+    (
+        born.map(timestamp_ms).unwrap_or(0),
+        stored.map(timestamp_ms).unwrap_or(0),
+    )
+}
+
+/// `--grpc`: receive loops, each taking the assigned brokers in turn and
+/// acking each batch with one AckMessage before its next receive.
+fn start_grpc(
+    args: &ConsumeArgs,
+    client: Arc<GrpcClient>,
+    brokers: Vec<String>,
+    shared: &Arc<Shared>,
+) -> GrpcLoops {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let brokers = Arc::new(brokers);
+    let loops = (0..args.pop_receivers)
+        .map(|i| {
+            let (c, stop, shared) = (Arc::clone(&client), Arc::clone(&stop), Arc::clone(shared));
+            let brokers = Arc::clone(&brokers);
+            let (group, topic, batch) = (args.group.clone(), args.topic.clone(), args.pop_batch);
+            tokio::spawn(async move {
+                let mut turn = i;
+                while !stop.load(Ordering::Relaxed) {
+                    let broker = &brokers[turn % brokers.len()];
+                    turn = turn.wrapping_add(1);
+                    let asked = Instant::now();
+                    let received = c
+                        .receive(
+                            &group,
+                            &topic,
+                            broker,
+                            batch,
+                            Duration::from_secs(60),
+                            Duration::from_secs(2),
+                        )
+                        .await;
+                    let got = match received {
+                        Ok(got) => got.messages,
+                        Err(e) => {
+                            eprintln!("receive failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
+                    if got.is_empty() {
+                        continue;
+                    }
+                    shared.receive_latency.record(i, micros(asked.elapsed()));
+                    shared.record_raw(
+                        i,
+                        got.iter().map(|m| {
+                            let (born, stored) = grpc_times(m);
+                            (born, stored, m.body.len())
+                        }),
+                    );
+                    let acking = Instant::now();
+                    let r = c.ack(&group, &topic, &got).await;
+                    shared.ack_latency.record(i, micros(acking.elapsed()));
+                    if let Err(e) = r {
+                        eprintln!("ack failed: {e}");
+                    }
+                }
+            })
+        })
+        .collect();
+    GrpcLoops { stop, loops }
+}
+
 fn summarize(args: &ConsumeArgs, shared: &Shared, elapsed: Duration) -> anyhow::Result<()> {
     let progress = &shared.progress;
     let latency = &shared.latency;
     let received = progress.done.load(Ordering::Relaxed);
     let bytes = progress.bytes.load(Ordering::Relaxed);
     let h = latency.total();
+    let (rh, ah) = (shared.receive_latency.total(), shared.ack_latency.total());
     // Rates over the receiving window, so that start-up (route lookup,
     // rebalance) does not dilute them.
     let first = shared.first_us.load(Ordering::Relaxed);
@@ -337,7 +500,13 @@ fn summarize(args: &ConsumeArgs, shared: &Shared, elapsed: Duration) -> anyhow::
     };
     if args.json {
         let summary = serde_json::json!({
-            "bench": if args.pop { "consume-pop" } else { "consume" },
+            "bench": if args.grpc.is_some() {
+                "consume-grpc"
+            } else if args.pop {
+                "consume-pop"
+            } else {
+                "consume"
+            },
             "topic": args.topic,
             "group": args.group,
             "elapsed_s": round3(elapsed.as_secs_f64()),
@@ -352,12 +521,18 @@ fn summarize(args: &ConsumeArgs, shared: &Shared, elapsed: Duration) -> anyhow::
             "p999_ms": ms_at(&h, 0.999),
             "max_ms": h.max() as f64 / 1000.0,
             "store_avg_ms": round3(store_avg_ms),
+            "receive_p50_ms": ms_at(&rh, 0.5),
+            "receive_p99_ms": ms_at(&rh, 0.99),
+            "ack_p50_ms": ms_at(&ah, 0.5),
+            "ack_p99_ms": ms_at(&ah, 0.99),
         });
         println!("{summary}");
     } else {
         println!(
             "bench consume{}: topic {}, group {}, subscription {}",
-            if args.pop {
+            if args.grpc.is_some() {
+                " (gRPC: ReceiveMessage + AckMessage)"
+            } else if args.pop {
                 " (POP: receive + ack)"
             } else {
                 ""
@@ -381,6 +556,18 @@ fn summarize(args: &ConsumeArgs, shared: &Shared, elapsed: Duration) -> anyhow::
             h.max() as f64 / 1000.0
         );
         println!("  born to stored avg {store_avg_ms:.1} ms");
+        if args.pop || args.grpc.is_some() {
+            println!(
+                "  receive call ms (batches that brought messages)  p50 {:.3}  p99 {:.3}",
+                ms_at(&rh, 0.5),
+                ms_at(&rh, 0.99)
+            );
+            println!(
+                "  ack of a batch ms  p50 {:.3}  p99 {:.3}",
+                ms_at(&ah, 0.5),
+                ms_at(&ah, 0.99)
+            );
+        }
     }
     if let Some(limit) = args.count {
         if received < limit {

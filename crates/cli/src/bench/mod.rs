@@ -2,6 +2,7 @@
 //! in-process, without the network.
 
 pub mod consume;
+pub mod grpc;
 pub mod produce;
 pub mod report;
 pub mod scale;
@@ -23,14 +24,17 @@ pub enum BenchCommand {
     #[command(after_help = "Examples:\n  apogee bench produce -n 127.0.0.1:9876\n  \
                             apogee bench produce -t BenchmarkTest -s 1024 -w 32 --duration 60\n  \
                             apogee bench produce --mode async --window 32 --count 1000000\n  \
-                            apogee bench produce --batch 16 --tag TagA --keys --count 200000 --json")]
+                            apogee bench produce --batch 16 --tag TagA --keys --count 200000 --json\n  \
+                            apogee bench produce --grpc 127.0.0.1:8081 --mode async --count 200000")]
     Produce(produce::ProduceArgs),
     /// Receive from a topic in a consumer group and report throughput and
     /// end-to-end latency (any RocketMQ-compatible broker).
     #[command(after_help = "Examples:\n  apogee bench consume -n 127.0.0.1:9876\n  \
                             apogee bench consume -t BenchmarkTest -g bench_group --duration 60\n  \
                             apogee bench consume --tag TagA --from last\n  \
-                            apogee bench consume --count 1000000 --json")]
+                            apogee bench consume --count 1000000 --json\n  \
+                            apogee bench consume --pop --count 200000\n  \
+                            apogee bench consume --grpc 127.0.0.1:8081 --count 200000")]
     Consume(consume::ConsumeArgs),
     /// Create many topics and subscription groups on one broker, then
     /// report creation rate, settling time, memory, threads, routability,

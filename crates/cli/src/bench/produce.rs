@@ -1,8 +1,9 @@
 //! `apogee bench produce`: many concurrent senders push fixed-size messages
 //! to a topic through the apogee client (sync, async or oneway, optionally
 //! batched), with a live line every second and a latency summary at the end.
-//! It only speaks the remoting protocol, so it runs against any
-//! RocketMQ-compatible broker.
+//! It speaks the remoting protocol, so it runs against any
+//! RocketMQ-compatible broker; with `--grpc ADDR` it sends through a
+//! RocketMQ 5 gRPC endpoint instead (SendMessage, as the official clients).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use super::grpc::GrpcClient;
 use super::report::{ms_at, Progress, Reporter, ShardedLatency};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +88,28 @@ pub struct ProduceArgs {
     /// Print the summary as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Send through this RocketMQ 5 gRPC endpoint (`host:port`, e.g. the
+    /// 8081 of `apogee standalone` or `apogee proxy`) instead of remoting.
+    #[arg(long, value_name = "ADDR")]
+    grpc: Option<String>,
+    /// With --grpc: HTTP/2 connections to the endpoint, used round-robin.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    grpc_connections: usize,
+}
+
+/// Where the messages go.
+enum Target {
+    Remoting(Arc<Producer>),
+    Grpc(Arc<GrpcClient>),
+}
+
+impl Clone for Target {
+    fn clone(&self) -> Self {
+        match self {
+            Target::Remoting(p) => Target::Remoting(Arc::clone(p)),
+            Target::Grpc(c) => Target::Grpc(Arc::clone(c)),
+        }
+    }
 }
 
 /// State every sender shares.
@@ -100,6 +124,11 @@ struct Shared {
     key_prefix: String,
     keys: bool,
     size: u64,
+    /// The body, topic and tag again, for gRPC messages.
+    body: Bytes,
+    topic: String,
+    tag: Option<String>,
+    timeout: Duration,
 }
 
 impl Shared {
@@ -127,7 +156,22 @@ impl Shared {
         m
     }
 
-    fn payload(&self, start: u64, n: u64) -> Payload {
+    fn payload(&self, target: &Target, start: u64, n: u64) -> Payload {
+        if let Target::Grpc(_) = target {
+            return Payload::Grpc(
+                (start..start + n)
+                    .map(|seq| {
+                        super::grpc::message(
+                            &self.topic,
+                            &self.body,
+                            format!("{}{seq:016X}", self.key_prefix),
+                            self.tag.as_deref(),
+                            self.keys.then(|| format!("{}{seq}", self.key_prefix)),
+                        )
+                    })
+                    .collect(),
+            );
+        }
         if n == 1 {
             Payload::One(self.message(start))
         } else {
@@ -159,6 +203,7 @@ impl Shared {
 enum Payload {
     One(Message),
     Batch(Vec<Message>),
+    Grpc(Vec<apogee_proxy::pb::Message>),
 }
 
 /// Only SEND_OK counts as sent: a SYNC_MASTER's FLUSH_SLAVE_TIMEOUT or
@@ -180,21 +225,36 @@ fn acknowledged<R: AsRef<[apogee_client::SendResult]>>(
 /// One timed request; a single concrete future type so that sync and async
 /// senders share it.
 fn timed_send(
-    producer: &Arc<Producer>,
+    target: &Target,
     payload: Payload,
     oneway: bool,
+    timeout: Duration,
 ) -> impl Future<Output = (u64, Duration, Result<(), String>)> + Send + 'static {
-    let producer = Arc::clone(producer);
+    let target = target.clone();
     async move {
         let start = Instant::now();
-        let (n, result) = match payload {
-            Payload::One(m) if oneway => {
+        let (n, result) = match (target, payload) {
+            (Target::Grpc(c), Payload::Grpc(ms)) => {
+                let n = ms.len() as u64;
+                (n, c.send(ms, timeout).await.map_err(|e| e.to_string()))
+            }
+            (Target::Remoting(producer), Payload::One(m)) if oneway => {
                 (1, producer.send_oneway(m).await.map_err(|e| e.to_string()))
             }
-            Payload::One(m) => (1, acknowledged(producer.send(m).await.map(|r| [r]))),
-            Payload::Batch(ms) => {
+            (Target::Remoting(producer), Payload::One(m)) => {
+                (1, acknowledged(producer.send(m).await.map(|r| [r])))
+            }
+            (Target::Remoting(producer), Payload::Batch(ms)) => {
                 let n = ms.len() as u64;
                 (n, acknowledged(producer.send_batch(ms).await))
+            }
+            (_, p) => {
+                let n = match &p {
+                    Payload::One(_) => 1,
+                    Payload::Batch(ms) => ms.len() as u64,
+                    Payload::Grpc(ms) => ms.len() as u64,
+                };
+                (n, Err("payload does not match the target".to_owned()))
             }
         };
         (n, start.elapsed(), result)
@@ -203,7 +263,7 @@ fn timed_send(
 
 async fn sender(
     id: usize,
-    producer: Arc<Producer>,
+    producer: Target,
     shared: Arc<Shared>,
     mode: SendMode,
     batch: u64,
@@ -212,8 +272,9 @@ async fn sender(
     match mode {
         SendMode::Sync | SendMode::Oneway => {
             while let Some((start, n)) = shared.claim(batch) {
-                let payload = shared.payload(start, n);
-                let (n, took, r) = timed_send(&producer, payload, mode == SendMode::Oneway).await;
+                let payload = shared.payload(&producer, start, n);
+                let (n, took, r) =
+                    timed_send(&producer, payload, mode == SendMode::Oneway, shared.timeout).await;
                 shared.finish(id, n, took, r);
             }
         }
@@ -227,8 +288,9 @@ async fn sender(
                     let (producer, shared) = (&producer, &shared);
                     async move {
                         while let Some((start, n)) = shared.claim(batch) {
-                            let payload = shared.payload(start, n);
-                            let (n, took, r) = timed_send(producer, payload, false).await;
+                            let payload = shared.payload(producer, start, n);
+                            let (n, took, r) =
+                                timed_send(producer, payload, false, shared.timeout).await;
                             shared.finish(id, n, took, r);
                         }
                     }
@@ -252,10 +314,37 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         bail!("--count must be at least 1");
     }
+    if args.grpc.is_some() && args.mode == SendMode::Oneway {
+        bail!("--grpc has no oneway send (SendMessage is always answered)");
+    }
+    if args.grpc_connections == 0 {
+        bail!("--grpc-connections must be at least 1");
+    }
     super::report::run_async_bench("produce", run_async(args))
 }
 
 async fn run_async(args: ProduceArgs) -> anyhow::Result<()> {
+    let target = match &args.grpc {
+        Some(addr) => Target::Grpc(Arc::new(grpc_client(addr, &args).await?)),
+        None => Target::Remoting(remoting_producer(&args).await?),
+    };
+    run_with(args, target).await
+}
+
+/// A gRPC client, after checking that the topic has a route.
+async fn grpc_client(addr: &str, args: &ProduceArgs) -> anyhow::Result<GrpcClient> {
+    let client = GrpcClient::connect(addr, args.grpc_connections).await?;
+    let queues = client
+        .route(&args.topic)
+        .await
+        .with_context(|| format!("cannot get a route for topic {} from {addr}", args.topic))?;
+    if queues == 0 {
+        bail!("topic {} has no queue", args.topic);
+    }
+    Ok(client)
+}
+
+async fn remoting_producer(args: &ProduceArgs) -> anyhow::Result<Arc<Producer>> {
     let producer = Producer::builder()
         .namesrv_addr(args.namesrv.clone())
         .group(args.group.clone())
@@ -283,8 +372,12 @@ async fn run_async(args: ProduceArgs) -> anyhow::Result<()> {
     if queues.is_empty() {
         bail!("topic {} has no writable queue", args.topic);
     }
+    Ok(producer)
+}
 
-    let mut template = Message::new(args.topic.clone(), body(args.size));
+async fn run_with(args: ProduceArgs, producer: Target) -> anyhow::Result<()> {
+    let body = body(args.size);
+    let mut template = Message::new(args.topic.clone(), body.clone());
     if let Some(tag) = &args.tag {
         template.set_tags(tag.clone());
     }
@@ -301,6 +394,10 @@ async fn run_async(args: ProduceArgs) -> anyhow::Result<()> {
         key_prefix: format!("bench-{}-{}-", std::process::id(), now_millis()),
         keys: args.keys,
         size: args.size as u64,
+        body,
+        topic: args.topic.clone(),
+        tag: args.tag.clone(),
+        timeout: Duration::from_millis(args.timeout_ms),
     });
 
     let stopper = {
@@ -333,7 +430,7 @@ async fn run_async(args: ProduceArgs) -> anyhow::Result<()> {
         .map(|id| {
             tokio::spawn(sender(
                 id,
-                Arc::clone(&producer),
+                producer.clone(),
                 Arc::clone(&shared),
                 args.mode,
                 args.batch as u64,
@@ -349,7 +446,9 @@ async fn run_async(args: ProduceArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     stopper.abort();
     drop(reporter);
-    producer.shutdown().await;
+    if let Target::Remoting(p) = &producer {
+        p.shutdown().await;
+    }
 
     let sent = progress.done.load(Ordering::Relaxed);
     let failed = progress.failed.load(Ordering::Relaxed);
@@ -361,6 +460,7 @@ async fn run_async(args: ProduceArgs) -> anyhow::Result<()> {
     if args.json {
         let summary = serde_json::json!({
             "bench": "produce",
+            "protocol": if args.grpc.is_some() { "grpc" } else { "remoting" },
             "mode": args.mode.name(),
             "topic": args.topic,
             "size": args.size,
@@ -382,7 +482,8 @@ async fn run_async(args: ProduceArgs) -> anyhow::Result<()> {
         println!("{summary}");
     } else {
         println!(
-            "bench produce: mode {}, {} senders, {}-byte bodies, batch {}, topic {}",
+            "bench produce{}: mode {}, {} senders, {}-byte bodies, batch {}, topic {}",
+            if args.grpc.is_some() { " (gRPC)" } else { "" },
             args.mode.name(),
             args.senders,
             args.size,
