@@ -3,12 +3,19 @@
 // when set: normal, FIFO, delay and transactional sends; the simple
 // consumer's receive, ack and change of invisible duration; tag and SQL92
 // filters.
+//
+// APOGEE_GRPC_TOPOLOGY=proxy runs the same tests against `apogee proxy` in
+// front of a cluster instead: a NameServer and two brokers (broker-a,
+// broker-b, one cluster), all on ephemeral loopback ports. Topics are
+// auto-created on both brokers, so every route spans two brokers.
 package compatgrpc
 
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand"
 	"net"
 	"os"
@@ -28,6 +35,8 @@ var (
 	endpoint string
 	namesrv  string
 	apogee   string
+	// topology is "standalone" or "proxy".
+	topology = "standalone"
 )
 
 func freePort() int {
@@ -37,6 +46,143 @@ func freePort() int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Broker settings every topology uses: loopback addresses, quick
+// transaction check-backs, no disk-space refusals on a full CI disk.
+var brokerSettings = []string{
+	"--set", "brokerIP1=127.0.0.1",
+	"--set", "bindAddress=127.0.0.1",
+	"--set", "transactionTimeOut=1000",
+	"--set", "transactionCheckInterval=500",
+	"--set", "diskMaxUsedSpaceRatio=100",
+	"--set", "diskSpaceWarningLevelRatio=100",
+	"--set", "diskSpaceCleanForciblyRatio=100",
+}
+
+// procs are the apogee processes this run started, stopped at the end.
+var procs []*exec.Cmd
+
+func stopAll() {
+	for i := len(procs) - 1; i >= 0; i-- {
+		_ = procs[i].Process.Kill()
+		_ = procs[i].Wait()
+	}
+	procs = nil
+}
+
+// start runs apogee with args, its output in logFile, and waits until it
+// prints a line starting with each of want; it returns the rest of those lines.
+func start(logFile string, want []string, args ...string) ([]string, error) {
+	cmd := exec.Command(apogee, args...)
+	cmd.Env = append(os.Environ(), "APOGEE_LOG=warn")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	log, err := os.Create(logFile)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = log
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("cannot start apogee %s: %w", args[0], err)
+	}
+	procs = append(procs, cmd)
+	found := make([]string, len(want))
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		missing := len(want)
+		for sc.Scan() {
+			line := sc.Text()
+			for i, w := range want {
+				if found[i] == "" && strings.HasPrefix(line, w) {
+					found[i] = strings.TrimSpace(strings.TrimPrefix(line, w))
+					missing--
+					if missing == 0 {
+						close(ready)
+					}
+				}
+			}
+		}
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	select {
+	case <-ready:
+		return found, nil
+	case <-time.After(60 * time.Second):
+		return nil, fmt.Errorf("apogee %s did not print %v (log: %s)", args[0], want, logFile)
+	}
+}
+
+// loopback turns a printed listen address (maybe 0.0.0.0:port) into 127.0.0.1:port.
+func loopback(addr string) string {
+	if _, port, err := net.SplitHostPort(addr); err == nil {
+		return "127.0.0.1:" + port
+	}
+	return addr
+}
+
+func startStandalone(dir string) error {
+	ns, listen, grpcPort := freePort(), freePort(), freePort()
+	for listen < 1100 {
+		listen = freePort()
+	}
+	args := append([]string{"standalone",
+		"--namesrv-port", fmt.Sprint(ns),
+		"--listen-port", fmt.Sprint(listen),
+		"--set", "storePathRootDir=" + filepath.Join(dir, "store"),
+		"--set", fmt.Sprintf("grpcServerPort=%d", grpcPort),
+	}, brokerSettings...)
+	if _, err := start(filepath.Join(dir, "standalone.log"), []string{"apogee grpc listening on"}, args...); err != nil {
+		return err
+	}
+	endpoint = fmt.Sprintf("127.0.0.1:%d", grpcPort)
+	namesrv = fmt.Sprintf("127.0.0.1:%d", ns)
+	return nil
+}
+
+// startProxyCluster starts a NameServer, broker-a and broker-b (one
+// cluster, each with its own ports, data and local gRPC port) and `apogee
+// proxy` in front of them; every port is picked by the process (port 0).
+func startProxyCluster(dir string) error {
+	got, err := start(filepath.Join(dir, "namesrv.log"), []string{"apogee namesrv listening on"},
+		"namesrv", "--listen-port", "0", "--set", "bindAddress=127.0.0.1")
+	if err != nil {
+		return err
+	}
+	namesrv = loopback(got[0])
+	for _, name := range []string{"broker-a", "broker-b"} {
+		args := append([]string{"broker", "-n", namesrv, "--listen-port", "0",
+			"--set", "brokerClusterName=DefaultCluster",
+			"--set", "brokerName=" + name,
+			"--set", "storePathRootDir=" + filepath.Join(dir, name),
+			"--set", "grpcServerPort=0",
+		}, brokerSettings...)
+		if _, err := start(filepath.Join(dir, name+".log"),
+			[]string{"apogee broker listening on", "apogee grpc listening on"}, args...); err != nil {
+			return err
+		}
+	}
+	got, err = start(filepath.Join(dir, "proxy.log"), []string{"apogee grpc listening on"},
+		"proxy", "-n", namesrv, "--grpc-server-port", "0", "--bind-address", "127.0.0.1")
+	if err != nil {
+		return err
+	}
+	endpoint = loopback(got[0])
+	// Both brokers must be in the route registry before the first test.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := exec.Command(apogee, "admin", "clusterList", "-n", namesrv).CombinedOutput()
+		if err == nil && strings.Contains(string(out), "broker-a") && strings.Contains(string(out), "broker-b") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("both brokers did not register with the NameServer: %v %s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func TestMain(m *testing.M) {
@@ -57,52 +203,21 @@ func TestMain(m *testing.M) {
 		if apogee == "" {
 			apogee = "../../target/debug/apogee"
 		}
-		ns, listen, grpcPort := freePort(), freePort(), freePort()
-		for listen < 1100 {
-			listen = freePort()
+		defer stopAll()
+		switch t := os.Getenv("APOGEE_GRPC_TOPOLOGY"); t {
+		case "", "standalone":
+			err = startStandalone(dir)
+		case "proxy":
+			topology = "proxy"
+			err = startProxyCluster(dir)
+		default:
+			err = fmt.Errorf("APOGEE_GRPC_TOPOLOGY=%q: want standalone or proxy", t)
 		}
-		cmd := exec.Command(apogee, "standalone",
-			"--namesrv-port", fmt.Sprint(ns),
-			"--listen-port", fmt.Sprint(listen),
-			"--set", "storePathRootDir="+filepath.Join(dir, "store"),
-			"--set", "brokerIP1=127.0.0.1",
-			"--set", fmt.Sprintf("grpcServerPort=%d", grpcPort),
-			"--set", "transactionTimeOut=1000",
-			"--set", "transactionCheckInterval=500",
-			"--set", "diskMaxUsedSpaceRatio=100",
-			"--set", "diskSpaceWarningLevelRatio=100",
-			"--set", "diskSpaceCleanForciblyRatio=100",
-		)
-		out, err := cmd.StdoutPipe()
 		if err != nil {
-			panic(err)
-		}
-		if err := cmd.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, "cannot start apogee:", err)
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}()
-		ready := make(chan struct{})
-		go func() {
-			sc := bufio.NewScanner(out)
-			once := sync.Once{}
-			for sc.Scan() {
-				if strings.Contains(sc.Text(), "apogee grpc listening on") {
-					once.Do(func() { close(ready) })
-				}
-			}
-		}()
-		select {
-		case <-ready:
-		case <-time.After(30 * time.Second):
-			fmt.Fprintln(os.Stderr, "apogee did not start its gRPC endpoint")
-			return 1
-		}
-		endpoint = fmt.Sprintf("127.0.0.1:%d", grpcPort)
-		namesrv = fmt.Sprintf("127.0.0.1:%d", ns)
+		fmt.Printf("topology %s: gRPC endpoint %s, NameServer %s\n", topology, endpoint, namesrv)
 		return m.Run()
 	}()
 	os.RemoveAll(dir)
@@ -376,5 +491,50 @@ func TestBadInputIsRefused(t *testing.T) {
 	}
 	if _, err := p.Send(context.Background(), &rmq.Message{Topic: unique("GoBig"), Body: make([]byte, 5<<20)}); err == nil {
 		t.Fatal("a 5 MiB body was accepted")
+	}
+}
+
+// In front of two brokers, sends are spread over both and the simple
+// consumer receives (and acks) what each of them holds.
+func TestMessagesSpreadOverBothBrokers(t *testing.T) {
+	if topology != "proxy" {
+		t.Skip("needs APOGEE_GRPC_TOPOLOGY=proxy (two brokers behind apogee proxy)")
+	}
+	topic := unique("GoSpread")
+	p := newProducer(t, rmq.WithTopics(topic))
+	var want []string
+	for i := 0; i < 32; i++ {
+		send(t, p, &rmq.Message{Topic: topic, Body: []byte(fmt.Sprintf("s%02d", i))})
+		want = append(want, fmt.Sprintf("s%02d", i))
+	}
+	out, err := exec.Command(apogee, "admin", "topicStatus", "-n", namesrv, "-t", topic, "--json").Output()
+	if err != nil {
+		t.Fatalf("topicStatus: %v", err)
+	}
+	var status struct {
+		Queues []struct {
+			BrokerName string `json:"broker_name"`
+			MaxOffset  int64  `json:"max_offset"`
+		} `json:"queues"`
+	}
+	if err := json.Unmarshal(out, &status); err != nil {
+		t.Fatalf("topicStatus output %q: %v", out, err)
+	}
+	per := map[string]int64{}
+	for _, q := range status.Queues {
+		per[q.BrokerName] += q.MaxOffset
+	}
+	if per["broker-a"] == 0 || per["broker-b"] == 0 || per["broker-a"]+per["broker-b"] != 32 {
+		t.Fatalf("messages per broker: %v, want 32 spread over broker-a and broker-b", per)
+	}
+	c := newConsumer(t, unique("go-spread"), map[string]*rmq.FilterExpression{topic: rmq.SUB_ALL})
+	got := receive(t, c, 30*time.Second, 10*time.Second, true,
+		func(all []*rmq.MessageView) bool { return len(all) >= 32 })
+	if fmt.Sprint(sorted(bodies(got))) != fmt.Sprint(want) {
+		t.Fatalf("received %v, want %v", sorted(bodies(got)), want)
+	}
+	again := receive(t, c, 4*time.Second, 2*time.Second, true, nil)
+	if len(again) != 0 {
+		t.Fatalf("acked messages came back: %v", bodies(again))
 	}
 }
