@@ -36,6 +36,10 @@ pub const PROXY_PRODUCER_GROUP: &str = "PID_APOGEE_GRPC_PROXY";
 pub const AUTO_CREATE_QUEUES: i32 = 4;
 /// How long a route stays cached (clients re-query every 30 s anyway).
 const ROUTE_TTL: Duration = Duration::from_secs(3);
+/// How long a consumer group's config stays cached: every ReceiveMessage
+/// asks whether its group is FIFO, which would otherwise cost a broker round
+/// trip per receive. A change of `consumeMessageOrderly` shows within this.
+const GROUP_TTL: Duration = Duration::from_secs(3);
 
 /// What a POP returned.
 pub struct Popped {
@@ -50,7 +54,15 @@ pub struct Backend {
     round_robin: AtomicUsize,
     /// Brokers that have the proxy's producer group registered.
     registered: Mutex<std::collections::HashSet<String>>,
+    /// Writable queues of each topic, computed once per route fetched
+    /// (not once per message sent).
+    writable: Mutex<HashMap<String, WritableQueues>>,
+    /// Group configs by (broker address, group), with when they were read.
+    groups: Mutex<HashMap<(String, String), (Instant, SubscriptionGroupConfig)>>,
 }
+
+/// A route and the writable queues computed from it.
+type WritableQueues = (Arc<TopicRouteData>, Arc<[(String, i32)]>);
 
 fn request(code: i32) -> RemotingCommand {
     let mut cmd = RemotingCommand::request(code);
@@ -84,6 +96,8 @@ impl Backend {
             routes: Mutex::new(HashMap::new()),
             round_robin: AtomicUsize::new(0),
             registered: Mutex::new(std::collections::HashSet::new()),
+            writable: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -211,6 +225,25 @@ impl Backend {
         out.into_iter().collect()
     }
 
+    /// [`Backend::writable_queues`] of `topic`'s `route`, kept until the
+    /// route is replaced by a newer one.
+    pub fn writable_queues_of(
+        &self,
+        topic: &str,
+        route: &Arc<TopicRouteData>,
+    ) -> Arc<[(String, i32)]> {
+        if let Some((r, q)) = self.writable.lock().get(topic) {
+            if Arc::ptr_eq(r, route) {
+                return Arc::clone(q);
+            }
+        }
+        let queues: Arc<[(String, i32)]> = Self::writable_queues(route).into();
+        self.writable
+            .lock()
+            .insert(topic.to_owned(), (Arc::clone(route), Arc::clone(&queues)));
+        queues
+    }
+
     /// The next queue in round-robin order.
     pub fn next_index(&self) -> usize {
         self.round_robin.fetch_add(1, Ordering::Relaxed)
@@ -237,8 +270,21 @@ impl Backend {
         TopicConfig::decode(resp.body.as_deref()?).ok()
     }
 
-    /// The group's config on `addr`, if it has one.
+    /// The group's config on `addr`, if it has one (cached for
+    /// [`GROUP_TTL`]; a group not found is asked for again next time).
     pub async fn group_config(&self, addr: &str, group: &str) -> Option<SubscriptionGroupConfig> {
+        let key = (addr.to_owned(), group.to_owned());
+        if let Some((at, c)) = self.groups.lock().get(&key) {
+            if at.elapsed() < GROUP_TTL {
+                return Some(c.clone());
+            }
+        }
+        let c = self.fetch_group_config(addr, group).await?;
+        self.groups.lock().insert(key, (Instant::now(), c.clone()));
+        Some(c)
+    }
+
+    async fn fetch_group_config(&self, addr: &str, group: &str) -> Option<SubscriptionGroupConfig> {
         let h = GetSubscriptionGroupConfigRequestHeader {
             group: group.to_owned(),
             ..Default::default()
@@ -305,6 +351,16 @@ impl Backend {
 
     pub async fn ack(&self, addr: &str, header: &AckMessageRequestHeader) -> Result<()> {
         let cmd = request_with(request_code::ACK_MESSAGE, header);
+        let resp = self.instance.invoke(addr, cmd).await?;
+        if resp.code != response_code::SUCCESS {
+            return Err(refused(&resp));
+        }
+        Ok(())
+    }
+
+    /// BATCH_ACK_MESSAGE with a BatchAckMessageRequestBody (JSON).
+    pub async fn batch_ack(&self, addr: &str, body: Vec<u8>) -> Result<()> {
+        let cmd = request(request_code::BATCH_ACK_MESSAGE).with_body(bytes::Bytes::from(body));
         let resp = self.instance.invoke(addr, cmd).await?;
         if resp.code != response_code::SUCCESS {
             return Err(refused(&resp));

@@ -7,6 +7,7 @@
 //! inside `apogee standalone` / `apogee broker`, which simply points it at
 //! the in-process broker's NameServer; it never links the broker crate.
 
+pub mod ack;
 pub mod backend;
 pub mod convert;
 pub mod error;

@@ -261,7 +261,7 @@ impl MessagingService {
             .route(&topic)
             .await
             .map_err(|e| err_status(&e))?;
-        let queues = Backend::writable_queues(&route);
+        let queues = self.backend.writable_queues_of(&topic, &route);
         if queues.is_empty() {
             return Err(status(
                 Code::Forbidden,
@@ -896,18 +896,23 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
         if r.entries.is_empty() {
             return fail(status(Code::BadRequest, "no entry to acknowledge"));
         }
-        let mut entries = Vec::with_capacity(r.entries.len());
-        for e in r.entries {
-            let s = match self.ack_one(&group, &topic, &e.receipt_handle).await {
-                Ok(()) => ok(),
-                Err(s) => s,
-            };
-            entries.push(pb::AckMessageResultEntry {
+        // One BATCH_ACK_MESSAGE per broker, not one ACK_MESSAGE per entry.
+        let receipts: Vec<&str> = r
+            .entries
+            .iter()
+            .map(|e| e.receipt_handle.as_str())
+            .collect();
+        let done = crate::ack::ack_all(&self.backend, &group, &topic, &receipts).await;
+        let entries: Vec<_> = r
+            .entries
+            .into_iter()
+            .zip(done)
+            .map(|(e, d)| pb::AckMessageResultEntry {
                 message_id: e.message_id,
                 receipt_handle: e.receipt_handle,
-                status: Some(s),
-            });
-        }
+                status: Some(d.map_or_else(|e| err_status(&e), |()| ok())),
+            })
+            .collect();
         let overall = overall_status(
             entries.iter().map(|e| e.status.as_ref()),
             "some acknowledgements failed; see the entries",
