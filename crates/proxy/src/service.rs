@@ -660,10 +660,23 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
                 "all messages of one send must share a topic",
             ));
         }
-        let mut entries = Vec::with_capacity(r.messages.len());
-        for m in r.messages {
-            entries.push(self.send_one(m).await);
-        }
+        // Several messages go out together, one round trip's wait for all;
+        // a request with a message group keeps them in order, one by one.
+        let ordered = r.messages.iter().any(|m| {
+            m.system_properties
+                .as_ref()
+                .and_then(|s| s.message_group.as_deref())
+                .is_some_and(|g| !g.is_empty())
+        });
+        let entries = if ordered || r.messages.len() == 1 {
+            let mut entries = Vec::with_capacity(r.messages.len());
+            for m in r.messages {
+                entries.push(self.send_one(m).await);
+            }
+            entries
+        } else {
+            futures::future::join_all(r.messages.into_iter().map(|m| self.send_one(m))).await
+        };
         let overall = overall_status(
             entries.iter().map(|e| e.status.as_ref()),
             "some messages failed; see the entries",
