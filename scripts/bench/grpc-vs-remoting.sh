@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Same-run comparison of the RocketMQ 5 gRPC endpoint with remoting (issue 15):
+# one release `apogee standalone`, the same client (`apogee bench`), the same
+# message size and concurrency, runs alternating remoting and gRPC.
+#   grpc-vs-remoting.sh DIR [ROUNDS] [SECONDS] [COUNT]
+# Per round: produce (64 senders, sync, 1 KiB) remoting then gRPC; the same
+# with 16 messages per request; then three fresh groups drain COUNT messages
+# of a prefilled topic: classic pull, POP (receive + one ACK_MESSAGE per
+# message) and gRPC (ReceiveMessage + one AckMessage per batch).
+# Prints one JSON line per run: kind, protocol, the server's CPU seconds
+# during the run, and the bench's summary.
+set -euo pipefail
+dir=${1:?work directory}
+rounds=${2:-3}
+secs=${3:-15}
+count=${4:-200000}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+apogee=${APOGEE:-$root/target/release/apogee}
+[ -n "${APOGEE:-}" ] || (cd "$root" && cargo build --release -p apogee -q)
+mkdir -p "$dir"
+ns_port=$((12000 + RANDOM % 18000))
+ns=127.0.0.1:$ns_port
+grpc=127.0.0.1:$((ns_port + 5))
+"$apogee" standalone --namesrv-port "$ns_port" --listen-port $((ns_port + 3)) \
+  --set storePathRootDir="$dir/data" --set brokerIP1=127.0.0.1 --set bindAddress=127.0.0.1 \
+  --set grpcServerPort=$((ns_port + 5)) > "$dir/apogee.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/data"' EXIT
+for _ in $(seq 1 100); do grep -q 'apogee grpc listening on' "$dir/apogee.log" && break; sleep 0.1; done
+# Same queues for both protocols (the proxy would auto-create 4, remoting 8).
+for t in GvrProduce GvrBatch GvrConsume; do
+  "$apogee" admin updateTopic -n "$ns" -c DefaultCluster -t $t -r 8 -w 8 >/dev/null
+done
+"$apogee" bench produce -n "$ns" -t GvrConsume -s 1024 -w 64 --mode async \
+  --count $((count * rounds * 3 / 2)) --json >/dev/null 2>&1
+sleep 2
+cpu() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+run() { # kind protocol bench-args...
+  local kind=$1 proto=$2; shift 2
+  local before after out
+  before=$(cpu)
+  out=$("$apogee" bench "$@" --json 2>/dev/null | tail -1)
+  after=$(cpu)
+  echo "{\"kind\":\"$kind\",\"protocol\":\"$proto\",\"server_cpu_s\":$(( (after - before) ))e-2,\"result\":$out}"
+}
+for r in $(seq 1 "$rounds"); do
+  run produce remoting produce -n "$ns" -t GvrProduce -s 1024 -w 64 --mode sync --duration "$secs"
+  run produce grpc produce -n "$ns" -t GvrProduce -s 1024 -w 64 --mode sync --duration "$secs" --grpc "$grpc"
+  run produce-batch16 remoting produce -n "$ns" -t GvrBatch -s 1024 -w 64 --mode sync --batch 16 --duration "$secs"
+  run produce-batch16 grpc produce -n "$ns" -t GvrBatch -s 1024 -w 64 --mode sync --batch 16 --duration "$secs" --grpc "$grpc"
+  run consume-pull remoting consume -n "$ns" -t GvrConsume -g "GvrPull$r" --count "$count" --duration 120
+  run consume-pop remoting consume -n "$ns" -t GvrConsume -g "GvrPop$r" --pop --count "$count" --duration 120
+  run consume-grpc grpc consume -n "$ns" -t GvrConsume -g "GvrGrpc$r" --grpc "$grpc" --count "$count" --duration 120
+done
