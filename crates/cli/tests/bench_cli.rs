@@ -267,3 +267,77 @@ fn failures_exit_non_zero_with_one_line() {
     let r = apogee(&["bench", "produce", "--count", "5", "--duration", "5"]);
     assert_eq!(r.code, Some(2), "clap rejects --count with --duration");
 }
+
+#[test]
+fn grpc_produce_then_consume_through_the_endpoint() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let sa = support::start_standalone(&["--set", &format!("grpcServerPort={port}")]);
+    let ns = sa.namesrv.to_string();
+    create_topic(&ns, &sa.broker.to_string(), "BenchGrpc");
+    let grpc = format!("127.0.0.1:{port}");
+
+    let p = summary(&apogee(&[
+        "bench",
+        "produce",
+        "--grpc",
+        &grpc,
+        "-t",
+        "BenchGrpc",
+        "--count",
+        "1000",
+        "-w",
+        "8",
+        "--batch",
+        "2",
+        "--keys",
+        "--tag",
+        "TagG",
+        "--json",
+    ]));
+    assert_eq!(p["sent"], 1000, "{p}");
+    assert_eq!(p["failed"], 0, "{p}");
+    assert_eq!(p["protocol"], "grpc", "{p}");
+    check_latency_fields(&p);
+    assert_eq!(stored(&ns, "BenchGrpc"), 1000);
+
+    let c = summary(&apogee(&[
+        "bench",
+        "consume",
+        "--grpc",
+        &grpc,
+        "-t",
+        "BenchGrpc",
+        "-g",
+        "bench_grpc_group",
+        "--count",
+        "1000",
+        "--duration",
+        "45",
+        "--json",
+    ]));
+    assert_eq!(c["bench"], "consume-grpc", "{c}");
+    assert!(num(&c, "received") >= 1000.0, "{c}");
+    check_latency_fields(&c);
+    assert!(
+        num(&c, "receive_p50_ms") <= num(&c, "receive_p99_ms"),
+        "{c}"
+    );
+    assert!(num(&c, "ack_p50_ms") <= num(&c, "ack_p99_ms"), "{c}");
+
+    // No endpoint there: one line, non-zero exit.
+    let r = apogee(&[
+        "bench",
+        "produce",
+        "--grpc",
+        "127.0.0.1:1",
+        "-t",
+        "BenchGrpc",
+        "--count",
+        "1",
+    ]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("gRPC endpoint"), "{}", r.stderr);
+}
