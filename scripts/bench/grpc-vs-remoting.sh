@@ -8,7 +8,10 @@
 # of a prefilled topic: classic pull, POP (receive + one ACK_MESSAGE per
 # message) and gRPC (ReceiveMessage + one AckMessage per batch).
 # Prints one JSON line per run: kind, protocol, the server's CPU seconds
-# during the run, and the bench's summary.
+# during the run, and the bench's summary. With GO_BENCH set to a build of
+# compat/go-grpc/bench (`cd compat/go-grpc && go build -o /tmp/gobench
+# ./bench`), each round also runs the official Go client (produce, and a
+# simple consumer acking each message) as a sanity check.
 set -euo pipefail
 dir=${1:?work directory}
 rounds=${2:-3}
@@ -29,7 +32,7 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/data"' EXIT
 for _ in $(seq 1 100); do grep -q 'apogee grpc listening on' "$dir/apogee.log" && break; sleep 0.1; done
 # Same queues for both protocols (the proxy would auto-create 4, remoting 8).
-for t in GvrProduce GvrBatch GvrConsume; do
+for t in GvrProduce GvrBatch GvrConsume GvrGo; do
   "$apogee" admin updateTopic -n "$ns" -c DefaultCluster -t $t -r 8 -w 8 >/dev/null
 done
 "$apogee" bench produce -n "$ns" -t GvrConsume -s 1024 -w 64 --mode async \
@@ -52,4 +55,13 @@ for r in $(seq 1 "$rounds"); do
   run consume-pull remoting consume -n "$ns" -t GvrConsume -g "GvrPull$r" --count "$count" --duration 120
   run consume-pop remoting consume -n "$ns" -t GvrConsume -g "GvrPop$r" --pop --count "$count" --duration 120
   run consume-grpc grpc consume -n "$ns" -t GvrConsume -g "GvrGrpc$r" --grpc "$grpc" --count "$count" --duration 120
+  if [ -n "${GO_BENCH:-}" ]; then
+    for mode in produce consume; do
+      before=$(cpu)
+      out=$("$GO_BENCH" -endpoint "$grpc" -topic GvrGo -group "GvrGo$r" -mode $mode -senders 64 -size 1024 \
+        -seconds "$secs" -receivers 4 -count $((count / 4)) 2>/dev/null | tail -1)
+      after=$(cpu)
+      echo "{\"kind\":\"go-client-$mode\",\"protocol\":\"grpc\",\"server_cpu_s\":$(( (after - before) ))e-2,\"result\":$out}"
+    done
+  fi
 done
