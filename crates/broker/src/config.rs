@@ -91,7 +91,32 @@ pub const UNSUPPORTED_VALUES: &[UnsupportedValue] = &[
         values: &["true"],
         feature: "TLS",
     },
+    UnsupportedValue {
+        key: "enableAutoInSyncReplicas",
+        values: &["true"],
+        feature: "automatic in-sync replica counts (sends would be acknowledged by fewer replicas than inSyncReplicas)",
+    },
+    UnsupportedValue {
+        key: "enableSlaveActingMaster",
+        values: &["true"],
+        feature: "a slave acting as master",
+    },
 ];
+
+/// Replicas per broker set the controller accepts (master + one slave).
+pub const MAX_CONTROLLER_REPLICAS: u32 = 2;
+
+/// How a controller-mode master acknowledges a send that waits for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControllerAck {
+    /// On its own copy (ASYNC_MASTER, `inSyncReplicas=1`).
+    Master,
+    /// When every SyncStateSet member holds it (`allAckInSyncStateSet`, or
+    /// brokerRole=SYNC_MASTER): alone while the set is the master alone.
+    SyncStateSet,
+    /// When a slave holds it, whatever the set (`inSyncReplicas=2`).
+    Slave,
+}
 
 /// The row of [`UNSUPPORTED_VALUES`] refusing `key=value`, if any.
 pub fn unsupported_value(key: &str, value: &str) -> Option<&'static UnsupportedValue> {
@@ -277,6 +302,27 @@ pub struct BrokerConfig {
     /// `haMaxTimeSlaveNotCatchup`: a slave behind the master for this long
     /// leaves the SyncStateSet (15 s).
     pub ha_max_time_slave_not_catchup: Duration,
+    /// `totalReplicas` (1): replicas of the broker set. As in Apache it
+    /// only bounds the others here: `inSyncReplicas` and
+    /// `minInSyncReplicas` cannot exceed it (automatic in-sync replica
+    /// counts, its other use, are refused).
+    pub total_replicas: u32,
+    /// `inSyncReplicas` (1): replicas, the master included, that hold a
+    /// message before a send waiting for the store is acknowledged.
+    /// Classic SYNC_MASTER: `max(inSyncReplicas - 1, 1)` slaves (Apogee's
+    /// SYNC_MASTER always waits for one, as the HA contract promises).
+    /// Controller mode without `allAckInSyncStateSet`: 2 makes every send
+    /// wait for the slave even while the SyncStateSet is the master alone.
+    /// Ignored by an ASYNC_MASTER, as in Apache.
+    pub in_sync_replicas: u32,
+    /// `minInSyncReplicas` (1): controller mode: a master whose
+    /// SyncStateSet is smaller refuses sends before storing them (SYSTEM_ERROR
+    /// "in-sync replicas not enough", as Apache).
+    pub min_in_sync_replicas: u32,
+    /// `allAckInSyncStateSet` (false): controller mode: a send waits for
+    /// every SyncStateSet member (the master alone when the set is only
+    /// it). Apogee's controller-mode SYNC_MASTER does this whatever the key.
+    pub all_ack_in_sync_state_set: bool,
     /// Store settings (`storePathRootDir`, `flushDiskType`, `maxMessageSize`, ...).
     pub store: MessageStoreConfig,
 }
@@ -353,6 +399,10 @@ impl Default for BrokerConfig {
             controller_heart_beat_timeout: Duration::from_millis(10_000),
             broker_heartbeat_interval: Duration::from_millis(1000),
             ha_max_time_slave_not_catchup: Duration::from_millis(15_000),
+            total_replicas: 1,
+            in_sync_replicas: 1,
+            min_in_sync_replicas: 1,
+            all_ack_in_sync_state_set: false,
             store: MessageStoreConfig::default(),
         }
     }
@@ -501,6 +551,14 @@ impl BrokerConfig {
                     self.ha_max_gap_not_in_sync = positive(k, parse(k, v)?)?
                 }
                 "haHousekeepingInterval" => self.ha_housekeeping_interval = positive_ms(k, v)?,
+                "totalReplicas" => self.total_replicas = positive(k, parse(k, v)?)?,
+                "inSyncReplicas" => self.in_sync_replicas = positive(k, parse(k, v)?)?,
+                "minInSyncReplicas" => self.min_in_sync_replicas = positive(k, parse(k, v)?)?,
+                "allAckInSyncStateSet" => self.all_ack_in_sync_state_set = parse_bool(k, v)?,
+                // Only `false` gets here (`true` is refused above).
+                "enableAutoInSyncReplicas" | "enableSlaveActingMaster" => {
+                    parse_bool(k, v)?;
+                }
                 "brokerPermission" => {
                     let p: i32 = parse(k, v)?;
                     if !(0..=15).contains(&p) {
@@ -699,6 +757,7 @@ impl BrokerConfig {
         if !self.enable_controller_mode {
             return Ok(());
         }
+        self.check_replicas()?;
         if self.controller_addrs().is_empty() {
             return Err(BrokerError::config(
                 "controllerAddr",
@@ -795,6 +854,7 @@ impl BrokerConfig {
     /// slave needs brokerId >= 1; a master is always brokerId 0 (a
     /// different value is replaced, with a warning).
     pub fn check_role(&mut self) -> Result<()> {
+        self.check_replicas()?;
         if self.is_master() {
             if self.broker_id != 0 {
                 tracing::warn!(
@@ -814,6 +874,54 @@ impl BrokerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Replica counts that can never be met stop the start.
+    pub fn check_replicas(&self) -> Result<()> {
+        for (key, n) in [
+            ("inSyncReplicas", self.in_sync_replicas),
+            ("minInSyncReplicas", self.min_in_sync_replicas),
+        ] {
+            if self.total_replicas > 1 && n > self.total_replicas {
+                return Err(BrokerError::config(
+                    key,
+                    format!(
+                        "{n} exceeds totalReplicas={}: no send could ever be acknowledged",
+                        self.total_replicas
+                    ),
+                ));
+            }
+            if self.enable_controller_mode && n > MAX_CONTROLLER_REPLICAS {
+                return Err(BrokerError::config(
+                    key,
+                    format!(
+                        "{n} can never be met: a broker set in controller mode has at most {MAX_CONTROLLER_REPLICAS} replicas in Apogee"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Slaves that must acknowledge a send on a classic SYNC_MASTER (or a
+    /// controller-mode master that waits): `inSyncReplicas` counts the
+    /// master, and SYNC_MASTER always means at least one slave.
+    pub fn slaves_to_ack(&self) -> usize {
+        (self.in_sync_replicas.saturating_sub(1)).max(1) as usize
+    }
+
+    /// How a controller-mode master acknowledges a send that waits for
+    /// the store (see [`ControllerAck`]).
+    pub fn controller_ack(&self) -> ControllerAck {
+        if self.all_ack_in_sync_state_set {
+            ControllerAck::SyncStateSet
+        } else if self.in_sync_replicas >= 2 {
+            ControllerAck::Slave
+        } else if self.is_sync_master() {
+            ControllerAck::SyncStateSet
+        } else {
+            ControllerAck::Master
+        }
     }
 
     /// The effective configuration as `key=value` pairs (for `-p` and
@@ -862,6 +970,15 @@ impl BrokerConfig {
         );
         put("haMaxGapNotInSync", self.ha_max_gap_not_in_sync.to_string());
         put("haHousekeepingInterval", ms(self.ha_housekeeping_interval));
+        put("totalReplicas", self.total_replicas.to_string());
+        put("inSyncReplicas", self.in_sync_replicas.to_string());
+        put("minInSyncReplicas", self.min_in_sync_replicas.to_string());
+        put(
+            "allAckInSyncStateSet",
+            self.all_ack_in_sync_state_set.to_string(),
+        );
+        put("enableAutoInSyncReplicas", "false".to_string());
+        put("enableSlaveActingMaster", "false".to_string());
         put(
             "enableControllerMode",
             self.enable_controller_mode.to_string(),
@@ -1381,6 +1498,92 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(k), "{err} should name {k}");
         }
+    }
+
+    #[test]
+    fn replica_keys_apply_export_and_refuse_what_cannot_be_met() {
+        let mut c = BrokerConfig::default();
+        assert_eq!(c.slaves_to_ack(), 1);
+        c.apply(&props(&[
+            ("totalReplicas", "3"),
+            ("inSyncReplicas", "3"),
+            ("minInSyncReplicas", "2"),
+            ("allAckInSyncStateSet", "true"),
+            ("enableAutoInSyncReplicas", "false"),
+        ]))
+        .unwrap();
+        c.check_replicas().unwrap();
+        assert_eq!(c.slaves_to_ack(), 2);
+        let p = c.to_properties();
+        assert_eq!(p["totalReplicas"], "3");
+        assert_eq!(p["inSyncReplicas"], "3");
+        assert_eq!(p["minInSyncReplicas"], "2");
+        assert_eq!(p["allAckInSyncStateSet"], "true");
+        // More than the set holds, or than controller mode allows.
+        let mut over = BrokerConfig::default();
+        over.apply(&props(&[("totalReplicas", "2"), ("inSyncReplicas", "3")]))
+            .unwrap();
+        let e = over.check_replicas().unwrap_err().to_string();
+        assert!(
+            e.contains("inSyncReplicas") && e.contains("totalReplicas=2"),
+            "{e}"
+        );
+        let mut ctl = BrokerConfig::default();
+        ctl.apply(&props(&[
+            ("enableControllerMode", "true"),
+            ("controllerAddr", "127.0.0.1:9878"),
+            ("minInSyncReplicas", "3"),
+        ]))
+        .unwrap();
+        let e = ctl.check_controller_mode().unwrap_err().to_string();
+        assert!(
+            e.contains("minInSyncReplicas") && e.contains("at most 2"),
+            "{e}"
+        );
+        for (k, v) in [
+            ("inSyncReplicas", "0"),
+            ("minInSyncReplicas", "-1"),
+            ("totalReplicas", "x"),
+            ("allAckInSyncStateSet", "yes"),
+        ] {
+            let err = BrokerConfig::default()
+                .apply(&props(&[(k, v)]))
+                .unwrap_err();
+            assert!(err.to_string().contains(k), "{err} should name {k}");
+        }
+        for k in ["enableAutoInSyncReplicas", "enableSlaveActingMaster"] {
+            let err = BrokerConfig::default()
+                .apply(&props(&[(k, "true")]))
+                .unwrap_err();
+            assert!(matches!(err, BrokerError::Unsupported { .. }), "{k}: {err}");
+        }
+    }
+
+    #[test]
+    fn controller_ack_follows_the_keys() {
+        let ack = |kv: &[(&str, &str)]| {
+            let mut c = BrokerConfig::default();
+            c.apply(&props(kv)).unwrap();
+            c.controller_ack()
+        };
+        assert_eq!(ack(&[]), ControllerAck::Master);
+        assert_eq!(
+            ack(&[("brokerRole", "SYNC_MASTER")]),
+            ControllerAck::SyncStateSet
+        );
+        assert_eq!(
+            ack(&[("allAckInSyncStateSet", "true")]),
+            ControllerAck::SyncStateSet
+        );
+        assert_eq!(ack(&[("inSyncReplicas", "2")]), ControllerAck::Slave);
+        assert_eq!(
+            ack(&[("brokerRole", "SYNC_MASTER"), ("inSyncReplicas", "2")]),
+            ControllerAck::Slave
+        );
+        assert_eq!(
+            ack(&[("allAckInSyncStateSet", "true"), ("inSyncReplicas", "2")]),
+            ControllerAck::SyncStateSet
+        );
     }
 
     #[test]

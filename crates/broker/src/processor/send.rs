@@ -30,6 +30,7 @@ use apogee_throttle::{throttled_warn, LogThrottle};
 use bytes::Bytes;
 use rand::Rng;
 
+use crate::config::ControllerAck;
 use crate::context::BrokerContext;
 use crate::stats::TopicMeter;
 use crate::topic_config::TopicEntry;
@@ -643,17 +644,23 @@ fn waits_for_store(m: &MessageToStore) -> bool {
 }
 
 /// Stores a client send; on a SYNC_MASTER, then waits (up to
-/// syncFlushTimeout) for a slave to acknowledge it, as Java's `handleHA`.
+/// syncFlushTimeout) for the slaves `inSyncReplicas` asks for, as Java's
+/// `handleHA`. In controller mode a SyncStateSet below `minInSyncReplicas`
+/// refuses the send before it is stored.
 pub(super) async fn store_or_reject(
     ctx: &BrokerContext,
     input: StoreInput,
     meter: Option<&TopicMeter>,
 ) -> Result<(PutResult, Option<SyncOutcome>), Reject> {
-    let wants_wait = ctx.config.is_sync_master()
-        && match &input {
-            StoreInput::One(m) => waits_for_store(m),
-            StoreInput::Batch(ms) => ms.iter().all(waits_for_store),
-        };
+    let waits = match &input {
+        StoreInput::One(m) => waits_for_store(m),
+        StoreInput::Batch(ms) => ms.iter().all(waits_for_store),
+    };
+    let controller = ctx.config.enable_controller_mode;
+    if waits && controller {
+        check_in_sync_replicas(ctx)?;
+    }
+    let wants_wait = waits && ctx.config.is_sync_master();
     let res = match input {
         StoreInput::One(msg) => put_one(ctx, msg, meter).await,
         StoreInput::Batch(msgs) => put_batch(ctx, msgs, meter).await,
@@ -662,7 +669,13 @@ pub(super) async fn store_or_reject(
     // can be elected, so its own copy is the acknowledgement. Read after
     // the put (SeqCst, paired with the supervisor's store before it reads
     // the grow barrier): a put the barrier missed sees the flag cleared.
-    let wait_slave = wants_wait && !ctx.acks_alone();
+    let wait_slave = wants_wait
+        && match (controller, ctx.config.controller_ack()) {
+            (false, _) => true,
+            (true, ControllerAck::Master) => false,
+            (true, ControllerAck::Slave) => true,
+            (true, ControllerAck::SyncStateSet) => !ctx.acks_alone(),
+        };
     let r = res.map_err(|e| store_error_reject(ctx, &e))?;
     let ha = match ctx.ha_server() {
         Some(ha) if wait_slave => {
@@ -672,6 +685,28 @@ pub(super) async fn store_or_reject(
         _ => None,
     };
     Ok((r, ha))
+}
+
+/// Apache's IN_SYNC_REPLICAS_NOT_ENOUGH: a controller-mode master whose
+/// SyncStateSet is smaller than `minInSyncReplicas` stores nothing.
+fn check_in_sync_replicas(ctx: &BrokerContext) -> Result<(), Reject> {
+    let min = ctx.config.min_in_sync_replicas as usize;
+    if min <= 1 {
+        return Ok(());
+    }
+    let in_sync = ctx
+        .sync_state_set_size
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .max(1);
+    if in_sync < min {
+        return Err(Reject::new(
+            response_code::SYSTEM_ERROR,
+            format!(
+                "in-sync replicas not enough: the SyncStateSet has {in_sync}, minInSyncReplicas is {min}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The response for a failed put (Java `handlePutMessageResult`).
