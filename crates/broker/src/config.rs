@@ -246,6 +246,15 @@ pub struct BrokerConfig {
     pub default_pop_share_queue_num: i32,
     /// `reviveInterval`: how often the POP revive service looks (1 s).
     pub revive_interval: Duration,
+    /// `enableRetryTopicV2`: the revive service writes un-acked POP
+    /// messages to `%RETRY%group+topic` (v2) rather than
+    /// `%RETRY%group_topic` (v1). On by default (Apache: off): v2 names
+    /// cannot collide between a group `a_b`/topic `c` and group `a`/topic
+    /// `b_c`; clients map both back.
+    pub enable_retry_topic_v2: bool,
+    /// `retrieveMessageFromPopRetryTopicV1`: POP also reads the v1 retry
+    /// topic (what older brokers or `enableRetryTopicV2=false` wrote).
+    pub retrieve_message_from_pop_retry_topic_v1: bool,
     /// `maxPopPollingSize`: most POP requests held by long polling in all
     /// (100000); more are answered POLLING_FULL.
     pub max_pop_polling_size: usize,
@@ -382,6 +391,8 @@ impl Default for BrokerConfig {
             default_message_request_mode: apogee_protocol::body::MessageRequestMode::Pull,
             default_pop_share_queue_num: -1,
             revive_interval: Duration::from_millis(1000),
+            enable_retry_topic_v2: true,
+            retrieve_message_from_pop_retry_topic_v1: true,
             max_pop_polling_size: 100_000,
             pop_polling_size: 1024,
             init_pop_offset_by_check_msg_in_mem: true,
@@ -767,6 +778,8 @@ pub static KEYS: &[ConfigKey] = &[
     ),
     field!("defaultPopShareQueueNum", default_pop_share_queue_num, parse),
     field!("reviveInterval", revive_interval, positive_ms, show_ms),
+    field!("enableRetryTopicV2", enable_retry_topic_v2, parse_bool),
+    field!("retrieveMessageFromPopRetryTopicV1", retrieve_message_from_pop_retry_topic_v1, parse_bool),
     field!("maxPopPollingSize", max_pop_polling_size, parse),
     field!("popPollingSize", pop_polling_size, parse),
     field!("initPopOffsetByCheckMsgInMem", init_pop_offset_by_check_msg_in_mem, parse_bool),
@@ -1638,6 +1651,8 @@ mod tests {
         ("defaultMessageRequestMode", "POP"),
         ("defaultPopShareQueueNum", "2"),
         ("reviveInterval", "1200"),
+        ("enableRetryTopicV2", "false"),
+        ("retrieveMessageFromPopRetryTopicV1", "false"),
         ("maxPopPollingSize", "0"),
         ("popPollingSize", "10"),
         ("initPopOffsetByCheckMsgInMem", "false"),

@@ -448,7 +448,9 @@ pub(crate) fn candidate_queues(
 ) -> Vec<(String, i32)> {
     let mut v = Vec::new();
     if !order {
-        for rt in [retry_topic_v1(topic, group), retry_topic_v2(topic, group)] {
+        let v1 = ctx.config.retrieve_message_from_pop_retry_topic_v1;
+        let v1 = v1.then(|| retry_topic_v1(topic, group));
+        for rt in v1.into_iter().chain([retry_topic_v2(topic, group)]) {
             if let Some(tc) = ctx.topics.get(&rt) {
                 for q in 0..tc.read_queue_nums {
                     v.push((rt.clone(), q));

@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    retry_topic_v1, revive_topic, AckMsg, CheckPoint, PopError, ACK_TAG, BATCH_ACK_TAG, CK_TAG,
-    REVIVE_GROUP, REVIVE_QUEUE_NUM,
+    retry_topic_v1, retry_topic_v2, revive_topic, AckMsg, CheckPoint, PopError, ACK_TAG,
+    BATCH_ACK_TAG, CK_TAG, REVIVE_GROUP, REVIVE_QUEUE_NUM,
 };
 use crate::context::BrokerContext;
 use crate::processor::send::store_messages;
@@ -579,7 +579,11 @@ async fn revive_one(ctx: &BrokerContext, ck: &CheckPoint, qo: i64) -> Result<boo
     } else if ck.topic.starts_with(topic::RETRY_GROUP_TOPIC_PREFIX) {
         m.topic = ck.topic.clone();
     } else {
-        m.topic = retry_topic_v1(&ck.topic, group);
+        m.topic = if ctx.config.enable_retry_topic_v2 {
+            retry_topic_v2(&ck.topic, group)
+        } else {
+            retry_topic_v1(&ck.topic, group)
+        };
         ctx.topics.get_or_create_system(&m.topic, 1, rw, 0);
     }
     m.queue_id = 0;

@@ -35,7 +35,7 @@ class GrpcTest {
 
     @Test
     void producerStartsAndSendsNormalMessages() throws Exception {
-        String topic = Support.unique("GrpcNormal");
+        String topic = Grpc.topic("GrpcNormal", "NORMAL");
         try (Producer p = Grpc.producer(topic)) {
             for (int i = 0; i < 5; i++) {
                 SendReceipt r = p.send(Grpc.message(topic, "TagA", "n" + i));
@@ -46,7 +46,7 @@ class GrpcTest {
 
     @Test
     void simpleConsumerReceivesAndAcks() throws Exception {
-        String topic = Support.unique("GrpcSimple");
+        String topic = Grpc.topic("GrpcSimple", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             Set<String> sent = new HashSet<>();
@@ -71,7 +71,7 @@ class GrpcTest {
 
     @Test
     void unackedMessageComesBackAfterInvisibleTime() throws Exception {
-        String topic = Support.unique("GrpcRedeliver");
+        String topic = Grpc.topic("GrpcRedeliver", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             p.send(Grpc.message(topic, "TagA", "again"));
@@ -87,7 +87,7 @@ class GrpcTest {
 
     @Test
     void changeInvisibleDurationThenAck() throws Exception {
-        String topic = Support.unique("GrpcChange");
+        String topic = Grpc.topic("GrpcChange", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             p.send(Grpc.message(topic, "TagA", "longer"));
@@ -102,7 +102,7 @@ class GrpcTest {
 
     @Test
     void tagFilter() throws Exception {
-        String topic = Support.unique("GrpcTag");
+        String topic = Grpc.topic("GrpcTag", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "TagB")) {
             p.send(Grpc.message(topic, "TagA", "a"));
@@ -124,7 +124,7 @@ class GrpcTest {
 
     @Test
     void fifoMessagesKeepTheirGroupOrder() throws Exception {
-        String topic = Support.unique("GrpcFifo");
+        String topic = Grpc.topic("GrpcFifo", "FIFO");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             for (int i = 0; i < 6; i++) {
@@ -145,7 +145,7 @@ class GrpcTest {
 
     @Test
     void delayedMessageArrivesAfterItsTime() throws Exception {
-        String topic = Support.unique("GrpcDelay");
+        String topic = Grpc.topic("GrpcDelay", "DELAY");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             long at = System.currentTimeMillis() + 3000;
@@ -163,7 +163,7 @@ class GrpcTest {
 
     @Test
     void pushConsumerGetsEveryMessage() throws Exception {
-        String topic = Support.unique("GrpcPush");
+        String topic = Grpc.topic("GrpcPush", "NORMAL");
         String group = Support.unique("GID");
         Set<String> got = ConcurrentHashMap.newKeySet();
         try (Producer p = Grpc.producer(topic);
@@ -186,7 +186,7 @@ class GrpcTest {
 
     @Test
     void pushConsumerFailureIsRetried() throws Exception {
-        String topic = Support.unique("GrpcPushRetry");
+        String topic = Grpc.topic("GrpcPushRetry", "NORMAL");
         String group = Support.unique("GID");
         List<Integer> attempts = new CopyOnWriteArrayList<>();
         try (Producer p = Grpc.producer(topic);
@@ -208,7 +208,7 @@ class GrpcTest {
 
     @Test
     void sqlFilter() throws Exception {
-        String topic = Support.unique("GrpcSql");
+        String topic = Grpc.topic("GrpcSql", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic);
              SimpleConsumer c = Grpc.PROVIDER.newSimpleConsumerBuilder()
@@ -236,7 +236,7 @@ class GrpcTest {
 
     @Test
     void transactionCommitIsDeliveredRollbackIsNot() throws Exception {
-        String topic = Support.unique("GrpcTx");
+        String topic = Grpc.topic("GrpcTx", "TRANSACTION");
         String group = Support.unique("GID");
         try (Producer p = Grpc.PROVIDER.newProducerBuilder().setClientConfiguration(Grpc.config())
                  .setTopics(topic).setTransactionChecker(mv -> TransactionResolution.COMMIT).build();
@@ -264,7 +264,7 @@ class GrpcTest {
 
     @Test
     void undecidedTransactionIsResolvedByCheckBack() throws Exception {
-        String topic = Support.unique("GrpcTxCheck");
+        String topic = Grpc.topic("GrpcTxCheck", "TRANSACTION");
         String group = Support.unique("GID");
         List<String> checked = new CopyOnWriteArrayList<>();
         try (Producer p = Grpc.PROVIDER.newProducerBuilder().setClientConfiguration(Grpc.config())
