@@ -26,7 +26,7 @@ mod warm;
 pub use cleanup::{DiskUsageProbe, StatvfsProbe};
 pub use config::{FlushDiskType, MessageStoreConfig};
 pub use dispatch::MessageArrivingListener;
-pub use error::{Result, StoreError};
+pub use error::{DeleteTopicsError, OpenError, PutError, Result, StoreError, WriteRefused};
 pub use flush::FlushWait;
 pub use replica::{ReplicaAppend, ReplicaAppendError};
 pub use store::{

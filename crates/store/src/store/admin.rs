@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{check_topic_name, MessageStore};
 use crate::cleanup;
 use crate::dispatch;
-use crate::error::{Result, StoreError};
+use crate::error::{DeleteTopicsError, Result};
 use crate::vfs;
 
 /// Folder (under the store root) where the ConsumeQueue folders of deleted
@@ -43,10 +43,10 @@ impl MessageStore {
     /// re-created later starts at offset 0. CommitLog records stay until
     /// retention removes them; index entries are left alone. Returns the
     /// number of queues removed. Blocking (file I/O, waits for dispatch).
-    pub fn delete_topics(&self, topics: &[&str]) -> Result<usize> {
+    pub fn delete_topics(&self, topics: &[&str]) -> Result<usize, DeleteTopicsError> {
         let i = &self.inner;
         if i.shut_down.load(Ordering::Acquire) {
-            return Err(StoreError::ShutDown);
+            return Err(DeleteTopicsError::ShutDown);
         }
         // Only names that can be a directory can have queues; the check also
         // keeps `join` below inside the consumequeue folder.

@@ -202,7 +202,7 @@ impl Inner {
         if let Some(cq) = self.find_cq(topic, queue_id) {
             return Ok(cq);
         }
-        check_topic_name(topic)?;
+        check_topic_name(topic).map_err(StoreError::IllegalRecord)?;
         let mut t = self.cqs.write();
         if let Some(cq) = t.get(topic).and_then(|q| q.get(&queue_id)) {
             return Ok(cq.clone());
@@ -235,17 +235,15 @@ impl Inner {
     }
 }
 
-/// A topic must be usable as one directory name.
-fn check_topic_name(topic: &str) -> Result<()> {
+/// A topic must be usable as one directory name; the error says why not.
+fn check_topic_name(topic: &str) -> Result<(), String> {
     if topic.is_empty()
         || topic == "."
         || topic == ".."
         || topic.len() > 255
         || topic.contains(['/', '\0'])
     {
-        return Err(StoreError::IllegalMessage(format!(
-            "topic {topic:?} cannot name a directory"
-        )));
+        return Err(format!("topic {topic:?} cannot name a directory"));
     }
     Ok(())
 }

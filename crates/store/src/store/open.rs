@@ -14,7 +14,7 @@ use crate::cleanup::{self, DiskUsageProbe, StatvfsProbe};
 use crate::commit_log::CommitLog;
 use crate::config::{FlushDiskType, MessageStoreConfig};
 use crate::dispatch::{self, MessageArrivingListener};
-use crate::error::{Result, StoreError};
+use crate::error::{OpenError, Result, StoreError};
 use crate::flush::{self, FlushWaiters};
 use crate::index::IndexService;
 use crate::recovery;
@@ -37,12 +37,15 @@ pub struct StoreHooks {
 
 impl MessageStore {
     /// Open (creating or recovering) the store at `config.store_path_root_dir`.
-    pub fn open(config: MessageStoreConfig) -> Result<MessageStore> {
+    pub fn open(config: MessageStoreConfig) -> Result<MessageStore, OpenError> {
         Self::open_with(config, StoreHooks::default())
     }
 
     /// Open with hooks (disk probe, arriving listener).
-    pub fn open_with(config: MessageStoreConfig, hooks: StoreHooks) -> Result<MessageStore> {
+    pub fn open_with(
+        config: MessageStoreConfig,
+        hooks: StoreHooks,
+    ) -> Result<MessageStore, OpenError> {
         config.validate()?;
         let root = config.store_path_root_dir.clone();
         let vfs = hooks.vfs.clone().unwrap_or_else(vfs::real);
@@ -170,13 +173,13 @@ impl MessageStore {
 static UNUSED: OnceLock<Thread> = OnceLock::new();
 
 /// Take an exclusive lock on `<root>/lock` so two processes never share a store.
-fn lock_root(vfs: &dyn vfs::Vfs, root: &std::path::Path) -> Result<LockGuard> {
+fn lock_root(vfs: &dyn vfs::Vfs, root: &std::path::Path) -> Result<LockGuard, OpenError> {
     let path = root.join("lock");
     vfs.lock(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
-            StoreError::Locked(root.to_path_buf())
+            OpenError::Locked(root.to_path_buf())
         } else {
-            StoreError::io("lock store", &path, e)
+            StoreError::io("lock store", &path, e).into()
         }
     })
 }

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 
 use super::{check_topic_name, Inner, MessageStore};
 use crate::config::FlushDiskType;
-use crate::error::{Result, StoreError};
+use crate::error::{PutError, Result, WriteRefused};
 use crate::flush::{self, FlushWait, WaitSlot};
 
 /// Outcome of a successful put.
@@ -124,7 +124,7 @@ impl Inner {
     /// CommitLog segment) raises the disk-full barrier, so senders get the
     /// same "disk full" answer as above diskSpaceWarningLevelRatio, and
     /// starts a cleanup that will lift it.
-    fn append_failed(&self, e: StoreError) -> StoreError {
+    fn append_failed(&self, e: PutError) -> PutError {
         if !e.is_out_of_space() {
             return e;
         }
@@ -132,7 +132,7 @@ impl Inner {
         if !self.disk_full.swap(true, Ordering::AcqRel) {
             tracing::error!(error = %e, "no space for a new CommitLog segment: refusing writes");
         }
-        StoreError::DiskFull {
+        PutError::DiskFull {
             used_percent: f64::from_bits(self.disk_used_bits.load(Ordering::Acquire)),
             limit_percent: self.cfg.disk_space_warning_level_ratio,
         }
@@ -140,16 +140,19 @@ impl Inner {
 }
 
 impl MessageStore {
-    pub(crate) fn check_writable(&self) -> Result<()> {
+    /// Whether writes are taken now (puts and replicated appends).
+    pub(crate) fn check_writable(&self) -> Result<(), WriteRefused> {
         let i = &self.inner;
         if i.shut_down.load(Ordering::Acquire) {
-            return Err(StoreError::ShutDown);
+            return Err(WriteRefused::ShutDown);
         }
         if i.write_error.load(Ordering::Acquire) {
-            return Err(StoreError::NotWritable("an earlier write or flush failed"));
+            return Err(WriteRefused::NotWritable(
+                "an earlier write or flush failed",
+            ));
         }
         if i.disk_full.load(Ordering::Acquire) {
-            return Err(StoreError::DiskFull {
+            return Err(WriteRefused::DiskFull {
                 used_percent: f64::from_bits(i.disk_used_bits.load(Ordering::Acquire)),
                 limit_percent: i.cfg.disk_space_warning_level_ratio,
             });
@@ -159,14 +162,14 @@ impl MessageStore {
 
     /// Encode and append (one message or one client batch) without waiting
     /// for a flush. Returns the result and whether the caller should wait.
-    fn append(&self, msgs: &[MessageToStore]) -> Result<(PutResult, bool)> {
+    fn append(&self, msgs: &[MessageToStore]) -> Result<(PutResult, bool), PutError> {
         self.check_writable()?;
         let first = msgs
             .first()
-            .ok_or_else(|| StoreError::IllegalMessage("empty batch".into()))?;
-        check_topic_name(&first.topic)?;
+            .ok_or_else(|| PutError::IllegalMessage("empty batch".into()))?;
+        check_topic_name(&first.topic).map_err(PutError::IllegalMessage)?;
         if first.queue_id < 0 {
-            return Err(StoreError::IllegalMessage(format!(
+            return Err(PutError::IllegalMessage(format!(
                 "negative queue id {}",
                 first.queue_id
             )));
@@ -174,12 +177,12 @@ impl MessageStore {
         let max = self.inner.cfg.max_message_size;
         for m in msgs {
             if m.topic != first.topic || m.queue_id != first.queue_id {
-                return Err(StoreError::IllegalMessage(
+                return Err(PutError::IllegalMessage(
                     "a batch must target one topic and queue".into(),
                 ));
             }
             if sysflag::is_dispatchable(m.sys_flag) != sysflag::is_dispatchable(first.sys_flag) {
-                return Err(StoreError::IllegalMessage(
+                return Err(PutError::IllegalMessage(
                     "a batch cannot mix transaction types".into(),
                 ));
             }
@@ -187,7 +190,7 @@ impl MessageStore {
             // record around it (topic, properties, fixed fields) may add up
             // to 64 KiB. A client batch's wire size is bounded by the broker.
             if m.body.len() > max {
-                return Err(StoreError::MessageTooLarge {
+                return Err(PutError::MessageTooLarge {
                     size: m.body.len(),
                     max,
                 });
@@ -195,7 +198,7 @@ impl MessageStore {
             let size = stored_size(m);
             let max_record = max.saturating_add(RECORD_OVERHEAD_ALLOWANCE);
             if size > max_record {
-                return Err(StoreError::MessageTooLarge {
+                return Err(PutError::MessageTooLarge {
                     size,
                     max: max_record,
                 });
@@ -208,11 +211,11 @@ impl MessageStore {
             && msgs
                 .iter()
                 .all(|m| properties::get(&m.properties, keys::WAIT_STORE_MSG_OK) != Some("false"));
-        let res = ENCODE_BUF.with(|cell| -> Result<_> {
+        let res = ENCODE_BUF.with(|cell| -> Result<_, PutError> {
             let mut buf = cell.borrow_mut();
             buf.clear();
             for m in msgs {
-                encode_stored(m, &mut buf).map_err(|e| StoreError::Encode(e.to_string()))?;
+                encode_stored(m, &mut buf).map_err(|e| PutError::Encode(e.to_string()))?;
             }
             let r = self.inner.commit_log.append(
                 &first.topic,
@@ -288,7 +291,7 @@ impl MessageStore {
         slot
     }
 
-    fn put_blocking(&self, msgs: &[MessageToStore]) -> Result<PutResult> {
+    fn put_blocking(&self, msgs: &[MessageToStore]) -> Result<PutResult, PutError> {
         let (mut r, wait) = self.append(msgs)?;
         if wait {
             let slot = self.register_flush(r.end_offset());
@@ -301,7 +304,7 @@ impl MessageStore {
         Ok(r)
     }
 
-    fn put_pending(&self, msgs: &[MessageToStore]) -> Result<PendingPut> {
+    fn put_pending(&self, msgs: &[MessageToStore]) -> Result<PendingPut, PutError> {
         let (r, wait) = self.append(msgs)?;
         let slot = wait.then(|| self.register_flush(r.end_offset()));
         Ok(PendingPut {
@@ -313,23 +316,23 @@ impl MessageStore {
     /// Store one message. Under SYNC_FLUSH this blocks until flushed (or
     /// syncFlushTimeout → `PutStatus::FlushDiskTimeout`); async callers use
     /// [`MessageStore::put_message_async`].
-    pub fn put_message(&self, msg: &MessageToStore) -> Result<PutResult> {
+    pub fn put_message(&self, msg: &MessageToStore) -> Result<PutResult, PutError> {
         self.put_blocking(std::slice::from_ref(msg))
     }
 
     /// Store one client batch: one append, consecutive queue offsets.
-    pub fn put_messages(&self, batch: &[MessageToStore]) -> Result<PutResult> {
+    pub fn put_messages(&self, batch: &[MessageToStore]) -> Result<PutResult, PutError> {
         self.put_blocking(batch)
     }
 
     /// Append now; the returned future resolves once the flush policy is
     /// satisfied (at once under ASYNC_FLUSH). Never blocks the caller on I/O.
-    pub fn put_message_async(&self, msg: &MessageToStore) -> Result<PendingPut> {
+    pub fn put_message_async(&self, msg: &MessageToStore) -> Result<PendingPut, PutError> {
         self.put_pending(std::slice::from_ref(msg))
     }
 
     /// Batch variant of [`MessageStore::put_message_async`].
-    pub fn put_messages_async(&self, batch: &[MessageToStore]) -> Result<PendingPut> {
+    pub fn put_messages_async(&self, batch: &[MessageToStore]) -> Result<PendingPut, PutError> {
         self.put_pending(batch)
     }
 
