@@ -7,7 +7,7 @@
 //! offsets), `query` (the key index, time lookups), `admin` (topic
 //! deletion, disk and retention controls, shutdown) and `logics`
 //! (ConsumeQueue/index flush and the checkpoint). This file holds the shared
-//! state ([`Inner`]) and the [`MessageStore`] handle itself.
+//! state (`Inner`) and the [`MessageStore`] handle itself.
 
 mod admin;
 mod get;
