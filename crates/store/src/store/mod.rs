@@ -207,19 +207,7 @@ impl Inner {
         if let Some(cq) = t.get(topic).and_then(|q| q.get(&queue_id)) {
             return Ok(cq.clone());
         }
-        let dir = self
-            .cfg
-            .consumequeue_dir()
-            .join(topic)
-            .join(queue_id.to_string());
-        let cq = Arc::new(ConsumeQueue::load(
-            &self.vfs,
-            &dir,
-            topic,
-            queue_id,
-            self.cfg.mapped_file_size_consume_queue,
-            self.cq_shared.clone(),
-        )?);
+        let cq = Arc::new(self.load_cq(topic, queue_id)?);
         t.entry(compact_str::CompactString::from(topic))
             .or_default()
             .insert(queue_id, cq.clone());
