@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use apogee_protocol::code::response_code;
 use apogee_protocol::message::{keys, properties, stored, sysflag, MessageToStore};
 use apogee_protocol::topic::RMQ_SYS_SCHEDULE_TOPIC;
-use apogee_store::{GetStatus, MessageStore, StoreError};
+use apogee_store::{GetStatus, MessageStore, PutError};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
@@ -89,7 +89,7 @@ pub enum ScheduleError {
     #[error("corrupt timer file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] PutError),
 }
 
 impl ScheduleError {

@@ -95,7 +95,7 @@ pub enum TransactionError {
     Store {
         what: &'static str,
         #[source]
-        source: apogee_store::StoreError,
+        source: apogee_store::PutError,
     },
     #[error("the half message at CommitLog offset {0} does not decode")]
     BadHalf(i64),
@@ -562,7 +562,7 @@ async fn write_op(
 async fn put_as_is(
     ctx: &BrokerContext,
     msg: MessageToStore,
-) -> Result<apogee_store::PutResult, apogee_store::StoreError> {
+) -> Result<apogee_store::PutResult, apogee_store::PutError> {
     store_messages(ctx, vec![msg]).await
 }
 

@@ -25,7 +25,7 @@ use apogee_protocol::topic;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
 use apogee_replication::SyncOutcome;
-use apogee_store::{PutResult, PutStatus, StoreError};
+use apogee_store::{PutError, PutResult, PutStatus};
 use apogee_throttle::{throttled_warn, LogThrottle};
 use bytes::Bytes;
 use rand::Rng;
@@ -49,8 +49,8 @@ pub const DLQ_NUMS_PER_GROUP: i32 = 1;
 /// Remark of the SYSTEM_BUSY answer; clients look for the bracketed tag.
 pub const BUSY_REMARK: &str = "[PC_SYNCHRONIZED]broker busy, start flow control for a while";
 
-/// The overload reason [`store_message`] reports as
-/// `StoreError::NotWritable`; [`store_error_reject`] turns it into SYSTEM_BUSY.
+/// The overload reason [`store_message`] reports as `PutError::Busy`;
+/// [`store_error_reject`] turns it into SYSTEM_BUSY.
 pub const BUSY_REASON: &str = "too many puts in flight or appends stalled";
 
 /// Codes this module answers.
@@ -710,43 +710,43 @@ fn check_in_sync_replicas(ctx: &BrokerContext) -> Result<(), Reject> {
 }
 
 /// The response for a failed put (Java `handlePutMessageResult`).
-pub fn store_error_reject(ctx: &BrokerContext, e: &StoreError) -> Reject {
+pub fn store_error_reject(ctx: &BrokerContext, e: &PutError) -> Reject {
     match e {
-        StoreError::MessageTooLarge { .. }
-        | StoreError::DoesNotFitSegment { .. }
-        | StoreError::IllegalMessage(_)
-        | StoreError::Encode(_) => Reject::new(
+        PutError::MessageTooLarge { .. }
+        | PutError::DoesNotFitSegment { .. }
+        | PutError::IllegalMessage(_)
+        | PutError::Encode(_) => Reject::new(
             response_code::MESSAGE_ILLEGAL,
             format!(
                 "the message is illegal: {e} (msg body length limit {}B, msg properties length limit 32KB)",
                 ctx.config.store.max_message_size
             ),
         ),
-        StoreError::NotWritable(r) if *r == BUSY_REASON => {
+        PutError::Busy(r) => {
             Reject::new(response_code::SYSTEM_BUSY, format!("{BUSY_REMARK}: {r}"))
         }
-        StoreError::DiskFull { .. } | StoreError::NotWritable(_) | StoreError::ShutDown => {
+        PutError::DiskFull { .. } | PutError::NotWritable(_) | PutError::ShutDown => {
             Reject::new(
                 response_code::SERVICE_NOT_AVAILABLE,
                 format!("service not available now: {e}"),
             )
         }
-        other => Reject::new(
+        PutError::Store(_) => Reject::new(
             response_code::SYSTEM_ERROR,
-            format!("storing the message failed: {other}"),
+            format!("storing the message failed: {e}"),
         ),
     }
 }
 
 /// Stores one message built by the broker (send, retry, scheduled
 /// delivery): applies the delay/timer transform, refuses under overload with
-/// `StoreError::NotWritable(BUSY_REASON)`, appends, then waits for
+/// `PutError::Busy(BUSY_REASON)`, appends, then waits for
 /// the flush policy without blocking the worker (SYNC_FLUSH timeouts come
 /// back as `PutStatus::FlushDiskTimeout`). Counts the put in `ctx.stats`.
 pub async fn store_message(
     ctx: &BrokerContext,
     mut msg: MessageToStore,
-) -> Result<PutResult, StoreError> {
+) -> Result<PutResult, PutError> {
     ctx.schedule.transform(&mut msg);
     put_one(ctx, msg, None).await
 }
@@ -757,9 +757,9 @@ async fn put_one(
     ctx: &BrokerContext,
     msg: MessageToStore,
     meter: Option<&TopicMeter>,
-) -> Result<PutResult, StoreError> {
+) -> Result<PutResult, PutError> {
     let Some(_permit) = ctx.stats.try_begin_put() else {
-        return Err(StoreError::NotWritable(BUSY_REASON));
+        return Err(PutError::Busy(BUSY_REASON));
     };
     let start = Instant::now();
     let pending = {
@@ -785,7 +785,7 @@ async fn put_one(
 pub async fn store_messages(
     ctx: &BrokerContext,
     msgs: Vec<MessageToStore>,
-) -> Result<PutResult, StoreError> {
+) -> Result<PutResult, PutError> {
     put_batch(ctx, msgs, None).await
 }
 
@@ -793,9 +793,9 @@ async fn put_batch(
     ctx: &BrokerContext,
     msgs: Vec<MessageToStore>,
     meter: Option<&TopicMeter>,
-) -> Result<PutResult, StoreError> {
+) -> Result<PutResult, PutError> {
     let Some(_permit) = ctx.stats.try_begin_put() else {
-        return Err(StoreError::NotWritable(BUSY_REASON));
+        return Err(PutError::Busy(BUSY_REASON));
     };
     let start = Instant::now();
     let pending = {
