@@ -262,7 +262,7 @@ async fn start_push(
 }
 
 /// `--pop`: receive loops over one simple consumer, each acking its batch
-/// (acks in parallel) before the next receive.
+/// (one batch ack) before the next receive.
 async fn start_pop(
     args: &ConsumeArgs,
     from: ConsumeFromWhere,
@@ -297,9 +297,11 @@ async fn start_pop(
                         }
                     };
                     shared.record(i, got.iter().map(|m| &m.message));
-                    let acks = futures::future::join_all(got.iter().map(|m| c.ack(m))).await;
-                    if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
-                        eprintln!("ack failed: {e}");
+                    // One BATCH_ACK_MESSAGE per broker, as the 5.x clients do.
+                    if !got.is_empty() {
+                        if let Err(e) = c.ack_many(&got).await {
+                            eprintln!("ack failed: {e}");
+                        }
                     }
                 }
             })
