@@ -164,6 +164,13 @@ pub struct BrokerConfig {
     pub timer_max_delay_sec: u64,
     /// `timerPrecisionMs`: granularity of any-time delivery.
     pub timer_precision_ms: u64,
+    /// `recallMessageEnable`: serve RECALL_MESSAGE (370) and gRPC
+    /// RecallMessage. On by default (Apache 5.3 ships it off): only the
+    /// producer that got a timer message's handle can recall it.
+    pub recall_message_enable: bool,
+    /// `allowRecallWhenBrokerNotWriteable`: recalls still accepted while
+    /// brokerPermission forbids writes (true, as Apache).
+    pub allow_recall_when_broker_not_writeable: bool,
     /// `flushConsumerOffsetInterval`: how often offsets are persisted (5 s).
     pub flush_consumer_offset_interval: Duration,
     /// `registerNameServerPeriod`: re-registration period (30 s).
@@ -313,6 +320,8 @@ impl Default for BrokerConfig {
             timer_wheel_enable: true,
             timer_max_delay_sec: 3 * 24 * 3600,
             timer_precision_ms: 100,
+            recall_message_enable: true,
+            allow_recall_when_broker_not_writeable: true,
             flush_consumer_offset_interval: Duration::from_millis(5000),
             register_name_server_period: Duration::from_millis(30_000),
             register_broker_timeout_mills: Duration::from_millis(6000),
@@ -540,6 +549,10 @@ impl BrokerConfig {
                 "timerWheelEnable" => self.timer_wheel_enable = parse_bool(k, v)?,
                 "timerMaxDelaySec" => self.timer_max_delay_sec = parse(k, v)?,
                 "timerPrecisionMs" => self.timer_precision_ms = positive(k, parse(k, v)?)?,
+                "recallMessageEnable" => self.recall_message_enable = parse_bool(k, v)?,
+                "allowRecallWhenBrokerNotWriteable" => {
+                    self.allow_recall_when_broker_not_writeable = parse_bool(k, v)?
+                }
                 "flushConsumerOffsetInterval" => {
                     self.flush_consumer_offset_interval = positive_ms(k, v)?
                 }
@@ -909,6 +922,14 @@ impl BrokerConfig {
         put("timerWheelEnable", self.timer_wheel_enable.to_string());
         put("timerMaxDelaySec", self.timer_max_delay_sec.to_string());
         put("timerPrecisionMs", self.timer_precision_ms.to_string());
+        put(
+            "recallMessageEnable",
+            self.recall_message_enable.to_string(),
+        );
+        put(
+            "allowRecallWhenBrokerNotWriteable",
+            self.allow_recall_when_broker_not_writeable.to_string(),
+        );
         put(
             "flushConsumerOffsetInterval",
             ms(self.flush_consumer_offset_interval),
