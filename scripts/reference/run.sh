@@ -73,6 +73,9 @@ enablePropertyFilter=true
 transactionCheckInterval=1000
 transactionTimeOut=3000
 transactionOpBatchInterval=200
+# RECALL_MESSAGE (compat/java RecallTest, gRPC recall tests); Apache 5.3's
+# default is off, Apogee's on.
+recallMessageEnable=true
 CONF
   local jvm=(-server -XX:+UseG1GC -Duser.home="$REF_DIR" -cp "$lib/*")
   export ROCKETMQ_HOME="$REF_DIR"

@@ -189,6 +189,13 @@ pub struct BrokerConfig {
     pub timer_max_delay_sec: u64,
     /// `timerPrecisionMs`: granularity of any-time delivery.
     pub timer_precision_ms: u64,
+    /// `recallMessageEnable`: serve RECALL_MESSAGE (370) and gRPC
+    /// RecallMessage. On by default (Apache 5.3 ships it off): only the
+    /// producer that got a timer message's handle can recall it.
+    pub recall_message_enable: bool,
+    /// `allowRecallWhenBrokerNotWriteable`: recalls still accepted while
+    /// brokerPermission forbids writes (true, as Apache).
+    pub allow_recall_when_broker_not_writeable: bool,
     /// `flushConsumerOffsetInterval`: how often offsets are persisted (5 s).
     pub flush_consumer_offset_interval: Duration,
     /// `registerNameServerPeriod`: re-registration period (30 s).
@@ -368,6 +375,8 @@ impl Default for BrokerConfig {
             timer_wheel_enable: true,
             timer_max_delay_sec: 3 * 24 * 3600,
             timer_precision_ms: 100,
+            recall_message_enable: true,
+            allow_recall_when_broker_not_writeable: true,
             flush_consumer_offset_interval: Duration::from_millis(5000),
             register_name_server_period: Duration::from_millis(30_000),
             register_broker_timeout_mills: Duration::from_millis(6000),
@@ -734,6 +743,8 @@ pub static KEYS: &[ConfigKey] = &[
     field!("timerWheelEnable", timer_wheel_enable, parse_bool),
     field!("timerMaxDelaySec", timer_max_delay_sec, parse),
     field!("timerPrecisionMs", timer_precision_ms, parse_positive),
+    field!("recallMessageEnable", recall_message_enable, parse_bool),
+    field!("allowRecallWhenBrokerNotWriteable", allow_recall_when_broker_not_writeable, parse_bool),
     field!("flushConsumerOffsetInterval", flush_consumer_offset_interval, positive_ms, show_ms),
     field!("registerNameServerPeriod", register_name_server_period, positive_ms, show_ms),
     field!("compressedRegister", compressed_register, parse_bool),
@@ -1628,6 +1639,8 @@ mod tests {
         ("timerWheelEnable", "false"),
         ("timerMaxDelaySec", "0"),
         ("timerPrecisionMs", "200"),
+        ("recallMessageEnable", "false"),
+        ("allowRecallWhenBrokerNotWriteable", "false"),
         ("flushConsumerOffsetInterval", "6000"),
         ("registerNameServerPeriod", "31000"),
         ("compressedRegister", "true"),

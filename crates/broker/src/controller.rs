@@ -322,6 +322,7 @@ fn register_processors(registry: &Arc<ProcessorRegistry>, ctx: &Arc<BrokerContex
     processor::send::register(registry, ctx);
     processor::pull::register(registry, ctx);
     processor::send_back::register(registry, ctx);
+    processor::recall::register(registry, ctx);
     processor::admin::register(registry, ctx);
     processor::query::register(registry, ctx);
     crate::transaction::register(registry, ctx);

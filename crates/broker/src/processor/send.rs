@@ -493,11 +493,40 @@ async fn send_single(
             .try_transform(&mut msg)
             .map_err(|e| Reject::new(e.response_code(), e.to_string()))?;
     }
+    let recall_handle = recall_handle_for(ctx, &msg, &uniq);
     // The meter counts the topic the message is stored under; a delayed,
     // half or retried message is counted under its own topic, by name.
     let meter = (msg.topic == h.topic).then(|| tc.put_meter(&ctx.stats));
     let (r, ha) = store_or_reject(ctx, StoreInput::One(msg), meter).await?;
-    Ok(success_response(&r, ha, r.msg_id(), queue_id, Some(uniq)))
+    let mut resp = success_response(&r, ha, r.msg_id(), queue_id, Some(uniq));
+    if let Some(handle) = recall_handle {
+        resp.set_ext("recallHandle", handle);
+    }
+    Ok(resp)
+}
+
+/// The recall handle a single send of a timer message answers with (Apache
+/// `attachRecallHandle`): only messages parked under the timer topic (not
+/// delay levels) and not retries. Its timestamp is `TIMER_OUT_MS + 1`, as
+/// Apache's, which RECALL_MESSAGE turns back into the message's slot.
+fn recall_handle_for(ctx: &BrokerContext, msg: &MessageToStore, uniq: &str) -> Option<String> {
+    if msg.topic != crate::schedule::TIMER_TOPIC {
+        return None;
+    }
+    let out_ms: i64 = properties::get(&msg.properties, keys::TIMER_OUT_MS)?
+        .parse()
+        .ok()?;
+    let real_topic = properties::get(&msg.properties, keys::REAL_TOPIC)?;
+    if topic::is_retry_topic(real_topic) {
+        return None;
+    }
+    let handle = apogee_protocol::recall::RecallHandle::new(
+        real_topic,
+        ctx.config.broker_name.as_str(),
+        out_ms.saturating_add(1).to_string(),
+        uniq,
+    );
+    Some(handle.encode())
 }
 
 async fn send_batch(

@@ -3,6 +3,7 @@ package org.apogee.compat.grpc;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.charset.StandardCharsets;
@@ -23,7 +24,9 @@ import org.apache.rocketmq.client.apis.consumer.PushConsumer;
 import org.apache.rocketmq.client.apis.consumer.SimpleConsumer;
 import org.apache.rocketmq.client.apis.message.Message;
 import org.apache.rocketmq.client.apis.message.MessageView;
+import org.apache.rocketmq.client.apis.ClientException;
 import org.apache.rocketmq.client.apis.producer.Producer;
+import org.apache.rocketmq.client.apis.producer.RecallReceipt;
 import org.apache.rocketmq.client.apis.producer.SendReceipt;
 import org.apache.rocketmq.client.apis.producer.Transaction;
 import org.apache.rocketmq.client.apis.producer.TransactionResolution;
@@ -157,6 +160,29 @@ class GrpcTest {
             assertEquals(1, got.size());
             assertEquals("late", Grpc.body(got.get(0)));
             assertTrue(now >= at - 100, "delivered " + (at - now) + " ms early");
+            c.ack(got.get(0));
+        }
+    }
+
+    @Test
+    void recalledDelayedMessageIsNeverReceived() throws Exception {
+        String topic = Support.unique("GrpcRecall");
+        String group = Support.unique("GID");
+        try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
+            long at = System.currentTimeMillis() + 3000;
+            SendReceipt gone = p.send(Grpc.PROVIDER.newMessageBuilder().setTopic(topic).setTag("T")
+                .setDeliveryTimestamp(at).setBody("recalled".getBytes(StandardCharsets.UTF_8)).build());
+            p.send(Grpc.PROVIDER.newMessageBuilder().setTopic(topic).setTag("T")
+                .setDeliveryTimestamp(at).setBody("kept".getBytes(StandardCharsets.UTF_8)).build());
+            assertNotNull(gone.getRecallHandle());
+            assertFalse(gone.getRecallHandle().isEmpty(), "a delayed send answers a recall handle");
+            assertThrows(ClientException.class, () -> p.recallMessage(topic, "not-a-handle"));
+            RecallReceipt r = p.recallMessage(topic, gone.getRecallHandle());
+            assertEquals(gone.getMessageId().toString(), r.getMessageId().toString());
+            // Both are due together: only the kept one comes, also given time.
+            List<MessageView> got = Grpc.receive(c, 2, Duration.ofSeconds(30), Duration.ofSeconds(10));
+            assertEquals(1, got.size(), "received " + got.size());
+            assertEquals("kept", Grpc.body(got.get(0)));
             c.ack(got.get(0));
         }
     }
