@@ -166,7 +166,7 @@ class GrpcTest {
 
     @Test
     void recalledDelayedMessageIsNeverReceived() throws Exception {
-        String topic = Support.unique("GrpcRecall");
+        String topic = Grpc.topic("GrpcRecall", "DELAY");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             long at = System.currentTimeMillis() + 3000;
