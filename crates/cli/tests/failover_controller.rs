@@ -25,6 +25,11 @@ use apogee_protocol::RemotingCommand;
 use apogee_remoting::{ClientConfig, RemotingClient};
 
 const TOPIC: &str = "FailoverTopic";
+
+/// One scenario at a time: each runs three controllers and two brokers
+/// whose failover timing the test measures; run side by side on a 2-core
+/// machine they starve each other's heartbeats.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const BROKER_NAME: &str = "broker-fo";
 const QUEUES: i32 = 2;
 
@@ -365,6 +370,7 @@ async fn new_producer(ns: &str, group: &str) -> Producer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let namesrv = support::start_namesrv(&[]);
     let ns = namesrv.addr.to_string();
@@ -633,6 +639,7 @@ async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut group = start_controllers(dir.path());
     let raw = RemotingClient::new(ClientConfig::default());
@@ -764,6 +771,7 @@ async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes
 /// rejoins the set, sends go through again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_in_sync_replicas_refuses_sends_while_the_set_is_too_small() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let namesrv = support::start_namesrv(&[]);
     let ns = namesrv.addr.to_string();
@@ -892,6 +900,7 @@ async fn min_in_sync_replicas_refuses_sends_while_the_set_is_too_small() {
 /// new master acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_master_cuts_the_tail_nobody_acknowledged() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let namesrv = support::start_namesrv(&[]);
     let ns = namesrv.addr.to_string();
@@ -1092,6 +1101,7 @@ async fn a_returning_master_cuts_the_tail_nobody_acknowledged() {
 /// the queue and offset its SEND_OK named. Rounds: APOGEE_FAILOVER_ROUNDS (2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_rounds_lose_no_acknowledged_message() {
+    let _serial = SERIAL.lock().await;
     let rounds: usize = std::env::var("APOGEE_FAILOVER_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
