@@ -130,6 +130,36 @@ def test_delay(grpc_endpoint):
         p.shutdown()
 
 
+
+def test_recall(grpc_endpoint):
+    topic, group = unique("PyRecall"), unique("PyGID")
+    p = started_producer(grpc_endpoint, topic)
+    c = started_simple(grpc_endpoint, group, topic)
+    try:
+        at = int(time.time()) + 3
+        receipts = {}
+        for body in ("recalled", "kept"):
+            m = message(topic, body)
+            m.delivery_timestamp = at
+            receipts[body] = p.send(m)
+        handle = receipts["recalled"].recall_handle
+        assert handle, "a delayed send answers a recall handle"
+        try:
+            p.recall_message(topic, "not-a-handle")
+            raise AssertionError("a malformed handle was accepted")
+        except AssertionError:
+            raise
+        except Exception as e:  # the client raises its own exception types
+            assert "invalid" in str(e).lower(), e
+        assert p.recall_message(topic, handle) == receipts["recalled"].message_id
+        # Both are due together: only the kept one comes, also given time.
+        got = receive(c, 2, 30, 12)
+        assert [x.body.decode() for x in got] == ["kept"]
+        c.ack(got[0])
+    finally:
+        c.shutdown()
+        p.shutdown()
+
 class Committing(TransactionChecker):
     def __init__(self):
         self.checked = []

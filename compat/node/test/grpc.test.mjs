@@ -135,6 +135,21 @@ test('delay: invisible until its delivery time', async () => {
   assert.ok(got[0].deliveryTimestamp, 'the delivery time is on the message');
 });
 
+test('recall: a recalled delayed message is never received', async () => {
+  const topic = unique('NodeRecall');
+  const gone = await producer.send({ topic, delay: 3000, body: Buffer.from('recalled') });
+  await producer.send({ topic, delay: 3000, body: Buffer.from('kept') });
+  assert.ok(gone.recallHandle, 'a delayed send answers a recall handle');
+  await assert.rejects(producer.recallMessage(topic, 'not-a-handle'), /invalid/i);
+  const receipt = await producer.recallMessage(topic, gone.recallHandle);
+  assert.equal(receipt.messageId, gone.messageId);
+  const c = simple(unique('node-recall'), new Map().set(topic, '*'));
+  await c.startup();
+  // Both are due together: only the kept one comes, also given time.
+  const got = await receiveUntil(c, { ms: 9000 });
+  assert.deepEqual(got.map(body), ['kept']);
+});
+
 test('transactions: commit, rollback and check-back', async () => {
   const topic = unique('NodeTx');
   const checked = [];

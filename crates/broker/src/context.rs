@@ -73,6 +73,10 @@ pub struct BrokerContext {
     /// alone, so a SYNC_MASTER acknowledges without a slave (no other
     /// replica can be elected). Cleared before the set may grow.
     pub ack_alone: std::sync::atomic::AtomicBool,
+    /// Controller mode: members of the SyncStateSet (this master included)
+    /// in the controller's last confirmed answer; 0 before the first.
+    /// Sends are refused while it is below `minInSyncReplicas`.
+    pub sync_state_set_size: std::sync::atomic::AtomicUsize,
     /// Controller mode: a master takes writes only until this instant
     /// ([`mono_ms`]), the end of the lease its last confirmation by the
     /// controller leader bought. Checked on every send, so a master that
@@ -156,6 +160,7 @@ impl BrokerContext {
             // confirmed it and its epoch is recorded.
             write_fenced: std::sync::atomic::AtomicBool::new(fenced),
             ack_alone: std::sync::atomic::AtomicBool::new(false),
+            sync_state_set_size: std::sync::atomic::AtomicUsize::new(0),
             lease_until_ms: std::sync::atomic::AtomicU64::new(0),
             tx_origins: crate::transaction::RecentOrigins::new(
                 crate::transaction::RECENT_ORIGINS_CAPACITY,

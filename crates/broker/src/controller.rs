@@ -72,6 +72,12 @@ impl BrokerController {
             transfer_batch_size: config.ha_transfer_batch_size,
             max_gap_not_in_sync: config.ha_max_gap_not_in_sync,
             housekeeping_interval: config.ha_housekeeping_interval,
+            // Controller mode: at most one slave (MAX_CONTROLLER_REPLICAS).
+            acks_needed: if config.enable_controller_mode {
+                1
+            } else {
+                config.slaves_to_ack()
+            },
             ..HaConfig::default()
         };
 
@@ -316,6 +322,7 @@ fn register_processors(registry: &Arc<ProcessorRegistry>, ctx: &Arc<BrokerContex
     processor::send::register(registry, ctx);
     processor::pull::register(registry, ctx);
     processor::send_back::register(registry, ctx);
+    processor::recall::register(registry, ctx);
     processor::admin::register(registry, ctx);
     processor::query::register(registry, ctx);
     crate::transaction::register(registry, ctx);

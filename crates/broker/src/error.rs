@@ -23,6 +23,9 @@ pub enum BrokerError {
         value: String,
         feature: &'static str,
     },
+    /// The message store could not be opened.
+    #[error(transparent)]
+    Open(#[from] apogee_store::OpenError),
     /// The message store failed.
     #[error(transparent)]
     Store(#[from] apogee_store::StoreError),

@@ -36,7 +36,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ControllerAck};
 use crate::context::{mono_ms_of, BrokerContext};
 use crate::controller::BrokerController;
 use crate::error::{BrokerError, Result};
@@ -411,6 +411,9 @@ impl Supervisor {
             && view.sync_state_set.len() <= 1
             && view.sync_state_set.iter().all(|&id| id == self.broker_id);
         if let Some(b) = &self.running {
+            b.context()
+                .sync_state_set_size
+                .store(view.sync_state_set.len(), Ordering::SeqCst);
             let was = b.context().ack_alone.swap(alone, Ordering::SeqCst);
             if was != alone {
                 tracing::info!(
@@ -531,7 +534,7 @@ impl Supervisor {
         let mut cfg = self.base.clone();
         match &role {
             Role::Master { .. } => {
-                cfg.broker_role = if self.base.is_sync_master() {
+                cfg.broker_role = if self.base.controller_ack() != ControllerAck::Master {
                     "SYNC_MASTER".into()
                 } else {
                     "ASYNC_MASTER".into()

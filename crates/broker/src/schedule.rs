@@ -32,7 +32,7 @@
 
 mod wheel;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use apogee_protocol::code::response_code;
 use apogee_protocol::message::{keys, properties, stored, sysflag, MessageToStore};
 use apogee_protocol::topic::RMQ_SYS_SCHEDULE_TOPIC;
-use apogee_store::{GetStatus, MessageStore, StoreError};
+use apogee_store::{GetStatus, MessageStore, PutError};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
@@ -89,7 +89,7 @@ pub enum ScheduleError {
     #[error("corrupt timer file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] PutError),
 }
 
 impl ScheduleError {
@@ -189,6 +189,8 @@ pub struct ScheduleProgress {
     pub rolled: u64,
     /// Entries dropped (original gone from the CommitLog, no REAL_TOPIC).
     pub dropped: u64,
+    /// Messages not delivered because a recall marked them.
+    pub recalled: u64,
     /// Timer entries read or written since start.
     pub entries_touched: u64,
     /// Next consume-queue offset to file, per source queue ("topic@queue").
@@ -202,6 +204,7 @@ struct Shared {
     delivered: AtomicU64,
     rolled: AtomicU64,
     dropped: AtomicU64,
+    recalled: AtomicU64,
     touched: AtomicU64,
     offsets: Mutex<BTreeMap<String, i64>>,
 }
@@ -539,6 +542,7 @@ impl ScheduleMessageService {
             delivered: s.delivered.load(Ordering::Relaxed),
             rolled: s.rolled.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
+            recalled: s.recalled.load(Ordering::Relaxed),
             entries_touched: s.touched.load(Ordering::Relaxed),
             enqueue_offsets: s.offsets.lock().clone(),
         }
@@ -548,6 +552,55 @@ impl ScheduleMessageService {
 impl Drop for ScheduleMessageService {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The delete marker a recall stores (Apache `RecallMessageProcessor`):
+/// parked straight under the timer topic at `deliver_ms` (the handle's
+/// timestamp minus one, the cancelled message's own `TIMER_OUT_MS`, so both
+/// meet in one slot), carrying `TIMER_DEL_UNIQKEY` = `<topic>+<uniqKey>`.
+/// The delivery thread never delivers it; it only cancels.
+pub fn recall_marker(
+    handle: &apogee_protocol::recall::RecallHandle,
+    deliver_ms: i64,
+    producer_group: Option<&str>,
+    born_host: std::net::SocketAddr,
+    store_host: std::net::SocketAddr,
+    now: i64,
+) -> MessageToStore {
+    use apogee_protocol::recall::{delete_key, RECALL_TAG};
+    let mut props = String::with_capacity(192);
+    let del = delete_key(&handle.topic, &handle.message_id);
+    let out = deliver_ms.to_string();
+    let born = now.to_string();
+    for (k, v) in [
+        (keys::TAGS, RECALL_TAG),
+        (keys::TIMER_DEL_UNIQKEY, del.as_str()),
+        (keys::UNIQ_KEY, handle.message_id.as_str()),
+        (keys::TIMER_DELIVER_MS, handle.timestamp.as_str()),
+        (keys::BORN_TIMESTAMP, born.as_str()),
+        (keys::TIMER_OUT_MS, out.as_str()),
+        (keys::REAL_TOPIC, handle.topic.as_str()),
+        (keys::REAL_QUEUE_ID, "0"),
+    ] {
+        properties::append(&mut props, k, v);
+    }
+    if let Some(g) = producer_group.filter(|g| !g.is_empty()) {
+        properties::append(&mut props, keys::PRODUCER_GROUP, g);
+    }
+    MessageToStore {
+        topic: TIMER_TOPIC.to_owned(),
+        queue_id: 0,
+        flag: 0,
+        body: Bytes::from_static(b"0"),
+        properties: props,
+        sys_flag: 0,
+        born_timestamp: now,
+        born_host,
+        store_host,
+        reconsume_times: 0,
+        prepared_transaction_offset: 0,
+        tags_code: deliver_ms,
     }
 }
 
@@ -771,10 +824,14 @@ impl Engine {
                 .and_then(|v| v.trim().parse::<i64>().ok())
                 .unwrap_or(info.store_timestamp)
         };
+        // A recall's marker (RECALL_MESSAGE) is filed like the message it
+        // cancels, at the same time, so both meet in one slot.
+        let delete = topic == TIMER_TOPIC && info.property(keys::TIMER_DEL_UNIQKEY).is_some();
         self.index.insert(TimerEntry {
             deliver_ms,
             cl_offset: info.physical_offset,
             size: i32::try_from(info.total_size).unwrap_or(i32::MAX),
+            delete,
         })?;
         self.shared.enqueued.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -801,13 +858,16 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             };
+            // Every marker of the slot counts, also those before `done`
+            // (a restart in the middle of a slot must still honour them).
+            let recalled = self.recalled_keys(&entries, cursor + p);
             let done = self.index.cursor_done() as usize;
             for (i, e) in entries.iter().enumerate().skip(done) {
                 if e.deliver_ms >= cursor + p {
                     self.index.insert(*e)?;
                     self.shared.rolled.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.deliver(e)?;
+                } else if !e.delete {
+                    self.deliver(e, &recalled)?;
                 }
                 self.index.set_cursor_done((i + 1) as u32);
             }
@@ -815,7 +875,42 @@ impl Engine {
         }
     }
 
-    fn deliver(&mut self, e: &TimerEntry) -> Result<(), ScheduleError> {
+    /// The delete keys (`TIMER_DEL_UNIQKEY`, `<realTopic>+<uniqKey>`) of
+    /// the slot's recall markers that are due (not rolled on).
+    fn recalled_keys(&self, entries: &[TimerEntry], slot_end: i64) -> HashSet<String> {
+        let mut keys_out = HashSet::new();
+        for e in entries
+            .iter()
+            .filter(|e| e.delete && e.deliver_ms < slot_end)
+        {
+            let key = self
+                .store
+                .look_message_by_offset(e.cl_offset)
+                .and_then(|rec| {
+                    stored::check_record(&rec, false)
+                        .ok()
+                        .and_then(|info| info.property(keys::TIMER_DEL_UNIQKEY).map(str::to_owned))
+                });
+            match key {
+                Some(k) => {
+                    keys_out.insert(k);
+                }
+                None => {
+                    static MARKER_GONE: apogee_throttle::LogThrottle =
+                        apogee_throttle::LogThrottle::new("recall marker unreadable");
+                    apogee_throttle::throttled_warn!(
+                        MARKER_GONE,
+                        (),
+                        offset = e.cl_offset,
+                        "recall marker unreadable or gone from the CommitLog; its message is delivered"
+                    );
+                }
+            }
+        }
+        keys_out
+    }
+
+    fn deliver(&mut self, e: &TimerEntry, recalled: &HashSet<String>) -> Result<(), ScheduleError> {
         let Some(rec) = self.store.look_message_by_offset(e.cl_offset) else {
             // Per message (retention can remove thousands).
             static GONE: apogee_throttle::LogThrottle =
@@ -841,6 +936,20 @@ impl Engine {
                 return Ok(());
             }
         };
+        if !recalled.is_empty() {
+            let key = info
+                .property(keys::REAL_TOPIC)
+                .zip(info.property(keys::UNIQ_KEY))
+                .map(|(t, u)| apogee_protocol::recall::delete_key(t, u));
+            if key.is_some_and(|k| recalled.contains(&k)) {
+                tracing::debug!(
+                    offset = e.cl_offset,
+                    "delayed message recalled; not delivered"
+                );
+                self.shared.recalled.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
         let Some(msg) = rebuild_for_delivery(&rec, &info) else {
             static NO_REAL_TOPIC: apogee_throttle::LogThrottle =
                 apogee_throttle::LogThrottle::new("delayed message without REAL_TOPIC");

@@ -95,7 +95,7 @@ pub enum TransactionError {
     Store {
         what: &'static str,
         #[source]
-        source: apogee_store::StoreError,
+        source: apogee_store::PutError,
     },
     #[error("the half message at CommitLog offset {0} does not decode")]
     BadHalf(i64),
@@ -562,7 +562,7 @@ async fn write_op(
 async fn put_as_is(
     ctx: &BrokerContext,
     msg: MessageToStore,
-) -> Result<apogee_store::PutResult, apogee_store::StoreError> {
+) -> Result<apogee_store::PutResult, apogee_store::PutError> {
     store_messages(ctx, vec![msg]).await
 }
 
@@ -692,6 +692,49 @@ fn read_ops(store: &MessageStore, op_offset: i64, half_min: i64) -> Ops {
         off = r.next_begin_offset;
     }
     ops
+}
+
+/// Half messages waiting for a decision, for admin tools.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HalfCounts {
+    /// Stored half messages neither committed nor rolled back (nor yet
+    /// discarded by the check service).
+    pub undecided: u64,
+    /// Decisions left unread (more op messages than one pass reads): then
+    /// `undecided` is an upper bound.
+    pub upper_bound: bool,
+}
+
+/// Counts the undecided half messages: those past the check service's
+/// progress that no op message settles. Blocking store reads.
+pub fn half_counts(ctx: &BrokerContext) -> HalfCounts {
+    let half_t = topic::RMQ_SYS_TRANS_HALF_TOPIC;
+    let op_t = topic::RMQ_SYS_TRANS_OP_HALF_TOPIC;
+    let half_min = ctx.store.min_offset(half_t, HALF_QUEUE_ID);
+    let half_max = ctx.store.max_offset(half_t, HALF_QUEUE_ID);
+    let start = ctx
+        .offsets
+        .query(CHECK_GROUP, half_t, HALF_QUEUE_ID)
+        .unwrap_or(half_min)
+        .max(half_min);
+    if start >= half_max {
+        return HalfCounts::default();
+    }
+    let op_start = ctx
+        .offsets
+        .query(CHECK_GROUP, op_t, HALF_QUEUE_ID)
+        .unwrap_or(0)
+        .max(ctx.store.min_offset(op_t, HALF_QUEUE_ID));
+    let ops = read_ops(&ctx.store, op_start, start);
+    let decided = ops
+        .removed
+        .keys()
+        .filter(|&&h| h >= start && h < half_max)
+        .count() as u64;
+    HalfCounts {
+        undecided: ((half_max - start) as u64).saturating_sub(decided),
+        upper_bound: ops.truncated,
+    }
 }
 
 /// The first op offset from `from` not yet fully decided.

@@ -791,6 +791,60 @@ async fn overload_answers_system_busy() {
     b.stop().await;
 }
 
+/// Every way a put can fail answers with Java's code for it (and the
+/// overload refusal with the remark clients look for).
+#[tokio::test]
+async fn put_errors_map_to_response_codes() {
+    use apogee_broker::processor::send::{store_error_reject, BUSY_REASON, BUSY_REMARK};
+    use apogee_store::{PutError, StoreError};
+    let b = Broker::start().await;
+    let io = || StoreError::Io {
+        context: "append",
+        path: "commitlog".into(),
+        source: std::io::Error::other("EIO"),
+    };
+    let cases = [
+        (
+            PutError::MessageTooLarge { size: 2, max: 1 },
+            response_code::MESSAGE_ILLEGAL,
+        ),
+        (
+            PutError::DoesNotFitSegment {
+                size: 2,
+                segment: 1,
+            },
+            response_code::MESSAGE_ILLEGAL,
+        ),
+        (
+            PutError::IllegalMessage("x".into()),
+            response_code::MESSAGE_ILLEGAL,
+        ),
+        (PutError::Encode("x".into()), response_code::MESSAGE_ILLEGAL),
+        (PutError::Busy(BUSY_REASON), response_code::SYSTEM_BUSY),
+        (
+            PutError::DiskFull {
+                used_percent: 95.0,
+                limit_percent: 90,
+            },
+            response_code::SERVICE_NOT_AVAILABLE,
+        ),
+        (
+            PutError::NotWritable("flush failed"),
+            response_code::SERVICE_NOT_AVAILABLE,
+        ),
+        (PutError::ShutDown, response_code::SERVICE_NOT_AVAILABLE),
+        (PutError::Store(io()), response_code::SYSTEM_ERROR),
+    ];
+    for (e, code) in cases {
+        let r = store_error_reject(&b.ctx, &e);
+        assert_eq!(r.code, code, "{e}");
+        if let PutError::Busy(_) = e {
+            assert_eq!(r.remark, format!("{BUSY_REMARK}: {BUSY_REASON}"));
+        }
+    }
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn sync_flush_answers_after_the_flush() {
     let b = Broker::start_with(|c| {

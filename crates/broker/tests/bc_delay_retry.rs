@@ -17,10 +17,12 @@ use apogee_protocol::code::{request_code, response_code};
 use apogee_protocol::flags::PullSysFlag;
 use apogee_protocol::header::pull::PullMessageRequestHeader;
 use apogee_protocol::header::send::{
-    ConsumerSendMsgBackRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader,
+    ConsumerSendMsgBackRequestHeader, RecallMessageRequestHeader, RecallMessageResponseHeader,
+    SendMessageRequestHeader, SendMessageResponseHeader,
 };
 use apogee_protocol::message::stored::DecodedMessage;
 use apogee_protocol::message::{decode_offset_msg_id, decode_stored_many_strict, keys};
+use apogee_protocol::recall::RecallHandle;
 use apogee_protocol::topic::RMQ_SYS_SCHEDULE_TOPIC;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{ClientConfig, RemotingClient};
@@ -81,6 +83,18 @@ impl Broker {
 
     /// Sends one message; returns its CommitLog offset.
     async fn send(&self, topic: &str, queue_id: i32, props: &str, body: &'static [u8]) -> i64 {
+        let rh = self.send_header(topic, queue_id, props, body).await;
+        decode_offset_msg_id(&rh.msg_id).expect("offset msg id").1
+    }
+
+    /// Sends one message; returns the response header.
+    async fn send_header(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        props: &str,
+        body: &'static [u8],
+    ) -> SendMessageResponseHeader {
         let h = SendMessageRequestHeader {
             producer_group: "PG".into(),
             topic: topic.into(),
@@ -101,8 +115,19 @@ impl Broker {
             )
             .await;
         assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
-        let rh: SendMessageResponseHeader = resp.decode_header().expect("send response header");
-        decode_offset_msg_id(&rh.msg_id).expect("offset msg id").1
+        resp.decode_header().expect("send response header")
+    }
+
+    /// RECALL_MESSAGE; the response as is.
+    async fn recall(&self, topic: &str, handle: &str) -> RemotingCommand {
+        let h = RecallMessageRequestHeader {
+            producer_group: Some("PG".into()),
+            topic: topic.into(),
+            recall_handle: handle.into(),
+            ..Default::default()
+        };
+        self.call(RemotingCommand::request(request_code::RECALL_MESSAGE).with_header(&h))
+            .await
     }
 
     /// Waits until (topic, queue) holds `n` messages; returns when.
@@ -283,6 +308,161 @@ async fn timers_arrive_at_their_time() {
     b.send("TT", 3, "TIMER_DELIVER_MS\u{1}1000\u{2}", b"past")
         .await;
     b.wait_queue("TT", 3, 1, Duration::from_secs(5)).await;
+    b.stop().await;
+}
+
+/// Asserts a refused recall: code and remark.
+fn refused(resp: &RemotingCommand, code: i32, remark: &str) {
+    assert_eq!(resp.code, code, "{:?}", resp.remark);
+    assert_eq!(resp.remark.as_deref(), Some(remark));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_cancels_a_timer_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path()).await;
+    let kept = b
+        .send_header(
+            "RC",
+            0,
+            "UNIQ_KEY\u{1}KEEP\u{2}TIMER_DELAY_MS\u{1}1200\u{2}",
+            b"kept",
+        )
+        .await;
+    let gone = b
+        .send_header(
+            "RC",
+            0,
+            "UNIQ_KEY\u{1}GONE\u{2}TIMER_DELAY_MS\u{1}1200\u{2}",
+            b"gone",
+        )
+        .await;
+    // Delay levels and plain messages get no handle (as Apache).
+    let level = b.send_header("RC", 1, "DELAY\u{1}1\u{2}", b"level").await;
+    assert_eq!(level.recall_handle, None);
+    let plain = b.send_header("RCX", 2, "", b"plain").await;
+    assert_eq!(plain.recall_handle, None);
+    let handle = gone.recall_handle.clone().expect("timer send has a handle");
+    let decoded = RecallHandle::decode(&handle).expect("decodable");
+    assert_eq!(
+        (
+            decoded.topic.as_str(),
+            decoded.broker_name.as_str(),
+            decoded.message_id.as_str()
+        ),
+        ("RC", "broker-a", "GONE")
+    );
+    assert!(kept.recall_handle.is_some());
+
+    // Refusals first, each with Apache's code and remark.
+    refused(
+        &b.recall("RC", "not base64 at all").await,
+        response_code::ILLEGAL_OPERATION,
+        "recall handle is invalid",
+    );
+    refused(
+        &b.recall("RC", "").await,
+        response_code::ILLEGAL_OPERATION,
+        "recall handle is invalid",
+    );
+    refused(
+        &b.recall("NoSuchTopic", &handle).await,
+        response_code::TOPIC_NOT_EXIST,
+        "recall failed, the topic[NoSuchTopic] not exist",
+    );
+    refused(
+        &b.recall("RCX", &handle).await,
+        response_code::ILLEGAL_OPERATION,
+        "recall failed, topic not match",
+    );
+    let other_broker = RecallHandle::new("RC", "broker-z", &decoded.timestamp, "GONE").encode();
+    refused(
+        &b.recall("RC", &other_broker).await,
+        response_code::ILLEGAL_OPERATION,
+        "recall failed, broker service not available",
+    );
+    let past = RecallHandle::new("RC", "broker-a", (now_ms() - 1).to_string(), "GONE").encode();
+    refused(
+        &b.recall("RC", &past).await,
+        response_code::ILLEGAL_OPERATION,
+        "recall failed, timestamp invalid",
+    );
+    let junk_ts = RecallHandle::new("RC", "broker-a", "soon", "GONE").encode();
+    refused(
+        &b.recall("RC", &junk_ts).await,
+        response_code::ILLEGAL_OPERATION,
+        "recall failed, timestamp invalid",
+    );
+
+    let resp = b.recall("RC", &handle).await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    let rh: RecallMessageResponseHeader = resp.decode_header().unwrap();
+    assert_eq!(rh.msg_id, "GONE");
+
+    // The kept one arrives; the recalled one never does, also well after.
+    b.wait_queue("RC", 0, 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got: Vec<Vec<u8>> = b
+        .pull("G", "RC", 0)
+        .await
+        .iter()
+        .map(|m| m.body.to_vec())
+        .collect();
+    assert_eq!(got, vec![b"kept".to_vec()]);
+    assert_eq!(b.ctx.schedule.progress().recalled, 1);
+    // Too late now: the handle's time has passed.
+    refused(
+        &b.recall("RC", &handle).await,
+        response_code::ILLEGAL_OPERATION,
+        "recall failed, timestamp invalid",
+    );
+    b.stop().await;
+
+    // recallMessageEnable=false refuses as Apache's default does.
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start_with(dir.path(), |c| c.recall_message_enable = false).await;
+    let sent = b
+        .send_header("RC", 0, "TIMER_DELAY_MS\u{1}5000\u{2}", b"x")
+        .await;
+    let resp = b.recall("RC", &sent.recall_handle.unwrap()).await;
+    assert_eq!(resp.code, response_code::NO_PERMISSION, "{:?}", resp.remark);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_holds_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path()).await;
+    let sent = b
+        .send_header(
+            "RR",
+            0,
+            "UNIQ_KEY\u{1}R1\u{2}TIMER_DELAY_MS\u{1}1500\u{2}",
+            b"recalled",
+        )
+        .await;
+    b.send(
+        "RR",
+        0,
+        "UNIQ_KEY\u{1}R2\u{2}TIMER_DELAY_MS\u{1}1500\u{2}",
+        b"kept",
+    )
+    .await;
+    let resp = b.recall("RR", &sent.recall_handle.unwrap()).await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+    b.stop().await;
+    // Both fall due while the broker is down.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let b = Broker::start(dir.path()).await;
+    b.wait_queue("RR", 0, 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<Vec<u8>> = b
+        .pull("G", "RR", 0)
+        .await
+        .iter()
+        .map(|m| m.body.to_vec())
+        .collect();
+    assert_eq!(got, vec![b"kept".to_vec()]);
     b.stop().await;
 }
 

@@ -476,7 +476,7 @@ async fn batch_ack_and_acks_naming_the_retry_topic() {
     // Acked as Apache's client does: the header names the retry topic.
     let h = AckMessageRequestHeader {
         consumer_group: "GB".into(),
-        topic: "%RETRY%GB_PopB".into(),
+        topic: "%RETRY%GB+PopB".into(),
         queue_id: back[0].msg.queue_id,
         extra_info: back[0].handle.clone(),
         offset: queue_offset_of(&back[0]),
@@ -564,7 +564,7 @@ async fn orderly_pop_blocks_the_queue_until_ack_or_expiry() {
         .is_empty());
     assert_eq!(b.ctx().offsets.query("GO", "PopO", 0), Some(2));
     // Nothing went to a retry topic.
-    assert!(b.ctx().topics.get("%RETRY%GO_PopO").is_none());
+    assert!(b.ctx().topics.get("%RETRY%GO+PopO").is_none());
     b.stop().await;
 }
 
@@ -729,14 +729,14 @@ async fn revive_retries_a_message_it_cannot_read_yet() {
     );
     // The revived one was settled with a batch ack.
     wait_revive_queue(&b, 0, 3).await;
-    wait_queue(&b, "%RETRY%GR_PopR", 0, 1).await;
+    wait_queue(&b, "%RETRY%GR+PopR", 0, 1).await;
     for body in [b"r1" as &[u8], b"r2", b"r3"] {
         send(&b, "PopR", 0, Box::leak(body.to_vec().into_boxed_slice())).await;
     }
     wait_queue(&b, "PopR", 0, 4).await;
     let pass = revive_queue(b.ctx(), 0).await.expect("pass");
     assert_eq!(pass.revived, 1);
-    wait_queue(&b, "%RETRY%GR_PopR", 0, 2).await;
+    wait_queue(&b, "%RETRY%GR+PopR", 0, 2).await;
     let (progress, end) = revive_progress(&b, 0);
     assert_eq!(progress, end, "everything settled");
     b.stop().await;
@@ -777,7 +777,7 @@ async fn an_ack_stored_right_after_the_revive_time_is_honoured() {
         assert!(Instant::now() < deadline, "never settled");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(b.ctx().topics.get("%RETRY%GA_PopA").is_none());
+    assert!(b.ctx().topics.get("%RETRY%GA+PopA").is_none());
     b.stop().await;
 }
 
@@ -811,8 +811,8 @@ async fn an_open_checkpoint_neither_blocks_nor_is_reread_and_survives_a_restart(
     let b = start_manual_revive(dir.path()).await;
     let p = revive_queue(b.ctx(), 2).await.expect("pass");
     assert_eq!((p.revived, p.scanned), (0, 3));
-    wait_queue(&b, "%RETRY%GW_PopW", 0, 1).await;
-    assert_eq!(b.ctx().store.max_offset("%RETRY%GW_PopW", 0), 1);
+    wait_queue(&b, "%RETRY%GW+PopW", 0, 1).await;
+    assert_eq!(b.ctx().store.max_offset("%RETRY%GW+PopW", 0), 1);
     // Too long an invisible time is refused.
     let h = PopMessageRequestHeader {
         consumer_group: "GW".into(),
@@ -1117,7 +1117,7 @@ async fn retry_topics_are_read_first_only_in_some_pops() {
     assert_eq!(pop(&b, "GY", "PopY", 300, 0).await.len(), 1);
     // Not acked: revived to the retry topic.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while b.ctx().store.max_offset("%RETRY%GY_PopY", 0) < 1 {
+    while b.ctx().store.max_offset("%RETRY%GY+PopY", 0) < 1 {
         assert!(Instant::now() < deadline, "never revived");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1182,7 +1182,7 @@ async fn revive_does_not_recreate_a_deleted_group() {
     let pass = revive_queue(b.ctx(), 3).await.expect("pass");
     assert_eq!(pass.revived, 0);
     assert!(b.ctx().groups.get("GGone").is_none(), "not created again");
-    assert!(b.ctx().topics.get("%RETRY%GGone_PopG").is_none());
+    assert!(b.ctx().topics.get("%RETRY%GGone+PopG").is_none());
     let (progress, end) = revive_progress(&b, 3);
     assert_eq!(progress, end, "the checkpoint is settled");
     b.stop().await;

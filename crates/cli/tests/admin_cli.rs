@@ -782,3 +782,126 @@ fn groups_and_brokers_end_to_end() {
     let line = admin(&ns, &["getBrokerConfig", "-b", &closed]).failed_line();
     assert!(line.contains(&closed), "{line}");
 }
+
+/// consumerProgress counts POP messages popped and not yet acked, and
+/// brokerStatus counts half messages waiting for a decision.
+#[test]
+fn pop_inflight_and_undecided_half_messages_are_counted() {
+    use apogee_client::consumer::ConsumeFromWhere;
+    use apogee_client::{LocalTransactionState, Message, Producer, SendStatus, SimpleConsumer};
+
+    // No check-back within the test: undecided ones stay undecided.
+    let sa = support::start_standalone(&[
+        "--set",
+        "transactionTimeOut=600000",
+        "--set",
+        "transactionCheckInterval=600000",
+    ]);
+    let ns = sa.namesrv.to_string();
+    let broker_addr = sa.broker.to_string();
+    admin(
+        &ns,
+        &[
+            "updateTopic",
+            "-b",
+            &broker_addr,
+            "-t",
+            "PopTopic",
+            "-r",
+            "1",
+            "-w",
+            "1",
+        ],
+    )
+    .ok();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let producer = Producer::builder()
+        .namesrv_addr(ns.clone())
+        .group("count-pg")
+        .transaction_checker(|_: &apogee_client::MessageExt| LocalTransactionState::Unknown)
+        .build()
+        .expect("producer");
+    let consumer = SimpleConsumer::builder()
+        .namesrv_addr(ns.clone())
+        .group("count-popg")
+        .subscribe("PopTopic", "*")
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .await_duration(Duration::from_millis(500))
+        .build()
+        .expect("simple consumer");
+    let received = rt.block_on(async {
+        producer.start().await.expect("start producer");
+        for i in 0..5 {
+            let r = producer
+                .send(Message::new("PopTopic", format!("pop-{i}")))
+                .await
+                .expect("send");
+            assert_eq!(r.status, SendStatus::SendOk);
+        }
+        for (body, decide) in [
+            ("tx-commit", LocalTransactionState::Commit),
+            ("tx-rollback", LocalTransactionState::Rollback),
+            ("tx-open-1", LocalTransactionState::Unknown),
+            ("tx-open-2", LocalTransactionState::Unknown),
+            ("tx-open-3", LocalTransactionState::Unknown),
+        ] {
+            let r = producer
+                .send_in_transaction(Message::new("PopTopic", body), |_, _| decide)
+                .await
+                .expect("transactional send");
+            assert_eq!(r.send.status, SendStatus::SendOk);
+        }
+        consumer.start().await.expect("start consumer");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The committed transactional message is on the topic too.
+        while got.len() < 6 && Instant::now() < deadline {
+            got.extend(
+                consumer
+                    .receive(16, Duration::from_secs(120))
+                    .await
+                    .expect("receive"),
+            );
+        }
+        got
+    });
+    assert_eq!(received.len(), 6, "five plain and one committed message");
+
+    let inflight_total = || {
+        admin(&ns, &["consumerProgress", "-g", "count-popg", "--json"]).json()["inflight_total"]
+            .as_i64()
+    };
+    eventually("6 in flight", || {
+        (inflight_total() == Some(6)).then_some(())
+    });
+    rt.block_on(async {
+        for m in &received[..4] {
+            consumer.ack(m).await.expect("ack");
+        }
+    });
+    eventually("2 in flight after 4 acks", || {
+        (inflight_total() == Some(2)).then_some(())
+    });
+    let text = admin(&ns, &["consumerProgress", "-g", "count-popg"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(
+        text.contains("INFLIGHT") && text.contains("Inflight Total: 2"),
+        "{text}"
+    );
+
+    let undecided = || {
+        let v = admin(&ns, &["brokerStatus", "-b", &broker_addr, "--json"]).json();
+        v[broker_addr.as_str()]["transactionHalfUndecided"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    eventually("3 undecided half messages", || {
+        (undecided().as_deref() == Some("3")).then_some(())
+    });
+    rt.block_on(async {
+        consumer.shutdown().await;
+        producer.shutdown().await;
+    });
+}

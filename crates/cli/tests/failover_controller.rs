@@ -25,6 +25,11 @@ use apogee_protocol::RemotingCommand;
 use apogee_remoting::{ClientConfig, RemotingClient};
 
 const TOPIC: &str = "FailoverTopic";
+
+/// One scenario at a time: each runs three controllers and two brokers
+/// whose failover timing the test measures; run side by side on a 2-core
+/// machine they starve each other's heartbeats.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const BROKER_NAME: &str = "broker-fo";
 const QUEUES: i32 = 2;
 
@@ -365,6 +370,7 @@ async fn new_producer(ns: &str, group: &str) -> Producer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let namesrv = support::start_namesrv(&[]);
     let ns = namesrv.addr.to_string();
@@ -633,6 +639,7 @@ async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut group = start_controllers(dir.path());
     let raw = RemotingClient::new(ClientConfig::default());
@@ -757,6 +764,134 @@ async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes
     raw.close().await;
 }
 
+/// `minInSyncReplicas=2`: while the SyncStateSet is master + slave, sends
+/// are acknowledged; once the slave is gone and the master has shrunk the
+/// set to itself, sends are refused before they are stored (SYSTEM_ERROR
+/// "in-sync replicas not enough", as Apache); when the slave returns and
+/// rejoins the set, sends go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_in_sync_replicas_refuses_sends_while_the_set_is_too_small() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = support::start_namesrv(&[]);
+    let ns = namesrv.addr.to_string();
+    let group = start_controllers(dir.path());
+    let ctl = group.addrs.join(";");
+    let raw = RemotingClient::new(ClientConfig::default());
+    let extra = [
+        "minInSyncReplicas=2",
+        "haMaxTimeSlaveNotCatchup=2000",
+        "syncFlushTimeout=800",
+    ];
+    let (pa, pb) = (free_port(), free_port());
+    let (a, a_addr) = spawn_broker(dir.path(), "a", &ns, &ctl, pa, &extra);
+    let (b, b_addr) = spawn_broker(dir.path(), "b", &ns, &ctl, pb, &extra);
+    let mut brokers: BTreeMap<String, (Proc, &str, u16)> =
+        BTreeMap::from([(a_addr, (a, "a", pa)), (b_addr, (b, "b", pb))]);
+    let all = |b: &BTreeMap<String, (Proc, &str, u16)>| {
+        dump(&b.values().map(|(p, _, _)| p).collect::<Vec<_>>())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let master_addr = loop {
+        if let Some((m, 2, _)) = replica_info(&raw, &group.addrs).await {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 2-replica SyncStateSet: {}",
+            all(&brokers)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let slave_addr = brokers
+        .keys()
+        .find(|k| **k != master_addr)
+        .cloned()
+        .unwrap();
+    let admin = AdminClient::builder()
+        .namesrv_addr(ns.clone())
+        .build()
+        .expect("admin");
+    admin
+        .create_topic(
+            &master_addr,
+            &TopicConfig {
+                topic_name: TOPIC.into(),
+                read_queue_nums: 1,
+                write_queue_nums: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    let producer = new_producer(&ns, "min-isr-producer").await;
+    let sent = wait_for(Duration::from_secs(30), || async {
+        matches!(producer.send(Message::new(TOPIC, "both")).await,
+            Ok(r) if r.status == SendStatus::SendOk)
+    })
+    .await;
+    assert!(
+        sent,
+        "no send acknowledged with both replicas: {}",
+        all(&brokers)
+    );
+
+    let (mut slave, slave_name, slave_port) = brokers.remove(&slave_addr).unwrap();
+    slave.kill9();
+    drop(slave);
+    let shrunk = wait_for(Duration::from_secs(20), || async {
+        matches!(replica_info(&raw, &group.addrs).await, Some((m, 1, _)) if m == master_addr)
+    })
+    .await;
+    assert!(shrunk, "the SyncStateSet never shrank: {}", all(&brokers));
+    // The master learns the new set on its next heartbeat answer.
+    let refused = wait_for(Duration::from_secs(10), || async {
+        match producer.send(Message::new(TOPIC, "alone")).await {
+            Err(e) => e.to_string().contains("in-sync replicas not enough"),
+            Ok(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        refused,
+        "a master below minInSyncReplicas took sends: {}",
+        all(&brokers)
+    );
+    let refused_again = producer.send(Message::new(TOPIC, "alone-2")).await;
+    assert!(
+        matches!(&refused_again, Err(e) if e.to_string().contains("minInSyncReplicas is 2")),
+        "{refused_again:?}"
+    );
+    // A refused send is not stored.
+    let stored = read_all(&admin, &master_addr).await;
+    assert!(stored.values().any(|body| body == "both"), "{stored:?}");
+    assert!(
+        stored.values().all(|body| body != "alone-2"),
+        "a refused send was stored: {stored:?}"
+    );
+
+    let (back, back_addr) = spawn_broker(dir.path(), slave_name, &ns, &ctl, slave_port, &extra);
+    assert_eq!(back_addr, slave_addr);
+    brokers.insert(back_addr, (back, slave_name, slave_port));
+    let again = wait_for(Duration::from_secs(40), || async {
+        matches!(producer.send(Message::new(TOPIC, "rejoined")).await,
+            Ok(r) if r.status == SendStatus::SendOk)
+    })
+    .await;
+    assert!(
+        again,
+        "sends stayed refused after the slave rejoined: {}",
+        all(&brokers)
+    );
+    assert!(
+        matches!(replica_info(&raw, &group.addrs).await, Some((m, 2, _)) if m == master_addr),
+        "the set did not grow back"
+    );
+    producer.shutdown().await;
+    admin.shutdown().await;
+    raw.close().await;
+}
+
 /// The master writes messages its slave never gets (the slave is stopped:
 /// the sends answer FLUSH_SLAVE_TIMEOUT, not acknowledged), then both die.
 /// The slave comes back first and is elected (it is in the SyncStateSet);
@@ -765,6 +900,7 @@ async fn without_a_controller_quorum_nothing_changes_and_the_master_stops_writes
 /// new master acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_master_cuts_the_tail_nobody_acknowledged() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let namesrv = support::start_namesrv(&[]);
     let ns = namesrv.addr.to_string();
@@ -965,6 +1101,7 @@ async fn a_returning_master_cuts_the_tail_nobody_acknowledged() {
 /// the queue and offset its SEND_OK named. Rounds: APOGEE_FAILOVER_ROUNDS (2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_rounds_lose_no_acknowledged_message() {
+    let _serial = SERIAL.lock().await;
     let rounds: usize = std::env::var("APOGEE_FAILOVER_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -69,6 +69,9 @@ pub struct SendResult {
     pub queue_offset: i64,
     pub transaction_id: Option<String>,
     pub region_id: Option<String>,
+    /// Set for a timer message (RocketMQ 5.3 brokers): pass it to
+    /// [`Producer::recall_message`] to cancel the message before it is due.
+    pub recall_handle: Option<String>,
 }
 
 /// Chooses the queue of an ordered send.
@@ -447,6 +450,38 @@ impl Producer {
                 )))
             }
         }
+    }
+
+    /// Cancels a timer message before it is due (RECALL_MESSAGE, RocketMQ
+    /// 5.3): `handle` is [`SendResult::recall_handle`] of its send. Returns
+    /// the recalled message's id. The broker does not look the message up:
+    /// an unknown one is "recalled" too; one already due is refused.
+    pub async fn recall_message(&self, topic: &str, handle: &str) -> Result<String> {
+        self.inner.ensure_running()?;
+        let decoded = apogee_protocol::recall::RecallHandle::decode(handle)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let instance = &self.inner.instance;
+        let addr = instance
+            .master_addr_or_refresh(&decoded.broker_name, topic)
+            .await?;
+        let h = apogee_protocol::header::send::RecallMessageRequestHeader {
+            producer_group: Some(self.inner.config.group.clone()),
+            topic: topic.to_owned(),
+            recall_handle: handle.to_owned(),
+            rpc: apogee_protocol::header::RpcFields {
+                broker_name: Some(decoded.broker_name),
+                ..Default::default()
+            },
+        };
+        let cmd = RemotingCommand::request(request_code::RECALL_MESSAGE).with_header(&h);
+        let resp = instance
+            .invoke_timeout(&addr, cmd, self.inner.config.send_timeout)
+            .await?;
+        if resp.code != response_code::SUCCESS {
+            return Err(ClientError::broker(&addr, &resp));
+        }
+        let r: apogee_protocol::header::send::RecallMessageResponseHeader = resp.decode_header()?;
+        Ok(r.msg_id)
     }
 
     /// Like [`send`](Self::send) with an explicit timeout for all attempts.
@@ -1062,6 +1097,7 @@ fn process_send_response(
         queue_offset: h.queue_offset,
         transaction_id: h.transaction_id,
         region_id: h.msg_region,
+        recall_handle: h.recall_handle.filter(|s| !s.is_empty()),
     })
 }
 

@@ -258,3 +258,66 @@ async fn bad_arguments_are_refused() {
     sc.shutdown().await;
     c.shutdown().await;
 }
+
+/// `ack_many`: one BATCH_ACK_MESSAGE per broker settles every message it
+/// names (also ones that came back through the retry topic); the one left
+/// out comes back after its invisible time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_ack_settles_what_it_names_and_nothing_else() {
+    let c = Cluster::start(&["broker-a", "broker-b"]).await;
+    c.create_topic("Batch", 2).await;
+    let sent: BTreeSet<String> = (0..20).map(|i| format!("b{i}")).collect();
+    send(
+        &c,
+        "Batch",
+        sent.iter()
+            .map(|b| Message::new("Batch", b.clone()))
+            .collect(),
+    )
+    .await;
+    let sc = consumer(&c, "batch-g", "Batch");
+    sc.start().await.unwrap();
+    let mut got = Vec::new();
+    receive_until(&sc, Duration::from_secs(3), Duration::from_secs(20), |m| {
+        got.push(m);
+        got.len() == sent.len()
+    })
+    .await;
+    assert_eq!(got.len(), sent.len());
+    let brokers: BTreeSet<String> = got.iter().map(|m| m.message.broker_name.clone()).collect();
+    assert_eq!(
+        brokers.len(),
+        2,
+        "both brokers in one batch ack: {brokers:?}"
+    );
+    // All but one acked in one call.
+    let left = got.pop().unwrap();
+    sc.ack_many(&got).await.unwrap();
+
+    let mut back = Vec::new();
+    receive_until(&sc, Duration::from_secs(30), Duration::from_secs(20), |m| {
+        back.push(m);
+        false
+    })
+    .await;
+    let bodies: Vec<String> = back.iter().map(body).collect();
+    assert_eq!(
+        bodies,
+        vec![body(&left)],
+        "only the one left out comes back"
+    );
+    // A retried delivery (from the retry topic) is batch-acked too.
+    sc.ack_many(&back).await.unwrap();
+    let mut later = Vec::new();
+    receive_until(&sc, Duration::from_secs(3), Duration::from_secs(8), |m| {
+        later.push(body(&m));
+        false
+    })
+    .await;
+    assert!(
+        later.is_empty(),
+        "batch-acked messages came back: {later:?}"
+    );
+    sc.shutdown().await;
+    c.shutdown().await;
+}

@@ -18,6 +18,7 @@ pub mod java_properties;
 mod json_header;
 pub mod message;
 pub mod pop;
+pub mod recall;
 pub mod topic;
 
 pub use codec::FrameCodec;

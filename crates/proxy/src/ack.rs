@@ -5,19 +5,14 @@
 //! broker without BATCH_ACK_MESSAGE, or an entry it rejects) gets the
 //! entries one by one, so each entry still gets its own status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use apogee_protocol::header::{AckMessageRequestHeader, RpcFields};
-use apogee_protocol::pop::ExtraInfo;
+use apogee_protocol::pop::{self, ExtraInfo};
 
 use crate::backend::Backend;
 use crate::error::{ProxyError, Result};
 use crate::receipt::ReceiptHandle;
-
-/// Largest distance from a batch's first offset that goes into its bit
-/// set; an entry further away is acked on its own (real batches span at
-/// most the 32 messages of one pop).
-const MAX_BIT: i64 = 4096;
 
 /// One acknowledgement to make: its receipt handle, parsed.
 struct Entry<'a> {
@@ -132,18 +127,18 @@ async fn ack_on_broker(
     futures::future::join_all(singles).await
 }
 
-/// The BatchAckMessageRequestBody JSON: one ack per popped batch (same
-/// queue, checkpoint offset, pop time and revive queue), its offsets as a
-/// `java.util.BitSet`'s little-endian bytes in base64 relative to the
-/// checkpoint offset. `None` when an entry cannot be expressed that way.
+/// The BatchAckMessageRequestBody JSON ([`pop::BatchAckBody`]): one ack per
+/// popped batch (same queue, checkpoint offset, pop time and revive queue),
+/// its offsets as a bit set relative to the checkpoint offset. `None` when
+/// an entry cannot be expressed that way (the bit set would leave it out,
+/// and the entry would be reported acked without being so).
 fn batch_body(group: &str, topic: &str, broker: &str, entries: &[Entry<'_>]) -> Option<Vec<u8>> {
     type Key<'a> = (&'a str, i32, i64, i64, i32);
-    let mut batches: HashMap<Key<'_>, Vec<u8>> = HashMap::new();
-    let mut order: Vec<Key<'_>> = Vec::new();
+    let mut batches: BTreeMap<Key<'_>, (i64, Vec<i64>)> = BTreeMap::new();
     for e in entries {
         let i = &e.info;
         let rel = e.handle.queue_offset.checked_sub(i.ck_offset)?;
-        if !(0..MAX_BIT).contains(&rel) {
+        if !usize::try_from(rel).is_ok_and(|d| d < pop::MAX_BATCH_ACK_SPAN) {
             return None;
         }
         let key = (
@@ -153,80 +148,37 @@ fn batch_body(group: &str, topic: &str, broker: &str, entries: &[Entry<'_>]) -> 
             i.pop_time,
             i.revive_qid,
         );
-        let bits = batches.entry(key).or_insert_with(|| {
-            order.push(key);
-            Vec::new()
-        });
-        let (byte, bit) = ((rel / 8) as usize, rel % 8);
-        if bits.len() <= byte {
-            bits.resize(byte + 1, 0);
-        }
-        bits[byte] |= 1 << bit;
+        batches
+            .entry(key)
+            .or_insert_with(|| (i.invisible_time, Vec::new()))
+            .1
+            .push(e.handle.queue_offset);
     }
-    let mut out = String::with_capacity(64 + order.len() * 128);
-    out.push_str("{\"acks\":[");
-    for (n, key) in order.iter().enumerate() {
-        let (retry, queue_id, start, pop_time, revive) = *key;
-        let bits = batches.get(key)?;
-        if n > 0 {
-            out.push(',');
-        }
-        out.push_str("{\"c\":");
-        json_str(&mut out, group);
-        out.push_str(",\"t\":");
-        json_str(&mut out, topic);
-        out.push_str(",\"r\":");
-        json_str(&mut out, retry);
-        out.push_str(&format!(
-            ",\"so\":{start},\"q\":{queue_id},\"rq\":{revive},\"pt\":{pop_time},\"b\":\"{}\"}}",
-            base64(bits)
-        ));
-    }
-    out.push_str("],\"brokerName\":");
-    json_str(&mut out, broker);
-    out.push('}');
-    Some(out.into_bytes())
-}
-
-/// `s` as a JSON string.
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(A[(n >> 18) as usize & 63] as char);
-        out.push(A[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            A[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            A[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
+    let acks = batches
+        .into_iter()
+        .map(
+            |((retry, queue_id, start, pop_time, revive), (invisible, offsets))| {
+                let mut a = pop::BatchAck {
+                    consumer_group: group.to_owned(),
+                    topic: topic.to_owned(),
+                    retry: retry.to_owned(),
+                    start_offset: start,
+                    queue_id,
+                    revive_queue_id: revive,
+                    pop_time,
+                    invisible_time: invisible,
+                    bit_set: None,
+                };
+                a.set_offsets(offsets);
+                a
+            },
+        )
+        .collect();
+    serde_json::to_vec(&pop::BatchAckBody {
+        broker_name: Some(broker.to_owned()),
+        acks: Some(acks),
+    })
+    .ok()
 }
 
 #[cfg(test)]
@@ -243,14 +195,6 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64(&[5, 2]), "BQI=");
-        assert_eq!(base64(&[1]), "AQ==");
-        assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
-        assert_eq!(base64(&[]), "");
-    }
-
-    #[test]
     fn one_ack_per_popped_batch_with_its_offsets_as_bits() {
         // Two messages of one pop (checkpoint at 10) and one of another queue.
         let a = "10 1000 60000 3 0 broker-a 1 10";
@@ -263,25 +207,34 @@ mod tests {
             &[entry(0, a), entry(1, b), entry(2, c)],
         )
         .unwrap();
-        let body = String::from_utf8(body).unwrap();
+        let body: pop::BatchAckBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body.broker_name.as_deref(), Some("broker-a"));
+        let acks = body.acks.unwrap();
+        assert_eq!(acks.len(), 2);
+        let q1 = acks.iter().find(|a| a.queue_id == 1).unwrap();
         assert_eq!(
-            body,
-            "{\"acks\":[{\"c\":\"G\",\"t\":\"T\",\"r\":\"0\",\"so\":10,\"q\":1,\"rq\":3,\"pt\":1000,\"b\":\"BQ==\"},\
-             {\"c\":\"G\",\"t\":\"T\",\"r\":\"0\",\"so\":7,\"q\":2,\"rq\":3,\"pt\":1000,\"b\":\"AQ==\"}],\
-             \"brokerName\":\"broker-a\"}"
+            (
+                q1.consumer_group.as_str(),
+                q1.topic.as_str(),
+                q1.retry.as_str()
+            ),
+            ("G", "T", "0")
         );
+        assert_eq!(
+            (q1.start_offset, q1.pop_time, q1.revive_queue_id),
+            (10, 1000, 3)
+        );
+        // Offsets 10 and 12 from 10: bits 0 and 2.
+        assert_eq!(q1.bit_bytes(), Some(vec![0b101]));
+        let q2 = acks.iter().find(|a| a.queue_id == 2).unwrap();
+        assert_eq!((q2.start_offset, q2.bit_bytes()), (7, Some(vec![1])));
     }
 
     #[test]
-    fn an_offset_before_its_checkpoint_is_not_batched() {
-        let bad = "10 1000 60000 3 0 broker-a 1 9";
-        assert!(batch_body("G", "T", "broker-a", &[entry(0, bad)]).is_none());
-    }
-
-    #[test]
-    fn names_are_escaped() {
-        let mut s = String::new();
-        json_str(&mut s, "a\"b\\c\u{1}");
-        assert_eq!(s, "\"a\\\"b\\\\c\\u0001\"");
+    fn an_offset_outside_its_checkpoint_is_not_batched() {
+        let before = "10 1000 60000 3 0 broker-a 1 9";
+        assert!(batch_body("G", "T", "broker-a", &[entry(0, before)]).is_none());
+        let far = format!("0 1000 60000 3 0 broker-a 1 {}", pop::MAX_BATCH_ACK_SPAN);
+        assert!(batch_body("G", "T", "broker-a", &[entry(0, &far)]).is_none());
     }
 }

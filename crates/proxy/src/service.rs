@@ -1442,37 +1442,44 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
                 String::new(),
             );
         };
-        if r.recall_handle.trim().is_empty() {
-            return reply(
-                status(Code::BadRequest, "recall_handle is required"),
-                String::new(),
-            );
-        }
-        let route = match self.backend.route(&topic).await {
-            Ok(r) => r,
-            Err(e) => return reply(err_status(&e), String::new()),
+        // Decoded here, as Apache's proxy does, to reach the broker it names.
+        let handle = match apogee_protocol::recall::RecallHandle::decode(&r.recall_handle) {
+            Ok(h) => h,
+            Err(e) => return reply(status(Code::BadRequest, e.to_string()), String::new()),
         };
-        // The handle names its broker; try each master until one knows it.
-        let mut last = status(Code::NotFound, "no broker knows this recall handle");
-        for bd in &route.broker_datas {
-            let Some(addr) = bd.broker_addrs.get(&0) else {
-                continue;
-            };
-            let h = RecallMessageRequestHeader {
-                producer_group: Some(PROXY_PRODUCER_GROUP.to_owned()),
-                topic: topic.clone(),
-                recall_handle: r.recall_handle.clone(),
-                rpc: RpcFields {
-                    broker_name: Some(bd.broker_name.clone()),
-                    ..Default::default()
-                },
-            };
-            match self.backend.recall(addr, &h).await {
-                Ok(id) => return reply(ok(), id),
-                Err(e) => last = err_status(&e),
+        let addr = match self.backend.master_addr_by_name(&handle.broker_name) {
+            Ok(a) => a,
+            Err(_) => {
+                // Not cached yet: the topic's route names its brokers.
+                if let Err(e) = self.backend.route(&topic).await {
+                    return reply(err_status(&e), String::new());
+                }
+                match self.backend.master_addr_by_name(&handle.broker_name) {
+                    Ok(a) => a,
+                    Err(e) => return reply(err_status(&e), String::new()),
+                }
             }
+        };
+        let h = RecallMessageRequestHeader {
+            producer_group: Some(PROXY_PRODUCER_GROUP.to_owned()),
+            topic,
+            recall_handle: r.recall_handle,
+            rpc: RpcFields {
+                broker_name: Some(handle.broker_name),
+                ..Default::default()
+            },
+        };
+        match self.backend.recall(&addr, &h).await {
+            Ok(id) => reply(ok(), id),
+            // The broker's refusals of a handle (wrong topic, time passed)
+            // are the caller's mistake, not the server's.
+            Err(ProxyError::Broker { code, remark })
+                if code == apogee_protocol::code::response_code::ILLEGAL_OPERATION =>
+            {
+                reply(status(Code::BadRequest, remark), String::new())
+            }
+            Err(e) => reply(err_status(&e), String::new()),
         }
-        reply(last, String::new())
     }
 
     async fn sync_lite_subscription(

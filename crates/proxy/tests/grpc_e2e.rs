@@ -770,30 +770,70 @@ async fn topic_type_dlq_recall_and_polling() {
     assert_eq!(dlq[0].body.as_ref(), b"to-dlq");
     inst.close().await;
 
-    // RecallMessage: the broker has no RECALL_MESSAGE yet, so a delayed
-    // message carries no recall handle and a recall is a clear status.
-    let mut late = message("RecallTopic", "ID-recall", b"recall-me");
-    late.system_properties.as_mut().unwrap().delivery_timestamp =
-        Some(apogee_proxy::convert::timestamp(
+    // RecallMessage: a delayed send answers a recall handle; recalling
+    // with it keeps the message from ever being delivered.
+    let delayed = |id: &str, body: &[u8]| {
+        let mut m = message("RecallTopic", id, body);
+        let sys = m.system_properties.as_mut().unwrap();
+        sys.delivery_timestamp = Some(apogee_proxy::convert::timestamp(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_millis() as i64
-                + 60_000,
+                + 1500,
         ));
-    late.system_properties.as_mut().unwrap().message_type = pb::MessageType::Delay as i32;
-    let sent = send(&mut c, late).await;
+        sys.message_type = pb::MessageType::Delay as i32;
+        m
+    };
+    let sent = send(&mut c, delayed("ID-recall", b"recall-me")).await;
     assert_eq!(code(&sent.status), Code::Ok, "{:?}", sent.status);
-    let recalled = c
-        .recall_message(req(pb::RecallMessageRequest {
-            topic: res("RecallTopic"),
-            recall_handle: "not-a-handle".into(),
-        }))
+    let handle = sent.entries[0].recall_handle.clone();
+    assert!(!handle.is_empty(), "a delayed send carries a recall handle");
+    let kept = send(&mut c, delayed("ID-kept", b"kept")).await;
+    assert_eq!(code(&kept.status), Code::Ok, "{:?}", kept.status);
+    let recall = |topic: &str, handle: &str| {
+        req(pb::RecallMessageRequest {
+            topic: res(topic),
+            recall_handle: handle.into(),
+        })
+    };
+    let bad = c
+        .recall_message(recall("RecallTopic", "not-a-handle!"))
         .await
         .unwrap()
         .into_inner();
-    assert_ne!(code(&recalled.status), Code::Ok);
-    assert!(!recalled.status.unwrap().message.is_empty());
+    assert_eq!(code(&bad.status), Code::BadRequest, "{:?}", bad.status);
+    assert_eq!(bad.status.unwrap().message, "recall handle is invalid");
+    let wrong_topic = c
+        .recall_message(recall("OnlyFifo", &handle))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&wrong_topic.status), Code::BadRequest);
+    assert_eq!(
+        wrong_topic.status.unwrap().message,
+        "recall failed, topic not match"
+    );
+    let recalled = c
+        .recall_message(recall("RecallTopic", &handle))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&recalled.status), Code::Ok, "{:?}", recalled.status);
+    assert_eq!(recalled.message_id, sent.entries[0].message_id);
+    // The kept one arrives; nothing else, also a while after both were due.
+    let mut bodies: Vec<Vec<u8>> = receive_some(&mut c, "RecallTopic", "GID-recall")
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for f in receive(&mut c, "RecallTopic", "GID-recall", 1000).await {
+        if let Content::Message(m) = f {
+            bodies.push(m.body);
+        }
+    }
+    assert_eq!(bodies, vec![b"kept".to_vec()]);
     h.shutdown().await;
 }
 

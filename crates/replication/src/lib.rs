@@ -42,6 +42,9 @@ pub struct HaConfig {
     pub housekeeping_interval: Duration,
     /// Pause before a slave reconnects after a failed or broken link.
     pub reconnect_interval: Duration,
+    /// Slaves that must hold a message before a waiting send is
+    /// acknowledged (`inSyncReplicas` - 1, at least 1).
+    pub acks_needed: usize,
 }
 
 impl Default for HaConfig {
@@ -53,6 +56,7 @@ impl Default for HaConfig {
             max_gap_not_in_sync: 256 * 1024 * 1024,
             housekeeping_interval: Duration::from_secs(20),
             reconnect_interval: Duration::from_secs(1),
+            acks_needed: 1,
         }
     }
 }

@@ -122,7 +122,8 @@ struct Shared {
     store: Arc<MessageStore>,
     cfg: HaConfig,
     stop: AtomicBool,
-    /// Highest offset a slave acknowledged (Apache's push2SlaveMaxOffset).
+    /// Highest offset `acks_needed` slaves have all acknowledged (with one,
+    /// Apache's push2SlaveMaxOffset).
     acked: AtomicU64,
     /// Sends waiting for an acknowledgement, by (end offset, ticket): an
     /// acknowledgement completes exactly the ones it covers.
@@ -149,8 +150,37 @@ impl Shared {
         }
     }
 
-    fn connection_count(&self) -> usize {
-        self.conns.lock().len()
+    /// A slave reported `offset` (already capped at the master's end):
+    /// raises what `acks_needed` slaves hold.
+    fn on_report(&self, offset: u64) {
+        let n = self.cfg.acks_needed.max(1);
+        if n == 1 {
+            return self.acknowledge(offset);
+        }
+        let master_end = self.store.commit_log_max_offset().max(0) as u64;
+        let mut acks: Vec<u64> = self
+            .conns
+            .lock()
+            .iter()
+            .filter_map(|c| u64::try_from(c.ack.load(Ordering::Acquire)).ok())
+            .map(|a| a.min(master_end))
+            .collect();
+        if acks.len() >= n {
+            acks.sort_unstable_by(|a, b| b.cmp(a));
+            self.acknowledge(acks[n - 1]);
+        }
+    }
+
+    /// Connected slaves within `haMaxGapNotInSync` of `put_end`.
+    fn in_sync_count(&self, put_end: u64) -> usize {
+        self.conns
+            .lock()
+            .iter()
+            .filter(|c| {
+                let ack = c.ack.load(Ordering::Acquire);
+                ack >= 0 && put_end.saturating_sub(ack as u64) < self.cfg.max_gap_not_in_sync
+            })
+            .count()
     }
 
     /// Writer side: sleep until data past `next` may exist, a wake, or `max`.
@@ -232,16 +262,16 @@ impl HaServer {
         self.shared.wake_writers();
     }
 
-    /// Highest CommitLog offset a slave has acknowledged.
+    /// Highest CommitLog offset the required number of slaves
+    /// (`acks_needed`) have acknowledged.
     pub fn acked_offset(&self) -> u64 {
         self.shared.acked.load(Ordering::SeqCst)
     }
 
-    /// Apache's `isSlaveOK`: a slave is connected and the acknowledged
-    /// offset is less than `haMaxGapNotInSync` behind `put_end`.
+    /// Apache's `isSlaveOK`, for `acks_needed` slaves: that many are
+    /// connected and less than `haMaxGapNotInSync` behind `put_end`.
     pub fn is_slave_ok(&self, put_end: u64) -> bool {
-        self.shared.connection_count() > 0
-            && put_end.saturating_sub(self.acked_offset()) < self.shared.cfg.max_gap_not_in_sync
+        self.shared.in_sync_count(put_end) >= self.shared.cfg.acks_needed.max(1)
     }
 
     /// Waits until a slave has acknowledged `end` (the end of a just stored
@@ -448,7 +478,7 @@ fn read_reports(shared: &Shared, conn: &Conn, mut stream: TcpStream) -> String {
         // not acknowledge sends it has not seen.
         let master_end = shared.store.commit_log_max_offset() as u64;
         let counted = offset.min(master_end);
-        shared.acknowledge(counted);
+        shared.on_report(counted);
         let behind = master_end.saturating_sub(offset);
         let in_sync = behind < shared.cfg.max_gap_not_in_sync;
         if in_sync != conn.in_sync.swap(in_sync, Ordering::AcqRel) {

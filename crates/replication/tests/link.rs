@@ -429,6 +429,70 @@ async fn a_silent_slave_times_out_and_a_lagging_one_is_not_available() {
     server.shutdown();
 }
 
+/// `inSyncReplicas=3` on a classic SYNC_MASTER: two slaves must hold a
+/// message; the further behind of the two decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_required_slaves_acknowledge_only_together() {
+    let md = tempfile::tempdir().unwrap();
+    let master = open(md.path());
+    for i in 0..5 {
+        master.put_message(&msg("T", 0, i)).unwrap();
+    }
+    let cfg = HaConfig {
+        acks_needed: 2,
+        ..ha_config()
+    };
+    let server = HaServer::start(Arc::clone(&master), cfg).unwrap();
+    let end = master.commit_log_max_offset() as u64;
+    let mut a = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    a.write_all(&codec::encode_report(end)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || server
+        .slaves()
+        .iter()
+        .any(|s| s.ack_offset == end as i64)));
+    // One slave has everything, but one is not enough.
+    assert_eq!(
+        server
+            .wait_replicated(end, Duration::from_millis(100))
+            .await,
+        SyncOutcome::SlaveNotAvailable
+    );
+    assert_eq!(server.acked_offset(), 0);
+    let mut b = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    b.write_all(&codec::encode_report(end - 10)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || server.acked_offset() == end - 10));
+    // Both connected, the second short of the end: the send times out.
+    assert_eq!(
+        server
+            .wait_replicated(end, Duration::from_millis(200))
+            .await,
+        SyncOutcome::Timeout
+    );
+    // A waiting send completes when the second one catches up.
+    let waiter = {
+        let server = &server;
+        async move { server.wait_replicated(end, Duration::from_secs(5)).await }
+    };
+    let report = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.write_all(&codec::encode_report(end)).unwrap();
+    };
+    let (outcome, ()) = tokio::join!(waiter, report);
+    assert_eq!(outcome, SyncOutcome::Replicated);
+    assert_eq!(server.acked_offset(), end);
+    drop(a);
+    assert!(wait_until(Duration::from_secs(5), || server.slaves().len() == 1));
+    let later = end + 1;
+    assert_eq!(
+        server
+            .wait_replicated(later, Duration::from_millis(100))
+            .await,
+        SyncOutcome::SlaveNotAvailable,
+        "one slave left of the two required"
+    );
+    server.shutdown();
+}
+
 #[test]
 fn a_peer_that_hangs_up_at_once_is_named_as_probably_not_a_master() {
     let sd = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
 
-use crate::error::{Result, StoreError};
+use crate::error::{PutError, Result, StoreError};
 use crate::mapped_file::MappedFile;
 use crate::mapped_file_queue::MappedFileQueue;
 use crate::vfs::VfsRef;
@@ -305,11 +305,11 @@ impl CommitLog {
         dispatchable: bool,
         buf: &mut [u8],
         count: usize,
-    ) -> Result<AppendResult> {
+    ) -> Result<AppendResult, PutError> {
         let total = buf.len() as u64;
         let seg_size = self.segment_size();
         if total + END_FILE_MIN_BLANK_LENGTH > seg_size {
-            return Err(StoreError::DoesNotFitSegment {
+            return Err(PutError::DoesNotFitSegment {
                 size: buf.len(),
                 segment: seg_size,
             });
@@ -374,7 +374,7 @@ impl CommitLog {
             let end = (rel + size).min(buf.len());
             let qo = if dispatchable { queue_offset + i } else { 0 };
             patch_stored(&mut buf[rel..end], qo, (phys + rel as u64) as i64, ts)
-                .map_err(|e| StoreError::Encode(e.to_string()))?;
+                .map_err(|e| PutError::Encode(e.to_string()))?;
             rel = end;
             i += 1;
         }
@@ -472,7 +472,7 @@ impl CommitLog {
         let base = offset / seg_size * seg_size;
         let local = offset - base;
         if data.is_empty() || local + data.len() as u64 > seg_size {
-            return Err(StoreError::IllegalMessage(format!(
+            return Err(StoreError::IllegalRecord(format!(
                 "{} replicated bytes at {offset} do not fit in one segment",
                 data.len()
             )));
@@ -481,7 +481,7 @@ impl CommitLog {
         let end = self.max_offset();
         let empty = self.mfq.is_empty();
         if offset != end && !(empty && local == 0) {
-            return Err(StoreError::IllegalMessage(format!(
+            return Err(StoreError::IllegalRecord(format!(
                 "replicated bytes start at {offset}, the CommitLog ends at {end}"
             )));
         }
@@ -545,31 +545,27 @@ impl CommitLog {
 }
 
 /// Check that `buf` holds exactly `count` records whose headers can be patched.
-fn check_records(buf: &[u8], count: usize) -> Result<()> {
+fn check_records(buf: &[u8], count: usize) -> Result<(), PutError> {
     let mut rel = 0usize;
     let mut n = 0usize;
     while rel < buf.len() {
         let rec = &buf[rel..];
         let size = stored::peek_total_size(rec)
             .filter(|s| *s <= rec.len())
-            .ok_or_else(|| {
-                StoreError::IllegalMessage("encoded record has a bad TOTALSIZE".into())
-            })?;
+            .ok_or_else(|| PutError::IllegalMessage("encoded record has a bad TOTALSIZE".into()))?;
         let sys_flag = rec
             .get(stored::SYS_FLAG_POS..stored::SYS_FLAG_POS + 4)
             .and_then(|b| b.try_into().ok())
             .map(i32::from_be_bytes)
-            .ok_or_else(|| StoreError::IllegalMessage("encoded record too short".into()))?;
+            .ok_or_else(|| PutError::IllegalMessage("encoded record too short".into()))?;
         if stored::body_len_pos(sys_flag) > size {
-            return Err(StoreError::IllegalMessage(
-                "encoded record too short".into(),
-            ));
+            return Err(PutError::IllegalMessage("encoded record too short".into()));
         }
         rel += size;
         n += 1;
     }
     if n != count || n == 0 {
-        return Err(StoreError::IllegalMessage(format!(
+        return Err(PutError::IllegalMessage(format!(
             "batch holds {n} records, expected {count}"
         )));
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StoreError};
+use crate::error::{OpenError, Result};
 
 /// Size of one ConsumeQueue entry in bytes.
 pub const CQ_ENTRY_SIZE: u64 = 20;
@@ -124,27 +124,27 @@ impl MessageStoreConfig {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<(), OpenError> {
         let page = 4096;
         if self.mapped_file_size_commit_log < page
             || self.mapped_file_size_commit_log > i32::MAX as u64 + 1
         {
-            return Err(StoreError::Config(format!(
+            return Err(OpenError::Config(format!(
                 "mappedFileSizeCommitLog must be in [4096, 2^31], got {}",
                 self.mapped_file_size_commit_log
             )));
         }
         let cq = self.mapped_file_size_consume_queue;
         if cq < CQ_ENTRY_SIZE || !cq.is_multiple_of(CQ_ENTRY_SIZE) {
-            return Err(StoreError::Config(format!(
+            return Err(OpenError::Config(format!(
                 "mappedFileSizeConsumeQueue must be a positive multiple of 20, got {cq}"
             )));
         }
         if self.max_message_size == 0 {
-            return Err(StoreError::Config("maxMessageSize must be > 0".into()));
+            return Err(OpenError::Config("maxMessageSize must be > 0".into()));
         }
         if self.max_hash_slot_num == 0 || self.max_index_num < 2 {
-            return Err(StoreError::Config(
+            return Err(OpenError::Config(
                 "maxHashSlotNum must be > 0 and maxIndexNum >= 2".into(),
             ));
         }
@@ -154,7 +154,7 @@ impl MessageStoreConfig {
             self.disk_space_warning_level_ratio,
         ] {
             if r > 100 {
-                return Err(StoreError::Config(format!(
+                return Err(OpenError::Config(format!(
                     "disk ratios are percents, got {r}"
                 )));
             }

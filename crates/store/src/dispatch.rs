@@ -211,7 +211,7 @@ impl DispatchCache {
             }
         }
         let topic = std::str::from_utf8(topic)
-            .map_err(|_| StoreError::IllegalMessage("TOPIC is not valid UTF-8".into()))?;
+            .map_err(|_| StoreError::IllegalRecord("TOPIC is not valid UTF-8".into()))?;
         let cq = inner.find_or_create_cq(topic, queue_id)?;
         if let Some(s) = self.queues.get_mut(slot) {
             *s = Some(cq.clone());

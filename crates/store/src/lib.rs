@@ -4,6 +4,13 @@
 //! a dispatcher, flushing (async or group-commit sync), the checkpoint and
 //! crash recovery, and retention with a disk-full write barrier. The broker
 //! talks to it through [`MessageStore`]. File formats: docs/storage-format.md.
+//!
+//! [`MessageStore`]'s methods live in `store/`, one file per kind of
+//! operation (`open`, `put`, `get`, `query`, `admin`, and `logics` for the
+//! ConsumeQueue flush and checkpoint); replication's access is in
+//! [`replica`]. Errors are one enum per operation ([`error`]): [`OpenError`],
+//! [`PutError`], [`DeleteTopicsError`], each wrapping [`StoreError`] for a
+//! failed file.
 
 pub mod checkpoint;
 pub mod cleanup;
@@ -26,7 +33,7 @@ mod warm;
 pub use cleanup::{DiskUsageProbe, StatvfsProbe};
 pub use config::{FlushDiskType, MessageStoreConfig};
 pub use dispatch::MessageArrivingListener;
-pub use error::{Result, StoreError};
+pub use error::{DeleteTopicsError, OpenError, PutError, Result, StoreError, WriteRefused};
 pub use flush::FlushWait;
 pub use replica::{ReplicaAppend, ReplicaAppendError};
 pub use store::{

@@ -10,7 +10,7 @@ use apogee_protocol::message::stored::{self, RecordHeader};
 use bytes::Bytes;
 
 use crate::commit_log::END_FILE_MIN_BLANK_LENGTH;
-use crate::error::StoreError;
+use crate::error::{StoreError, WriteRefused};
 use crate::store::MessageStore;
 
 /// What [`MessageStore::append_replicated`] took from its input.
@@ -36,7 +36,11 @@ pub enum ReplicaAppendError {
     /// The bytes are not CommitLog records where records must start.
     #[error("replicated bytes at CommitLog offset {offset} are not a valid record: {reason}")]
     BadRecord { offset: u64, reason: String },
-    /// The store could not take them (disk full, shut down, I/O error).
+    /// The store takes no writes now (disk full, shut down, an earlier
+    /// write failed).
+    #[error(transparent)]
+    Refused(#[from] WriteRefused),
+    /// The store could not write them (I/O error).
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apogee_store::{GetStatus, MessageStore, StoreError};
+use apogee_store::{DeleteTopicsError, GetStatus, MessageStore};
 use common::*;
 
 fn put(store: &MessageStore, topic: &str, queue_id: i32, body: &[u8]) -> i64 {
@@ -168,6 +168,6 @@ fn delete_after_shutdown_is_refused() {
     store.shutdown().unwrap();
     assert!(matches!(
         store.delete_topics(&["T"]),
-        Err(StoreError::ShutDown)
+        Err(DeleteTopicsError::ShutDown)
     ));
 }

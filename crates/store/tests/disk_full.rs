@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use apogee_store::mapped_file::MappedFile;
 use apogee_store::vfs::fault::{FaultRule, FaultyVfs};
 use apogee_store::vfs::{self, Op};
-use apogee_store::{GetStatus, MessageStore, MessageStoreConfig, StoreError, StoreHooks};
+use apogee_store::{GetStatus, MessageStore, MessageStoreConfig, PutError, StoreHooks};
 use common::*;
 
 fn segment_count(root: &Path) -> usize {
@@ -543,7 +543,7 @@ fn real_full_disk_heals_by_itself() {
                 }
                 acked += 1;
             }
-            Err(StoreError::DiskFull { .. }) => {
+            Err(PutError::DiskFull { .. }) => {
                 refused += 1;
                 refusing_since.get_or_insert_with(Instant::now);
                 last_refusal = Some(Instant::now());

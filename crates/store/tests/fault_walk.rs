@@ -56,7 +56,7 @@ fn config(dir: &Path, sync: bool) -> MessageStoreConfig {
     cfg
 }
 
-fn open(dir: &Path, sync: bool, vfs: &FaultyVfs) -> apogee_store::Result<MessageStore> {
+fn open(dir: &Path, sync: bool, vfs: &FaultyVfs) -> Result<MessageStore, apogee_store::OpenError> {
     MessageStore::open_with(
         config(dir, sync),
         StoreHooks {

@@ -34,7 +34,7 @@ const WRITERS: u64 = 3;
 /// (topic, queue, queue offset) → body, for every put that returned.
 type Acked = BTreeMap<(String, i32, i64), String>;
 
-fn open_on(vfs: &SimVfs, sync: bool) -> apogee_store::Result<MessageStore> {
+fn open_on(vfs: &SimVfs, sync: bool) -> Result<MessageStore, apogee_store::OpenError> {
     let mut cfg = small_config(Path::new(ROOT));
     cfg.flush_disk_type = if sync {
         FlushDiskType::SyncFlush

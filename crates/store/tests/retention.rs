@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apogee_store::{GetStatus, MessageStore, StoreError, StoreHooks};
+use apogee_store::{GetStatus, MessageStore, PutError, StoreHooks};
 use common::*;
 
 #[test]
@@ -203,7 +203,7 @@ fn disk_full_refuses_writes_keeps_reads_and_resumes_after_cleanup() {
     assert!(
         matches!(
             err,
-            StoreError::DiskFull {
+            PutError::DiskFull {
                 limit_percent: 90,
                 ..
             }

@@ -12,7 +12,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use apogee_protocol::message::{stored, tags_hash_code};
-use apogee_store::{FlushDiskType, GetStatus, MessageStore, PutStatus, StoreError, StoreHooks};
+use apogee_store::{
+    FlushDiskType, GetStatus, MessageStore, OpenError, PutError, PutStatus, StoreHooks,
+};
 use common::*;
 
 /// Minimal executor: poll on this thread, park between wakes.
@@ -222,7 +224,7 @@ fn batch_is_one_append_with_consecutive_offsets() {
     ];
     assert!(matches!(
         store.put_messages(&mixed),
-        Err(StoreError::IllegalMessage(_))
+        Err(PutError::IllegalMessage(_))
     ));
 }
 
@@ -236,7 +238,7 @@ fn oversized_message_is_refused_with_a_clear_error() {
         .put_message(&msg("Big", 0, &vec![0u8; 2000], None, None, None))
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::MessageTooLarge { max: 1000, .. }),
+        matches!(err, PutError::MessageTooLarge { max: 1000, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("maxMessageSize"));
@@ -270,7 +272,7 @@ fn body_of_exactly_max_message_size_is_stored_with_its_record() {
     assert!(
         matches!(
             err,
-            StoreError::MessageTooLarge {
+            PutError::MessageTooLarge {
                 size: 1001,
                 max: 1000
             }
@@ -533,6 +535,6 @@ fn a_second_open_of_the_same_root_is_refused() {
     let _store = open(small_config(dir.path()));
     assert!(matches!(
         MessageStore::open(small_config(dir.path())),
-        Err(StoreError::Locked(_))
+        Err(OpenError::Locked(_))
     ));
 }

@@ -61,7 +61,7 @@ pub enum PopError {
     Store {
         what: &'static str,
         #[source]
-        source: apogee_store::StoreError,
+        source: apogee_store::PutError,
     },
     #[error("encoding a revive-topic record failed: {0}")]
     Encode(String),

@@ -448,7 +448,9 @@ pub(crate) fn candidate_queues(
 ) -> Vec<(String, i32)> {
     let mut v = Vec::new();
     if !order {
-        for rt in [retry_topic_v1(topic, group), retry_topic_v2(topic, group)] {
+        let v1 = ctx.config.retrieve_message_from_pop_retry_topic_v1;
+        let v1 = v1.then(|| retry_topic_v1(topic, group));
+        for rt in v1.into_iter().chain([retry_topic_v2(topic, group)]) {
             if let Some(tc) = ctx.topics.get(&rt) {
                 for q in 0..tc.read_queue_nums {
                     v.push((rt.clone(), q));
@@ -1069,62 +1071,6 @@ async fn ack_orderly(
     Ok(())
 }
 
-/// One entry of Apache's `BatchAckMessageRequestBody.acks` (`BatchAck`).
-#[derive(Debug, serde::Deserialize)]
-struct BatchAck {
-    #[serde(rename = "c", alias = "consumerGroup")]
-    consumer_group: String,
-    #[serde(rename = "t", alias = "topic")]
-    topic: String,
-    /// The retry flag of the receipt handle ("0", "1", "2").
-    #[serde(rename = "r", alias = "retry")]
-    retry: String,
-    #[serde(rename = "so", alias = "startOffset")]
-    start_offset: i64,
-    #[serde(rename = "q", alias = "queueId")]
-    queue_id: i32,
-    #[serde(rename = "rq", alias = "reviveQueueId")]
-    revive_queue_id: i32,
-    #[serde(rename = "pt", alias = "popTime")]
-    pop_time: i64,
-    /// Acked offsets relative to `so`: a `java.util.BitSet`'s bytes
-    /// (little-endian), base64 as fastjson writes a byte array.
-    #[serde(rename = "b", alias = "bitSet", default)]
-    bit_set: Option<String>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct BatchAckBody {
-    #[serde(default)]
-    acks: Option<Vec<BatchAck>>,
-    #[serde(rename = "brokerName", default)]
-    broker_name: Option<String>,
-}
-
-/// Standard base64 with optional padding; `None` on anything else.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() / 4 * 3 + 2);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
 /// Most offsets one BATCH_ACK_MESSAGE may ack (a client's batch ack covers
 /// pops of at most 32 messages each; this leaves ample room).
 const MAX_BATCH_ACK_OFFSETS: usize = 65_536;
@@ -1169,7 +1115,7 @@ fn bit_offsets(bytes: &[u8], start: i64, lo: i64, hi: i64, limit: usize) -> Opti
 /// BATCH_ACK_MESSAGE (200151): one `bAck` record per entry, with the acked
 /// offsets that lie inside their queue (Apache skips the others).
 async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> RemotingCommand {
-    let body: Option<BatchAckBody> = match req.body.as_deref() {
+    let body: Option<apogee_protocol::pop::BatchAckBody> = match req.body.as_deref() {
         None | Some([]) => None,
         Some(b) => match serde_json::from_slice(b) {
             Ok(v) => Some(v),
@@ -1208,10 +1154,10 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
                 format!("reviveQid {} is out of range", a.revive_queue_id),
             );
         }
-        let Some(bytes) = a.bit_set.as_deref().map(base64_decode) else {
+        if a.bit_set.is_none() {
             continue;
-        };
-        let Some(bytes) = bytes else {
+        }
+        let Some(bytes) = a.bit_bytes() else {
             return error_response(
                 response_code::INVALID_PARAMETER,
                 "batch ack bit set is not base64",
@@ -1266,16 +1212,30 @@ mod tests {
     #[test]
     fn bit_set_bytes_to_offsets() {
         // BitSet {0, 2, 9}: bytes [0b101, 0b10] = "BQI=".
-        let b = base64_decode("BQI=").unwrap();
+        let decode = |s: &str| {
+            apogee_protocol::pop::BatchAck {
+                consumer_group: String::new(),
+                topic: String::new(),
+                retry: "0".into(),
+                start_offset: 0,
+                queue_id: 0,
+                revive_queue_id: 0,
+                pop_time: 0,
+                invisible_time: 0,
+                bit_set: Some(s.into()),
+            }
+            .bit_bytes()
+        };
+        let b = decode("BQI=").unwrap();
         assert_eq!(b, vec![5, 2]);
         assert_eq!(bit_offsets(&b, 10, 0, 100, 10), Some(vec![10, 12, 19]));
         // Clamped to the queue's range.
         assert_eq!(bit_offsets(&b, 10, 11, 18, 10), Some(vec![12]));
         assert_eq!(bit_offsets(&b, 10, 20, 100, 10), Some(vec![]));
         assert_eq!(bit_offsets(&b, 10, 0, 5, 10), Some(vec![]));
-        assert_eq!(base64_decode("AQ").unwrap(), vec![1]);
-        assert!(base64_decode("*").is_none());
-        assert_eq!(base64_decode("").unwrap(), Vec::<u8>::new());
+        assert_eq!(decode("AQ").unwrap(), vec![1]);
+        assert!(decode("*").is_none());
+        assert_eq!(decode("").unwrap(), Vec::<u8>::new());
     }
 
     #[test]

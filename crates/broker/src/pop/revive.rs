@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    retry_topic_v1, revive_topic, AckMsg, CheckPoint, PopError, ACK_TAG, BATCH_ACK_TAG, CK_TAG,
-    REVIVE_GROUP, REVIVE_QUEUE_NUM,
+    retry_topic_v1, retry_topic_v2, revive_topic, AckMsg, CheckPoint, PopError, ACK_TAG,
+    BATCH_ACK_TAG, CK_TAG, REVIVE_GROUP, REVIVE_QUEUE_NUM,
 };
 use crate::context::BrokerContext;
 use crate::processor::send::store_messages;
@@ -133,7 +133,13 @@ struct QueueState {
 #[derive(Default)]
 pub struct ReviveStates {
     slots: Mutex<HashMap<i32, Option<QueueState>>>,
+    /// Per revive queue, as of its last pass: popped messages neither
+    /// acked nor revived, by (group, topic, queue id).
+    inflight: Mutex<HashMap<i32, InflightMap>>,
 }
+
+/// Popped messages not yet acked nor revived, by (group, topic, queue id).
+pub type InflightMap = HashMap<(String, String, i32), u64>;
 
 /// What a pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +164,39 @@ impl Drop for Taken<'_> {
 }
 
 impl ReviveStates {
+    /// `group`'s in-flight POP messages by (topic, queue id), as of each
+    /// revive queue's last pass (every `reviveInterval`).
+    pub fn inflight_of(&self, group: &str) -> HashMap<(String, i32), u64> {
+        let mut out: HashMap<(String, i32), u64> = HashMap::new();
+        for m in self.inflight.lock().values() {
+            for ((g, t, q), n) in m {
+                if g == group {
+                    *out.entry((t.clone(), *q)).or_default() += n;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every group's in-flight POP messages.
+    pub fn inflight_total(&self) -> u64 {
+        self.inflight.lock().values().flat_map(|m| m.values()).sum()
+    }
+
+    fn set_inflight(&self, q: i32, st: &QueueState) {
+        let mut m = InflightMap::new();
+        for open in st.open.values() {
+            let left = (0..usize::from(open.ck.num))
+                .filter(|&i| !open.done.contains(&open.ck.offset_at(i)))
+                .count() as u64;
+            if left > 0 {
+                *m.entry((open.ck.cid.clone(), open.ck.topic.clone(), open.ck.queue_id))
+                    .or_default() += left;
+            }
+        }
+        self.inflight.lock().insert(q, m);
+    }
+
     fn take(&self, q: i32) -> Option<Taken<'_>> {
         let mut slots = self.slots.lock();
         let slot = slots
@@ -327,6 +366,7 @@ pub async fn revive_queue(ctx: &Arc<BrokerContext>, q: i32) -> Result<Pass, PopE
     if progress > start {
         ctx.offsets.commit(REVIVE_GROUP, &rt, q, progress);
     }
+    ctx.pop_revive.set_inflight(q, &st);
     taken.state = Some(st);
     result.map(|()| pass)
 }
@@ -539,7 +579,11 @@ async fn revive_one(ctx: &BrokerContext, ck: &CheckPoint, qo: i64) -> Result<boo
     } else if ck.topic.starts_with(topic::RETRY_GROUP_TOPIC_PREFIX) {
         m.topic = ck.topic.clone();
     } else {
-        m.topic = retry_topic_v1(&ck.topic, group);
+        m.topic = if ctx.config.enable_retry_topic_v2 {
+            retry_topic_v2(&ck.topic, group)
+        } else {
+            retry_topic_v1(&ck.topic, group)
+        };
         ctx.topics.get_or_create_system(&m.topic, 1, rw, 0);
     }
     m.queue_id = 0;

@@ -25,7 +25,7 @@ use apogee_remoting::{processor_fn, ProcessResult, ProcessorRegistry, RequestCon
 use crate::context::BrokerContext;
 
 pub use attributes::{alter as alter_topic_attributes, parse as parse_topic_attributes};
-pub use broker_config::{apply_update, RUNTIME_KEYS};
+pub use broker_config::apply_update;
 pub use offsets::{reset_offsets, search_offset, ResetPlan};
 pub use runtime_info::runtime_info;
 pub use stats::{consume_stats, store_timestamp_at, topic_stats};

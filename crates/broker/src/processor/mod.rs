@@ -7,6 +7,7 @@ pub mod client_manage;
 pub mod consumer_manage;
 pub mod pull;
 pub mod query;
+pub mod recall;
 pub mod reply;
 pub mod send;
 pub mod send_back;

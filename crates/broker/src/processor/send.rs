@@ -25,11 +25,12 @@ use apogee_protocol::topic;
 use apogee_protocol::RemotingCommand;
 use apogee_remoting::{processor_fn, ProcessorRegistry, RequestContext};
 use apogee_replication::SyncOutcome;
-use apogee_store::{PutResult, PutStatus, StoreError};
+use apogee_store::{PutError, PutResult, PutStatus};
 use apogee_throttle::{throttled_warn, LogThrottle};
 use bytes::Bytes;
 use rand::Rng;
 
+use crate::config::ControllerAck;
 use crate::context::BrokerContext;
 use crate::stats::TopicMeter;
 use crate::topic_config::TopicEntry;
@@ -48,8 +49,8 @@ pub const DLQ_NUMS_PER_GROUP: i32 = 1;
 /// Remark of the SYSTEM_BUSY answer; clients look for the bracketed tag.
 pub const BUSY_REMARK: &str = "[PC_SYNCHRONIZED]broker busy, start flow control for a while";
 
-/// The overload reason [`store_message`] reports as
-/// `StoreError::NotWritable`; [`store_error_reject`] turns it into SYSTEM_BUSY.
+/// The overload reason [`store_message`] reports as `PutError::Busy`;
+/// [`store_error_reject`] turns it into SYSTEM_BUSY.
 pub const BUSY_REASON: &str = "too many puts in flight or appends stalled";
 
 /// Codes this module answers.
@@ -492,11 +493,40 @@ async fn send_single(
             .try_transform(&mut msg)
             .map_err(|e| Reject::new(e.response_code(), e.to_string()))?;
     }
+    let recall_handle = recall_handle_for(ctx, &msg, &uniq);
     // The meter counts the topic the message is stored under; a delayed,
     // half or retried message is counted under its own topic, by name.
     let meter = (msg.topic == h.topic).then(|| tc.put_meter(&ctx.stats));
     let (r, ha) = store_or_reject(ctx, StoreInput::One(msg), meter).await?;
-    Ok(success_response(&r, ha, r.msg_id(), queue_id, Some(uniq)))
+    let mut resp = success_response(&r, ha, r.msg_id(), queue_id, Some(uniq));
+    if let Some(handle) = recall_handle {
+        resp.set_ext("recallHandle", handle);
+    }
+    Ok(resp)
+}
+
+/// The recall handle a single send of a timer message answers with (Apache
+/// `attachRecallHandle`): only messages parked under the timer topic (not
+/// delay levels) and not retries. Its timestamp is `TIMER_OUT_MS + 1`, as
+/// Apache's, which RECALL_MESSAGE turns back into the message's slot.
+fn recall_handle_for(ctx: &BrokerContext, msg: &MessageToStore, uniq: &str) -> Option<String> {
+    if msg.topic != crate::schedule::TIMER_TOPIC {
+        return None;
+    }
+    let out_ms: i64 = properties::get(&msg.properties, keys::TIMER_OUT_MS)?
+        .parse()
+        .ok()?;
+    let real_topic = properties::get(&msg.properties, keys::REAL_TOPIC)?;
+    if topic::is_retry_topic(real_topic) {
+        return None;
+    }
+    let handle = apogee_protocol::recall::RecallHandle::new(
+        real_topic,
+        ctx.config.broker_name.as_str(),
+        out_ms.saturating_add(1).to_string(),
+        uniq,
+    );
+    Some(handle.encode())
 }
 
 async fn send_batch(
@@ -643,17 +673,23 @@ fn waits_for_store(m: &MessageToStore) -> bool {
 }
 
 /// Stores a client send; on a SYNC_MASTER, then waits (up to
-/// syncFlushTimeout) for a slave to acknowledge it, as Java's `handleHA`.
+/// syncFlushTimeout) for the slaves `inSyncReplicas` asks for, as Java's
+/// `handleHA`. In controller mode a SyncStateSet below `minInSyncReplicas`
+/// refuses the send before it is stored.
 pub(super) async fn store_or_reject(
     ctx: &BrokerContext,
     input: StoreInput,
     meter: Option<&TopicMeter>,
 ) -> Result<(PutResult, Option<SyncOutcome>), Reject> {
-    let wants_wait = ctx.config.is_sync_master()
-        && match &input {
-            StoreInput::One(m) => waits_for_store(m),
-            StoreInput::Batch(ms) => ms.iter().all(waits_for_store),
-        };
+    let waits = match &input {
+        StoreInput::One(m) => waits_for_store(m),
+        StoreInput::Batch(ms) => ms.iter().all(waits_for_store),
+    };
+    let controller = ctx.config.enable_controller_mode;
+    if waits && controller {
+        check_in_sync_replicas(ctx)?;
+    }
+    let wants_wait = waits && ctx.config.is_sync_master();
     let res = match input {
         StoreInput::One(msg) => put_one(ctx, msg, meter).await,
         StoreInput::Batch(msgs) => put_batch(ctx, msgs, meter).await,
@@ -662,7 +698,13 @@ pub(super) async fn store_or_reject(
     // can be elected, so its own copy is the acknowledgement. Read after
     // the put (SeqCst, paired with the supervisor's store before it reads
     // the grow barrier): a put the barrier missed sees the flag cleared.
-    let wait_slave = wants_wait && !ctx.acks_alone();
+    let wait_slave = wants_wait
+        && match (controller, ctx.config.controller_ack()) {
+            (false, _) => true,
+            (true, ControllerAck::Master) => false,
+            (true, ControllerAck::Slave) => true,
+            (true, ControllerAck::SyncStateSet) => !ctx.acks_alone(),
+        };
     let r = res.map_err(|e| store_error_reject(ctx, &e))?;
     let ha = match ctx.ha_server() {
         Some(ha) if wait_slave => {
@@ -674,44 +716,66 @@ pub(super) async fn store_or_reject(
     Ok((r, ha))
 }
 
+/// Apache's IN_SYNC_REPLICAS_NOT_ENOUGH: a controller-mode master whose
+/// SyncStateSet is smaller than `minInSyncReplicas` stores nothing.
+fn check_in_sync_replicas(ctx: &BrokerContext) -> Result<(), Reject> {
+    let min = ctx.config.min_in_sync_replicas as usize;
+    if min <= 1 {
+        return Ok(());
+    }
+    let in_sync = ctx
+        .sync_state_set_size
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .max(1);
+    if in_sync < min {
+        return Err(Reject::new(
+            response_code::SYSTEM_ERROR,
+            format!(
+                "in-sync replicas not enough: the SyncStateSet has {in_sync}, minInSyncReplicas is {min}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The response for a failed put (Java `handlePutMessageResult`).
-pub fn store_error_reject(ctx: &BrokerContext, e: &StoreError) -> Reject {
+pub fn store_error_reject(ctx: &BrokerContext, e: &PutError) -> Reject {
     match e {
-        StoreError::MessageTooLarge { .. }
-        | StoreError::DoesNotFitSegment { .. }
-        | StoreError::IllegalMessage(_)
-        | StoreError::Encode(_) => Reject::new(
+        PutError::MessageTooLarge { .. }
+        | PutError::DoesNotFitSegment { .. }
+        | PutError::IllegalMessage(_)
+        | PutError::Encode(_) => Reject::new(
             response_code::MESSAGE_ILLEGAL,
             format!(
                 "the message is illegal: {e} (msg body length limit {}B, msg properties length limit 32KB)",
                 ctx.config.store.max_message_size
             ),
         ),
-        StoreError::NotWritable(r) if *r == BUSY_REASON => {
+        PutError::Busy(r) => {
             Reject::new(response_code::SYSTEM_BUSY, format!("{BUSY_REMARK}: {r}"))
         }
-        StoreError::DiskFull { .. } | StoreError::NotWritable(_) | StoreError::ShutDown => {
+        PutError::DiskFull { .. } | PutError::NotWritable(_) | PutError::ShutDown => {
             Reject::new(
                 response_code::SERVICE_NOT_AVAILABLE,
                 format!("service not available now: {e}"),
             )
         }
-        other => Reject::new(
+        PutError::Store(_) => Reject::new(
             response_code::SYSTEM_ERROR,
-            format!("storing the message failed: {other}"),
+            format!("storing the message failed: {e}"),
         ),
     }
 }
 
 /// Stores one message built by the broker (send, retry, scheduled
 /// delivery): applies the delay/timer transform, refuses under overload with
-/// `StoreError::NotWritable(BUSY_REASON)`, appends, then waits for
+/// `PutError::Busy(BUSY_REASON)`, appends, then waits for
 /// the flush policy without blocking the worker (SYNC_FLUSH timeouts come
 /// back as `PutStatus::FlushDiskTimeout`). Counts the put in `ctx.stats`.
 pub async fn store_message(
     ctx: &BrokerContext,
     mut msg: MessageToStore,
-) -> Result<PutResult, StoreError> {
+) -> Result<PutResult, PutError> {
     ctx.schedule.transform(&mut msg);
     put_one(ctx, msg, None).await
 }
@@ -722,9 +786,9 @@ async fn put_one(
     ctx: &BrokerContext,
     msg: MessageToStore,
     meter: Option<&TopicMeter>,
-) -> Result<PutResult, StoreError> {
+) -> Result<PutResult, PutError> {
     let Some(_permit) = ctx.stats.try_begin_put() else {
-        return Err(StoreError::NotWritable(BUSY_REASON));
+        return Err(PutError::Busy(BUSY_REASON));
     };
     let start = Instant::now();
     let pending = {
@@ -750,7 +814,7 @@ async fn put_one(
 pub async fn store_messages(
     ctx: &BrokerContext,
     msgs: Vec<MessageToStore>,
-) -> Result<PutResult, StoreError> {
+) -> Result<PutResult, PutError> {
     put_batch(ctx, msgs, None).await
 }
 
@@ -758,9 +822,9 @@ async fn put_batch(
     ctx: &BrokerContext,
     msgs: Vec<MessageToStore>,
     meter: Option<&TopicMeter>,
-) -> Result<PutResult, StoreError> {
+) -> Result<PutResult, PutError> {
     let Some(_permit) = ctx.stats.try_begin_put() else {
-        return Err(StoreError::NotWritable(BUSY_REASON));
+        return Err(PutError::Busy(BUSY_REASON));
     };
     let start = Instant::now();
     let pending = {

@@ -12,7 +12,8 @@
 //! * `log/<20-digit base position>`: 40-byte entries: `prev_pos` i64 (the
 //!   slot's previous entry, -1 at the chain start), `slot_ms` i64 (slot the
 //!   entry was filed in), `deliver_ms` i64, `cl_offset` i64, `size` i32,
-//!   magic i32.
+//!   magic i32 (`TIM1` a message to deliver, `TIMD` a recall's delete
+//!   marker).
 //! * `checkpoint.json`: cursor (all slots before it are delivered), entries
 //!   of the cursor slot already handled, the durable end of the log, and the
 //!   caller's opaque progress map (enqueue offsets).
@@ -42,6 +43,7 @@ const SLOT_SIZE: usize = 24;
 /// Size of one timer-log entry in bytes.
 pub const ENTRY_SIZE: u64 = 40;
 const ENTRY_MAGIC: i32 = 0x5449_4d31; // "TIM1"
+const DELETE_MAGIC: i32 = 0x5449_4d44; // "TIMD"
 /// Log bytes buffered in memory before they are written out.
 const LOG_BUFFER_LIMIT: usize = 64 * 1024;
 
@@ -61,6 +63,23 @@ pub struct TimerEntry {
     pub deliver_ms: i64,
     pub cl_offset: i64,
     pub size: i32,
+    /// The record is a recall's delete marker (`TIMER_DEL_UNIQKEY`): it
+    /// cancels the message it names in the same slot and is never
+    /// delivered itself. Kept in the entry (as Apache's `MAGIC_DELETE`) so
+    /// a slot's markers are found without reading every record twice.
+    pub delete: bool,
+}
+
+impl TimerEntry {
+    /// An entry for a message to deliver.
+    pub fn deliver(deliver_ms: i64, cl_offset: i64, size: i32) -> Self {
+        TimerEntry {
+            deliver_ms,
+            cl_offset,
+            size,
+            delete: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,7 +466,8 @@ impl TimerIndex {
         b[16..24].copy_from_slice(&e.deliver_ms.to_be_bytes());
         b[24..32].copy_from_slice(&e.cl_offset.to_be_bytes());
         b[32..36].copy_from_slice(&e.size.to_be_bytes());
-        b[36..40].copy_from_slice(&ENTRY_MAGIC.to_be_bytes());
+        let magic = if e.delete { DELETE_MAGIC } else { ENTRY_MAGIC };
+        b[36..40].copy_from_slice(&magic.to_be_bytes());
         self.tail.extend_from_slice(&b);
         if let Some(seg) = self.segments.last_mut() {
             seg.max_slot_ms = seg.max_slot_ms.max(slot_ms);
@@ -723,9 +743,11 @@ fn decode_slot(b: &[u8]) -> Option<Slot> {
 
 /// (prev_pos, slot_ms, entry), or None when the magic is wrong.
 fn decode_entry(b: &[u8]) -> Option<(i64, i64, TimerEntry)> {
-    if be_i32(b, 36)? != ENTRY_MAGIC {
-        return None;
-    }
+    let delete = match be_i32(b, 36)? {
+        ENTRY_MAGIC => false,
+        DELETE_MAGIC => true,
+        _ => return None,
+    };
     Some((
         be_i64(b, 0)?,
         be_i64(b, 8)?,
@@ -733,6 +755,7 @@ fn decode_entry(b: &[u8]) -> Option<(i64, i64, TimerEntry)> {
             deliver_ms: be_i64(b, 16)?,
             cl_offset: be_i64(b, 24)?,
             size: be_i32(b, 32)?,
+            delete,
         },
     ))
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::anyhow;
 use apogee_client::{consume_lag, ClientError, MessageQueue};
-use apogee_protocol::body::{ConsumeStats, SubscriptionGroupConfig};
+use apogee_protocol::body::{ConsumeStats, OffsetWrapper, SubscriptionGroupConfig};
 use apogee_protocol::code::response_code;
 use apogee_protocol::topic::retry_topic;
 use clap::{ArgAction, ArgGroup, Args};
@@ -273,6 +273,7 @@ pub async fn consumer_progress(ctx: &Ctx, a: ConsumerProgressArgs) -> anyhow::Re
         stats.offset_table.retain(|mq, _| &mq.topic == t);
     }
     let total = consume_lag(&stats);
+    let inflight_total: i64 = stats.offset_table.values().map(inflight).sum();
     if ctx.json {
         let queues: Vec<_> = stats
             .offset_table
@@ -285,6 +286,7 @@ pub async fn consumer_progress(ctx: &Ctx, a: ConsumerProgressArgs) -> anyhow::Re
                     "broker_offset": w.broker_offset,
                     "consumer_offset": w.consumer_offset,
                     "diff": w.broker_offset - w.consumer_offset,
+                    "inflight": inflight(w),
                     "last_timestamp": w.last_timestamp,
                 })
             })
@@ -293,6 +295,7 @@ pub async fn consumer_progress(ctx: &Ctx, a: ConsumerProgressArgs) -> anyhow::Re
             "group": a.group,
             "consume_tps": stats.consume_tps,
             "diff_total": total,
+            "inflight_total": inflight_total,
             "queues": queues,
         }));
         return Ok(());
@@ -304,6 +307,7 @@ pub async fn consumer_progress(ctx: &Ctx, a: ConsumerProgressArgs) -> anyhow::Re
         "BROKER_OFFSET",
         "CONSUMER_OFFSET",
         "DIFF",
+        "INFLIGHT",
         "LAST_TIME",
     ]);
     for (mq, w) in &stats.offset_table {
@@ -314,6 +318,7 @@ pub async fn consumer_progress(ctx: &Ctx, a: ConsumerProgressArgs) -> anyhow::Re
             w.broker_offset.to_string(),
             w.consumer_offset.to_string(),
             (w.broker_offset - w.consumer_offset).to_string(),
+            inflight(w).to_string(),
             fmt_ms(w.last_timestamp),
         ]);
     }
@@ -321,7 +326,14 @@ pub async fn consumer_progress(ctx: &Ctx, a: ConsumerProgressArgs) -> anyhow::Re
     outln!();
     outln!("Consume TPS: {:.2}", stats.consume_tps);
     outln!("Diff Total: {total}");
+    outln!("Inflight Total: {inflight_total}");
     Ok(())
+}
+
+/// Messages handed out but not settled: pulled past the committed offset
+/// (mqadmin's #Inflight), plus those popped and not yet acked (POP).
+fn inflight(w: &OffsetWrapper) -> i64 {
+    (w.pull_offset - w.consumer_offset).max(0) + w.pop_inflight.max(0)
 }
 
 pub async fn consumer_connection(ctx: &Ctx, a: GroupArg) -> anyhow::Result<()> {

@@ -283,6 +283,65 @@ impl SimpleConsumer {
         Ok(())
     }
 
+    /// Acknowledges many deliveries with one BATCH_ACK_MESSAGE per broker
+    /// (one entry per pop they came from). All or nothing per broker: an
+    /// error names the first broker that refused.
+    pub async fn ack_many(&self, msgs: &[ReceivedMessage]) -> Result<()> {
+        // broker address -> (retry, start, queue, revive qid, pop time, topic) -> offsets
+        type Key = (String, i64, i32, i32, i64, String);
+        let mut by_broker: BTreeMap<String, BTreeMap<Key, (i64, Vec<i64>)>> = BTreeMap::new();
+        for m in msgs {
+            let (addr, info) = self.inner.handle_target(m).await?;
+            let topic = pop::normal_topic(&m.message.topic, &self.inner.group).to_owned();
+            let offset = info.queue_offset.unwrap_or(m.message.queue_offset);
+            let key = (
+                info.retry.to_owned(),
+                info.ck_offset,
+                info.queue_id,
+                info.revive_qid,
+                info.pop_time,
+                topic,
+            );
+            let e = by_broker
+                .entry(addr)
+                .or_default()
+                .entry(key)
+                .or_insert((info.invisible_time, Vec::new()));
+            e.1.push(offset);
+        }
+        for (addr, entries) in by_broker {
+            let acks = entries
+                .into_iter()
+                .map(
+                    |((retry, start, queue_id, rq, pop_time, topic), (it, offs))| {
+                        let mut a = pop::BatchAck {
+                            consumer_group: self.inner.group.clone(),
+                            topic,
+                            retry,
+                            start_offset: start,
+                            queue_id,
+                            revive_queue_id: rq,
+                            pop_time,
+                            invisible_time: it,
+                            bit_set: None,
+                        };
+                        a.set_offsets(offs);
+                        a
+                    },
+                )
+                .collect();
+            let body = serde_json::to_vec(&pop::BatchAckBody {
+                broker_name: None,
+                acks: Some(acks),
+            })
+            .map_err(|e| ClientError::InvalidArgument(format!("batch ack body: {e}")))?;
+            let req = apogee_protocol::RemotingCommand::request(request_code::BATCH_ACK_MESSAGE)
+                .with_body(bytes::Bytes::from(body));
+            self.inner.instance.invoke_ok(&addr, req).await?;
+        }
+        Ok(())
+    }
+
     /// Makes the message invisible for `invisible` from now (shorter brings
     /// it back sooner). The message's receipt handle is replaced: the old
     /// one no longer acks it.

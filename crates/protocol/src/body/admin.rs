@@ -112,6 +112,14 @@ pub struct OffsetWrapper {
     pub pull_offset: i64,
     #[serde(deserialize_with = "lenient::i64")]
     pub last_timestamp: i64,
+    /// Apogee's addition (absent from Apache's body, ignored by its
+    /// tools): messages popped (POP) but neither acked nor revived yet.
+    #[serde(deserialize_with = "lenient::i64", skip_serializing_if = "is_zero")]
+    pub pop_inflight: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// Body of GET_CONSUME_STATS (208); `offsetTable` uses object keys.

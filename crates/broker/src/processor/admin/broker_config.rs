@@ -16,23 +16,8 @@ use apogee_protocol::{java_properties, RemotingCommand};
 use apogee_remoting::RequestContext;
 
 use super::{fail, ok};
-use crate::config::BrokerConfig;
+use crate::config::{runtime_keys, BrokerConfig};
 use crate::context::BrokerContext;
-
-/// Keys UPDATE_BROKER_CONFIG may change: the ones request handlers read
-/// from `runtime_config` (or that a manager follows) on every request.
-/// Everything else is fixed at start (ports, names, store layout, and the
-/// settings services were built from), so changing it would only pretend.
-pub const RUNTIME_KEYS: &[&str] = &[
-    "brokerPermission",
-    "autoCreateTopicEnable",
-    "autoCreateSubscriptionGroup",
-    "maxTransferBytesOnMessageInMemory",
-    "maxTransferCountOnMessageInMemory",
-    "accessMessageInMemoryMaxRatio",
-    "enablePropertyFilter",
-    "slaveReadEnable",
-];
 
 /// Counts accepted updates (the `counter` of the config version header).
 static CONFIG_UPDATES: AtomicI64 = AtomicI64::new(0);
@@ -71,10 +56,14 @@ pub fn apply_update(
             format!("unknown broker config key(s): {}", unknown.join(", ")),
         ));
     }
+    // Only keys the table marks as runtime ones: everything else is fixed
+    // at start (ports, names, store layout, settings services were built
+    // from), so changing it would only pretend.
+    let runtime: Vec<&str> = runtime_keys().collect();
     let fixed: Vec<&str> = props
         .keys()
         .map(String::as_str)
-        .filter(|k| !RUNTIME_KEYS.contains(k))
+        .filter(|k| !runtime.contains(k))
         .collect();
     if !fixed.is_empty() {
         return Err((
@@ -83,7 +72,7 @@ pub fn apply_update(
                 "broker config key(s) {} cannot be changed at runtime; set them in broker.conf and restart \
                  (changeable at runtime: {})",
                 fixed.join(", "),
-                RUNTIME_KEYS.join(", ")
+                runtime.join(", ")
             ),
         ));
     }
@@ -264,8 +253,8 @@ mod tests {
     #[test]
     fn runtime_keys_are_all_known() {
         let known = BrokerConfig::default().to_properties();
-        for k in RUNTIME_KEYS {
-            assert!(known.contains_key(*k), "{k} is not a BrokerConfig key");
+        for k in runtime_keys() {
+            assert!(known.contains_key(k), "{k} is not an exported key");
         }
     }
 
@@ -297,6 +286,15 @@ mod tests {
         .unwrap_err();
         assert_eq!(c, response_code::NO_PERMISSION);
         assert!(r.contains("listenPort") && !r.starts_with("broker config key(s) autoCreate"));
+        assert!(
+            r.ends_with(
+                "(changeable at runtime: brokerPermission, autoCreateTopicEnable, \
+                 autoCreateSubscriptionGroup, maxTransferBytesOnMessageInMemory, \
+                 maxTransferCountOnMessageInMemory, accessMessageInMemoryMaxRatio, \
+                 enablePropertyFilter, slaveReadEnable)"
+            ),
+            "{r}"
+        );
         let (c, r) = apply_update(&cur, &props(&[("autoCreateTopicEnable", "maybe")])).unwrap_err();
         assert_eq!(c, response_code::INVALID_PARAMETER);
         assert!(r.contains("autoCreateTopicEnable"), "{r}");

@@ -163,6 +163,21 @@ pub fn runtime_info(ctx: &BrokerContext) -> BTreeMap<String, String> {
     }
     put("timerEnqueueTps", "0.0".to_owned());
     put("timerDequeueTps", "0.0".to_owned());
+
+    // Apogee's own keys (Java tools print every key they get).
+    let half = crate::transaction::half_counts(ctx);
+    put(
+        "transactionHalfUndecided",
+        format!(
+            "{}{}",
+            if half.upper_bound { "<=" } else { "" },
+            half.undecided
+        ),
+    );
+    put(
+        "popInflightTotal",
+        ctx.pop_revive.inflight_total().to_string(),
+    );
     m
 }
 

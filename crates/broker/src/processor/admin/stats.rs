@@ -74,6 +74,7 @@ pub fn topics_for_consume_stats(
 pub fn consume_stats(ctx: &BrokerContext, group: &str, topics: &BTreeSet<String>) -> ConsumeStats {
     let mut stats = ConsumeStats::default();
     let broker_name = &ctx.config.broker_name;
+    let inflight = ctx.pop_revive.inflight_of(group);
     for topic in topics {
         let Some(cfg) = ctx.topics.get(topic) else {
             tracing::debug!(
@@ -85,6 +86,7 @@ pub fn consume_stats(ctx: &BrokerContext, group: &str, topics: &BTreeSet<String>
         };
         let committed = ctx.offsets.offsets(group, topic);
         for q in 0..cfg.read_queue_nums.max(0) {
+            let pop_inflight = inflight.get(&(topic.clone(), q)).copied().unwrap_or(0);
             let broker_offset = ctx.store.max_offset(topic, q).max(0);
             let consumer_offset = committed.get(&q).copied().unwrap_or(0).max(0);
             let last_timestamp =
@@ -98,6 +100,7 @@ pub fn consume_stats(ctx: &BrokerContext, group: &str, topics: &BTreeSet<String>
                     // offset is the furthest position the broker knows.
                     pull_offset: consumer_offset,
                     last_timestamp,
+                    pop_inflight: i64::try_from(pop_inflight).unwrap_or(i64::MAX),
                 },
             );
         }

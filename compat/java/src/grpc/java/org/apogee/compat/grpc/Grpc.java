@@ -14,6 +14,7 @@ import org.apache.rocketmq.client.apis.consumer.SimpleConsumer;
 import org.apache.rocketmq.client.apis.message.MessageView;
 import org.apache.rocketmq.client.apis.producer.Producer;
 import org.apogee.compat.Broker;
+import org.apogee.compat.Support;
 
 /** Official gRPC clients pointed at the broker under test. */
 final class Grpc {
@@ -28,6 +29,43 @@ final class Grpc {
             // The client's default, TLS: the port takes TLS and plaintext.
             .setRequestTimeout(Duration.ofSeconds(5))
             .build();
+    }
+
+    private static org.apache.rocketmq.client.producer.DefaultMQProducer admin;
+
+    /**
+     * A fresh topic created over remoting with its {@code message.type}
+     * (NORMAL, FIFO, DELAY, TRANSACTION): Apache's proxy neither creates
+     * topics on a route query nor takes a message of another type.
+     */
+    static synchronized String topic(String prefix, String type) throws Exception {
+        if (admin == null) {
+            admin = new org.apache.rocketmq.client.producer.DefaultMQProducer(Support.unique("grpc-admin"));
+            admin.setNamesrvAddr(Broker.namesrv());
+            admin.start();
+        }
+        String topic = Support.unique(prefix);
+        // UPDATE_AND_CREATE_TOPIC on every broker, with the attribute (the
+        // producer's createTopic drops attributes on 5.3.3).
+        org.apache.rocketmq.client.impl.MQClientAPIImpl api =
+            admin.getDefaultMQProducerImpl().getMqClientFactory().getMQClientAPIImpl();
+        org.apache.rocketmq.common.TopicConfig tc = new org.apache.rocketmq.common.TopicConfig(topic, 4, 4);
+        tc.setAttributes(Map.of("+message.type", type));
+        for (org.apache.rocketmq.remoting.protocol.route.BrokerData bd
+            : api.getBrokerClusterInfo(5000).getBrokerAddrTable().values()) {
+            String addr = bd.getBrokerAddrs().get(0L);
+            if (addr != null) {
+                api.createTopic(addr, admin.getCreateTopicKey(), tc, 5000);
+            }
+        }
+        Support.await(Duration.ofSeconds(20), "route of " + topic, () -> {
+            try {
+                return !admin.fetchPublishMessageQueues(topic).isEmpty();
+            } catch (Exception e) {
+                return false;
+            }
+        });
+        return topic;
     }
 
     static Producer producer(String... topics) throws Exception {

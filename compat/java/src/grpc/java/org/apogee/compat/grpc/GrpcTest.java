@@ -3,6 +3,7 @@ package org.apogee.compat.grpc;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.charset.StandardCharsets;
@@ -23,7 +24,9 @@ import org.apache.rocketmq.client.apis.consumer.PushConsumer;
 import org.apache.rocketmq.client.apis.consumer.SimpleConsumer;
 import org.apache.rocketmq.client.apis.message.Message;
 import org.apache.rocketmq.client.apis.message.MessageView;
+import org.apache.rocketmq.client.apis.ClientException;
 import org.apache.rocketmq.client.apis.producer.Producer;
+import org.apache.rocketmq.client.apis.producer.RecallReceipt;
 import org.apache.rocketmq.client.apis.producer.SendReceipt;
 import org.apache.rocketmq.client.apis.producer.Transaction;
 import org.apache.rocketmq.client.apis.producer.TransactionResolution;
@@ -35,7 +38,7 @@ class GrpcTest {
 
     @Test
     void producerStartsAndSendsNormalMessages() throws Exception {
-        String topic = Support.unique("GrpcNormal");
+        String topic = Grpc.topic("GrpcNormal", "NORMAL");
         try (Producer p = Grpc.producer(topic)) {
             for (int i = 0; i < 5; i++) {
                 SendReceipt r = p.send(Grpc.message(topic, "TagA", "n" + i));
@@ -46,7 +49,7 @@ class GrpcTest {
 
     @Test
     void simpleConsumerReceivesAndAcks() throws Exception {
-        String topic = Support.unique("GrpcSimple");
+        String topic = Grpc.topic("GrpcSimple", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             Set<String> sent = new HashSet<>();
@@ -71,7 +74,7 @@ class GrpcTest {
 
     @Test
     void unackedMessageComesBackAfterInvisibleTime() throws Exception {
-        String topic = Support.unique("GrpcRedeliver");
+        String topic = Grpc.topic("GrpcRedeliver", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             p.send(Grpc.message(topic, "TagA", "again"));
@@ -87,7 +90,7 @@ class GrpcTest {
 
     @Test
     void changeInvisibleDurationThenAck() throws Exception {
-        String topic = Support.unique("GrpcChange");
+        String topic = Grpc.topic("GrpcChange", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             p.send(Grpc.message(topic, "TagA", "longer"));
@@ -102,7 +105,7 @@ class GrpcTest {
 
     @Test
     void tagFilter() throws Exception {
-        String topic = Support.unique("GrpcTag");
+        String topic = Grpc.topic("GrpcTag", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "TagB")) {
             p.send(Grpc.message(topic, "TagA", "a"));
@@ -124,7 +127,7 @@ class GrpcTest {
 
     @Test
     void fifoMessagesKeepTheirGroupOrder() throws Exception {
-        String topic = Support.unique("GrpcFifo");
+        String topic = Grpc.topic("GrpcFifo", "FIFO");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             for (int i = 0; i < 6; i++) {
@@ -145,7 +148,7 @@ class GrpcTest {
 
     @Test
     void delayedMessageArrivesAfterItsTime() throws Exception {
-        String topic = Support.unique("GrpcDelay");
+        String topic = Grpc.topic("GrpcDelay", "DELAY");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
             long at = System.currentTimeMillis() + 3000;
@@ -162,8 +165,31 @@ class GrpcTest {
     }
 
     @Test
+    void recalledDelayedMessageIsNeverReceived() throws Exception {
+        String topic = Grpc.topic("GrpcRecall", "DELAY");
+        String group = Support.unique("GID");
+        try (Producer p = Grpc.producer(topic); SimpleConsumer c = Grpc.simpleConsumer(group, topic, "*")) {
+            long at = System.currentTimeMillis() + 3000;
+            SendReceipt gone = p.send(Grpc.PROVIDER.newMessageBuilder().setTopic(topic).setTag("T")
+                .setDeliveryTimestamp(at).setBody("recalled".getBytes(StandardCharsets.UTF_8)).build());
+            p.send(Grpc.PROVIDER.newMessageBuilder().setTopic(topic).setTag("T")
+                .setDeliveryTimestamp(at).setBody("kept".getBytes(StandardCharsets.UTF_8)).build());
+            assertNotNull(gone.getRecallHandle());
+            assertFalse(gone.getRecallHandle().isEmpty(), "a delayed send answers a recall handle");
+            assertThrows(ClientException.class, () -> p.recallMessage(topic, "not-a-handle"));
+            RecallReceipt r = p.recallMessage(topic, gone.getRecallHandle());
+            assertEquals(gone.getMessageId().toString(), r.getMessageId().toString());
+            // Both are due together: only the kept one comes, also given time.
+            List<MessageView> got = Grpc.receive(c, 2, Duration.ofSeconds(30), Duration.ofSeconds(10));
+            assertEquals(1, got.size(), "received " + got.size());
+            assertEquals("kept", Grpc.body(got.get(0)));
+            c.ack(got.get(0));
+        }
+    }
+
+    @Test
     void pushConsumerGetsEveryMessage() throws Exception {
-        String topic = Support.unique("GrpcPush");
+        String topic = Grpc.topic("GrpcPush", "NORMAL");
         String group = Support.unique("GID");
         Set<String> got = ConcurrentHashMap.newKeySet();
         try (Producer p = Grpc.producer(topic);
@@ -186,7 +212,7 @@ class GrpcTest {
 
     @Test
     void pushConsumerFailureIsRetried() throws Exception {
-        String topic = Support.unique("GrpcPushRetry");
+        String topic = Grpc.topic("GrpcPushRetry", "NORMAL");
         String group = Support.unique("GID");
         List<Integer> attempts = new CopyOnWriteArrayList<>();
         try (Producer p = Grpc.producer(topic);
@@ -208,7 +234,7 @@ class GrpcTest {
 
     @Test
     void sqlFilter() throws Exception {
-        String topic = Support.unique("GrpcSql");
+        String topic = Grpc.topic("GrpcSql", "NORMAL");
         String group = Support.unique("GID");
         try (Producer p = Grpc.producer(topic);
              SimpleConsumer c = Grpc.PROVIDER.newSimpleConsumerBuilder()
@@ -236,7 +262,7 @@ class GrpcTest {
 
     @Test
     void transactionCommitIsDeliveredRollbackIsNot() throws Exception {
-        String topic = Support.unique("GrpcTx");
+        String topic = Grpc.topic("GrpcTx", "TRANSACTION");
         String group = Support.unique("GID");
         try (Producer p = Grpc.PROVIDER.newProducerBuilder().setClientConfiguration(Grpc.config())
                  .setTopics(topic).setTransactionChecker(mv -> TransactionResolution.COMMIT).build();
@@ -264,7 +290,7 @@ class GrpcTest {
 
     @Test
     void undecidedTransactionIsResolvedByCheckBack() throws Exception {
-        String topic = Support.unique("GrpcTxCheck");
+        String topic = Grpc.topic("GrpcTxCheck", "TRANSACTION");
         String group = Support.unique("GID");
         List<String> checked = new CopyOnWriteArrayList<>();
         try (Producer p = Grpc.PROVIDER.newProducerBuilder().setClientConfiguration(Grpc.config())
