@@ -4,7 +4,8 @@
 # message size and concurrency, runs alternating remoting and gRPC.
 #   grpc-vs-remoting.sh DIR [ROUNDS] [SECONDS] [COUNT]
 # Per round: produce (64 senders, sync, 1 KiB) remoting then gRPC; the same
-# with 16 messages per request; then three fresh groups drain COUNT messages
+# with 16 messages per request (1,000,000 messages each, to bound the disk
+# space a round writes); then three fresh groups drain COUNT messages
 # of a prefilled topic: classic pull, POP (receive + one ACK_MESSAGE per
 # message) and gRPC (ReceiveMessage + one AckMessage per batch).
 # Prints one JSON line per run: kind, protocol, the server's CPU seconds
@@ -27,7 +28,9 @@ ns=127.0.0.1:$ns_port
 grpc=127.0.0.1:$((ns_port + 5))
 "$apogee" standalone --namesrv-port "$ns_port" --listen-port $((ns_port + 3)) \
   --set storePathRootDir="$dir/data" --set brokerIP1=127.0.0.1 --set bindAddress=127.0.0.1 \
-  --set grpcServerPort=$((ns_port + 5)) > "$dir/apogee.log" 2>&1 &
+  --set grpcServerPort=$((ns_port + 5)) \
+  --set diskMaxUsedSpaceRatio=95 --set diskSpaceCleanForciblyRatio=95 --set diskSpaceWarningLevelRatio=97 \
+  > "$dir/apogee.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/data"' EXIT
 for _ in $(seq 1 100); do grep -q 'apogee grpc listening on' "$dir/apogee.log" && break; sleep 0.1; done
@@ -50,8 +53,8 @@ run() { # kind protocol bench-args...
 for r in $(seq 1 "$rounds"); do
   run produce remoting produce -n "$ns" -t GvrProduce -s 1024 -w 64 --mode sync --duration "$secs"
   run produce grpc produce -n "$ns" -t GvrProduce -s 1024 -w 64 --mode sync --duration "$secs" --grpc "$grpc"
-  run produce-batch16 remoting produce -n "$ns" -t GvrBatch -s 1024 -w 64 --mode sync --batch 16 --duration "$secs"
-  run produce-batch16 grpc produce -n "$ns" -t GvrBatch -s 1024 -w 64 --mode sync --batch 16 --duration "$secs" --grpc "$grpc"
+  run produce-batch16 remoting produce -n "$ns" -t GvrBatch -s 1024 -w 64 --mode sync --batch 16 --count 1000000
+  run produce-batch16 grpc produce -n "$ns" -t GvrBatch -s 1024 -w 64 --mode sync --batch 16 --count 1000000 --grpc "$grpc"
   run consume-pull remoting consume -n "$ns" -t GvrConsume -g "GvrPull$r" --count "$count" --duration 120
   run consume-pop remoting consume -n "$ns" -t GvrConsume -g "GvrPop$r" --pop --count "$count" --duration 120
   run consume-grpc grpc consume -n "$ns" -t GvrConsume -g "GvrGrpc$r" --grpc "$grpc" --count "$count" --duration 120

@@ -11,6 +11,7 @@ pub mod ack;
 pub mod backend;
 pub mod convert;
 pub mod error;
+pub mod frames;
 pub mod receipt;
 pub mod service;
 pub mod session;

@@ -834,10 +834,20 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
         // The POP runs on its own task and always completes: a client that
         // gives up mid-poll drops the stream, and what the broker popped for
         // it is handed back instead of staying invisible for nothing.
-        // Capacity 1: a frame counts as sent only once the transport took
-        // the previous one, so a vanished client is noticed and its messages
-        // handed back rather than lost in a buffer.
-        let (tx, rx) = mpsc::channel(1);
+        // Room for the whole answer (status, delivery timestamp, a batch):
+        // queued at once, not one task switch per message. A vanished
+        // client's queued messages are handed back when the stream is
+        // dropped (`Frames`), the rest by this task when its sends fail.
+        let (tx, rx) = mpsc::channel(MAX_BATCH as usize + 2);
+        let frames = crate::frames::Frames::new(
+            rx,
+            crate::frames::HandBack {
+                backend: Arc::clone(&self.backend),
+                addr: addr.clone(),
+                group: group.clone(),
+                topic: topic.clone(),
+            },
+        );
         let backend = Arc::clone(&self.backend);
         tokio::spawn(async move {
             use pb::receive_message_response::Content;
@@ -883,7 +893,7 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(frames)))
     }
 
     async fn ack_message(
@@ -1597,7 +1607,13 @@ impl MessagingService {
 
 /// Makes a popped message visible again at once (the client that asked for
 /// it is gone); it comes back through the retry topic.
-async fn give_back(backend: &Backend, addr: &str, group: &str, topic: &str, receipt: &str) {
+pub(crate) async fn give_back(
+    backend: &Backend,
+    addr: &str,
+    group: &str,
+    topic: &str,
+    receipt: &str,
+) {
     let Ok(handle) = ReceiptHandle::parse(receipt) else {
         return;
     };
