@@ -6,8 +6,8 @@
 # Per round: produce (64 senders, sync, 1 KiB) remoting then gRPC; the same
 # with 16 messages per request (1,000,000 messages each, to bound the disk
 # space a round writes); then three fresh groups drain COUNT messages
-# of a prefilled topic: classic pull, POP (receive + one ACK_MESSAGE per
-# message) and gRPC (ReceiveMessage + one AckMessage per batch).
+# of a prefilled topic: classic pull, POP (receive + one BATCH_ACK_MESSAGE
+# per batch) and gRPC (ReceiveMessage + one AckMessage per batch).
 # Prints one JSON line per run: kind, protocol, the server's CPU seconds
 # during the run, and the bench's summary. With GO_BENCH set to a build of
 # compat/go-grpc/bench (`cd compat/go-grpc && go build -o /tmp/gobench
