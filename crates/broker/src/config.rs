@@ -318,6 +318,12 @@ pub struct BrokerConfig {
     /// `haMaxTimeSlaveNotCatchup`: a slave behind the master for this long
     /// leaves the SyncStateSet (15 s).
     pub ha_max_time_slave_not_catchup: Duration,
+    /// Controller mode: the master epoch this broker runs under, sent as
+    /// the registration's `stateVersion` (as Apache's brokers do) so that a
+    /// NameServer ignores a cut-off old master still registering brokerId 0
+    /// once the new master (a higher epoch) holds it. Set by the failover
+    /// supervisor, not a broker.conf key; 0 otherwise.
+    pub state_version: i64,
     /// `totalReplicas` (1): replicas of the broker set. As in Apache it
     /// only bounds the others here: `inSyncReplicas` and
     /// `minInSyncReplicas` cannot exceed it (automatic in-sync replica
@@ -419,6 +425,7 @@ impl Default for BrokerConfig {
             controller_heart_beat_timeout: Duration::from_millis(10_000),
             broker_heartbeat_interval: Duration::from_millis(1000),
             ha_max_time_slave_not_catchup: Duration::from_millis(15_000),
+            state_version: 0,
             total_replicas: 1,
             in_sync_replicas: 1,
             min_in_sync_replicas: 1,

@@ -540,10 +540,14 @@ impl Supervisor {
                     "ASYNC_MASTER".into()
                 };
                 cfg.broker_id = 0;
+                if let Role::Master { epoch } = &role {
+                    cfg.state_version = i64::from(*epoch);
+                }
             }
             Role::Slave { master } => {
                 cfg.broker_role = "SLAVE".into();
                 cfg.broker_id = self.broker_id as i64;
+                cfg.state_version = view.map_or(0, |v| i64::from(v.master_epoch));
                 if let (Some(_), Some(v)) = (master, view) {
                     // The tail to compare is the store's end as the last
                     // instance left it; without one, start one first.

@@ -96,10 +96,11 @@ impl NamesrvApi {
     }
 
     fn encode_now(ctx: &BrokerContext, out: Outgoing) -> RemotingCommand {
-        let wrapper = match out {
+        let mut wrapper = match out {
             Outgoing::Full => ctx.topics.serialize_wrapper(),
             Outgoing::Increment(w) => w,
         };
+        wrapper.data_version.state_version = ctx.config.state_version;
         let enc = encode_registration(wrapper, ctx.config.compressed_register);
         let crc = (crc32fast::hash(&enc.body) & 0x7FFF_FFFF) as i32;
         let header = RegisterBrokerRequestHeader {

@@ -256,6 +256,38 @@ async fn replica_info(client: &RemotingClient, ctl: &[String]) -> Option<(String
     None
 }
 
+/// REGISTER_BROKER of `addr` as brokerId 0 of the broker set, with
+/// `state_version` as a broker of that master epoch sends it.
+fn stale_master_registration(addr: &str, state_version: i64) -> RemotingCommand {
+    use apogee_protocol::body::topic::{
+        DataVersion, RegisterBrokerBody, TopicConfigAndMappingSerializeWrapper,
+    };
+    use apogee_protocol::header::namesrv::RegisterBrokerRequestHeader;
+    let body = RegisterBrokerBody {
+        topic_config_serialize_wrapper: TopicConfigAndMappingSerializeWrapper {
+            data_version: DataVersion {
+                state_version,
+                timestamp: 1,
+                counter: 1,
+            },
+            ..Default::default()
+        },
+        filter_server_list: Vec::new(),
+    }
+    .encode();
+    RemotingCommand::request(request_code::REGISTER_BROKER)
+        .with_header(&RegisterBrokerRequestHeader {
+            broker_name: BROKER_NAME.into(),
+            broker_addr: addr.into(),
+            cluster_name: "DefaultCluster".into(),
+            ha_server_addr: String::new(),
+            broker_id: 0,
+            enable_acting_master: Some(false),
+            ..Default::default()
+        })
+        .with_body(body)
+}
+
 fn pull_header(queue_id: i32, offset: i64) -> PullMessageRequestHeader {
     PullMessageRequestHeader {
         consumer_group: "fo-checker".to_string(),
@@ -625,6 +657,21 @@ async fn kill_9_of_the_master_elects_the_slave_and_loses_no_acknowledged_message
             | Ok(SendStatus::SlaveNotAvailable)
             | Ok(SendStatus::FlushSlaveTimeout)
     ));
+
+    // The new master registers its epoch as the stateVersion: an old
+    // master cut off from the controllers (fenced, still registering
+    // brokerId 0 with the epoch it had) cannot take the route back.
+    let stale = stale_master_registration("127.0.0.1:1", 1);
+    let r = raw.invoke(&ns, stale, Duration::from_secs(5)).await;
+    assert!(r.is_ok(), "{r:?}");
+    let route = admin.topic_route(TOPIC).await.expect("route");
+    assert!(
+        route
+            .broker_datas
+            .iter()
+            .any(|b| b.broker_addrs.get(&0).map(String::as_str) == Some(slave_addr.as_str())),
+        "a registration of an older epoch took brokerId 0: {route:?}"
+    );
 
     producer.shutdown().await;
     producer2.shutdown().await;
