@@ -533,16 +533,14 @@ impl Supervisor {
         }
         let mut cfg = self.base.clone();
         match &role {
-            Role::Master { .. } => {
+            Role::Master { epoch } => {
                 cfg.broker_role = if self.base.controller_ack() != ControllerAck::Master {
                     "SYNC_MASTER".into()
                 } else {
                     "ASYNC_MASTER".into()
                 };
                 cfg.broker_id = 0;
-                if let Role::Master { epoch } = &role {
-                    cfg.state_version = i64::from(*epoch);
-                }
+                cfg.state_version = i64::from(*epoch);
             }
             Role::Slave { master } => {
                 cfg.broker_role = "SLAVE".into();

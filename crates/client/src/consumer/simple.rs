@@ -287,15 +287,16 @@ impl SimpleConsumer {
     /// (one entry per pop they came from). All or nothing per broker: an
     /// error names the first broker that refused.
     pub async fn ack_many(&self, msgs: &[ReceivedMessage]) -> Result<()> {
-        // broker address -> (retry, start, queue, revive qid, pop time, topic) -> offsets
-        type Key = (String, i64, i32, i32, i64, String);
-        let mut by_broker: BTreeMap<String, BTreeMap<Key, (i64, Vec<i64>)>> = BTreeMap::new();
+        // broker address -> (retry, start, queue, revive qid, pop time, topic) -> offsets;
+        // the key borrows from the messages (no copy per message).
+        type Key<'a> = (&'a str, i64, i32, i32, i64, &'a str);
+        let mut by_broker: BTreeMap<String, BTreeMap<Key<'_>, (i64, Vec<i64>)>> = BTreeMap::new();
         for m in msgs {
             let (addr, info) = self.inner.handle_target(m).await?;
-            let topic = pop::normal_topic(&m.message.topic, &self.inner.group).to_owned();
+            let topic = pop::normal_topic(&m.message.topic, &self.inner.group);
             let offset = info.queue_offset.unwrap_or(m.message.queue_offset);
             let key = (
-                info.retry.to_owned(),
+                info.retry,
                 info.ck_offset,
                 info.queue_id,
                 info.revive_qid,
@@ -316,8 +317,8 @@ impl SimpleConsumer {
                     |((retry, start, queue_id, rq, pop_time, topic), (it, offs))| {
                         let mut a = pop::BatchAck {
                             consumer_group: self.inner.group.clone(),
-                            topic,
-                            retry,
+                            topic: topic.to_owned(),
+                            retry: retry.to_owned(),
                             start_offset: start,
                             queue_id,
                             revive_queue_id: rq,
