@@ -178,7 +178,7 @@ pub fn to_pb_message(
         topic: Some(topic),
         user_properties: user,
         system_properties: Some(sys),
-        body: std::mem::take(&mut m.body).to_vec(),
+        body: std::mem::take(&mut m.body),
     }
 }
 

@@ -243,7 +243,9 @@ impl MessagingService {
         }
         let max = self.config.max_body_size;
         let body = if sys.body_encoding == pb::Encoding::Gzip as i32 {
-            convert::gunzip(&msg.body, max).map_err(|e| status(Code::MessageCorrupted, e))?
+            convert::gunzip(&msg.body, max)
+                .map(bytes::Bytes::from)
+                .map_err(|e| status(Code::MessageCorrupted, e))?
         } else {
             msg.body
         };

@@ -134,7 +134,7 @@ async fn one_ack_message_for_many_entries_over_two_brokers() {
                 message_type: pb::MessageType::Normal as i32,
                 ..Default::default()
             }),
-            body: id.as_bytes().to_vec(),
+            body: id.as_bytes().to_vec().into(),
             ..Default::default()
         };
         let r = c

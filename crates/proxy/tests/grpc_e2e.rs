@@ -111,7 +111,7 @@ fn message(topic: &str, id: &str, body: &[u8]) -> pb::Message {
             message_type: pb::MessageType::Normal as i32,
             ..Default::default()
         }),
-        body: body.to_vec(),
+        body: body.to_vec().into(),
     }
 }
 
@@ -223,7 +223,7 @@ async fn route_send_receive_ack() {
     let msgs = receive_some(&mut c, topic, "GID-e2e").await;
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
-    assert_eq!(m.body, b"hello");
+    assert_eq!(&m.body[..], b"hello");
     let sys = m.system_properties.as_ref().unwrap();
     assert_eq!(sys.message_id, "ID-1");
     assert_eq!(sys.tag.as_deref(), Some("TagA"));
@@ -504,7 +504,7 @@ async fn messages_cross_protocols_both_ways() {
         .unwrap();
     let msgs = receive_some(&mut c, topic, "GID-cross").await;
     assert_eq!(msgs.len(), 1);
-    assert_eq!(msgs[0].body, b"from-remoting");
+    assert_eq!(&msgs[0].body[..], b"from-remoting");
     let sys = msgs[0].system_properties.as_ref().unwrap();
     assert_eq!(sys.message_id, sent.msg_id);
     assert_eq!(sys.tag.as_deref(), Some("R"));
@@ -825,12 +825,12 @@ async fn topic_type_dlq_recall_and_polling() {
     let mut bodies: Vec<Vec<u8>> = receive_some(&mut c, "RecallTopic", "GID-recall")
         .await
         .into_iter()
-        .map(|m| m.body)
+        .map(|m| m.body.to_vec())
         .collect();
     tokio::time::sleep(Duration::from_millis(800)).await;
     for f in receive(&mut c, "RecallTopic", "GID-recall", 1000).await {
         if let Content::Message(m) = f {
-            bodies.push(m.body);
+            bodies.push(m.body.to_vec());
         }
     }
     assert_eq!(bodies, vec![b"kept".to_vec()]);
@@ -888,7 +888,7 @@ async fn transaction_ended_through_another_proxy() {
     assert_eq!(code(&ended.status), Code::Ok, "{:?}", ended.status);
     let msgs = receive_some(&mut a, "TxTopic", "GID-tx").await;
     assert_eq!(msgs.len(), 1);
-    assert_eq!(msgs[0].body, b"half");
+    assert_eq!(&msgs[0].body[..], b"half");
     other.shutdown().await;
     h.shutdown().await;
 }
@@ -940,7 +940,7 @@ async fn a_client_gone_mid_poll_does_not_hide_messages() {
     let started = Instant::now();
     let msgs = receive_some(&mut c, topic, "GID-gone").await;
     assert_eq!(msgs.len(), 1, "the message came back");
-    assert_eq!(msgs[0].body, b"not lost");
+    assert_eq!(&msgs[0].body[..], b"not lost");
     assert!(started.elapsed() < Duration::from_secs(20));
     let attempt = msgs[0].system_properties.as_ref().unwrap().delivery_attempt;
     assert_eq!(attempt, Some(2), "popped once for the vanished client");

@@ -304,6 +304,6 @@ pub fn message(
             born_timestamp: Some(convert::timestamp(super::produce::now_millis())),
             ..Default::default()
         }),
-        body: body.to_vec(),
+        body: body.clone(),
     }
 }
