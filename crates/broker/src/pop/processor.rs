@@ -58,10 +58,11 @@ struct QueueGuard<'a> {
 
 impl QueueLocks {
     fn try_lock(&self, key: String) -> Option<QueueGuard<'_>> {
-        self.held
-            .lock()
-            .insert(key.clone())
-            .then_some(QueueGuard { locks: self, key })
+        // The map's lock must be released before a guard can exist: a
+        // guard built for a busy queue and dropped under it would both
+        // deadlock and free the other holder's key.
+        let inserted = self.held.lock().insert(key.clone());
+        inserted.then(|| QueueGuard { locks: self, key })
     }
 }
 
@@ -1208,6 +1209,20 @@ async fn batch_ack_message(ctx: &BrokerContext, req: &RemotingCommand) -> Remoti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_queue_is_skipped_and_its_holder_keeps_it() {
+        let locks = QueueLocks::default();
+        let first = locks.try_lock("T@G@0".into());
+        assert!(first.is_some());
+        // Refused while held (this used to deadlock: the refused guard was
+        // dropped under the map's lock, and would have freed the key).
+        assert!(locks.try_lock("T@G@0".into()).is_none());
+        assert!(locks.try_lock("T@G@0".into()).is_none());
+        assert!(locks.try_lock("T@G@1".into()).is_some());
+        drop(first);
+        assert!(locks.try_lock("T@G@0".into()).is_some());
+    }
 
     #[test]
     fn bit_set_bytes_to_offsets() {
