@@ -214,6 +214,12 @@ impl BrokerController {
         self.local_addr
     }
 
+    /// The broker's in-process entrance for a gRPC endpoint in the same
+    /// process (requests skip the socket and the frame codec).
+    pub fn local_endpoint(&self) -> apogee_remoting::LocalEndpoint {
+        self.server.local_endpoint()
+    }
+
     /// The VIP listening address (`listenPort - 2`; pulls refused there).
     pub fn vip_addr(&self) -> SocketAddr {
         self.vip_addr

@@ -66,7 +66,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let grpc_config = config.clone();
         let broker = start_broker(config).await?;
-        let grpc = match start_grpc(&grpc_config).await {
+        let grpc = match start_grpc(&grpc_config, &broker).await {
             Ok(g) => g,
             Err(e) => {
                 broker.shutdown().await;
@@ -167,6 +167,7 @@ pub async fn start_broker(config: BrokerConfig) -> anyhow::Result<BrokerControll
 /// None when the broker has no NameServer to find routes in.
 pub async fn start_grpc(
     config: &BrokerConfig,
+    broker: &BrokerController,
 ) -> anyhow::Result<Option<apogee_proxy::ProxyServer>> {
     let Some(namesrv) = config.namesrv_addr.clone().filter(|n| !n.trim().is_empty()) else {
         tracing::warn!("no namesrvAddr: the gRPC endpoint is not started");
@@ -180,6 +181,12 @@ pub async fn start_grpc(
     let mut pc = apogee_proxy::ProxyConfig::new(namesrv, std::net::SocketAddr::new(ip, port));
     pc.advertised_addr = config.grpc_advertised_address.clone();
     pc.max_body_size = config.store.max_message_size;
+    // Calls to this broker stay in process; routes name it by its
+    // advertised address. Other brokers are reached over TCP.
+    pc.local_servers = vec![(
+        broker.context().broker_addr.clone(),
+        broker.local_endpoint(),
+    )];
     let server = match apogee_proxy::ProxyServer::start(pc).await {
         Ok(s) => s,
         // The default port taken (a second broker on this host): the

@@ -75,7 +75,7 @@ pub fn run(args: StandaloneArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
         };
-        let grpc = match broker::start_grpc(&grpc_config).await {
+        let grpc = match broker::start_grpc(&grpc_config, &broker).await {
             Ok(g) => g,
             Err(e) => {
                 broker.shutdown().await;

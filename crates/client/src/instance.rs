@@ -152,6 +152,16 @@ impl ClientInstance {
         &self.client_id
     }
 
+    /// Reaches the server at `addr` in process through `endpoint` (a
+    /// broker's own gRPC endpoint calling that broker) instead of over TCP.
+    pub fn connect_locally(
+        &self,
+        addr: impl Into<String>,
+        endpoint: apogee_remoting::LocalEndpoint,
+    ) {
+        self.remoting.connect_locally(addr, endpoint);
+    }
+
     pub fn namesrv_addrs(&self) -> &[String] {
         &self.namesrv
     }

@@ -105,6 +105,12 @@ impl Backend {
         self.instance.client_id()
     }
 
+    /// Calls the server routes name `addr` in process (see
+    /// [`ProxyConfig::local_servers`](crate::ProxyConfig::local_servers)).
+    pub fn connect_locally(&self, addr: &str, endpoint: apogee_remoting::LocalEndpoint) {
+        self.instance.connect_locally(addr, endpoint);
+    }
+
     /// The route of `topic`, creating the topic the way a remoting send to
     /// an unknown topic would (on the brokers that carry TBW102) when the
     /// NameServer has none.

@@ -57,6 +57,10 @@ pub struct ProxyConfig {
     /// a self-signed certificate made at start (the official clients do
     /// not verify the server's certificate unless told to).
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Servers in this process by the address routes name them with (the
+    /// broker of `apogee broker` / `apogee standalone`): reached without a
+    /// socket, which is Apache's "local" proxy mode.
+    pub local_servers: Vec<(String, apogee_remoting::LocalEndpoint)>,
 }
 
 impl ProxyConfig {
@@ -67,6 +71,7 @@ impl ProxyConfig {
             advertised_addr: None,
             max_body_size: 4 * 1024 * 1024,
             tls: None,
+            local_servers: Vec::new(),
         }
     }
 }
@@ -123,6 +128,9 @@ impl ProxyServer {
         let sessions = Arc::new(Sessions::default());
         let processors = ProcessorRegistry::new();
         let backend = Backend::new(&config.namesrv_addr, Arc::clone(&processors))?;
+        for (addr, endpoint) in &config.local_servers {
+            backend.connect_locally(addr, endpoint.clone());
+        }
         register_check_back(&processors, &backend, &sessions);
 
         // tonic refuses frames over 4 MiB by default, which a body of

@@ -395,7 +395,7 @@ impl MessagingService {
         };
         let resp = self
             .backend
-            .send(&addr, &header, body.into())
+            .send(&addr, &header, body)
             .await
             .map_err(|e| err_status(&e))?;
         let transaction_id = if transactional {

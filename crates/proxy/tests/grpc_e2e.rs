@@ -57,6 +57,14 @@ impl Harness {
         }
         let mut pc = ProxyConfig::new(ns_addr.clone(), SocketAddr::from(([127, 0, 0, 1], 0)));
         pc.max_body_size = 1024;
+        if let [broker] = brokers.as_slice() {
+            // One broker: the endpoint as `apogee standalone` runs it, calling
+            // the broker in process. Several: a cluster proxy over TCP.
+            pc.local_servers = vec![(
+                broker.context().broker_addr.clone(),
+                broker.local_endpoint(),
+            )];
+        }
         let proxy = ProxyServer::start(pc).await.unwrap();
         Harness {
             namesrv,

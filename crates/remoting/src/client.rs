@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{spawn_connection, Channel, ConnOptions, Runtime};
+use crate::connection::{
+    local_pair, spawn_connection, Channel, ConnOptions, LocalEndpoint, Runtime,
+};
 use crate::error::{RemotingError, Result};
 use crate::processor::ProcessorRegistry;
 use crate::server::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_WRITE_QUEUE};
@@ -57,6 +59,8 @@ struct ClientInner {
     channels: Mutex<HashMap<String, Channel>>,
     /// One async lock per address so concurrent callers share one connect.
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Addresses served in this process, reached without a socket.
+    locals: Mutex<HashMap<String, LocalEndpoint>>,
 }
 
 impl Drop for ClientInner {
@@ -92,6 +96,7 @@ impl RemotingClient {
                 rt,
                 channels: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
+                locals: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -99,6 +104,16 @@ impl RemotingClient {
     /// Where server-initiated requests are dispatched.
     pub fn processors(&self) -> &Arc<ProcessorRegistry> {
         &self.inner.rt.processors
+    }
+
+    /// Reaches `addr` through `endpoint`, a server in this process, instead
+    /// of a TCP connection: requests run on the server's processors without
+    /// being encoded or leaving the process (a broker's own gRPC endpoint
+    /// calling that broker). Takes effect from the next connect to `addr`.
+    pub fn connect_locally(&self, addr: impl Into<String>, endpoint: LocalEndpoint) {
+        let addr = addr.into();
+        self.inner.locals.lock().insert(addr.clone(), endpoint);
+        self.close_channel(&addr);
     }
 
     /// Sends `cmd` to `addr` and waits for the response. `timeout` covers
@@ -174,6 +189,15 @@ impl RemotingClient {
         let _connecting = lock.lock().await;
         if let Some(ch) = self.live(addr) {
             return Ok(ch);
+        }
+        let local = self.inner.locals.lock().get(addr).cloned();
+        if let Some(endpoint) = local {
+            let channel = local_pair(&self.inner.rt, &endpoint);
+            self.inner
+                .channels
+                .lock()
+                .insert(addr.to_string(), channel.clone());
+            return Ok(channel);
         }
         let connect_failed = |source| RemotingError::ConnectFailed {
             addr: addr.to_string(),

@@ -132,13 +132,159 @@ struct Inner {
     id: ChannelId,
     peer: SocketAddr,
     local: SocketAddr,
-    tx: mpsc::Sender<RemotingCommand>,
+    tx: Tx,
     pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>, OpaqueHash>>,
     next_opaque: AtomicI32,
     closed: CancellationToken,
     started: Instant,
     /// Milliseconds since `started` of the last frame read or written.
     last_activity_ms: AtomicU64,
+}
+
+/// Where a channel's outgoing commands go.
+enum Tx {
+    /// A TCP connection's write queue, drained by its writer task.
+    Socket(mpsc::Sender<RemotingCommand>),
+    /// The other end of an in-process pair (see [`LocalEndpoint`]).
+    Local(LocalTx),
+}
+
+/// The far end of an in-process pair: commands are handed to its dispatch
+/// directly, so nothing is encoded, copied or written, and a request that
+/// needs no waiting is answered before the sender's call returns.
+struct LocalTx {
+    peer: PeerRef,
+    /// The far end's processors, task tracker and shutdown tokens.
+    rt: Arc<Runtime>,
+    /// Bounds the request tasks the far end runs for this pair.
+    in_flight: Arc<Semaphore>,
+}
+
+/// The client end holds the server end; the server end (kept by the
+/// broker's producer and consumer tables) refers back weakly, so a pair
+/// forms no reference cycle.
+enum PeerRef {
+    Strong(Arc<Inner>),
+    Weak(std::sync::Weak<Inner>),
+}
+
+impl LocalTx {
+    /// Dispatches `cmd` at the far end; false when that end is gone,
+    /// closed, or (for a request) no longer taking requests.
+    fn deliver(&self, cmd: RemotingCommand) -> bool {
+        let inner = match &self.peer {
+            PeerRef::Strong(p) => Arc::clone(p),
+            PeerRef::Weak(p) => match p.upgrade() {
+                Some(p) => p,
+                None => return false,
+            },
+        };
+        let peer = Channel { inner };
+        if !peer.is_active() || (!cmd.is_response() && self.rt.stop_reading.is_cancelled()) {
+            return false;
+        }
+        if matches!(self.peer, PeerRef::Weak(_)) && !cmd.is_response() {
+            // A server's request to the client (a check-back, a rebalance
+            // notice) may be sent while the server holds a lock that the
+            // client's handler would reach back for: it runs on a task of
+            // its own, as it would behind a socket.
+            let rt = Arc::clone(&self.rt);
+            let in_flight = Arc::clone(&self.in_flight);
+            self.rt.requests.spawn(async move {
+                dispatch(&peer, cmd, &rt, &in_flight);
+            });
+            return true;
+        }
+        dispatch(&peer, cmd, &self.rt, &self.in_flight);
+        true
+    }
+}
+
+/// A server's in-process entrance: a [`RemotingClient`] given one (with
+/// [`RemotingClient::connect_locally`]) reaches the server's processors
+/// without a socket when it "connects" to that address. Processors see an
+/// ordinary [`Channel`] and may keep it to send requests back.
+///
+/// [`RemotingClient`]: crate::RemotingClient
+/// [`RemotingClient::connect_locally`]: crate::RemotingClient::connect_locally
+#[derive(Clone)]
+pub struct LocalEndpoint {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) addr: SocketAddr,
+}
+
+impl std::fmt::Debug for LocalEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalEndpoint")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Connects `client_rt` to `server` in process and returns the client's end.
+/// Both ends share one close token: closing either closes both, as does the
+/// server's or the client's shutdown.
+pub(crate) fn local_pair(client_rt: &Arc<Runtime>, server: &LocalEndpoint) -> Channel {
+    let closed = client_rt.close_all.child_token();
+    // Not a socket: the client end is named by the server's IP and port 0.
+    let server_addr = server.addr;
+    let client_ip = if server_addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        server_addr.ip()
+    };
+    let client_addr = SocketAddr::new(client_ip, 0);
+    let new_inner = |peer, local, tx, closed| Inner {
+        id: ChannelId(NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed)),
+        peer,
+        local,
+        tx,
+        pending: Mutex::new(HashMap::default()),
+        next_opaque: AtomicI32::new(1),
+        closed,
+        started: Instant::now(),
+        last_activity_ms: AtomicU64::new(0),
+    };
+    let client = Arc::new_cyclic(|client_weak| {
+        let server_end = Arc::new(new_inner(
+            client_addr,
+            server_addr,
+            Tx::Local(LocalTx {
+                peer: PeerRef::Weak(client_weak.clone()),
+                rt: Arc::clone(client_rt),
+                in_flight: Arc::new(Semaphore::new(client_rt.opts.max_in_flight.max(1))),
+            }),
+            closed.clone(),
+        ));
+        new_inner(
+            server_addr,
+            client_addr,
+            Tx::Local(LocalTx {
+                peer: PeerRef::Strong(server_end),
+                rt: Arc::clone(&server.rt),
+                in_flight: Arc::new(Semaphore::new(server.rt.opts.max_in_flight.max(1))),
+            }),
+            closed.clone(),
+        )
+    });
+    // Stands in for a reader task: the server's shutdown (or drop) closes
+    // the pair too, and however it closes, callers waiting on either end
+    // are released.
+    let server_closing = server.rt.close_all.clone();
+    let weak = Arc::downgrade(&client);
+    client_rt.io_tasks.spawn(async move {
+        tokio::select! {
+            _ = server_closing.cancelled() => {}
+            _ = closed.cancelled() => {}
+        }
+        closed.cancel();
+        if let Some(inner) = weak.upgrade() {
+            Channel { inner }.close();
+        }
+    });
+    let channel = Channel { inner: client };
+    debug!(peer = %server_addr, channel = %channel.id(), "in-process connection open");
+    channel
 }
 
 impl std::fmt::Debug for Channel {
@@ -191,6 +337,17 @@ impl Channel {
     pub fn close(&self) {
         self.inner.closed.cancel();
         self.inner.pending.lock().clear();
+        // The other end of an in-process pair shares the token; its waiting
+        // callers are released here as a reader task would release them.
+        if let Tx::Local(l) = &self.inner.tx {
+            let peer = match &l.peer {
+                PeerRef::Strong(p) => Some(Arc::clone(p)),
+                PeerRef::Weak(p) => p.upgrade(),
+            };
+            if let Some(p) = peer {
+                p.pending.lock().clear();
+            }
+        }
     }
 
     /// Resolves once the connection is closed (for any reason).
@@ -212,12 +369,40 @@ impl Channel {
     pub fn try_send_oneway(&self, mut cmd: RemotingCommand) -> Result<()> {
         cmd.flag = (cmd.flag | FLAG_ONEWAY) & !FLAG_RESPONSE;
         cmd.opaque = self.next_opaque();
-        self.inner.tx.try_send(cmd).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => RemotingError::QueueFull {
-                addr: self.inner.peer.to_string(),
-            },
-            mpsc::error::TrySendError::Closed(_) => self.closed_error(),
+        self.try_queue(cmd).map_err(|full| {
+            if full {
+                RemotingError::QueueFull {
+                    addr: self.inner.peer.to_string(),
+                }
+            } else {
+                self.closed_error()
+            }
         })
+    }
+
+    /// Queues `cmd` without waiting (an in-process pair never waits);
+    /// the error says whether the queue was full (else: closed).
+    fn try_queue(&self, cmd: RemotingCommand) -> std::result::Result<(), bool> {
+        match &self.inner.tx {
+            Tx::Socket(tx) => tx.try_send(cmd).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => true,
+                mpsc::error::TrySendError::Closed(_) => false,
+            }),
+            Tx::Local(l) => l.deliver(cmd).then_some(()).ok_or(false),
+        }
+    }
+
+    /// Queues `cmd`, waiting while a socket's write queue is full.
+    async fn queue(&self, cmd: RemotingCommand) -> Result<()> {
+        let sent = match &self.inner.tx {
+            Tx::Socket(tx) => tx.send(cmd).await.is_ok(),
+            Tx::Local(l) => l.deliver(cmd),
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.closed_error())
+        }
     }
 
     /// Queues `cmd` exactly as given (opaque and flag untouched), e.g. a
@@ -226,11 +411,7 @@ impl Channel {
         if !self.is_active() {
             return Err(self.closed_error());
         }
-        self.inner
-            .tx
-            .send(cmd)
-            .await
-            .map_err(|_| self.closed_error())
+        self.queue(cmd).await
     }
 
     /// Sends a request and waits up to `timeout` for the matching response.
@@ -263,11 +444,7 @@ impl Channel {
             return Err(self.closed_error());
         }
         let exchange = async {
-            self.inner
-                .tx
-                .send(cmd)
-                .await
-                .map_err(|_| self.closed_error())?;
+            self.queue(cmd).await?;
             rx.await.map_err(|_| self.closed_error())
         };
         match tokio::time::timeout_at(deadline, exchange).await {
@@ -327,7 +504,7 @@ pub(crate) fn spawn_connection(stream: TcpStream, rt: &Arc<Runtime>) -> std::io:
             id: ChannelId(NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed)),
             peer,
             local,
-            tx,
+            tx: Tx::Socket(tx),
             pending: Mutex::new(HashMap::default()),
             next_opaque: AtomicI32::new(1),
             closed: rt.close_all.child_token(),
@@ -464,7 +641,7 @@ fn reject_overloaded(channel: &Channel, cmd: RemotingCommand) {
     );
     busy.opaque = cmd.opaque;
     busy.serialize_type = cmd.serialize_type;
-    if channel.inner.tx.try_send(busy).is_err() {
+    if channel.try_queue(busy).is_err() {
         debug!(peer = %channel.peer_addr(), "write queue full; SYSTEM_BUSY answer dropped");
     }
 }

@@ -41,7 +41,9 @@ pub mod processor;
 pub mod server;
 
 pub use client::{ClientConfig, RemotingClient};
-pub use connection::{Channel, ChannelId, REQUEST_CODE_NOT_SUPPORTED, SYSTEM_BUSY, SYSTEM_ERROR};
+pub use connection::{
+    Channel, ChannelId, LocalEndpoint, REQUEST_CODE_NOT_SUPPORTED, SYSTEM_BUSY, SYSTEM_ERROR,
+};
 pub use error::{RemotingError, Result};
 pub use processor::{
     processor_fn, FnProcessor, ProcessResult, ProcessorError, ProcessorRegistry, RequestContext,

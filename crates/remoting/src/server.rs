@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::connection::{spawn_connection, ConnOptions, Runtime};
+use crate::connection::{spawn_connection, ConnOptions, LocalEndpoint, Runtime};
 use crate::error::{RemotingError, Result};
 use crate::processor::ProcessorRegistry;
 
@@ -143,6 +143,16 @@ impl RemotingServer {
 
     pub fn processors(&self) -> &Arc<ProcessorRegistry> {
         &self.rt.processors
+    }
+
+    /// This server's in-process entrance, for a client in the same process
+    /// (see [`crate::RemotingClient::connect_locally`]); its connections
+    /// count as accepted on the first listen address.
+    pub fn local_endpoint(&self) -> LocalEndpoint {
+        LocalEndpoint {
+            rt: Arc::clone(&self.rt),
+            addr: self.local_addr(),
+        }
     }
 
     /// Graceful shutdown with the configured grace period.
