@@ -121,7 +121,9 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     if args.grpc_connections == 0 {
         bail!("--grpc-connections must be at least 1");
     }
-    super::report::run_async_bench("consume", run_async(args))
+    // The gRPC client drives its connections from the receivers' thread.
+    let current_thread = args.grpc.is_some();
+    super::report::run_async_bench_on("consume", current_thread, run_async(args))
 }
 
 async fn run_async(args: ConsumeArgs) -> anyhow::Result<()> {
@@ -428,6 +430,9 @@ fn start_grpc(
             let brokers = Arc::clone(&brokers);
             let (group, topic, batch) = (args.group.clone(), args.topic.clone(), args.pop_batch);
             tokio::spawn(async move {
+                let poll = Duration::from_secs(2);
+                let receive_deadline = c.deadline(poll + Duration::from_secs(3));
+                let ack_deadline = c.deadline(Duration::from_secs(5));
                 let mut turn = i;
                 while !stop.load(Ordering::Relaxed) {
                     let broker = &brokers[turn % brokers.len()];
@@ -440,7 +445,8 @@ fn start_grpc(
                             broker,
                             batch,
                             Duration::from_secs(60),
-                            Duration::from_secs(2),
+                            poll,
+                            &receive_deadline,
                         )
                         .await;
                     let got = match received {
@@ -463,7 +469,7 @@ fn start_grpc(
                         }),
                     );
                     let acking = Instant::now();
-                    let r = c.ack(&group, &topic, &got).await;
+                    let r = c.ack(&group, &topic, got, &ack_deadline).await;
                     shared.ack_latency.record(i, micros(acking.elapsed()));
                     if let Err(e) = r {
                         eprintln!("ack failed: {e}");

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use super::grpc::GrpcClient;
+use super::grpc::{Deadline, GrpcClient};
 use super::report::{ms_at, Progress, Reporter, ShardedLatency};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,7 +100,8 @@ pub struct ProduceArgs {
 /// Where the messages go.
 enum Target {
     Remoting(Arc<Producer>),
-    Grpc(Arc<GrpcClient>),
+    /// The client and the deadline (headers) of every SendMessage.
+    Grpc(Arc<(GrpcClient, Deadline)>),
 }
 
 impl Clone for Target {
@@ -128,7 +129,6 @@ struct Shared {
     body: Bytes,
     topic: String,
     tag: Option<String>,
-    timeout: Duration,
 }
 
 impl Shared {
@@ -228,7 +228,6 @@ fn timed_send(
     target: &Target,
     payload: Payload,
     oneway: bool,
-    timeout: Duration,
 ) -> impl Future<Output = (u64, Duration, Result<(), String>)> + Send + 'static {
     let target = target.clone();
     async move {
@@ -236,7 +235,11 @@ fn timed_send(
         let (n, result) = match (target, payload) {
             (Target::Grpc(c), Payload::Grpc(ms)) => {
                 let n = ms.len() as u64;
-                (n, c.send(ms, timeout).await.map_err(|e| e.to_string()))
+                let (client, deadline) = &*c;
+                (
+                    n,
+                    client.send(ms, deadline).await.map_err(|e| e.to_string()),
+                )
             }
             (Target::Remoting(producer), Payload::One(m)) if oneway => {
                 (1, producer.send_oneway(m).await.map_err(|e| e.to_string()))
@@ -273,8 +276,7 @@ async fn sender(
         SendMode::Sync | SendMode::Oneway => {
             while let Some((start, n)) = shared.claim(batch) {
                 let payload = shared.payload(&producer, start, n);
-                let (n, took, r) =
-                    timed_send(&producer, payload, mode == SendMode::Oneway, shared.timeout).await;
+                let (n, took, r) = timed_send(&producer, payload, mode == SendMode::Oneway).await;
                 shared.finish(id, n, took, r);
             }
         }
@@ -289,8 +291,7 @@ async fn sender(
                     async move {
                         while let Some((start, n)) = shared.claim(batch) {
                             let payload = shared.payload(producer, start, n);
-                            let (n, took, r) =
-                                timed_send(producer, payload, false, shared.timeout).await;
+                            let (n, took, r) = timed_send(producer, payload, false).await;
                             shared.finish(id, n, took, r);
                         }
                     }
@@ -320,12 +321,18 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     if args.grpc_connections == 0 {
         bail!("--grpc-connections must be at least 1");
     }
-    super::report::run_async_bench("produce", run_async(args))
+    // The gRPC client drives its connections from the senders' thread.
+    let current_thread = args.grpc.is_some();
+    super::report::run_async_bench_on("produce", current_thread, run_async(args))
 }
 
 async fn run_async(args: ProduceArgs) -> anyhow::Result<()> {
     let target = match &args.grpc {
-        Some(addr) => Target::Grpc(Arc::new(grpc_client(addr, &args).await?)),
+        Some(addr) => {
+            let client = grpc_client(addr, &args).await?;
+            let deadline = client.deadline(Duration::from_millis(args.timeout_ms));
+            Target::Grpc(Arc::new((client, deadline)))
+        }
         None => Target::Remoting(remoting_producer(&args).await?),
     };
     run_with(args, target).await
@@ -397,7 +404,6 @@ async fn run_with(args: ProduceArgs, producer: Target) -> anyhow::Result<()> {
         body,
         topic: args.topic.clone(),
         tag: args.tag.clone(),
-        timeout: Duration::from_millis(args.timeout_ms),
     });
 
     let stopper = {

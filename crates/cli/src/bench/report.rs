@@ -196,8 +196,21 @@ pub fn run_async_bench<F>(what: &str, fut: F) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
+    run_async_bench_on(what, false, fut)
+}
+
+/// [`run_async_bench`] on a single-threaded runtime when `current_thread`.
+pub fn run_async_bench_on<F>(what: &str, current_thread: bool, fut: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
     use anyhow::Context;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = builder
         .enable_all()
         .thread_name("apogee-bench")
         .build()
