@@ -77,6 +77,10 @@ pub struct ConsumeArgs {
     /// With --grpc: HTTP/2 connections to the endpoint, used round-robin.
     #[arg(long, value_name = "N", default_value_t = 1)]
     grpc_connections: usize,
+    /// The client's tokio runtime: comparing protocols on one machine, run
+    /// both on the same kind to compare like with like.
+    #[arg(long, value_enum, default_value_t = super::report::RuntimeKind::Auto)]
+    runtime: super::report::RuntimeKind,
     /// With --pop or --grpc: concurrent receive loops.
     #[arg(long, default_value_t = 4)]
     pop_receivers: usize,
@@ -121,8 +125,7 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     if args.grpc_connections == 0 {
         bail!("--grpc-connections must be at least 1");
     }
-    // The gRPC client drives its connections from the receivers' thread.
-    let current_thread = args.grpc.is_some();
+    let current_thread = args.runtime.current_thread(args.grpc.is_some());
     super::report::run_async_bench_on("consume", current_thread, run_async(args))
 }
 

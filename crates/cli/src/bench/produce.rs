@@ -95,6 +95,10 @@ pub struct ProduceArgs {
     /// With --grpc: HTTP/2 connections to the endpoint, used round-robin.
     #[arg(long, value_name = "N", default_value_t = 1)]
     grpc_connections: usize,
+    /// The client's tokio runtime: comparing protocols on one machine, run
+    /// both on the same kind to compare like with like.
+    #[arg(long, value_enum, default_value_t = super::report::RuntimeKind::Auto)]
+    runtime: super::report::RuntimeKind,
 }
 
 /// Where the messages go.
@@ -321,8 +325,7 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     if args.grpc_connections == 0 {
         bail!("--grpc-connections must be at least 1");
     }
-    // The gRPC client drives its connections from the senders' thread.
-    let current_thread = args.grpc.is_some();
+    let current_thread = args.runtime.current_thread(args.grpc.is_some());
     super::report::run_async_bench_on("produce", current_thread, run_async(args))
 }
 

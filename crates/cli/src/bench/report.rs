@@ -199,6 +199,27 @@ where
     run_async_bench_on(what, false, fut)
 }
 
+/// Which tokio runtime a benchmark client runs on (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// current-thread with --grpc (its client drives its connections from
+    /// the callers' thread), multi-thread otherwise.
+    Auto,
+    CurrentThread,
+    MultiThread,
+}
+
+impl RuntimeKind {
+    /// Whether to run on one thread, given whether the client is gRPC.
+    pub fn current_thread(self, grpc: bool) -> bool {
+        match self {
+            RuntimeKind::Auto => grpc,
+            RuntimeKind::CurrentThread => true,
+            RuntimeKind::MultiThread => false,
+        }
+    }
+}
+
 /// [`run_async_bench`] on a single-threaded runtime when `current_thread`.
 pub fn run_async_bench_on<F>(what: &str, current_thread: bool, fut: F) -> anyhow::Result<()>
 where
