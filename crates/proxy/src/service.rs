@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::backend::{Backend, PROXY_PRODUCER_GROUP};
-use crate::convert::{self, duration, duration_ms, timestamp_ms, to_pb_message};
+use crate::convert::{self, duration, duration_ms, timestamp_ms};
 use crate::error::ProxyError;
 use crate::pb::{self, Code};
 use crate::receipt::ReceiptHandle;
@@ -879,12 +879,19 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
                 // (clients measure delivery latency from it; Python requires
                 // it), then them.
                 let mut out = Vec::with_capacity(popped.messages.len() + 2);
+                let mut hosts = convert::Hosts::default();
                 out.push(frame(Content::Status(ok())));
                 out.push(frame(Content::DeliveryTimestamp(convert::timestamp(
                     now_ms(),
                 ))));
                 for m in popped.messages {
-                    let pm = to_pb_message(m, resource.clone(), Some(invisible_time), lang);
+                    let pm = convert::to_pb_message_in(
+                        m,
+                        resource.clone(),
+                        Some(invisible_time),
+                        lang,
+                        &mut hosts,
+                    );
                     out.push(frame(Content::Message(pm)));
                 }
                 match tx.send(out) {
