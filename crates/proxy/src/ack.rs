@@ -14,12 +14,13 @@ use crate::backend::Backend;
 use crate::error::{ProxyError, Result};
 use crate::receipt::ReceiptHandle;
 
-/// One acknowledgement to make: its receipt handle, parsed.
+/// One acknowledgement to make: its receipt handle, parsed once (fields
+/// borrowed from it).
 struct Entry<'a> {
     index: usize,
     receipt: &'a str,
-    handle: ReceiptHandle,
     info: ExtraInfo<'a>,
+    queue_offset: i64,
 }
 
 /// Acknowledges every receipt of `group` on `topic`; one result per
@@ -32,35 +33,29 @@ pub async fn ack_all(
 ) -> Vec<Result<()>> {
     let mut results: Vec<Option<Result<()>>> = receipts.iter().map(|_| None).collect();
     // Entries by the broker that holds their message.
-    let mut by_broker: BTreeMap<String, Vec<Entry<'_>>> = BTreeMap::new();
+    let mut by_broker: BTreeMap<&str, Vec<Entry<'_>>> = BTreeMap::new();
     for (index, receipt) in receipts.iter().enumerate() {
-        let parsed = ReceiptHandle::parse(receipt).and_then(|handle| {
-            let info = ExtraInfo::parse(receipt)
-                .map_err(|e| ProxyError::BadReceiptHandle(e.why.to_owned()))?;
-            Ok((handle, info))
-        });
-        match parsed {
-            Ok((handle, info)) => by_broker
-                .entry(handle.broker_name.clone())
-                .or_default()
-                .push(Entry {
+        match ReceiptHandle::check(receipt) {
+            Ok((info, queue_offset)) => {
+                by_broker.entry(info.broker_name).or_default().push(Entry {
                     index,
                     receipt,
-                    handle,
                     info,
-                }),
+                    queue_offset,
+                })
+            }
             Err(e) => results[index] = Some(Err(e)),
         }
     }
     let per_broker = by_broker.into_iter().map(|(broker, entries)| async move {
-        let addr = match broker_addr(backend, topic, &broker).await {
+        let addr = match broker_addr(backend, topic, broker).await {
             Ok(a) => a,
             Err(first) => {
                 // Each entry gets the error (asked again: errors are not Clone).
                 let mut out = vec![(entries[0].index, Err(first))];
                 for en in &entries[1..] {
-                    let e = match broker_addr(backend, topic, &broker).await {
-                        Ok(_) => ProxyError::BrokerNotFound(broker.clone()),
+                    let e = match broker_addr(backend, topic, broker).await {
+                        Ok(_) => ProxyError::BrokerNotFound(broker.to_owned()),
                         Err(e) => e,
                     };
                     out.push((en.index, Err(e)));
@@ -68,7 +63,7 @@ pub async fn ack_all(
                 return out;
             }
         };
-        ack_on_broker(backend, &addr, &broker, group, topic, &entries).await
+        ack_on_broker(backend, &addr, broker, group, topic, &entries).await
     });
     for done in futures::future::join_all(per_broker).await {
         for (index, r) in done {
@@ -114,11 +109,11 @@ async fn ack_on_broker(
         let h = AckMessageRequestHeader {
             consumer_group: group.to_owned(),
             topic: topic.to_owned(),
-            queue_id: e.handle.queue_id,
+            queue_id: e.info.queue_id,
             extra_info: e.receipt.to_owned(),
-            offset: e.handle.queue_offset,
+            offset: e.queue_offset,
             rpc: RpcFields {
-                broker_name: Some(e.handle.broker_name.clone()),
+                broker_name: Some(e.info.broker_name.to_owned()),
                 ..Default::default()
             },
         };
@@ -137,22 +132,16 @@ fn batch_body(group: &str, topic: &str, broker: &str, entries: &[Entry<'_>]) -> 
     let mut batches: BTreeMap<Key<'_>, (i64, Vec<i64>)> = BTreeMap::new();
     for e in entries {
         let i = &e.info;
-        let rel = e.handle.queue_offset.checked_sub(i.ck_offset)?;
+        let rel = e.queue_offset.checked_sub(i.ck_offset)?;
         if !usize::try_from(rel).is_ok_and(|d| d < pop::MAX_BATCH_ACK_SPAN) {
             return None;
         }
-        let key = (
-            i.retry,
-            e.handle.queue_id,
-            i.ck_offset,
-            i.pop_time,
-            i.revive_qid,
-        );
+        let key = (i.retry, i.queue_id, i.ck_offset, i.pop_time, i.revive_qid);
         batches
             .entry(key)
             .or_insert_with(|| (i.invisible_time, Vec::new()))
             .1
-            .push(e.handle.queue_offset);
+            .push(e.queue_offset);
     }
     let acks = batches
         .into_iter()
@@ -186,11 +175,12 @@ mod tests {
     use super::*;
 
     fn entry(index: usize, receipt: &str) -> Entry<'_> {
+        let (info, queue_offset) = ReceiptHandle::check(receipt).unwrap();
         Entry {
             index,
             receipt,
-            handle: ReceiptHandle::parse(receipt).unwrap(),
-            info: ExtraInfo::parse(receipt).unwrap(),
+            info,
+            queue_offset,
         }
     }
 

@@ -1,16 +1,18 @@
-//! The stream a ReceiveMessage answers with. The popped batch is queued at
-//! once (room for a whole batch), so the task that popped it and the
-//! connection do not take turns once per message; whatever a vanished
-//! client left in the queue is handed back to the broker when the stream is
-//! dropped, so those messages become visible again at once instead of after
-//! their invisible time.
+//! The stream a ReceiveMessage answers with. The task that pops hands the
+//! whole answer (status, delivery timestamp, every message) over in one
+//! piece, so the connection's task is woken once per batch instead of
+//! taking turns with the popping task once per message; whatever a
+//! vanished client left unsent is handed back to the broker when the stream
+//! is dropped, so those messages become visible again at once instead of
+//! after their invisible time.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tonic::Status;
 
 use crate::backend::Backend;
@@ -29,44 +31,70 @@ pub struct HandBack {
 
 /// The receiving end of a ReceiveMessage's frames.
 pub struct Frames {
-    rx: mpsc::Receiver<Frame>,
+    /// `None` once the answer arrived (or its sender was dropped).
+    rx: Option<oneshot::Receiver<Vec<Frame>>>,
+    ready: std::vec::IntoIter<Frame>,
     hand_back: Option<HandBack>,
 }
 
 impl Frames {
-    pub fn new(rx: mpsc::Receiver<Frame>, hand_back: HandBack) -> Frames {
+    pub fn new(rx: oneshot::Receiver<Vec<Frame>>, hand_back: HandBack) -> Frames {
         Frames {
-            rx,
+            rx: Some(rx),
+            ready: Vec::new().into_iter(),
             hand_back: Some(hand_back),
         }
     }
+}
+
+/// The receipt handles of the messages among `frames`.
+pub fn receipts(frames: impl IntoIterator<Item = Frame>) -> Vec<String> {
+    frames
+        .into_iter()
+        .filter_map(|frame| match frame {
+            Ok(pb::ReceiveMessageResponse {
+                content: Some(pb::receive_message_response::Content::Message(m)),
+            }) => m.system_properties.and_then(|s| s.receipt_handle),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Stream for Frames {
     type Item = Frame;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
-        self.rx.poll_recv(cx)
+        if let Some(f) = self.ready.next() {
+            return Poll::Ready(Some(f));
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(rx).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(answer) => {
+                self.rx = None;
+                // A sender dropped without an answer ends the stream.
+                self.ready = answer.unwrap_or_default().into_iter();
+                Poll::Ready(self.ready.next())
+            }
+        }
     }
 }
 
 impl Drop for Frames {
     fn drop(&mut self) {
-        // From here on the popping task's sends fail and it hands back what
-        // it still holds; what is already queued is handed back here.
-        self.rx.close();
-        let mut receipts = Vec::new();
-        while let Ok(frame) = self.rx.try_recv() {
-            if let Ok(pb::ReceiveMessageResponse {
-                content: Some(pb::receive_message_response::Content::Message(m)),
-            }) = frame
-            {
-                if let Some(r) = m.system_properties.and_then(|s| s.receipt_handle) {
-                    receipts.push(r);
-                }
+        // From here on the popping task's send fails and it hands back what
+        // it holds; an answer already sent, or its unsent rest, is handed
+        // back here.
+        let mut left = receipts(std::mem::take(&mut self.ready));
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(frames) = rx.try_recv() {
+                left.extend(receipts(frames));
             }
         }
-        if receipts.is_empty() {
+        if left.is_empty() {
             return;
         }
         let (Some(hb), Ok(rt)) = (self.hand_back.take(), tokio::runtime::Handle::try_current())
@@ -74,7 +102,7 @@ impl Drop for Frames {
             return;
         };
         rt.spawn(async move {
-            for r in receipts {
+            for r in left {
                 crate::service::give_back(&hb.backend, &hb.addr, &hb.group, &hb.topic, &r).await;
             }
         });

@@ -20,6 +20,19 @@ const MAX_LEN: usize = 1024;
 
 impl ReceiptHandle {
     pub fn parse(s: &str) -> Result<Self> {
+        let (e, queue_offset) = Self::check(s)?;
+        Ok(ReceiptHandle {
+            retry: e.retry.to_owned(),
+            broker_name: e.broker_name.to_owned(),
+            queue_id: e.queue_id,
+            queue_offset,
+        })
+    }
+
+    /// Validates `s` as [`ReceiptHandle::parse`] does and returns its fields
+    /// borrowed, with the queue offset a valid handle always names (an ack
+    /// of many entries needs no owned copies).
+    pub fn check(s: &str) -> Result<(ExtraInfo<'_>, i64)> {
         let bad = |why: &str| ProxyError::BadReceiptHandle(why.to_owned());
         if s.is_empty() {
             return Err(bad("the receipt handle is empty"));
@@ -30,7 +43,7 @@ impl ReceiptHandle {
         // The format is the broker's (protocol::pop); a gRPC handle must
         // also name its message's queue offset.
         let e = ExtraInfo::parse(s).map_err(|e| bad(e.why))?;
-        if s.split(' ').count() != 8 {
+        if s.bytes().filter(|&b| b == b' ').count() != 7 {
             return Err(bad("expected 8 space-separated fields"));
         }
         if e.queue_id < 0 {
@@ -40,12 +53,7 @@ impl ReceiptHandle {
             .queue_offset
             .filter(|o| *o >= 0)
             .ok_or_else(|| bad("queue offset is not a non-negative number"))?;
-        Ok(ReceiptHandle {
-            retry: e.retry.to_owned(),
-            broker_name: e.broker_name.to_owned(),
-            queue_id: e.queue_id,
-            queue_offset,
-        })
+        Ok((e, queue_offset))
     }
 
     /// The handle after CHANGE_MESSAGE_INVISIBLETIME: the broker wrote a

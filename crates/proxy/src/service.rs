@@ -14,12 +14,12 @@ use apogee_protocol::header::{
 };
 use apogee_protocol::message::{decode_offset_msg_id, keys, properties, sysflag};
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::backend::{Backend, PROXY_PRODUCER_GROUP};
-use crate::convert::{self, duration, duration_ms, timestamp_ms, to_pb_message};
+use crate::convert::{self, duration, duration_ms, timestamp_ms};
 use crate::error::ProxyError;
 use crate::pb::{self, Code};
 use crate::receipt::ReceiptHandle;
@@ -836,11 +836,11 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
         // The POP runs on its own task and always completes: a client that
         // gives up mid-poll drops the stream, and what the broker popped for
         // it is handed back instead of staying invisible for nothing.
-        // Room for the whole answer (status, delivery timestamp, a batch):
-        // queued at once, not one task switch per message. A vanished
-        // client's queued messages are handed back when the stream is
-        // dropped (`Frames`), the rest by this task when its sends fail.
-        let (tx, rx) = mpsc::channel(MAX_BATCH as usize + 2);
+        // The whole answer goes over in one piece (`Frames`): the
+        // connection's task is woken once, not once per message. A vanished
+        // client's unsent messages are handed back when the stream is
+        // dropped, the rest by this task when its send fails.
+        let (tx, rx) = oneshot::channel();
         let frames = crate::frames::Frames::new(
             rx,
             crate::frames::HandBack {
@@ -857,42 +857,50 @@ impl pb::messaging_service_server::MessagingService for MessagingService {
             let popped = match backend.pop(&addr, &broker, &header, wait).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = tx.send(frame(Content::Status(err_status(&e)))).await;
+                    let _ = tx.send(vec![frame(Content::Status(err_status(&e)))]);
                     return;
                 }
             };
             if popped.messages.is_empty() {
                 let s = status(Code::MessageNotFound, "no new message");
-                let _ = tx.send(frame(Content::Status(s))).await;
+                let _ = tx.send(vec![frame(Content::Status(s))]);
                 return;
             }
-            // Status, then when the broker handed the messages over (clients
-            // measure delivery latency from it; Python requires it), then them.
-            let ts = convert::timestamp(now_ms());
-            let mut gone = tx.send(frame(Content::Status(ok()))).await.is_err()
-                || tx
-                    .send(frame(Content::DeliveryTimestamp(ts)))
-                    .await
-                    .is_err();
-            let mut undelivered = Vec::new();
-            for m in popped.messages {
-                if gone {
-                    undelivered.push(m);
-                    continue;
+            let invisible_time = popped.invisible_time;
+            let left = if tx.is_closed() {
+                // The client is gone: nothing to convert.
+                popped
+                    .messages
+                    .iter()
+                    .filter_map(|m| m.property(keys::POP_CK).map(str::to_owned))
+                    .collect()
+            } else {
+                // Status, then when the broker handed the messages over
+                // (clients measure delivery latency from it; Python requires
+                // it), then them.
+                let mut out = Vec::with_capacity(popped.messages.len() + 2);
+                let mut hosts = convert::Hosts::default();
+                out.push(frame(Content::Status(ok())));
+                out.push(frame(Content::DeliveryTimestamp(convert::timestamp(
+                    now_ms(),
+                ))));
+                for m in popped.messages {
+                    let pm = convert::to_pb_message_in(
+                        m,
+                        resource.clone(),
+                        Some(invisible_time),
+                        lang,
+                        &mut hosts,
+                    );
+                    out.push(frame(Content::Message(pm)));
                 }
-                let receipt = m.property(keys::POP_CK).map(str::to_owned);
-                let pm = to_pb_message(m, resource.clone(), Some(popped.invisible_time), lang);
-                if tx.send(frame(Content::Message(pm))).await.is_err() {
-                    gone = true;
-                    if let Some(r) = receipt {
-                        give_back(&backend, &addr, &group, &topic, &r).await;
-                    }
+                match tx.send(out) {
+                    Ok(()) => return,
+                    Err(out) => crate::frames::receipts(out),
                 }
-            }
-            for m in undelivered {
-                if let Some(r) = m.property(keys::POP_CK) {
-                    give_back(&backend, &addr, &group, &topic, r).await;
-                }
+            };
+            for r in left {
+                give_back(&backend, &addr, &group, &topic, &r).await;
             }
         });
         Ok(Response::new(Box::pin(frames)))

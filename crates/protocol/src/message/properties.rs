@@ -29,12 +29,14 @@ impl<'a> Iterator for PropertiesIter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.rest.is_empty() {
-            let (segment, rest) = match self.rest.find(PROPERTY_SEPARATOR) {
+            // Both separators are ASCII, so a matching byte is always a char
+            // boundary; a byte scan beats `str::find` on these short pieces.
+            let (segment, rest) = match byte_pos(self.rest, SEP_PROPERTY) {
                 Some(i) => (&self.rest[..i], &self.rest[i + 1..]),
                 None => (self.rest, ""),
             };
             self.rest = rest;
-            if let Some(i) = segment.find(NAME_VALUE_SEPARATOR) {
+            if let Some(i) = byte_pos(segment, SEP_NAME_VALUE) {
                 let (name, value) = (&segment[..i], &segment[i + 1..]);
                 if !name.is_empty() && !value.is_empty() {
                     return Some((name, value));
@@ -43,6 +45,13 @@ impl<'a> Iterator for PropertiesIter<'a> {
         }
         None
     }
+}
+
+const SEP_PROPERTY: u8 = PROPERTY_SEPARATOR as u8;
+const SEP_NAME_VALUE: u8 = NAME_VALUE_SEPARATOR as u8;
+
+fn byte_pos(s: &str, b: u8) -> Option<usize> {
+    s.bytes().position(|c| c == b)
 }
 
 /// Pairs of `s`, in order; malformed segments are skipped.
@@ -58,7 +67,8 @@ pub fn get<'a>(s: &'a str, name: &str) -> Option<&'a str> {
 
 /// Parses `s` into a map. Never fails.
 pub fn decode(s: &str) -> HashMap<String, String> {
-    let mut map = HashMap::with_capacity(s.matches(PROPERTY_SEPARATOR).count().max(1));
+    let pairs = s.bytes().filter(|&b| b == SEP_PROPERTY).count();
+    let mut map = HashMap::with_capacity(pairs.max(1));
     for (n, v) in iter(s) {
         map.insert(n.to_owned(), v.to_owned());
     }
@@ -188,6 +198,13 @@ mod tests {
         assert_eq!(get(s, "TAGS"), Some("b"));
         assert_eq!(get(s, "n"), None);
         assert_eq!(m.len(), 3);
+        // Multi-byte characters next to the separators.
+        let u = "ключ\u{1}значение\u{2}é\u{1}ü\u{1}ß\u{2}日本\u{1}語";
+        let pairs: Vec<_> = iter(u).collect();
+        assert_eq!(
+            pairs,
+            vec![("ключ", "значение"), ("é", "ü\u{1}ß"), ("日本", "語")]
+        );
     }
 
     #[test]
