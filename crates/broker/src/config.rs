@@ -162,6 +162,9 @@ pub struct BrokerConfig {
     /// `grpcAdvertisedAddress`: `host:port` gRPC routes give clients
     /// instead of the address they dialled (NAT, containers).
     pub grpc_advertised_address: Option<String>,
+    /// `grpcWorkerLoopNum`: threads serving gRPC connections, each running
+    /// its connections and their calls to this broker (default: one per CPU).
+    pub grpc_worker_loop_num: usize,
     /// `autoCreateSubscriptionGroup`: create unknown groups on first use.
     pub auto_create_subscription_group: bool,
     /// `defaultTopicQueueNums`: queues of TBW102 and auto-created topics (8).
@@ -367,6 +370,7 @@ impl Default for BrokerConfig {
             broker_permission: PermName::PERM_READ | PermName::PERM_WRITE,
             auto_create_topic_enable: true,
             grpc_server_port: None,
+            grpc_worker_loop_num: default_grpc_worker_loops(),
             grpc_advertised_address: None,
             auto_create_subscription_group: true,
             default_topic_queue_nums: 8,
@@ -571,6 +575,7 @@ pub static KEYS: &[ConfigKey] = &[
         |c| c.effective_grpc_server_port().to_string()
     ),
     field!("grpcAdvertisedAddress", grpc_advertised_address, optional, show_optional),
+    field!("grpcWorkerLoopNum", grpc_worker_loop_num, |k, v| positive(k, parse::<usize>(k, v)?)),
     key!(
         "bindAddress",
         |c, k, v| {
@@ -1121,6 +1126,12 @@ fn warn_not_honoured(key: &str, value: &str) {
     )
 }
 
+/// One gRPC event loop per CPU (Apache's proxy runs twice as many Netty
+/// loops, which hand calls to a thread pool; Apogee's loops run the calls).
+fn default_grpc_worker_loops() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 fn non_empty(key: &str, v: &str) -> Result<String> {
     if v.is_empty() {
         return Err(BrokerError::config(key, "must not be empty"));
@@ -1578,6 +1589,8 @@ mod tests {
         BrokerConfig {
             broker_ip1: "10.9.9.9".into(),
             namesrv_addr: None,
+            // Machine-dependent defaults, pinned.
+            grpc_worker_loop_num: 2,
             store: MessageStoreConfig::with_root("/data/store"),
             ..Default::default()
         }
@@ -1632,6 +1645,7 @@ mod tests {
         ("brokerPermission", "4"),
         ("autoCreateTopicEnable", "false"),
         ("grpcServerPort", "9091"),
+        ("grpcWorkerLoopNum", "3"),
         ("grpcAdvertisedAddress", "gw.example:443"),
         ("autoCreateSubscriptionGroup", "false"),
         ("defaultTopicQueueNums", "  16 "),

@@ -181,6 +181,7 @@ pub async fn start_grpc(
     let mut pc = apogee_proxy::ProxyConfig::new(namesrv, std::net::SocketAddr::new(ip, port));
     pc.advertised_addr = config.grpc_advertised_address.clone();
     pc.max_body_size = config.store.max_message_size;
+    pc.event_loops = config.grpc_worker_loop_num;
     // Calls to this broker stay in process; routes name it by its
     // advertised address. Other brokers are reached over TCP.
     pc.local_servers = vec![(

@@ -29,6 +29,10 @@ pub struct ProxyArgs {
     /// Largest message body accepted, in bytes.
     #[arg(long = "max-body-size", default_value_t = 4 * 1024 * 1024)]
     max_body_size: usize,
+    /// Threads serving gRPC connections (`grpcWorkerLoopNum`; default: one
+    /// per CPU). Each runs its connections and their calls start to finish.
+    #[arg(long = "grpc-worker-loop-num", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    grpc_worker_loop_num: Option<u64>,
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -38,6 +42,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     );
     config.advertised_addr = args.advertised_address;
     config.max_body_size = args.max_body_size;
+    if let Some(n) = args.grpc_worker_loop_num {
+        config.event_loops = n as usize;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("apogee-proxy")

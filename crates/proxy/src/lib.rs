@@ -33,6 +33,7 @@ use apogee_protocol::message::decode_stored;
 use apogee_remoting::{processor_fn, ProcessorRegistry};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub use backend::Backend;
 pub use error::ProxyError;
@@ -61,6 +62,16 @@ pub struct ProxyConfig {
     /// broker of `apogee broker` / `apogee standalone`): reached without a
     /// socket, which is Apache's "local" proxy mode.
     pub local_servers: Vec<(String, apogee_remoting::LocalEndpoint)>,
+    /// Threads serving gRPC connections (`grpcWorkerLoopNum`), each with a
+    /// single-threaded runtime of its own: a connection, its streams and
+    /// the calls it makes to an in-process broker stay on one thread, so a
+    /// call costs no wake-up of another thread.
+    pub event_loops: usize,
+}
+
+/// `grpcWorkerLoopNum` when not configured: one per CPU.
+pub fn default_event_loops() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 impl ProxyConfig {
@@ -72,6 +83,7 @@ impl ProxyConfig {
             max_body_size: 4 * 1024 * 1024,
             tls: None,
             local_servers: Vec::new(),
+            event_loops: default_event_loops(),
         }
     }
 }
@@ -89,13 +101,19 @@ pub enum StartError {
     Backend(#[from] ProxyError),
     #[error("gRPC TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("cannot start a gRPC event-loop thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A running gRPC endpoint.
 pub struct ProxyServer {
     local_addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    serve: JoinHandle<()>,
+    /// Asks every event loop to stop taking calls and finish.
+    stop: CancellationToken,
+    /// Ends what is left (open streams) when the graceful stop takes long.
+    force: CancellationToken,
+    /// One per event-loop thread: resolves when its runtime has ended.
+    loops: Vec<oneshot::Receiver<()>>,
     heartbeat: JoinHandle<()>,
     backend: Arc<Backend>,
 }
@@ -138,25 +156,37 @@ impl ProxyServer {
         // batch so that an oversized body gets MESSAGE_BODY_TOO_LARGE, not a
         // transport error.
         let max_frame = config.max_body_size.saturating_mul(4).max(MIN_FRAME_LIMIT);
-        let svc =
-            service::MessagingService::new(Arc::clone(&backend), Arc::clone(&sessions), config);
-        let incoming = tls::incoming(listener, Some(tls));
-        let (tx, rx) = oneshot::channel::<()>();
-
-        let serve = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(
-                    pb::messaging_service_server::MessagingServiceServer::new(svc)
-                        .max_decoding_message_size(max_frame),
-                )
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
+        let event_loops = config.event_loops.max(1);
+        let svc = Arc::new(service::MessagingService::new(
+            Arc::clone(&backend),
+            Arc::clone(&sessions),
+            config,
+        ));
+        let stop = CancellationToken::new();
+        let force = CancellationToken::new();
+        // Every loop accepts on its own copy of the listening socket: the
+        // kernel hands each connection to one of them.
+        let listener = listener.into_std().map_err(|source| StartError::Bind {
+            addr: local_addr,
+            source,
+        })?;
+        let mut loops = Vec::with_capacity(event_loops);
+        for i in 0..event_loops {
+            let listener = listener.try_clone().map_err(StartError::Thread)?;
+            let server =
+                pb::messaging_service_server::MessagingServiceServer::from_arc(Arc::clone(&svc))
+                    .max_decoding_message_size(max_frame);
+            let (tls, stop, force) = (tls.clone(), stop.clone(), force.clone());
+            let (done_tx, done_rx) = oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("apogee-grpc-{i}"))
+                .spawn(move || {
+                    event_loop(listener, tls, server, stop, force);
+                    let _ = done_tx.send(());
                 })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "gRPC server stopped");
-            }
-        });
+                .map_err(StartError::Thread)?;
+            loops.push(done_rx);
+        }
         let hb = Arc::clone(&backend);
         let heartbeat = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
@@ -168,8 +198,9 @@ impl ProxyServer {
         tracing::info!(%local_addr, "gRPC endpoint listening");
         Ok(ProxyServer {
             local_addr,
-            shutdown: Some(tx),
-            serve,
+            stop,
+            force,
+            loops,
             heartbeat,
             backend,
         })
@@ -180,16 +211,65 @@ impl ProxyServer {
     }
 
     /// Stops accepting calls, ends open streams and closes broker connections.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    pub async fn shutdown(self) {
+        self.stop.cancel();
         self.heartbeat.abort();
+        let all = futures::future::join_all(self.loops);
+        tokio::pin!(all);
         // Open streams could hold the server for long: bounded wait.
-        let _ = tokio::time::timeout(Duration::from_secs(3), &mut self.serve).await;
-        self.serve.abort();
+        if tokio::time::timeout(Duration::from_secs(3), &mut all)
+            .await
+            .is_err()
+        {
+            self.force.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), &mut all).await;
+        }
         self.backend.close().await;
     }
+}
+
+/// One event-loop thread: a single-threaded runtime serving the
+/// connections its copy of the listener accepts, until `stop` (gracefully)
+/// or `force`; dropping the runtime then ends whatever is left on it.
+fn event_loop(
+    listener: std::net::TcpListener,
+    tls: tls::Tls,
+    server: pb::messaging_service_server::MessagingServiceServer<service::MessagingService>,
+    stop: CancellationToken,
+    force: CancellationToken,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a gRPC event loop");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        // Registered with this thread's reactor, not the caller's.
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "gRPC event loop cannot use the listener");
+                return;
+            }
+        };
+        let incoming = tls::incoming(listener, Some(tls));
+        let serve = tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+        tokio::select! {
+            result = serve => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            }
+            _ = force.cancelled() => {}
+        }
+    });
 }
 
 /// CHECK_TRANSACTION_STATE from a broker becomes a
