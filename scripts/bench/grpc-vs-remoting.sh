@@ -3,11 +3,13 @@
 # one release `apogee standalone`, the same client (`apogee bench`), the same
 # message size and concurrency, runs alternating remoting and gRPC.
 #   grpc-vs-remoting.sh DIR [ROUNDS] [SECONDS] [COUNT]
-# Per round: produce (64 senders, sync, 1 KiB) remoting then gRPC; the same
+# Per round: produce (64 senders, sync, 1 KiB) remoting (on a multi- and a
+# single-threaded client runtime), gRPC (one, then two HTTP/2 connections); the same
 # with 16 messages per request (1,000,000 messages each, to bound the disk
 # space a round writes); then three fresh groups drain COUNT messages
 # of a prefilled topic: classic pull, POP (receive + one BATCH_ACK_MESSAGE
-# per batch) and gRPC (ReceiveMessage + one AckMessage per batch).
+# per batch; both client runtimes) and gRPC (ReceiveMessage + one
+# AckMessage per batch; one and two connections).
 # Prints one JSON line per run: kind, protocol, the server's CPU seconds
 # during the run, and the bench's summary. With GO_BENCH set to a build of
 # compat/go-grpc/bench (`cd compat/go-grpc && go build -o /tmp/gobench
@@ -39,7 +41,7 @@ for t in GvrProduce GvrBatch GvrConsume GvrGo; do
   "$apogee" admin updateTopic -n "$ns" -c DefaultCluster -t $t -r 8 -w 8 >/dev/null
 done
 "$apogee" bench produce -n "$ns" -t GvrConsume -s 1024 -w 64 --mode async \
-  --count $((count * rounds * 3 / 2)) --json >/dev/null 2>&1
+  --count $((count * rounds * 5 / 2)) --json >/dev/null 2>&1
 sleep 2
 cpu() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 run() { # kind protocol bench-args...
@@ -51,13 +53,19 @@ run() { # kind protocol bench-args...
   echo "{\"kind\":\"$kind\",\"protocol\":\"$proto\",\"server_cpu_s\":$(( (after - before) ))e-2,\"result\":$out}"
 }
 for r in $(seq 1 "$rounds"); do
+  # The gRPC client runs on one thread (--runtime auto); remoting on both
+  # kinds, the better one being the figure to beat.
   run produce remoting produce -n "$ns" -t GvrProduce -s 1024 -w 64 --mode sync --duration "$secs"
+  run produce remoting-1thread produce -n "$ns" -t GvrProduce -s 1024 -w 64 --mode sync --duration "$secs" --runtime current-thread
   run produce grpc produce -n "$ns" -t GvrProduce -s 1024 -w 64 --mode sync --duration "$secs" --grpc "$grpc"
+  run produce grpc-2conn produce -n "$ns" -t GvrProduce -s 1024 -w 64 --mode sync --duration "$secs" --grpc "$grpc" --grpc-connections 2
   run produce-batch16 remoting produce -n "$ns" -t GvrBatch -s 1024 -w 64 --mode sync --batch 16 --count 1000000
   run produce-batch16 grpc produce -n "$ns" -t GvrBatch -s 1024 -w 64 --mode sync --batch 16 --count 1000000 --grpc "$grpc"
   run consume-pull remoting consume -n "$ns" -t GvrConsume -g "GvrPull$r" --count "$count" --duration 120
   run consume-pop remoting consume -n "$ns" -t GvrConsume -g "GvrPop$r" --pop --count "$count" --duration 120
+  run consume-pop remoting-1thread consume -n "$ns" -t GvrConsume -g "GvrPop1t$r" --pop --count "$count" --duration 120 --runtime current-thread
   run consume-grpc grpc consume -n "$ns" -t GvrConsume -g "GvrGrpc$r" --grpc "$grpc" --count "$count" --duration 120
+  run consume-grpc grpc-2conn consume -n "$ns" -t GvrConsume -g "GvrGrpc2c$r" --grpc "$grpc" --count "$count" --duration 120 --grpc-connections 2
   if [ -n "${GO_BENCH:-}" ]; then
     for mode in produce consume; do
       before=$(cpu)

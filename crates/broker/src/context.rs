@@ -90,6 +90,10 @@ pub struct BrokerContext {
     pub route_queues: crate::assignment::RouteQueues,
     register_signal: Arc<RegisterSignal>,
     watched: Mutex<HashSet<ChannelId>>,
+    /// The runtime the broker started on: tasks that outlive a request
+    /// (channel watches) go there, not onto whichever runtime the request
+    /// ran on (a gRPC event loop calling in process ends before the broker).
+    spawner: Option<tokio::runtime::Handle>,
 }
 
 /// Milliseconds on a process-wide monotonic clock (for leases).
@@ -169,6 +173,7 @@ impl BrokerContext {
             route_queues,
             register_signal,
             watched: Mutex::new(HashSet::new()),
+            spawner: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 
@@ -193,14 +198,18 @@ impl BrokerContext {
         }
         let weak = Arc::downgrade(self);
         let ch = channel.clone();
-        tokio::spawn(async move {
+        let watch = async move {
             ch.closed().await;
             if let Some(ctx) = weak.upgrade() {
                 ctx.watched.lock().remove(&ch.id());
                 ctx.consumers.on_channel_closed(ch.id());
                 ctx.producers.on_channel_closed(ch.id());
             }
-        });
+        };
+        match &self.spawner {
+            Some(rt) => drop(rt.spawn(watch)),
+            None => drop(tokio::spawn(watch)),
+        }
     }
 
     /// Whether sends are refused while the controller has not confirmed

@@ -59,6 +59,10 @@ pub struct Backend {
     writable: Mutex<HashMap<String, WritableQueues>>,
     /// Group configs by (broker address, group), with when they were read.
     groups: Mutex<HashMap<(String, String), (Instant, SubscriptionGroupConfig)>>,
+    /// The runtime the proxy started on, for work that must outlive the
+    /// event loop a call ran on (handing back messages a vanished client
+    /// never got, while the loops shut down).
+    spawner: Option<tokio::runtime::Handle>,
 }
 
 /// A route and the writable queues computed from it.
@@ -98,11 +102,27 @@ impl Backend {
             registered: Mutex::new(std::collections::HashSet::new()),
             writable: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
+            spawner: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 
     pub fn client_id(&self) -> &str {
         self.instance.client_id()
+    }
+
+    /// Runs `task` on the proxy's own runtime (else the current one; else
+    /// not at all, outside any runtime).
+    pub fn spawn_detached<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let rt = self
+            .spawner
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        if let Some(rt) = rt {
+            drop(rt.spawn(task));
+        }
     }
 
     /// Calls the server routes name `addr` in process (see

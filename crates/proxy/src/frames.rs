@@ -97,11 +97,11 @@ impl Drop for Frames {
         if left.is_empty() {
             return;
         }
-        let (Some(hb), Ok(rt)) = (self.hand_back.take(), tokio::runtime::Handle::try_current())
-        else {
+        let Some(hb) = self.hand_back.take() else {
             return;
         };
-        rt.spawn(async move {
+        let backend = std::sync::Arc::clone(&hb.backend);
+        backend.spawn_detached(async move {
             for r in left {
                 crate::service::give_back(&hb.backend, &hb.addr, &hb.group, &hb.topic, &r).await;
             }

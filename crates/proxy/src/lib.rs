@@ -171,6 +171,8 @@ impl ProxyServer {
             source,
         })?;
         let mut loops = Vec::with_capacity(event_loops);
+        // A start that fails half-way ends the loops it already started.
+        let started = force.clone().drop_guard();
         for i in 0..event_loops {
             let listener = listener.try_clone().map_err(StartError::Thread)?;
             let server =
@@ -187,6 +189,7 @@ impl ProxyServer {
                 .map_err(StartError::Thread)?;
             loops.push(done_rx);
         }
+        started.disarm();
         let hb = Arc::clone(&backend);
         let heartbeat = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT_EVERY);

@@ -81,9 +81,36 @@ pub(crate) struct Runtime {
     pub io_tasks: TaskTracker,
     /// Cancelled when the owner stops taking new requests.
     pub stop_reading: CancellationToken,
+    /// The runtime the owner was built on: connection tasks live there, not
+    /// on whichever runtime first used a connection (a gRPC event loop that
+    /// ends before the owner would take them down with it).
+    pub handle: Option<tokio::runtime::Handle>,
     /// Parent of every connection's close token.
     pub close_all: CancellationToken,
     pub opts: ConnOptions,
+}
+
+impl Runtime {
+    pub(crate) fn spawn_io<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.handle {
+            Some(h) => drop(self.io_tasks.spawn_on(task, h)),
+            None => drop(self.io_tasks.spawn(task)),
+        }
+    }
+
+    /// A request task on the owner's runtime (callable from any thread).
+    pub(crate) fn spawn_request<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.handle {
+            Some(h) => drop(self.requests.spawn_on(task, h)),
+            None => drop(self.requests.spawn(task)),
+        }
+    }
 }
 
 /// Hashes the pending-request table's keys, opaques: ints this process
@@ -190,7 +217,7 @@ impl LocalTx {
             // its own, as it would behind a socket.
             let rt = Arc::clone(&self.rt);
             let in_flight = Arc::clone(&self.in_flight);
-            self.rt.requests.spawn(async move {
+            self.rt.spawn_request(async move {
                 dispatch(&peer, cmd, &rt, &in_flight);
             });
             return true;
@@ -234,6 +261,8 @@ pub(crate) fn local_pair(client_rt: &Arc<Runtime>, server: &LocalEndpoint) -> Ch
         server_addr.ip()
     };
     let client_addr = SocketAddr::new(client_ip, 0);
+    // A server bound to 0.0.0.0 is named by the same IP as its client end.
+    let server_addr = SocketAddr::new(client_ip, server_addr.port());
     let new_inner = |peer, local, tx, closed| Inner {
         id: ChannelId(NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed)),
         peer,
@@ -272,7 +301,7 @@ pub(crate) fn local_pair(client_rt: &Arc<Runtime>, server: &LocalEndpoint) -> Ch
     // are released.
     let server_closing = server.rt.close_all.clone();
     let weak = Arc::downgrade(&client);
-    client_rt.io_tasks.spawn(async move {
+    client_rt.spawn_io(async move {
         tokio::select! {
             _ = server_closing.cancelled() => {}
             _ = closed.cancelled() => {}
@@ -513,9 +542,8 @@ pub(crate) fn spawn_connection(stream: TcpStream, rt: &Arc<Runtime>) -> std::io:
         }),
     };
     debug!(peer = %peer, local = %local, channel = %channel.id(), "connection open");
-    rt.io_tasks.spawn(write_loop(channel.clone(), rx, wr));
-    rt.io_tasks
-        .spawn(read_loop(channel.clone(), rd, Arc::clone(rt)));
+    rt.spawn_io(write_loop(channel.clone(), rx, wr));
+    rt.spawn_io(read_loop(channel.clone(), rd, Arc::clone(rt)));
     Ok(channel)
 }
 

@@ -99,6 +99,7 @@ impl RemotingServer {
             requests: TaskTracker::new(),
             io_tasks: TaskTracker::new(),
             stop_reading: CancellationToken::new(),
+            handle: tokio::runtime::Handle::try_current().ok(),
             close_all: CancellationToken::new(),
             opts: ConnOptions {
                 max_frame_size: config.max_frame_size,
