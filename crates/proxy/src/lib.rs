@@ -180,14 +180,25 @@ impl ProxyServer {
                     .max_decoding_message_size(max_frame);
             let (tls, stop, force) = (tls.clone(), stop.clone(), force.clone());
             let (done_tx, done_rx) = oneshot::channel();
+            let (ready_tx, ready_rx) = oneshot::channel();
             std::thread::Builder::new()
                 .name(format!("apogee-grpc-{i}"))
                 .spawn(move || {
-                    event_loop(listener, tls, server, stop, force);
+                    event_loop(listener, tls, server, stop, force, ready_tx);
                     let _ = done_tx.send(());
                 })
                 .map_err(StartError::Thread)?;
             loops.push(done_rx);
+            // A loop that cannot run is a failed start, not a log line.
+            match ready_rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StartError::Thread(e)),
+                Err(_) => {
+                    return Err(StartError::Thread(std::io::Error::other(
+                        "gRPC event loop ended before it started",
+                    )))
+                }
+            }
         }
         started.disarm();
         let hb = Arc::clone(&backend);
@@ -234,12 +245,14 @@ impl ProxyServer {
 /// One event-loop thread: a single-threaded runtime serving the
 /// connections its copy of the listener accepts, until `stop` (gracefully)
 /// or `force`; dropping the runtime then ends whatever is left on it.
+/// `ready` says whether it could start.
 fn event_loop(
     listener: std::net::TcpListener,
     tls: tls::Tls,
     server: pb::messaging_service_server::MessagingServiceServer<service::MessagingService>,
     stop: CancellationToken,
     force: CancellationToken,
+    ready: oneshot::Sender<std::io::Result<()>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -247,7 +260,7 @@ fn event_loop(
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot build a gRPC event loop");
+            let _ = ready.send(Err(e));
             return;
         }
     };
@@ -256,10 +269,11 @@ fn event_loop(
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(error = %e, "gRPC event loop cannot use the listener");
+                let _ = ready.send(Err(e));
                 return;
             }
         };
+        let _ = ready.send(Ok(()));
         let incoming = tls::incoming(listener, Some(tls));
         let serve = tonic::transport::Server::builder()
             .add_service(server)
