@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use apogee_protocol::RemotingCommand;
@@ -11,7 +10,6 @@ use apogee_remoting::{
     RemotingServer, ServerConfig,
 };
 use common::*;
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 const HEART_BEAT: i32 = 34;
@@ -36,25 +34,8 @@ async fn server_invokes_the_client_over_its_channel() {
     let addr = server.local_addr().to_string();
 
     // Client answers running-info requests and records notifications.
-    let notified = Arc::new(Mutex::new(Vec::new()));
-    let client_reg = ProcessorRegistry::new();
-    client_reg.register(
-        GET_CONSUMER_RUNNING_INFO,
-        processor_fn(|_ctx, req: RemotingCommand| async move {
-            let group = req.ext("consumerGroup").unwrap_or_default().to_string();
-            Ok(Some(
-                RemotingCommand::response(0, None).with_body(format!("info of {group}")),
-            ))
-        }),
-    );
-    let n = Arc::clone(&notified);
-    client_reg.register(
-        NOTIFY_CONSUMER_IDS_CHANGED,
-        processor_fn(move |_ctx, req: RemotingCommand| {
-            n.lock().push(req.ext("consumerGroup").map(str::to_string));
-            async { Ok(None) }
-        }),
-    );
+    let (client_reg, notified) =
+        answering_client(GET_CONSUMER_RUNNING_INFO, NOTIFY_CONSUMER_IDS_CHANGED);
     let client = RemotingClient::with_processors(ClientConfig::default(), client_reg);
     let hb = client
         .invoke(&addr, RemotingCommand::request(HEART_BEAT), WAIT)
@@ -75,13 +56,7 @@ async fn server_invokes_the_client_over_its_channel() {
     let mut notify = RemotingCommand::request(NOTIFY_CONSUMER_IDS_CHANGED);
     notify.set_ext("consumerGroup", "G1");
     channel.send_oneway(notify).await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        while notified.lock().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap();
+    first_notice(&notified).await;
     assert_eq!(*notified.lock(), vec![Some("G1".to_string())]);
 
     // An unhandled server→client request is answered by the client with code 3.

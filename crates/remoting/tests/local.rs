@@ -13,7 +13,6 @@ use apogee_remoting::{
     processor_fn, Channel, ClientConfig, ProcessorRegistry, RemotingClient, RemotingError,
 };
 use common::*;
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 const SLOW: i32 = 101;
@@ -110,25 +109,7 @@ async fn the_server_calls_back_a_local_client_on_its_channel() {
     let server = start(reg).await;
     let server_addr = server.local_addr();
 
-    let notified = Arc::new(Mutex::new(Vec::new()));
-    let client_reg = ProcessorRegistry::new();
-    client_reg.register(
-        ASK_CLIENT,
-        processor_fn(|_ctx, req: RemotingCommand| async move {
-            let q = req.ext("q").unwrap_or_default().to_string();
-            Ok(Some(
-                RemotingCommand::response(0, None).with_body(format!("answer to {q}")),
-            ))
-        }),
-    );
-    let n = Arc::clone(&notified);
-    client_reg.register(
-        ONEWAY,
-        processor_fn(move |_ctx, req: RemotingCommand| {
-            n.lock().push(req.ext("q").map(str::to_string));
-            async { Ok(None) }
-        }),
-    );
+    let (client_reg, notified) = answering_client(ASK_CLIENT, ONEWAY);
     let client = RemotingClient::with_processors(ClientConfig::default(), client_reg);
     client.connect_locally(NOWHERE, server.local_endpoint());
     let resp = client
@@ -144,19 +125,13 @@ async fn the_server_calls_back_a_local_client_on_its_channel() {
     assert_eq!(channel.peer_addr().port(), 0);
 
     let mut ask = RemotingCommand::request(ASK_CLIENT);
-    ask.set_ext("q", "life");
+    ask.set_ext("consumerGroup", "G0");
     let answer = channel.invoke(ask, WAIT).await.unwrap();
-    assert_eq!(answer.body.as_deref(), Some(&b"answer to life"[..]));
+    assert_eq!(answer.body.as_deref(), Some(&b"info of G0"[..]));
     let mut note = RemotingCommand::request(ONEWAY);
-    note.set_ext("q", "G1");
+    note.set_ext("consumerGroup", "G1");
     channel.send_oneway(note).await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        while notified.lock().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap();
+    first_notice(&notified).await;
     assert_eq!(*notified.lock(), vec![Some("G1".to_string())]);
 
     // The client going away closes the server's end too.

@@ -37,6 +37,45 @@ pub fn echo_registry() -> Arc<ProcessorRegistry> {
     reg
 }
 
+/// The `consumerGroup` of every notice a client's processors received.
+pub type Notices = Arc<parking_lot::Mutex<Vec<Option<String>>>>;
+
+/// A client's processors: `ask` is answered "info of {consumerGroup}",
+/// the `consumerGroup` of each `notify` request is recorded.
+pub fn answering_client(ask: i32, notify: i32) -> (Arc<ProcessorRegistry>, Notices) {
+    let notices = Notices::default();
+    let reg = ProcessorRegistry::new();
+    reg.register(
+        ask,
+        processor_fn(|_ctx, req: RemotingCommand| async move {
+            let group = req.ext("consumerGroup").unwrap_or_default().to_string();
+            Ok(Some(
+                RemotingCommand::response(0, None).with_body(format!("info of {group}")),
+            ))
+        }),
+    );
+    let n = Arc::clone(&notices);
+    reg.register(
+        notify,
+        processor_fn(move |_ctx, req: RemotingCommand| {
+            n.lock().push(req.ext("consumerGroup").map(str::to_string));
+            async { Ok(None) }
+        }),
+    );
+    (reg, notices)
+}
+
+/// Waits (up to WAIT) until a notice has been recorded.
+pub async fn first_notice(notices: &Notices) {
+    tokio::time::timeout(WAIT, async {
+        while notices.lock().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a notice within WAIT");
+}
+
 pub async fn start(reg: Arc<ProcessorRegistry>) -> RemotingServer {
     RemotingServer::bind(ServerConfig::new(loopback()), reg)
         .await
