@@ -91,24 +91,23 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn spawn_io<F>(&self, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        match &self.handle {
-            Some(h) => drop(self.io_tasks.spawn_on(task, h)),
-            None => drop(self.io_tasks.spawn(task)),
-        }
+    /// A reader, writer or watcher task on the owner's runtime.
+    pub(crate) fn spawn_io<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        self.spawn_tracked(&self.io_tasks, task);
     }
 
     /// A request task on the owner's runtime (callable from any thread).
-    pub(crate) fn spawn_request<F>(&self, task: F)
+    pub(crate) fn spawn_request<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        self.spawn_tracked(&self.requests, task);
+    }
+
+    fn spawn_tracked<F>(&self, tracker: &TaskTracker, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         match &self.handle {
-            Some(h) => drop(self.requests.spawn_on(task, h)),
-            None => drop(self.requests.spawn(task)),
+            Some(h) => drop(tracker.spawn_on(task, h)),
+            None => drop(tracker.spawn(task)),
         }
     }
 }
@@ -398,26 +397,27 @@ impl Channel {
     pub fn try_send_oneway(&self, mut cmd: RemotingCommand) -> Result<()> {
         cmd.flag = (cmd.flag | FLAG_ONEWAY) & !FLAG_RESPONSE;
         cmd.opaque = self.next_opaque();
-        self.try_queue(cmd).map_err(|full| {
-            if full {
-                RemotingError::QueueFull {
-                    addr: self.inner.peer.to_string(),
-                }
-            } else {
-                self.closed_error()
-            }
-        })
+        self.try_queue(cmd)
     }
 
-    /// Queues `cmd` without waiting (an in-process pair never waits);
-    /// the error says whether the queue was full (else: closed).
-    fn try_queue(&self, cmd: RemotingCommand) -> std::result::Result<(), bool> {
-        match &self.inner.tx {
-            Tx::Socket(tx) => tx.try_send(cmd).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => true,
-                mpsc::error::TrySendError::Closed(_) => false,
-            }),
-            Tx::Local(l) => l.deliver(cmd).then_some(()).ok_or(false),
+    /// Queues `cmd` without waiting (an in-process pair never waits).
+    fn try_queue(&self, cmd: RemotingCommand) -> Result<()> {
+        let sent = match &self.inner.tx {
+            Tx::Socket(tx) => match tx.try_send(cmd) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(RemotingError::QueueFull {
+                        addr: self.inner.peer.to_string(),
+                    })
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+            Tx::Local(l) => l.deliver(cmd),
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.closed_error())
         }
     }
 

@@ -278,24 +278,18 @@ impl GrpcClient {
                     what: "no response message".to_owned(),
                 });
             };
-            let mut frames = Deframer::default();
             let mut response = None;
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk?;
-                let _ = body.flow_control().release_capacity(chunk.len());
-                frames.push(chunk);
-                while let Some(m) = frames.next(call)? {
-                    if response.is_some() {
-                        return Err(GrpcError::Protocol {
-                            call,
-                            what: "more than one response message".to_owned(),
-                        });
-                    }
-                    response = Some(decode::<T>(call, m)?);
+            read_messages(call, &mut body, |m| {
+                if response.is_some() {
+                    return Err(GrpcError::Protocol {
+                        call,
+                        what: "more than one response message".to_owned(),
+                    });
                 }
-            }
-            trailers(call, &mut body).await?;
-            frames.finish(call)?;
+                response = Some(decode::<T>(call, m)?);
+                Ok(())
+            })
+            .await?;
             response.ok_or_else(|| GrpcError::Protocol {
                 call,
                 what: "no response message".to_owned(),
@@ -400,22 +394,16 @@ impl GrpcClient {
             let Some(mut body) = self.start(Method5::ReceiveMessage, &req, deadline).await? else {
                 return Ok((messages, None));
             };
-            let mut frames = Deframer::default();
             let mut status = None;
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk?;
-                let _ = body.flow_control().release_capacity(chunk.len());
-                frames.push(chunk);
-                while let Some(m) = frames.next(call)? {
-                    match decode::<pb::ReceiveMessageResponse>(call, m)?.content {
-                        Some(Content::Status(s)) => status = Some(s),
-                        Some(Content::Message(m)) => messages.push(m),
-                        Some(Content::DeliveryTimestamp(_)) | None => {}
-                    }
+            read_messages(call, &mut body, |m| {
+                match decode::<pb::ReceiveMessageResponse>(call, m)?.content {
+                    Some(Content::Status(s)) => status = Some(s),
+                    Some(Content::Message(m)) => messages.push(m),
+                    Some(Content::DeliveryTimestamp(_)) | None => {}
                 }
-            }
-            trailers(call, &mut body).await?;
-            frames.finish(call)?;
+                Ok(())
+            })
+            .await?;
             Ok((messages, status))
         };
         let (messages, status) = with_deadline(call, deadline.after, answer).await?;
@@ -486,6 +474,27 @@ fn decode<T: prost::Message + Default>(call: &'static str, m: Bytes) -> Result<T
 }
 
 /// The call's status from the trailers.
+/// Reads a response body to its end: `each` gets every length-prefixed
+/// message as it completes, then the trailers' status is checked and
+/// nothing may be left half-received.
+async fn read_messages(
+    call: &'static str,
+    body: &mut h2::RecvStream,
+    mut each: impl FnMut(Bytes) -> Result<()>,
+) -> Result<()> {
+    let mut frames = Deframer::default();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        frames.push(chunk);
+        while let Some(m) = frames.next(call)? {
+            each(m)?;
+        }
+    }
+    trailers(call, body).await?;
+    frames.finish(call)
+}
+
 async fn trailers(call: &'static str, body: &mut h2::RecvStream) -> Result<()> {
     match body.trailers().await? {
         Some(t) => check_status(call, &t),
